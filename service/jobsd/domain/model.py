@@ -1,0 +1,212 @@
+"""The job and the records around it. Plain data: no transport, no storage."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "CANCELLABLE_WHILE_WORKING",
+    "KNOWN_KINDS",
+    "TERMINAL_STATUSES",
+    "Job",
+    "JobKind",
+    "JobStatus",
+    "LogEntry",
+    "ProcessedData",
+    "Progress",
+    "QueryProgress",
+    "Statistics",
+    "TokenRecord",
+    "Workspace",
+]
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life. Each value is documented because users see them.
+
+    WAITING: created, queued until a worker claims it and its concurrency key has a free slot.
+    WORKING: a worker holds its lease and is running it.
+    CANCELLING: cancel was requested while working; the worker stops at its next heartbeat.
+    DONE: finished successfully (terminal).
+    ERROR: finished with an error, or its lease lapsed too many times (terminal).
+    CANCELLED: cancelled before it started, or its worker stopped after a cancel request (terminal).
+    """
+
+    WAITING = "waiting"
+    WORKING = "working"
+    CANCELLING = "cancelling"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.ERROR, JobStatus.CANCELLED})
+RUNNING_STATUSES = frozenset({JobStatus.WORKING, JobStatus.CANCELLING})
+
+
+class JobKind(enum.StrEnum):
+    IMPORT = "import"
+    POPULATEVIEW = "populateview"
+    COPY = "copy"
+    QUERY = "query"
+    DELETE_DATA = "delete_data"
+    SINK = "sink"
+
+
+KNOWN_KINDS = frozenset(k.value for k in JobKind)
+# Kinds a worker can stop part-way (between partitions / batches); the others only while waiting.
+CANCELLABLE_WHILE_WORKING = frozenset({JobKind.POPULATEVIEW, JobKind.COPY})
+
+
+@dataclass(frozen=True, slots=True)
+class QueryProgress:
+    query_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    bytes: int = 0
+    row_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessedData:
+    read_rows: int = 0
+    read_bytes: int = 0
+    written_rows: int = 0
+    written_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a worker reports on a heartbeat or at the finish; None/empty means "unchanged"."""
+
+    progress_percentage: float | None = None
+    queries: tuple[QueryProgress, ...] | None = None
+    statistics: Statistics | None = None
+    quarantine_rows: int | None = None
+    invalid_lines: int | None = None
+    processed_data: ProcessedData | None = None
+    result: dict[str, Any] | None = None
+    errors: tuple[str, ...] | None = None
+
+    def is_empty(self) -> bool:
+        return all(
+            v is None
+            for v in (
+                self.progress_percentage,
+                self.queries,
+                self.statistics,
+                self.quarantine_rows,
+                self.invalid_lines,
+                self.processed_data,
+                self.result,
+                self.errors,
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    workspace_id: str
+    kind: str
+    status: JobStatus
+    created_at: datetime
+    updated_at: datetime
+    revision: int
+    # The revision at which the status last changed: an event is a status change iff it equals `revision`.
+    status_revision: int
+    concurrency_key: str
+    # Visible until this instant; None while a worker runs it (a running job never vanishes).
+    expires_at: datetime | None
+    started_at: datetime | None = None
+    datasource: dict[str, Any] | None = None
+    pipe_id: str | None = None
+    pipe_name: str | None = None
+    query_id: str | None = None
+    query_sql: str | None = None
+    mode: str | None = None
+    url: str | None = None
+    import_id: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    progress_percentage: float = 0.0
+    queries: tuple[QueryProgress, ...] = ()
+    statistics: Statistics | None = None
+    quarantine_rows: int = 0
+    invalid_lines: int = 0
+    processed_data: ProcessedData | None = None
+    error: str | None = None
+    errors: tuple[str, ...] = ()
+    attempt: int = 0
+    worker_id: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: datetime | None = None
+    idempotency_key: str | None = None
+    request_id: str | None = None
+    # Set when a cancel is requested while waiting/working (kept for the log and the worker).
+    cancel_requested_at: datetime | None = None
+
+    @property
+    def datasource_id(self) -> str | None:
+        value = (self.datasource or {}).get("id")
+        return str(value) if value is not None else None
+
+    @property
+    def datasource_name(self) -> str | None:
+        value = (self.datasource or {}).get("name")
+        return str(value) if value is not None else None
+
+    @property
+    def is_cancellable(self) -> bool:
+        """Derived, never stored: waiting, or working for a kind that can stop part-way."""
+        if self.status is JobStatus.WAITING:
+            return True
+        return self.status is JobStatus.WORKING and self.kind in CANCELLABLE_WHILE_WORKING
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One row of jobs_log: a status change, with the columns of Tinybird's jobs_log service data source."""
+
+    job_id: str
+    job_type: str
+    status: str
+    error: str | None
+    workspace_id: str
+    request_id: str
+    pipe_id: str | None
+    datasource_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    job_metadata: dict[str, Any]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A stored token: only the SHA-256 of the secret is kept."""
+
+    token_hash: str
+    name: str
+    # None: an internal service token valid for every workspace.
+    workspace_id: str | None
+    scopes: tuple[str, ...]
+    created_at: datetime

@@ -1,0 +1,152 @@
+"""The job state machine: the only place a job's status changes.
+
+The table below is the whole life cycle. `transition()` looks the move up, refuses anything not in the table
+with the message users see, and applies the bookkeeping that goes with the target status (started_at, leases,
+the retention bound). Every result has revision + 1; the store writes it with a compare-and-set on the old
+revision, so racing cancel / finish / lease expiry produce exactly one outcome.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from jobsd.domain.model import CANCELLABLE_WHILE_WORKING, RUNNING_STATUSES, Job, JobStatus, Progress
+from jobsd.errors import FailedPrecondition
+
+__all__ = ["TRANSITIONS", "Action", "apply_progress", "transition"]
+
+W, R, C = JobStatus.WAITING, JobStatus.WORKING, JobStatus.CANCELLING
+DONE, ERR, CAN = JobStatus.DONE, JobStatus.ERROR, JobStatus.CANCELLED
+
+
+class Action(enum.StrEnum):
+    CLAIM = "claim"  # a worker takes the job
+    CANCEL = "cancel"  # a user asks to cancel
+    FINISH_DONE = "finish_done"  # the worker succeeded
+    FINISH_ERROR = "finish_error"  # the worker failed
+    FINISH_CANCELLED = "finish_cancelled"  # the worker stopped after a cancel request
+    RELEASE = "release"  # the worker shuts down gracefully and gives the job back
+    LEASE_REQUEUE = "lease_requeue"  # the lease lapsed; attempts are left
+    LEASE_EXHAUSTED = "lease_exhausted"  # the lease lapsed; no attempts are left
+
+
+# (from status, action) -> to status. Anything missing is refused.
+TRANSITIONS: dict[tuple[JobStatus, Action], JobStatus] = {
+    (W, Action.CLAIM): R,
+    (W, Action.CANCEL): CAN,
+    (R, Action.CANCEL): C,  # only for kinds in CANCELLABLE_WHILE_WORKING (guard below)
+    (R, Action.FINISH_DONE): DONE,
+    (R, Action.FINISH_ERROR): ERR,
+    (R, Action.RELEASE): W,
+    (R, Action.LEASE_REQUEUE): W,
+    (R, Action.LEASE_EXHAUSTED): ERR,
+    (C, Action.FINISH_DONE): DONE,  # it finished before it noticed the cancel
+    (C, Action.FINISH_ERROR): ERR,
+    (C, Action.FINISH_CANCELLED): CAN,
+    (C, Action.RELEASE): CAN,  # a cancelling job handed back is simply cancelled
+    (C, Action.LEASE_REQUEUE): CAN,  # a cancelling job whose worker died is cancelled
+    (C, Action.LEASE_EXHAUSTED): CAN,
+}
+
+# How long a job that ends after its 48 h window stays visible.
+LINGER_AFTER_END = timedelta(hours=1)
+
+
+def _refuse(job: Job, action: Action) -> FailedPrecondition:
+    if action is Action.CANCEL:
+        if job.status is C:
+            return FailedPrecondition("Job is already being cancelled")
+        return FailedPrecondition("Job is not in cancellable status")
+    return FailedPrecondition(f"Job {job.id} cannot {action.value.replace('_', ' ')} while {job.status.value}")
+
+
+def transition(
+    job: Job,
+    action: Action,
+    now: datetime,
+    *,
+    retention: timedelta,
+    worker_id: str | None = None,
+    lease_token: str | None = None,
+    lease_expires_at: datetime | None = None,
+    error: str | None = None,
+    progress: Progress | None = None,
+) -> Job:
+    """The job after `action`, or FailedPrecondition if the table does not allow it."""
+    target = TRANSITIONS.get((job.status, action))
+    if target is None or (action is Action.CANCEL and job.status is R and job.kind not in CANCELLABLE_WHILE_WORKING):
+        raise _refuse(job, action)
+    moved = job if progress is None else _with_progress(job, progress)
+    changes: dict[str, object] = {
+        "status": target,
+        "updated_at": now,
+        "revision": job.revision + 1,
+        "status_revision": job.revision + 1,
+    }
+    if target is R:
+        changes.update(
+            started_at=job.started_at or now,
+            attempt=job.attempt + 1,  # attempt counts claims
+            worker_id=worker_id,
+            lease_token=lease_token,
+            lease_expires_at=lease_expires_at,
+            expires_at=None,  # a running job stays visible until it ends
+        )
+    elif target is W:
+        changes.update(
+            worker_id=None,
+            lease_token=None,
+            lease_expires_at=None,
+            # A graceful release does not use up an attempt; a lapsed lease does.
+            attempt=job.attempt - 1 if action is Action.RELEASE else job.attempt,
+            expires_at=max(job.created_at + retention, now + LINGER_AFTER_END),
+        )
+    elif target is C:
+        changes.update(cancel_requested_at=now)
+    else:  # terminal
+        ends_in_window = now < job.created_at + retention
+        changes.update(
+            lease_token=None,
+            lease_expires_at=None,
+            expires_at=job.created_at + retention if ends_in_window else now + LINGER_AFTER_END,
+        )
+        if target is CAN and job.cancel_requested_at is None:
+            changes.update(cancel_requested_at=now)
+        if target is ERR:
+            changes.update(error=error or job.error or "Job failed")
+        if target is DONE and job.kind in ("populateview", "copy") and not moved.queries:
+            changes.update(progress_percentage=100.0)
+    return replace(moved, **changes)  # type: ignore[arg-type]
+
+
+def apply_progress(job: Job, progress: Progress, now: datetime) -> Job:
+    """A progress-only change: same status, revision + 1. Only a running job takes progress."""
+    if job.status not in RUNNING_STATUSES:
+        raise FailedPrecondition(f"Job {job.id} is {job.status.value}; progress is only taken while it runs")
+    return replace(_with_progress(job, progress), revision=job.revision + 1)
+
+
+def _with_progress(job: Job, p: Progress) -> Job:
+    changes: dict[str, object] = {}
+    if p.queries is not None:
+        changes["queries"] = p.queries
+        if p.queries and p.progress_percentage is None:
+            done = sum(1 for q in p.queries if q.status == "done")
+            changes["progress_percentage"] = round(100.0 * done / len(p.queries), 2)
+    if p.progress_percentage is not None:
+        changes["progress_percentage"] = p.progress_percentage
+    if p.statistics is not None:
+        changes["statistics"] = p.statistics
+    if p.quarantine_rows is not None:
+        changes["quarantine_rows"] = p.quarantine_rows
+    if p.invalid_lines is not None:
+        changes["invalid_lines"] = p.invalid_lines
+    if p.processed_data is not None:
+        changes["processed_data"] = p.processed_data
+    if p.result is not None:
+        changes["result"] = p.result
+    if p.errors is not None:
+        changes["errors"] = p.errors
+    return replace(job, **changes) if changes else job  # type: ignore[arg-type]

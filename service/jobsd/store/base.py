@@ -1,0 +1,132 @@
+"""The store contract. Every backend (SQLite, MongoDB) implements `JobStore` and passes tests/contract.
+
+Rules every backend keeps:
+- A job write is a compare-and-set on the stored revision: `compare_and_set(old, new)` writes `new` only if the
+  stored job still has `old.revision`, and appends a jobs_log row in the same atomic step when the status changed.
+- Reads honour the visibility bound: a job whose `expires_at` is not after `now` is never returned.
+- `claim_next` is atomic: FIFO by created_at among waiting, visible jobs of the requested kinds, skipping jobs whose
+  concurrency key already has `limit_for(kind)` jobs running; no job is ever claimed twice.
+- Every committed job write is published on `changes()` (in-process for SQLite, change streams for MongoDB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from jobsd.domain.auth import ReadScope
+from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
+
+__all__ = ["ChangeEvent", "ClaimRequest", "FeedReset", "JobChanged", "JobQuery", "JobStore", "LogQuery"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """A page of jobs, newest first (created_at desc, id desc)."""
+
+    scope: ReadScope
+    now: datetime
+    limit: int
+    kind: str | None = None
+    status: str | None = None
+    pipe_id: str | None = None
+    pipe_name: str | None = None
+    created_after: datetime | None = None  # inclusive
+    created_before: datetime | None = None  # inclusive
+    # Keyset pagination: only jobs strictly after this (created_at, id) in the newest-first order.
+    after: tuple[datetime, str] | None = None
+    # Only jobs not in a terminal status (WatchJobs' opening snapshot).
+    only_active: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogQuery:
+    """A page of jobs_log rows, newest first (updated_at desc, job_id desc, revision desc)."""
+
+    workspace_id: str
+    limit: int
+    job_id: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    pipe_id: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    after: tuple[datetime, str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    now: datetime
+    # Empty: every kind.
+    kinds: Collection[str]
+    workspace_id: str | None
+    limit_for: Callable[[str], int]
+    # Turns the chosen waiting job into its claimed form (the state machine's CLAIM transition).
+    claim: Callable[[Job], Job]
+
+
+@dataclass(frozen=True, slots=True)
+class JobChanged:
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class FeedReset:
+    """The feed lost events (e.g. a MongoDB resume token fell off the oplog): subscribers must re-read."""
+
+
+ChangeEvent = JobChanged | FeedReset
+
+
+class JobStore(Protocol):
+    async def open(self) -> None:
+        """Create tables/collections and indexes (idempotent)."""
+
+    async def close(self) -> None:
+        """Release connections; safe to call twice."""
+
+    async def ping(self) -> None:
+        """Raise `Unavailable` when the store cannot serve."""
+
+    # -- jobs
+    async def insert_job(self, job: Job) -> Job:
+        """Insert a new job (and its first jobs_log row). If `job.idempotency_key` is set and a visible job of the
+        same workspace has that key, return that job instead and insert nothing."""
+
+    async def get_job(self, job_id: str, now: datetime) -> Job | None:
+        """The job if it exists and is visible at `now`."""
+
+    async def list_jobs(self, query: JobQuery) -> list[Job]: ...
+
+    async def compare_and_set(self, old: Job, new: Job) -> bool:
+        """Write `new` iff the stored revision is still `old.revision`; False if it moved on or vanished."""
+
+    async def claim_next(self, request: ClaimRequest) -> Job | None:
+        """Atomically claim the oldest eligible waiting job (see module rules); None if there is none."""
+
+    async def lapsed_leases(self, now: datetime, limit: int) -> list[Job]:
+        """Running jobs whose lease expired before `now`, oldest lease first."""
+
+    async def purge(self, now: datetime, log_before: datetime) -> int:
+        """Delete jobs expired at `now` and log rows updated before `log_before`; the number deleted."""
+
+    # -- jobs_log
+    async def list_log(self, query: LogQuery) -> list[LogEntry]: ...
+
+    # -- change feed
+    def changes(self) -> AsyncIterator[ChangeEvent]:
+        """Every committed job write from now on, in commit order per job."""
+        ...
+
+    # -- workspaces and tokens
+    async def ensure_workspace(self, name: str, now: datetime) -> Workspace:
+        """The workspace with this name, created if missing."""
+
+    async def get_workspace(self, workspace_id: str) -> Workspace | None: ...
+
+    async def put_token(self, record: TokenRecord) -> None:
+        """Insert or replace the token with this hash."""
+
+    async def get_token(self, token_hash: str) -> TokenRecord | None: ...
