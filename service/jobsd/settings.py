@@ -1,0 +1,136 @@
+"""One frozen settings object, read from flags and JOBSD_* environment variables (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any
+
+from jobsd.domain.rules import DEFAULT_KIND_LIMITS, QueueRules
+from jobsd.errors import InvalidArgument
+
+__all__ = ["Settings", "add_arguments", "settings_from"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    grpc_addr: str = "127.0.0.1:50051"
+    # Empty disables the REST gateway.
+    http_addr: str = "127.0.0.1:8080"
+    store: str = "sqlite:///.jobsd/jobsd.db"
+    # Base of job_url; empty means the request's own origin.
+    public_url: str = ""
+    admin_token: str = ""
+    service_token: str = ""
+    executors: bool = True
+    retention_hours: float = 48.0
+    log_retention_days: float = 30.0
+    lease_seconds: float = 30.0
+    max_attempts: int = 3
+    kind_limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_KIND_LIMITS))
+    # Background sweeps (leases, retention): how often they run.
+    sweep_interval_seconds: float = 1.0
+    # Where the executors keep their DuckDB data plane; empty: next to the SQLite file, or ./.jobsd.
+    data_dir: str = ""
+    executor_concurrency: int = 4
+    max_watch_streams: int = 20_000
+    watch_buffer: int = 256
+    max_request_bytes: int = 4 * 1024 * 1024
+    grace_seconds: float = 5.0
+    log_level: str = "INFO"
+
+    @property
+    def rules(self) -> QueueRules:
+        return QueueRules(
+            retention=timedelta(hours=self.retention_hours),
+            lease=timedelta(seconds=self.lease_seconds),
+            max_attempts=self.max_attempts,
+            kind_limits=dict(self.kind_limits),
+        )
+
+    @property
+    def log_retention(self) -> timedelta:
+        return timedelta(days=self.log_retention_days)
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "on", "yes"):
+        return True
+    if lowered in ("0", "false", "off", "no"):
+        return False
+    raise InvalidArgument(name, f"expected on/off, got {raw!r}")
+
+
+def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) -> Any:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise InvalidArgument(name, f"expected a number, got {raw!r}") from None
+    if value < minimum:
+        raise InvalidArgument(name, f"must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _limits(name: str, raw: str) -> dict[str, int]:
+    limits = dict(DEFAULT_KIND_LIMITS)
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        kind, sep, value = part.partition("=")
+        if not sep:
+            raise InvalidArgument(name, f"expected kind=N[,kind=N...], got {part!r}")
+        limits[kind.strip()] = int(_number(name, value.strip(), int, 1))
+    return limits
+
+
+# setting name -> (environment variable, parser)
+_FIELDS: dict[str, tuple[str, Any]] = {
+    "grpc_addr": ("JOBSD_GRPC_ADDR", None),
+    "http_addr": ("JOBSD_HTTP_ADDR", None),
+    "store": ("JOBSD_STORE", None),
+    "public_url": ("JOBSD_PUBLIC_URL", None),
+    "admin_token": ("JOBSD_ADMIN_TOKEN", None),
+    "service_token": ("JOBSD_SERVICE_TOKEN", None),
+    "executors": ("JOBSD_EXECUTORS", _bool),
+    "retention_hours": ("JOBSD_RETENTION_HOURS", lambda n, r: _number(n, r, float, 0.001)),
+    "log_retention_days": ("JOBSD_LOG_RETENTION_DAYS", lambda n, r: _number(n, r, float, 0.001)),
+    "lease_seconds": ("JOBSD_LEASE_SECONDS", lambda n, r: _number(n, r, float, 0.1)),
+    "max_attempts": ("JOBSD_MAX_ATTEMPTS", lambda n, r: _number(n, r, int, 1)),
+    "kind_limits": ("JOBSD_CONCURRENCY_LIMITS", _limits),
+    "sweep_interval_seconds": ("JOBSD_SWEEP_INTERVAL_SECONDS", lambda n, r: _number(n, r, float, 0.01)),
+    "data_dir": ("JOBSD_DATA_DIR", None),
+    "executor_concurrency": ("JOBSD_EXECUTOR_CONCURRENCY", lambda n, r: _number(n, r, int, 1)),
+    "max_watch_streams": ("JOBSD_MAX_WATCH_STREAMS", lambda n, r: _number(n, r, int, 1)),
+    "grace_seconds": ("JOBSD_GRACE_SECONDS", lambda n, r: _number(n, r, float, 0)),
+    "log_level": ("JOBSD_LOG_LEVEL", None),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --flag per setting (--grpc-addr, --store, ...); the help names the environment variable."""
+    for name, (env, _) in _FIELDS.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=f"(env {env})")
+
+
+def settings_from(environ: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Settings:
+    """Defaults, overridden by JOBSD_* variables, overridden by flags that were given."""
+    values: dict[str, Any] = {}
+    for name, (env, parse) in _FIELDS.items():
+        raw = (flags or {}).get(name)
+        source = "--" + name.replace("_", "-")
+        if raw is None:
+            raw = environ.get(env)
+            source = env
+        if raw is None:
+            continue
+        values[name] = parse(source, str(raw)) if parse else str(raw)
+    return Settings(**values)
+
+
+def from_environment() -> Settings:
+    return settings_from(os.environ)
