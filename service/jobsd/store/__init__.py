@@ -1,0 +1,40 @@
+"""Store backends behind one contract (`jobsd.store.base.JobStore`), chosen by URL with `open_store`."""
+
+from __future__ import annotations
+
+import importlib
+from typing import cast
+
+from jobsd.errors import InvalidArgument
+from jobsd.store.base import JobStore
+from jobsd.store.sqlite import SqliteStore
+
+__all__ = ["SqliteStore", "open_store"]
+
+_SQLITE_PREFIX = "sqlite:///"
+_MONGO_PREFIXES = ("mongodb://", "mongodb+srv://")
+
+
+def open_store(url: str) -> JobStore:
+    """The backend for `url` (JOBSD_STORE), not yet opened: the caller awaits `open()` (and later `close()`).
+
+    `sqlite:///relative/path.db` or `sqlite:////absolute/path.db` (three slashes, then the path, as SQLAlchemy
+    spells it); `mongodb://...` or `mongodb+srv://...` for MongoDB.
+    """
+    url = url.strip()
+    if url.startswith(_SQLITE_PREFIX):
+        path = url[len(_SQLITE_PREFIX) :]
+        if not path or path.endswith("/"):
+            raise InvalidArgument("store", f"{url!r} names no database file; expected sqlite:///path/to/jobsd.db")
+        if path == ":memory:" or path.startswith("file:"):
+            raise InvalidArgument("store", f"{url!r} is not a file path; the embedded store needs a durable file")
+        return SqliteStore(path)
+    if url.startswith(_MONGO_PREFIXES):
+        # Imported only when asked for, so the embedded store never pays for the MongoDB driver.
+        mongo = importlib.import_module("jobsd.store.mongo")
+        return cast(JobStore, mongo.MongoStore(url))
+    shown = url if "@" not in url else url.split("://", 1)[0] + "://…"  # never echo credentials
+    raise InvalidArgument(
+        "store",
+        f"unsupported store URL {shown!r}; expected sqlite:///path/to/jobsd.db, mongodb://... or mongodb+srv://...",
+    )

@@ -1,0 +1,713 @@
+"""The embedded store: one SQLite file in WAL mode, one connection, one writer.
+
+Why the statements run directly on the event-loop thread (no `asyncio.to_thread`): every statement here is an
+indexed lookup or a short index range that takes microseconds, while a thread hop costs tens of microseconds and
+would let two coroutines interleave inside a transaction. Running synchronously makes each method atomic with
+respect to the other coroutines of the process; `BEGIN IMMEDIATE` makes it atomic with respect to other processes
+that open the same file (e.g. `jobsd token create` next to a running server).
+
+Durability: WAL with `synchronous=NORMAL` writes every commit to the WAL file before the call returns, so an
+acknowledged write survives a crash of the process (kill -9); it may be lost only on an OS crash or power loss.
+
+Layout: table `jobs` keeps the indexed columns next to `doc`, the JSON of `job_to_plain(job)` (datetimes as integer
+microseconds). Every list filter is one index led by workspace_id that already yields newest-first order, so a page
+costs the same whether the store holds a thousand jobs or a million (tests/contract/test_sqlite_specific.py checks
+the plans).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any, Final
+
+from jobsd.domain.clock import from_micros, to_micros
+from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
+from jobsd.domain.serial import job_from_plain, job_to_plain, log_entry_for
+from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
+from jobsd.store.base import ChangeEvent, ClaimRequest, FeedReset, JobChanged, JobQuery, LogQuery
+
+__all__ = ["SqliteStore"]
+
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    lease_expires_at INTEGER,
+    pipe_id TEXT,
+    pipe_name TEXT,
+    datasource_name TEXT,
+    concurrency_key TEXT NOT NULL,
+    idempotency_key TEXT,
+    revision INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+-- One index per list filter, each led by workspace_id and ending in (created_at, id): the index order is the
+-- page order, so no list query sorts.
+CREATE INDEX IF NOT EXISTS jobs_by_workspace ON jobs (workspace_id, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_kind ON jobs (workspace_id, kind, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (workspace_id, status, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_pipe_id ON jobs (workspace_id, pipe_id, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_pipe_name ON jobs (workspace_id, pipe_name, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_datasource_name ON jobs (workspace_id, datasource_name, created_at, id);
+-- Claims walk the waiting jobs FIFO. Partial (only waiting jobs, a small share of a full store) and covering
+-- (the walk reads no table row until it has chosen), so skipping jobs of a full concurrency key is cheap.
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (created_at, id, kind, concurrency_key, workspace_id, expires_at)
+    WHERE status = 'waiting';
+CREATE INDEX IF NOT EXISTS jobs_claim_by_kind
+    ON jobs (kind, created_at, id, concurrency_key, workspace_id, expires_at)
+    WHERE status = 'waiting';
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs (concurrency_key, status);
+CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at, id) WHERE status IN ('working', 'cancelling');
+CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (workspace_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS jobs_log (
+    job_id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    job_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    workspace_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    pipe_id TEXT,
+    datasource_id TEXT,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    updated_at INTEGER NOT NULL,
+    job_metadata TEXT NOT NULL,
+    PRIMARY KEY (job_id, revision)
+);
+CREATE INDEX IF NOT EXISTS jobs_log_by_workspace ON jobs_log (workspace_id, updated_at, job_id, revision);
+CREATE INDEX IF NOT EXISTS jobs_log_by_age ON jobs_log (updated_at);
+
+CREATE TABLE IF NOT EXISTS workspaces (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    workspace_id TEXT,
+    scopes TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"""
+
+_VISIBLE: Final = "(expires_at IS NULL OR expires_at > ?)"
+_RUNNING: Final = "status IN ('working', 'cancelling')"
+_ACTIVE: Final = "status IN ('waiting', 'working', 'cancelling')"
+_JOB_COLUMNS: Final = (
+    "workspace_id, kind, status, created_at, expires_at, lease_expires_at, pipe_id, pipe_name, datasource_name, "
+    "concurrency_key, revision, doc"
+)
+_LOG_COLUMNS: Final = (
+    "job_id, revision, job_type, status, error, workspace_id, request_id, pipe_id, datasource_id, created_at, "
+    "started_at, updated_at, job_metadata"
+)
+_UPDATE_JOB_IF_REVISION: Final = (
+    f"UPDATE jobs SET {', '.join(f'{c.strip()} = ?' for c in _JOB_COLUMNS.split(','))} WHERE id = ? AND revision = ?"
+)
+# Exact-match list filters, most selective first: the first one present picks the index.
+_FILTER_INDEXES: Final = (
+    ("pipe_id", "jobs_by_pipe_id"),
+    ("pipe_name", "jobs_by_pipe_name"),
+    ("kind", "jobs_by_kind"),
+    ("status", "jobs_by_status"),
+)
+# A claim looks at no more than this many waiting jobs (in FIFO order) for one whose concurrency key has a free
+# slot. It bounds the time one claim holds the event loop and the write lock (the walk is an index-only scan of
+# microseconds per row); a worker that finds nothing simply polls again once running jobs finish.
+CLAIM_SCAN_LIMIT: Final = 5_000
+# Rows deleted per transaction by `purge`, which yields to the event loop between batches.
+PURGE_BATCH: Final = 2_000
+# Events buffered per change-feed subscriber; past it the subscriber gets one FeedReset instead of the backlog.
+DEFAULT_FEED_CAPACITY: Final = 16_384
+
+
+def _encode_json(value: Any) -> str:
+    def default(obj: object) -> object:
+        if isinstance(obj, datetime):
+            return to_micros(obj)
+        raise TypeError(f"a value of type {type(obj).__name__} cannot be stored")
+
+    try:
+        return json.dumps(value, separators=(",", ":"), default=default)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument("job", f"cannot be stored: {exc}") from None
+
+
+def _micros(value: datetime | None) -> int | None:
+    return None if value is None else to_micros(value)
+
+
+def _time(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
+
+
+def _job_row(job: Job) -> tuple[Any, ...]:
+    """The values of _JOB_COLUMNS for `job`."""
+    return (
+        job.workspace_id,
+        job.kind,
+        job.status.value,
+        to_micros(job.created_at),
+        _micros(job.expires_at),
+        _micros(job.lease_expires_at),
+        job.pipe_id,
+        job.pipe_name,
+        job.datasource_name,
+        job.concurrency_key,
+        job.revision,
+        _encode_json(job_to_plain(job)),
+    )
+
+
+def _unique_by_id(rows: Iterator[Any]) -> Iterator[Any]:
+    """Rows of (created_at, id, doc), each id once."""
+    seen: set[str] = set()
+    for row in rows:
+        if row[1] not in seen:
+            seen.add(row[1])
+            yield row
+
+
+def _job_from_doc(doc: str) -> Job:
+    return job_from_plain(json.loads(doc))
+
+
+class _FeedSubscription:
+    """One subscriber of the in-process change feed.
+
+    It is registered when it is created, i.e. when `SqliteStore.changes()` returns: every write committed after
+    that is delivered, even before the first `__anext__`. That lets a watcher subscribe, then read a snapshot,
+    without a gap. The buffer is bounded: a subscriber that falls `capacity` events behind loses its backlog and
+    receives one `FeedReset` (it must re-read), so a stalled consumer never grows the server's memory.
+    """
+
+    def __init__(self, subscribers: set[_FeedSubscription], capacity: int) -> None:
+        self._subscribers = subscribers
+        self._capacity = capacity
+        # None marks the end of the feed (the subscriber closed, or the store did).
+        self._queue: asyncio.Queue[ChangeEvent | None] = asyncio.Queue()
+        self._closed = False
+        subscribers.add(self)
+
+    def offer(self, event: ChangeEvent) -> None:
+        if self._closed:
+            return
+        if self._queue.qsize() >= self._capacity:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            event = FeedReset()
+        self._queue.put_nowait(event)
+
+    def end(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._subscribers.discard(self)
+            self._queue.put_nowait(None)
+
+    def __aiter__(self) -> _FeedSubscription:
+        return self
+
+    async def __anext__(self) -> ChangeEvent:
+        if self._closed and self._queue.empty():
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        self.end()
+
+
+class SqliteStore:
+    """`jobsd.store.base.JobStore` on one SQLite file. Create, `await open()`, use, `await close()`."""
+
+    def __init__(self, path: str | Path, *, feed_capacity: int = DEFAULT_FEED_CAPACITY) -> None:
+        self._path = Path(path)
+        self._feed_capacity = feed_capacity
+        self._conn: sqlite3.Connection | None = None
+        # (st_dev, st_ino) of the file we opened: writes into a file that was deleted or replaced would be lost.
+        self._file_identity: tuple[int, int] | None = None
+        self._subscribers: set[_FeedSubscription] = set()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self._path)!r})"
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Unavailable(f"SQLite store {self._path}: cannot create its directory: {exc}") from None
+        conn: sqlite3.Connection | None = None
+        try:
+            # isolation_level=None: no implicit transactions; every write below says BEGIN IMMEDIATE ... COMMIT.
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch to WAL mode (journal_mode is {mode})")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version not in (0, SCHEMA_VERSION):
+                raise sqlite3.OperationalError(
+                    f"schema version {version} is not supported (this jobsd knows {SCHEMA_VERSION})"
+                )
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+            stat = os.stat(self._path)
+        except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()
+            raise Unavailable(f"SQLite store {self._path} cannot be opened: {exc}") from None
+        self._conn = conn
+        self._file_identity = (stat.st_dev, stat.st_ino)
+
+    async def close(self) -> None:
+        for subscription in list(self._subscribers):
+            subscription.end()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def ping(self) -> None:
+        self._check_file()
+        with self._guard("answer a health check"):
+            conn = self._open_connection()
+            conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+            # Taking the write lock proves the file can be written now (no other process is stuck holding it).
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+
+    # -- jobs
+
+    async def insert_job(self, job: Job) -> Job:
+        row = _job_row(job)
+        log = log_entry_for(job)
+        with self._write("insert a job") as conn:
+            if job.idempotency_key is not None:
+                existing = conn.execute(
+                    f"SELECT doc FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND {_VISIBLE}",
+                    (job.workspace_id, job.idempotency_key, to_micros(job.created_at)),
+                ).fetchone()
+                if existing is not None:
+                    return _job_from_doc(existing[0])
+                # A job that is no longer visible keeps no claim on its key.
+                conn.execute(
+                    "UPDATE jobs SET idempotency_key = NULL WHERE workspace_id = ? AND idempotency_key = ?",
+                    (job.workspace_id, job.idempotency_key),
+                )
+            try:
+                conn.execute(
+                    f"INSERT INTO jobs (id, idempotency_key, {_JOB_COLUMNS}) VALUES (?, ?{', ?' * len(row)})",
+                    (job.id, job.idempotency_key, *row),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"Job with id {job.id!r} already exists") from None
+            self._append_log(conn, log)
+        self._publish(job)
+        return job
+
+    async def get_job(self, job_id: str, now: datetime) -> Job | None:
+        with self._guard("read a job"):
+            row = (
+                self._open_connection()
+                .execute(f"SELECT doc FROM jobs WHERE id = ? AND {_VISIBLE}", (job_id, to_micros(now)))
+                .fetchone()
+            )
+        return None if row is None else _job_from_doc(row[0])
+
+    async def list_jobs(self, query: JobQuery) -> list[Job]:
+        if query.limit < 1:
+            raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
+        with self._guard("list jobs"):
+            conn = self._open_connection()
+            pages = [conn.execute(sql, params).fetchall() for sql, params in self._list_statements(query)]
+        if len(pages) == 1:
+            rows: Iterator[Any] = iter(pages[0])
+        else:
+            # Narrow scope: one indexed query per readable data source / pipe, merged newest first. A job on both a
+            # readable data source and a readable pipe comes back from two queries; keep it once.
+            merged = heapq.merge(*pages, key=lambda r: (r[0], r[1]), reverse=True)
+            rows = _unique_by_id(merged)
+        return [_job_from_doc(r[2]) for r in islice(rows, query.limit)]
+
+    def explain_list_jobs(self, query: JobQuery) -> list[list[str]]:
+        """EXPLAIN QUERY PLAN of each statement `list_jobs(query)` runs: one list of plan lines per statement."""
+        with self._guard("explain a query"):
+            conn = self._open_connection()
+            return [
+                [str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
+                for sql, params in self._list_statements(query)
+            ]
+
+    def _list_statements(self, query: JobQuery) -> list[tuple[str, list[Any]]]:
+        where = ["workspace_id = ?", _VISIBLE]
+        params: list[Any] = [query.scope.workspace_id, to_micros(query.now)]
+        index = "jobs_by_workspace"
+        for column, column_index in reversed(_FILTER_INDEXES):
+            value = getattr(query, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+                index = column_index  # reversed: the most selective filter present wins
+        if query.created_after is not None:
+            where.append("created_at >= ?")
+            params.append(to_micros(query.created_after))
+        if query.created_before is not None:
+            where.append("created_at <= ?")
+            params.append(to_micros(query.created_before))
+        if query.after is not None:
+            where.append("(created_at, id) < (?, ?)")
+            params.extend((to_micros(query.after[0]), query.after[1]))
+        if query.only_active:
+            where.append(_ACTIVE)
+
+        def select(index_name: str, extra: str | None, extra_params: Sequence[Any]) -> tuple[str, list[Any]]:
+            clauses = [*where, extra] if extra else where
+            sql = (
+                f"SELECT created_at, id, doc FROM jobs INDEXED BY {index_name} WHERE {' AND '.join(clauses)} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?"
+            )
+            return sql, [*params, *extra_params, query.limit]
+
+        if query.scope.everything:
+            return [select(index, None, ())]
+        narrowed = [
+            select("jobs_by_datasource_name", "datasource_name = ?", (name,))
+            for name in sorted(query.scope.datasource_names)
+        ]
+        narrowed += [select("jobs_by_pipe_name", "pipe_name = ?", (name,)) for name in sorted(query.scope.pipe_names)]
+        # A scope that can read nothing still runs one query that matches nothing, so callers see one shape.
+        return narrowed or [select(index, "0", ())]
+
+    async def compare_and_set(self, old: Job, new: Job) -> bool:
+        if new.id != old.id:
+            raise InvalidArgument("job.id", f"compare_and_set needs one job, got {old.id!r} and {new.id!r}")
+        if new.revision <= old.revision:
+            raise InvalidArgument(
+                "job.revision", f"the new revision ({new.revision}) must be greater than the old ({old.revision})"
+            )
+        row = _job_row(new)
+        log = log_entry_for(new) if new.status is not old.status else None
+        with self._write("update a job") as conn:
+            written = self._write_if_revision(conn, new.id, old.revision, row)
+            if written and log is not None:
+                self._append_log(conn, log)
+        if written:
+            self._publish(new)
+        return written
+
+    async def claim_next(self, request: ClaimRequest) -> Job | None:
+        now = to_micros(request.now)
+        with self._write("claim a job") as conn:
+            chosen = self._choose_claimable(conn, request, now)
+            if chosen is None:
+                return None
+            job = _job_from_doc(chosen)
+            claimed = request.claim(job)
+            if not self._write_if_revision(conn, job.id, job.revision, _job_row(claimed)):
+                # Impossible while we hold the write lock; refuse rather than hand out a job twice.
+                raise Unavailable(f"SQLite store {self._path}: job {job.id} changed during its claim")
+            if claimed.status is not job.status:
+                self._append_log(conn, log_entry_for(claimed))
+        self._publish(claimed)
+        return claimed
+
+    def _choose_claimable(self, conn: sqlite3.Connection, request: ClaimRequest, now: int) -> str | None:
+        """The doc of the oldest visible waiting job whose concurrency key has a free slot, within the scan bound."""
+        filters = [_VISIBLE]
+        params: list[Any] = [now]
+        if request.workspace_id is not None:
+            filters.append("workspace_id = ?")
+            params.append(request.workspace_id)
+        columns = "created_at, id, kind, concurrency_key"
+        tail = f"{' AND '.join(filters)} ORDER BY created_at, id LIMIT {CLAIM_SCAN_LIMIT}"
+        kinds = sorted(set(request.kinds))
+        cursors: list[sqlite3.Cursor]
+        if kinds:
+            # One FIFO cursor per requested kind, merged: `kind IN (...)` on one index would need a sort.
+            cursors = [
+                conn.execute(
+                    f"SELECT {columns} FROM jobs INDEXED BY jobs_claim_by_kind "
+                    f"WHERE status = 'waiting' AND kind = ? AND {tail}",
+                    (kind, *params),
+                )
+                for kind in kinds
+            ]
+        else:
+            cursors = [
+                conn.execute(
+                    f"SELECT {columns} FROM jobs INDEXED BY jobs_claim WHERE status = 'waiting' AND {tail}", params
+                )
+            ]
+        running: dict[str, int] = {}
+        try:
+            candidates: Iterator[Any] = heapq.merge(*cursors, key=lambda r: (r[0], r[1]))
+            for _created_at, job_id, kind, key in islice(candidates, CLAIM_SCAN_LIMIT):
+                if key not in running:
+                    running[key] = conn.execute(
+                        f"SELECT COUNT(*) FROM jobs WHERE concurrency_key = ? AND {_RUNNING}", (key,)
+                    ).fetchone()[0]
+                if running[key] >= request.limit_for(kind):
+                    continue
+                row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                return str(row[0])
+            return None
+        finally:
+            for cursor in cursors:
+                cursor.close()
+
+    async def lapsed_leases(self, now: datetime, limit: int) -> list[Job]:
+        if limit < 1:
+            raise InvalidArgument("limit", f"must be at least 1, got {limit}")
+        with self._guard("list lapsed leases"):
+            rows = (
+                self._open_connection()
+                .execute(
+                    f"SELECT doc FROM jobs INDEXED BY jobs_leases WHERE {_RUNNING} AND lease_expires_at < ? "
+                    "ORDER BY lease_expires_at, id LIMIT ?",
+                    (to_micros(now), limit),
+                )
+                .fetchall()
+            )
+        return [_job_from_doc(r[0]) for r in rows]
+
+    async def purge(self, now: datetime, log_before: datetime) -> int:
+        deleted = 0
+        batches = (
+            ("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE expires_at <= ? LIMIT ?)", to_micros(now)),
+            (
+                "DELETE FROM jobs_log WHERE rowid IN (SELECT rowid FROM jobs_log WHERE updated_at < ? LIMIT ?)",
+                to_micros(log_before),
+            ),
+        )
+        for sql, bound in batches:
+            while True:
+                with self._write("purge expired rows") as conn:
+                    count = conn.execute(sql, (bound, PURGE_BATCH)).rowcount
+                deleted += count
+                if count < PURGE_BATCH:
+                    break
+                # Let RPCs run between batches: a large purge must not freeze the server.
+                await asyncio.sleep(0)
+        return deleted
+
+    # -- jobs_log
+
+    async def list_log(self, query: LogQuery) -> list[LogEntry]:
+        if query.limit < 1:
+            raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
+        where = ["workspace_id = ?"]
+        params: list[Any] = [query.workspace_id]
+        for column, value in (
+            ("job_id", query.job_id),
+            ("job_type", query.kind),
+            ("status", query.status),
+            ("pipe_id", query.pipe_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.created_after is not None:
+            where.append("created_at >= ?")
+            params.append(to_micros(query.created_after))
+        if query.created_before is not None:
+            where.append("created_at <= ?")
+            params.append(to_micros(query.created_before))
+        if query.after is not None:
+            updated_at, job_id, revision = query.after
+            where.append("(updated_at, job_id, revision) < (?, ?, ?)")
+            params.extend((to_micros(updated_at), job_id, revision))
+        # One job's rows are few: its primary key finds them. Otherwise the workspace index is the page order.
+        index = "" if query.job_id is not None else "INDEXED BY jobs_log_by_workspace"
+        sql = (
+            f"SELECT {_LOG_COLUMNS} FROM jobs_log {index} WHERE {' AND '.join(where)} "
+            "ORDER BY updated_at DESC, job_id DESC, revision DESC LIMIT ?"
+        )
+        with self._guard("list the jobs log"):
+            rows = self._open_connection().execute(sql, (*params, query.limit)).fetchall()
+        return [
+            LogEntry(
+                job_id=r[0],
+                revision=r[1],
+                job_type=r[2],
+                status=r[3],
+                error=r[4],
+                workspace_id=r[5],
+                request_id=r[6],
+                pipe_id=r[7],
+                datasource_id=r[8],
+                created_at=from_micros(r[9]),
+                started_at=_time(r[10]),
+                updated_at=from_micros(r[11]),
+                job_metadata=json.loads(r[12]),
+            )
+            for r in rows
+        ]
+
+    # -- change feed
+
+    def changes(self) -> AsyncIterator[ChangeEvent]:
+        """Every job write committed after this call returns (registration happens here, not at the first
+        `__anext__`). The iterator ends when it is closed (`aclose()`) or the store is."""
+        self._open_connection()
+        return _FeedSubscription(self._subscribers, self._feed_capacity)
+
+    # -- workspaces and tokens
+
+    async def ensure_workspace(self, name: str, now: datetime) -> Workspace:
+        if not name.strip():
+            raise InvalidArgument("name", "a workspace name must not be empty")
+        with self._write("create a workspace") as conn:
+            conn.execute(
+                "INSERT INTO workspaces (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                (str(uuid.uuid4()), name, to_micros(now)),
+            )
+            row = conn.execute("SELECT id, name, created_at FROM workspaces WHERE name = ?", (name,)).fetchone()
+        return Workspace(id=row[0], name=row[1], created_at=from_micros(row[2]))
+
+    async def get_workspace(self, workspace_id: str) -> Workspace | None:
+        with self._guard("read a workspace"):
+            row = (
+                self._open_connection()
+                .execute("SELECT id, name, created_at FROM workspaces WHERE id = ?", (workspace_id,))
+                .fetchone()
+            )
+        return None if row is None else Workspace(id=row[0], name=row[1], created_at=from_micros(row[2]))
+
+    async def put_token(self, record: TokenRecord) -> None:
+        with self._write("store a token") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO tokens (token_hash, name, workspace_id, scopes, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    record.token_hash,
+                    record.name,
+                    record.workspace_id,
+                    json.dumps(list(record.scopes)),
+                    to_micros(record.created_at),
+                ),
+            )
+
+    async def get_token(self, token_hash: str) -> TokenRecord | None:
+        with self._guard("read a token"):
+            row = (
+                self._open_connection()
+                .execute(
+                    "SELECT token_hash, name, workspace_id, scopes, created_at FROM tokens WHERE token_hash = ?",
+                    (token_hash,),
+                )
+                .fetchone()
+            )
+        if row is None:
+            return None
+        return TokenRecord(
+            token_hash=row[0],
+            name=row[1],
+            workspace_id=row[2],
+            scopes=tuple(json.loads(row[3])),
+            created_at=from_micros(row[4]),
+        )
+
+    # -- internals
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise Unavailable(f"SQLite store {self._path} is not open")
+        return self._conn
+
+    def _check_file(self) -> None:
+        """Unavailable if the database file was removed or replaced under us (writes would silently be lost)."""
+        self._open_connection()
+        try:
+            stat = os.stat(self._path)
+        except OSError:
+            raise Unavailable(f"SQLite store {self._path}: the database file is gone") from None
+        if (stat.st_dev, stat.st_ino) != self._file_identity:
+            raise Unavailable(f"SQLite store {self._path}: the database file was replaced; restart jobsd")
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """Any SQLite failure surfaces as Unavailable naming the file and what we were doing."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise Unavailable(f"SQLite store {self._path} cannot {action}: {exc}") from None
+
+    @contextmanager
+    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back if the body raises (so a refused write changes nothing)."""
+        self._check_file()
+        with self._guard(action):
+            conn = self._open_connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _write_if_revision(conn: sqlite3.Connection, job_id: str, revision: int, row: tuple[Any, ...]) -> bool:
+        return conn.execute(_UPDATE_JOB_IF_REVISION, (*row, job_id, revision)).rowcount == 1
+
+    @staticmethod
+    def _append_log(conn: sqlite3.Connection, entry: LogEntry) -> None:
+        conn.execute(
+            f"INSERT INTO jobs_log ({_LOG_COLUMNS}) VALUES ({', '.join('?' * 13)})",
+            (
+                entry.job_id,
+                entry.revision,
+                entry.job_type,
+                entry.status,
+                entry.error,
+                entry.workspace_id,
+                entry.request_id,
+                entry.pipe_id,
+                entry.datasource_id,
+                to_micros(entry.created_at),
+                _micros(entry.started_at),
+                to_micros(entry.updated_at),
+                _encode_json(entry.job_metadata),
+            ),
+        )
+
+    def _publish(self, job: Job) -> None:
+        event = JobChanged(job)
+        for subscription in list(self._subscribers):
+            subscription.offer(event)
