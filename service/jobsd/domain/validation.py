@@ -1,0 +1,120 @@
+"""Validation of a new job's fields: every problem names the field, nothing is written on a bad request."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from jobsd.domain.model import KNOWN_KINDS, JobKind
+from jobsd.errors import InvalidArgument
+
+__all__ = ["NewJob", "validate_new_job"]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_MAX_TEXT = 256
+_MAX_SQL = 100_000
+_MAX_PARAMS_BYTES = 64 * 1024
+_MODES = ("append", "replace")
+# Kinds that write one target data source: they need datasource.name.
+_NEEDS_TARGET = frozenset({JobKind.IMPORT, JobKind.POPULATEVIEW, JobKind.COPY, JobKind.DELETE_DATA})
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """What a creator asks for; empty strings mean "not given"."""
+
+    kind: str
+    workspace_id: str | None = None
+    datasource: Mapping[str, Any] | None = None
+    pipe_id: str | None = None
+    pipe_name: str | None = None
+    query_id: str | None = None
+    query_sql: str | None = None
+    mode: str | None = None
+    url: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    request_id: str | None = None
+
+
+def _text(name: str, value: str | None, limit: int = _MAX_TEXT) -> str | None:
+    if not value:
+        return None
+    if len(value) > limit:
+        raise InvalidArgument(name, f"is longer than {limit} characters")
+    if any(ord(c) < 32 for c in value) and name not in ("query_sql",):
+        raise InvalidArgument(name, "must not contain control characters")
+    return value
+
+
+def validate_new_job(spec: NewJob) -> NewJob:
+    """The spec, normalised, or InvalidArgument naming the first bad field."""
+    if not spec.kind:
+        raise InvalidArgument("kind", f"is required; one of {', '.join(sorted(KNOWN_KINDS))}")
+    if spec.kind not in KNOWN_KINDS:
+        raise InvalidArgument("kind", f"unknown kind {spec.kind!r}; expected one of {', '.join(sorted(KNOWN_KINDS))}")
+    kind = JobKind(spec.kind)
+
+    datasource = dict(spec.datasource) if spec.datasource else None
+    if datasource is not None:
+        name = datasource.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise InvalidArgument(
+                "datasource.name", "must be a name of letters, digits and underscores, not starting with a digit"
+            )
+        ds_id = datasource.get("id")
+        if ds_id is not None and (not isinstance(ds_id, str) or len(ds_id) > _MAX_TEXT):
+            raise InvalidArgument("datasource.id", f"must be a string of at most {_MAX_TEXT} characters")
+    elif kind in _NEEDS_TARGET:
+        raise InvalidArgument("datasource", f"is required for {kind.value} jobs (at least {{\"name\": ...}})")
+
+    mode = _text("mode", spec.mode)
+    if kind in (JobKind.IMPORT, JobKind.COPY):
+        mode = mode or "append"
+        if mode not in _MODES:
+            raise InvalidArgument("mode", f"must be append or replace, got {mode!r}")
+    elif mode is not None and mode not in _MODES:
+        raise InvalidArgument("mode", f"must be append or replace, got {mode!r}")
+
+    url = _text("url", spec.url, 4096)
+    if kind is JobKind.IMPORT:
+        if url is None:
+            raise InvalidArgument("url", "is required for import jobs")
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https", "file") or (parsed.scheme != "file" and not parsed.netloc):
+            raise InvalidArgument("url", f"must be an http(s):// or file:// URL, got {url!r}")
+
+    params = dict(spec.params or {})
+    try:
+        size = len(json.dumps(params))
+    except (TypeError, ValueError):
+        raise InvalidArgument("params", "must be a JSON object") from None
+    if size > _MAX_PARAMS_BYTES:
+        raise InvalidArgument("params", f"is larger than {_MAX_PARAMS_BYTES} bytes")
+    query_sql = _text("query_sql", spec.query_sql, _MAX_SQL)
+    sql = query_sql or params.get("sql")
+    if kind in (JobKind.COPY, JobKind.QUERY, JobKind.POPULATEVIEW) and not (isinstance(sql, str) and sql.strip()):
+        raise InvalidArgument("params.sql", f"is required for {kind.value} jobs (or query_sql)")
+    if kind is JobKind.DELETE_DATA:
+        condition = params.get("delete_condition")
+        if not isinstance(condition, str) or not condition.strip():
+            raise InvalidArgument("params.delete_condition", "is required for delete_data jobs")
+
+    return NewJob(
+        kind=kind.value,
+        workspace_id=spec.workspace_id or None,
+        datasource=datasource,
+        pipe_id=_text("pipe_id", spec.pipe_id),
+        pipe_name=_text("pipe_name", spec.pipe_name),
+        query_id=_text("query_id", spec.query_id),
+        query_sql=query_sql,
+        mode=mode,
+        url=url,
+        params=params,
+        idempotency_key=_text("idempotency_key", spec.idempotency_key),
+        request_id=_text("request_id", spec.request_id),
+    )

@@ -1,0 +1,592 @@
+"""JobService: the domain service every edge calls (gRPC servicers, REST gateway via JobsApi).
+
+It authorises, validates, and moves jobs through the state machine with compare-and-set writes; it knows
+nothing of gRPC, HTTP or the store's technology.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from jobsd.domain.auth import Principal, hash_token
+from jobsd.domain.clock import Clock, from_micros, to_micros
+from jobsd.domain.model import KNOWN_KINDS, Job, JobStatus, LogEntry, Progress, Workspace
+from jobsd.domain.rules import QueueRules, concurrency_key
+from jobsd.domain.states import Action, apply_progress, transition
+from jobsd.domain.validation import NewJob, validate_new_job
+from jobsd.errors import FailedPrecondition, InvalidArgument, NotFound, StaleLease, Unauthenticated
+from jobsd.metrics import Metrics
+from jobsd.store.base import ClaimRequest, JobQuery, JobStore, LogQuery
+from jobsd.watch import WatchHub
+
+__all__ = ["Claim", "HeartbeatResult", "JobFilters", "JobService", "LogFilters", "WatchEvent"]
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 100
+MAX_WAIT_SECONDS = 60.0
+MAX_ID_LENGTH = 128
+# WatchJobs opens with at most this many active jobs before SYNCED.
+MAX_WATCH_SNAPSHOT = 10_000
+INVALID_TOKEN = "invalid authentication token"
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilters:
+    workspace_id: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    pipe_id: str | None = None
+    pipe_name: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def matches(self, job: Job) -> bool:
+        return (
+            (self.kind is None or job.kind == self.kind)
+            and (self.status is None or job.status.value == self.status)
+            and (self.pipe_id is None or job.pipe_id == self.pipe_id)
+            and (self.pipe_name is None or job.pipe_name == self.pipe_name)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilters:
+    workspace_id: str | None = None
+    job_id: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    pipe_id: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: Literal["snapshot", "status", "progress", "synced"]
+    job: Job | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    job: Job
+    lease_token: str
+    lease_expires_at: datetime
+    heartbeat_interval: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResult:
+    cancel_requested: bool
+    lease_expires_at: datetime
+    revision: int
+
+
+def _require_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidArgument("job_id", "is required")
+    if len(job_id) > MAX_ID_LENGTH:
+        raise InvalidArgument("job_id", f"is longer than {MAX_ID_LENGTH} characters")
+    return job_id
+
+
+def _page_size(value: int, field: str = "page_size") -> int:
+    if value == 0:
+        return MAX_PAGE
+    if not 1 <= value <= MAX_PAGE:
+        raise InvalidArgument(field, f"must be between 1 and {MAX_PAGE}, got {value}")
+    return value
+
+
+def _encode_cursor(*parts: object) -> str:
+    return base64.urlsafe_b64encode("|".join(str(p) for p in parts).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(token: str, arity: int) -> list[str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidArgument("page_token", "is not a page token this server issued") from None
+    parts = raw.split("|")
+    if len(parts) != arity or not parts[0].lstrip("-").isdigit():
+        raise InvalidArgument("page_token", "is not a page token this server issued")
+    return parts
+
+
+class JobService:
+    def __init__(
+        self,
+        store: JobStore,
+        clock: Clock,
+        rules: QueueRules,
+        hub: WatchHub,
+        metrics: Metrics,
+        *,
+        log_retention: timedelta = timedelta(days=30),
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.rules = rules
+        self.hub = hub
+        self.metrics = metrics
+        self.log_retention = log_retention
+        self._queue_changed = asyncio.Event()
+        self._token_cache: dict[str, tuple[float, Principal]] = {}
+        hub.add_listener(self._on_change)
+
+    # ------------------------------------------------------------------ auth
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise Unauthenticated(INVALID_TOKEN)
+        digest = hash_token(token)
+        cached = self._token_cache.get(digest)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        record = await self.store.get_token(digest)
+        if record is None:
+            raise Unauthenticated(INVALID_TOKEN)
+        principal = Principal.from_record(record)
+        if len(self._token_cache) > 1024:  # bounded: never grows with the number of tokens
+            self._token_cache.clear()
+        self._token_cache[digest] = (time.monotonic() + 5.0, principal)
+        return principal
+
+    async def workspace(self, principal: Principal, requested: str | None = None) -> Workspace:
+        workspace_id = principal.workspace(requested)
+        ws = await self.store.get_workspace(workspace_id)
+        if ws is None:
+            raise NotFound(f'Workspace "{workspace_id}" not found')
+        return ws
+
+    # ------------------------------------------------------------------ reads
+
+    async def _visible(self, job_id: str) -> Job:
+        job = await self.store.get_job(_require_id(job_id), self.clock.now())
+        if job is None:
+            raise NotFound(f'Job with id "{job_id}" not found')
+        return job
+
+    async def get_job(self, principal: Principal, job_id: str) -> Job:
+        job = await self._visible(job_id)
+        principal.check_read(job)
+        return job
+
+    async def list_jobs(
+        self, principal: Principal, filters: JobFilters, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Job], str]:
+        limit = _page_size(page_size)
+        workspace_id = principal.workspace(filters.workspace_id)
+        after = None
+        if page_token:
+            micros, job_id = _decode_cursor(page_token, 2)
+            after = (from_micros(int(micros)), job_id)
+        query = JobQuery(
+            scope=principal.read_scope(workspace_id),
+            now=self.clock.now(),
+            limit=limit + 1,
+            kind=filters.kind or None,
+            status=filters.status or None,
+            pipe_id=filters.pipe_id or None,
+            pipe_name=filters.pipe_name or None,
+            created_after=filters.created_after,
+            created_before=filters.created_before,
+            after=after,
+        )
+        jobs = await self.store.list_jobs(query)
+        if len(jobs) <= limit:
+            return jobs, ""
+        jobs = jobs[:limit]
+        last = jobs[-1]
+        return jobs, _encode_cursor(to_micros(last.created_at), last.id)
+
+    async def list_log(
+        self, principal: Principal, filters: LogFilters, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[LogEntry], str]:
+        limit = _page_size(page_size)
+        workspace_id = principal.workspace(filters.workspace_id)
+        principal.read_scope(workspace_id)
+        if not principal.read_scope(workspace_id).everything:
+            principal.require_admin()
+        after = None
+        if page_token:
+            micros, job_id, revision = _decode_cursor(page_token, 3)
+            if not revision.isdigit():
+                raise InvalidArgument("page_token", "is not a page token this server issued")
+            after = (from_micros(int(micros)), job_id, int(revision))
+        entries = await self.store.list_log(
+            LogQuery(
+                workspace_id=workspace_id,
+                limit=limit + 1,
+                job_id=filters.job_id or None,
+                kind=filters.kind or None,
+                status=filters.status or None,
+                pipe_id=filters.pipe_id or None,
+                created_after=filters.created_after,
+                created_before=filters.created_before,
+                after=after,
+            )
+        )
+        if len(entries) <= limit:
+            return entries, ""
+        entries = entries[:limit]
+        last = entries[-1]
+        return entries, _encode_cursor(to_micros(last.updated_at), last.job_id, last.revision)
+
+    # ------------------------------------------------------------------ writes
+
+    async def create_job(self, principal: Principal, spec: NewJob) -> Job:
+        principal.require_create()
+        workspace_id = principal.workspace(spec.workspace_id)
+        if await self.store.get_workspace(workspace_id) is None:
+            raise NotFound(f'Workspace "{workspace_id}" not found')
+        valid = validate_new_job(spec)
+        now = self.clock.now()
+        job_id = str(uuid.uuid4())
+        datasource = dict(valid.datasource) if valid.datasource is not None else None
+        if datasource is not None and not datasource.get("id"):
+            # A stable id per (workspace, name) when the creator does not know the data source's id.
+            digest = hashlib.sha256(f"{workspace_id}/{datasource['name']}".encode()).hexdigest()[:32]
+            datasource["id"] = f"t_{digest}"
+        query_id = valid.query_id
+        if query_id is None and valid.kind in ("populateview", "copy", "query"):
+            query_id = _new_query_id(now)
+        job = Job(
+            id=job_id,
+            workspace_id=workspace_id,
+            kind=valid.kind,
+            status=JobStatus.WAITING,
+            created_at=now,
+            updated_at=now,
+            revision=1,
+            status_revision=1,
+            concurrency_key=concurrency_key(workspace_id, valid.kind, (datasource or {}).get("name")),
+            expires_at=now + self.rules.retention,
+            datasource=datasource,
+            pipe_id=valid.pipe_id,
+            pipe_name=valid.pipe_name,
+            query_id=query_id,
+            query_sql=valid.query_sql,
+            mode=valid.mode,
+            url=valid.url,
+            import_id=job_id if valid.kind == "import" else None,
+            params=dict(valid.params),
+            idempotency_key=valid.idempotency_key,
+            request_id=valid.request_id or job_id,
+        )
+        stored = await self.store.insert_job(job)
+        if stored.id == job.id:
+            self.metrics.transitions.labels(job.kind, job.status.value).inc()
+        return stored
+
+    async def _move(
+        self,
+        job_id: str,
+        decide: Callable[[Job], Job],
+        check: Callable[[Job], Awaitable[None] | None] | None = None,
+    ) -> Job:
+        """Read, decide, compare-and-set; on a lost race re-read and decide again."""
+        for _ in range(50):
+            job = await self._visible(job_id)
+            if check is not None:
+                pending = check(job)
+                if pending is not None:
+                    await pending
+            new = decide(job)
+            if new is job:
+                return job
+            if await self.store.compare_and_set(job, new):
+                if new.status is not job.status:
+                    self.metrics.transitions.labels(new.kind, new.status.value).inc()
+                return new
+        raise FailedPrecondition(f"Job {job_id} is changing too fast; try again")
+
+    async def cancel_job(self, principal: Principal, job_id: str) -> Job:
+        def decide(job: Job) -> Job:
+            return transition(job, Action.CANCEL, self.clock.now(), retention=self.rules.retention)
+
+        return await self._move(job_id, decide, check=principal.check_write)
+
+    async def retry_job(self, principal: Principal, job_id: str) -> Job:
+        old = await self._visible(job_id)
+        principal.check_write(old)
+        if old.status not in (JobStatus.ERROR, JobStatus.CANCELLED):
+            raise FailedPrecondition(f"Job can only be retried when it is error or cancelled; it is {old.status.value}")
+        spec = NewJob(
+            workspace_id=old.workspace_id,
+            kind=old.kind,
+            datasource=old.datasource,
+            pipe_id=old.pipe_id,
+            pipe_name=old.pipe_name,
+            query_id=None,
+            query_sql=old.query_sql,
+            mode=old.mode,
+            url=old.url,
+            params=old.params,
+            idempotency_key=None,
+            request_id=None,
+        )
+        return await self.create_job(
+            Principal(principal.token_name, principal.workspace_id, principal.scopes | {"JOBS:CREATE"}), spec
+        )
+
+    # ------------------------------------------------------------------ workers
+
+    def _on_change(self, job: Job) -> None:
+        # A new waiting job, or a slot freed by a job leaving working: wake the long-polling claimers.
+        if job.status is JobStatus.WAITING or job.status.is_terminal:
+            self._queue_changed.set()
+
+    async def claim_job(
+        self,
+        principal: Principal,
+        worker_id: str,
+        kinds: Collection[str],
+        wait_seconds: float,
+        workspace_id: str | None = None,
+    ) -> Claim | None:
+        principal.require_execute()
+        if not worker_id:
+            raise InvalidArgument("worker_id", "is required")
+        if len(worker_id) > MAX_ID_LENGTH:
+            raise InvalidArgument("worker_id", f"is longer than {MAX_ID_LENGTH} characters")
+        for kind in kinds:
+            if kind not in KNOWN_KINDS:
+                raise InvalidArgument("kinds", f"unknown kind {kind!r}; expected some of {', '.join(sorted(KNOWN_KINDS))}")
+        if not 0 <= wait_seconds <= MAX_WAIT_SECONDS:
+            raise InvalidArgument("wait_seconds", f"must be between 0 and {MAX_WAIT_SECONDS:g}, got {wait_seconds:g}")
+        workspace = workspace_id or None
+        if principal.workspace_id is not None:
+            workspace = principal.workspace(workspace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        while True:
+            self._queue_changed.clear()
+            claim = await self._claim_once(worker_id, kinds, workspace)
+            remaining = deadline - loop.time()
+            if claim is not None or remaining <= 0:
+                return claim
+            try:
+                # Wake on a local change; re-check at least every second for other replicas' writes.
+                await asyncio.wait_for(self._queue_changed.wait(), timeout=min(remaining, 1.0))
+            except TimeoutError:
+                pass
+
+    async def _claim_once(self, worker_id: str, kinds: Collection[str], workspace_id: str | None) -> Claim | None:
+        now = self.clock.now()
+        lease_token = uuid.uuid4().hex
+        lease_expires_at = now + self.rules.lease
+
+        def claim(job: Job) -> Job:
+            return transition(
+                job,
+                Action.CLAIM,
+                now,
+                retention=self.rules.retention,
+                worker_id=worker_id,
+                lease_token=lease_token,
+                lease_expires_at=lease_expires_at,
+            )
+
+        job = await self.store.claim_next(
+            ClaimRequest(
+                now=now, kinds=tuple(kinds), workspace_id=workspace_id, limit_for=self.rules.limit_for, claim=claim
+            )
+        )
+        if job is None:
+            return None
+        self.metrics.transitions.labels(job.kind, job.status.value).inc()
+        self.metrics.queue_wait.labels(job.kind).observe(max(0.0, (now - job.created_at).total_seconds()))
+        return Claim(job, lease_token, lease_expires_at, self.rules.heartbeat_interval)
+
+    def _check_lease(self, principal: Principal, lease_token: str) -> Callable[[Job], None]:
+        principal.require_execute()
+        if not lease_token:
+            raise InvalidArgument("lease_token", "is required")
+
+        def check(job: Job) -> None:
+            if principal.workspace_id is not None and job.workspace_id != principal.workspace_id:
+                principal.check_write(job)
+            if job.lease_token != lease_token or job.status.is_terminal:
+                raise StaleLease(f"Job {job.id}: this worker no longer holds its lease (job is {job.status.value})")
+            if job.lease_expires_at is not None and self.clock.now() >= job.lease_expires_at:
+                raise StaleLease(f"Job {job.id}: the lease lapsed at {job.lease_expires_at.isoformat()}")
+
+        return check
+
+    async def heartbeat(
+        self, principal: Principal, job_id: str, lease_token: str, progress: Progress
+    ) -> HeartbeatResult:
+        check = self._check_lease(principal, lease_token)
+
+        def decide(job: Job) -> Job:
+            now = self.clock.now()
+            return replace(apply_progress(job, progress, now), lease_expires_at=now + self.rules.lease)
+
+        job = await self._move(job_id, decide, check)
+        assert job.lease_expires_at is not None
+        return HeartbeatResult(job.status is JobStatus.CANCELLING, job.lease_expires_at, job.revision)
+
+    async def finish_job(
+        self,
+        principal: Principal,
+        job_id: str,
+        lease_token: str,
+        status: JobStatus | None,
+        error: str,
+        progress: Progress,
+        release: bool = False,
+    ) -> Job:
+        check = self._check_lease(principal, lease_token)
+        if release:
+            action = Action.RELEASE
+        elif status is JobStatus.DONE:
+            action = Action.FINISH_DONE
+        elif status is JobStatus.ERROR:
+            action = Action.FINISH_ERROR
+        elif status is JobStatus.CANCELLED:
+            action = Action.FINISH_CANCELLED
+        else:
+            raise InvalidArgument("status", "must be DONE, ERROR or CANCELLED (or set release)")
+        if len(error) > 10_000:
+            raise InvalidArgument("error", "is longer than 10000 characters")
+
+        def decide(job: Job) -> Job:
+            return transition(
+                job,
+                action,
+                self.clock.now(),
+                retention=self.rules.retention,
+                error=error or None,
+                progress=None if progress.is_empty() else progress,
+            )
+
+        return await self._move(job_id, decide, check)
+
+    # ------------------------------------------------------------------ watch
+
+    async def watch_job(self, principal: Principal, job_id: str, since_revision: int = 0) -> AsyncIterator[WatchEvent]:
+        if since_revision < 0:
+            raise InvalidArgument("since_revision", "must not be negative")
+        job = await self.get_job(principal, job_id)  # authorise before subscribing
+        sub = self.hub.subscribe(lambda _job: True, job_id=job.id)
+        self.metrics.watchers.inc()
+        try:
+            # Re-read after subscribing so no change can fall between the snapshot and the feed.
+            job = await self.get_job(principal, job_id)
+            last = since_revision
+            if job.revision > last:
+                yield WatchEvent("snapshot", job)
+                last = job.revision
+            if job.status.is_terminal:
+                return
+            async for change in sub.events():
+                if change is None:  # the feed was reset: re-read
+                    change = await self.get_job(principal, job_id)
+                    kind: Literal["snapshot", "status", "progress"] = "snapshot"
+                else:
+                    kind = "status" if change.status_revision == change.revision else "progress"
+                if change.revision <= last:
+                    continue
+                last = change.revision
+                yield WatchEvent(kind, change)
+                if change.status.is_terminal:
+                    return
+        finally:
+            self.metrics.watchers.dec()
+            self.hub.unsubscribe(sub)
+
+    async def watch_jobs(self, principal: Principal, filters: JobFilters) -> AsyncIterator[WatchEvent]:
+        workspace_id = principal.workspace(filters.workspace_id)
+        scope = principal.read_scope(workspace_id)
+        sent: dict[str, int] = {}
+
+        def accepts(job: Job) -> bool:
+            return scope.allows(job) and (filters.matches(job) or job.id in sent)
+
+        sub = self.hub.subscribe(accepts)
+        self.metrics.watchers.inc()
+        try:
+            after: tuple[datetime, str] | None = None
+            while len(sent) < MAX_WATCH_SNAPSHOT:
+                page = await self.store.list_jobs(
+                    JobQuery(
+                        scope=scope,
+                        now=self.clock.now(),
+                        limit=MAX_PAGE,
+                        kind=filters.kind or None,
+                        status=filters.status or None,
+                        pipe_id=filters.pipe_id or None,
+                        pipe_name=filters.pipe_name or None,
+                        after=after,
+                        only_active=True,
+                    )
+                )
+                for job in page:
+                    sent[job.id] = job.revision
+                    yield WatchEvent("snapshot", job)
+                if len(page) < MAX_PAGE:
+                    break
+                after = (page[-1].created_at, page[-1].id)
+            yield WatchEvent("synced", None)
+            async for change in sub.events():
+                if change is None:
+                    yield WatchEvent("synced", None)
+                    continue
+                if change.revision <= sent.get(change.id, 0):
+                    continue
+                if change.status.is_terminal:
+                    sent.pop(change.id, None)
+                else:
+                    sent[change.id] = change.revision
+                yield WatchEvent("status" if change.status_revision == change.revision else "progress", change)
+        finally:
+            self.metrics.watchers.dec()
+            self.hub.unsubscribe(sub)
+
+    # ------------------------------------------------------------------ sweeps
+
+    async def sweep_leases(self) -> int:
+        """Recover jobs whose worker stopped heartbeating: requeue, or error after max attempts."""
+        now = self.clock.now()
+        recovered = 0
+        for job in await self.store.lapsed_leases(now, 100):
+            exhausted = job.attempt >= self.rules.max_attempts
+            action = Action.LEASE_EXHAUSTED if exhausted else Action.LEASE_REQUEUE
+            error = (
+                f"Job abandoned: its worker {job.worker_id or '?'} stopped heartbeating "
+                f"{job.attempt} time(s) (max attempts {self.rules.max_attempts})"
+            )
+            new = transition(job, action, now, retention=self.rules.retention, error=error)
+            if await self.store.compare_and_set(job, new):
+                recovered += 1
+                self.metrics.lease_lapses.inc()
+                self.metrics.transitions.labels(new.kind, new.status.value).inc()
+                log.info("lease lapsed", extra={"job_id": job.id, "new_status": new.status.value})
+        return recovered
+
+    async def sweep_retention(self) -> int:
+        now = self.clock.now()
+        return await self.store.purge(now, now - self.log_retention)
+
+
+def _new_query_id(now: datetime) -> str:
+    """A ULID-shaped id (26 Crockford base-32 characters: 48-bit time, 80 random bits)."""
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    value = (to_micros(now) // 1000) << 80 | int.from_bytes(uuid.uuid4().bytes[:10], "big")
+    chars = []
+    for _ in range(26):
+        value, rem = divmod(value, 32)
+        chars.append(alphabet[rem])
+    return "".join(reversed(chars))
+

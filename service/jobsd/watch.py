@@ -1,0 +1,172 @@
+"""Fan-out of job changes to watch subscribers.
+
+One task consumes the store's change feed (one per process, not per subscriber) and pushes each change into
+the bounded buffer of every interested subscriber, synchronously and without awaiting, so a slow subscriber can
+never slow the writers or the other subscribers. When a subscriber lags, consecutive progress-only revisions of
+one job are coalesced into the latest; status changes are never dropped. A subscriber whose buffer still
+overflows (it holds only status changes, which cannot be coalesced) is closed with a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from jobsd.domain.model import Job
+from jobsd.errors import ResourceExhausted
+from jobsd.store.base import FeedReset, JobChanged, JobStore
+
+__all__ = ["Subscription", "WatchHub"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Reset:
+    """Marker queued when the feed lost events: the subscriber must re-read the current state."""
+
+
+class Subscription:
+    """A bounded, coalescing buffer of job changes for one watcher."""
+
+    def __init__(self, hub: WatchHub, accepts: Callable[[Job], bool], job_id: str | None, capacity: int) -> None:
+        self._hub = hub
+        self._accepts = accepts
+        self.job_id = job_id
+        self._capacity = capacity
+        self._buffer: deque[Job | _Reset] = deque()
+        self._wakeup = asyncio.Event()
+        self._overflowed = False
+        self._closed = False
+        self.coalesced = 0
+
+    def offer(self, job: Job) -> None:
+        if self._closed or not self._accepts(job):
+            return
+        progress_only = job.status_revision != job.revision
+        if progress_only and self._buffer:
+            # Coalesce: replace the newest not-yet-delivered progress-only event of the same job.
+            for i in range(len(self._buffer) - 1, -1, -1):
+                queued = self._buffer[i]
+                if isinstance(queued, Job) and queued.id == job.id:
+                    if queued.status_revision != queued.revision and queued.revision < job.revision:
+                        self._buffer[i] = job
+                        self.coalesced += 1
+                        return
+                    break
+        if len(self._buffer) >= self._capacity:
+            self._overflowed = True
+            self._closed = True
+        else:
+            self._buffer.append(job)
+        self._wakeup.set()
+
+    def reset(self) -> None:
+        if not self._closed:
+            self._buffer.append(_Reset())
+            self._wakeup.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+
+    async def events(self) -> AsyncIterator[Job | None]:
+        """Changes in order; None means "re-read the current state" (the feed was reset)."""
+        try:
+            while True:
+                while self._buffer:
+                    item = self._buffer.popleft()
+                    yield None if isinstance(item, _Reset) else item
+                if self._overflowed:
+                    raise ResourceExhausted(
+                        "The watcher fell too far behind and was closed; resume with since_revision"
+                    )
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        finally:
+            self._hub.unsubscribe(self)
+
+
+class WatchHub:
+    """Owns the change-feed task; `subscribe()` hands out Subscriptions. start()/stop() are idempotent."""
+
+    def __init__(self, store: JobStore, *, capacity: int = 256, max_subscribers: int = 20_000) -> None:
+        self._store = store
+        self._capacity = capacity
+        self._max = max_subscribers
+        self._by_job: dict[str, set[Subscription]] = {}
+        self._wide: set[Subscription] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[Job], None]] = []
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._wide) + sum(len(s) for s in self._by_job.values())
+
+    def add_listener(self, listener: Callable[[Job], None]) -> None:
+        """Called for every change (the claim long-poll uses it to wake waiting workers)."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        if self._task is None:
+            feed = self._store.changes()
+            self._task = asyncio.create_task(self._pump(feed), name="jobsd-watch-hub")
+            # Let the pump register with the feed before any write can happen.
+            await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        for sub in [*self._wide, *(s for subs in self._by_job.values() for s in subs)]:
+            sub.close()
+
+    def subscribe(self, accepts: Callable[[Job], bool], job_id: str | None = None) -> Subscription:
+        if self.subscriber_count >= self._max:
+            raise ResourceExhausted(f"Too many watch streams on this server (limit {self._max})")
+        sub = Subscription(self, accepts, job_id, self._capacity)
+        if job_id is None:
+            self._wide.add(sub)
+        else:
+            self._by_job.setdefault(job_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.close()
+        if sub.job_id is None:
+            self._wide.discard(sub)
+            return
+        subs = self._by_job.get(sub.job_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_job[sub.job_id]
+
+    def publish(self, job: Job) -> None:
+        for sub in tuple(self._by_job.get(job.id, ())):
+            sub.offer(job)
+        for sub in tuple(self._wide):
+            sub.offer(job)
+        for listener in self._listeners:
+            listener(job)
+
+    async def _pump(self, feed: AsyncIterator[object]) -> None:
+        async for change in feed:
+            try:
+                if isinstance(change, JobChanged):
+                    self.publish(change.job)
+                elif isinstance(change, FeedReset):
+                    log.warning("change feed reset: every watcher re-reads the current state")
+                    for sub in [*self._wide, *(s for subs in self._by_job.values() for s in subs)]:
+                        sub.reset()
+            except Exception:  # one bad subscriber must not stop the fan-out
+                log.exception("watch fan-out failed for one change")
