@@ -1,0 +1,181 @@
+"""Domain <-> jobsd.v1 protobuf. Used by the in-process API (and so by the gRPC servicers)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from jobsd.domain.clock import utc
+from jobsd.domain.model import Job, JobStatus, LogEntry, ProcessedData, Progress, QueryProgress, Statistics, Workspace
+from jobsd.errors import InvalidArgument
+from jobsd_client._proto import jobs_pb2 as pb
+
+__all__ = [
+    "STATUS_FROM_PB",
+    "STATUS_TO_PB",
+    "job_to_pb",
+    "log_to_pb",
+    "progress_from_pb",
+    "struct_to_dict",
+    "time_from_pb",
+    "workspace_to_pb",
+]
+
+STATUS_TO_PB: dict[JobStatus, pb.JobStatus.ValueType] = {
+    JobStatus.WAITING: pb.JOB_STATUS_WAITING,
+    JobStatus.WORKING: pb.JOB_STATUS_WORKING,
+    JobStatus.DONE: pb.JOB_STATUS_DONE,
+    JobStatus.ERROR: pb.JOB_STATUS_ERROR,
+    JobStatus.CANCELLING: pb.JOB_STATUS_CANCELLING,
+    JobStatus.CANCELLED: pb.JOB_STATUS_CANCELLED,
+}
+STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
+
+
+def _ts(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(utc(value))
+    return ts
+
+
+def time_from_pb(msg: Any, field: str) -> datetime | None:
+    """The Timestamp field of `msg`, or None if unset."""
+    if not msg.HasField(field):
+        return None
+    value: timestamp_pb2.Timestamp = getattr(msg, field)
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "is not a valid timestamp") from None
+
+
+def struct_to_dict(msg: Any, field: str) -> dict[str, Any] | None:
+    if not msg.HasField(field):
+        return None
+    return json_format.MessageToDict(getattr(msg, field))
+
+
+def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    st = struct_pb2.Struct()
+    st.update(value)
+    return st
+
+
+def job_to_pb(job: Job) -> pb.Job:
+    msg = pb.Job(
+        id=job.id,
+        workspace_id=job.workspace_id,
+        kind=job.kind,
+        status=STATUS_TO_PB[job.status],
+        created_at=_ts(job.created_at),
+        updated_at=_ts(job.updated_at),
+        is_cancellable=job.is_cancellable,
+        revision=job.revision,
+        progress_percentage=job.progress_percentage,
+        queries=[pb.QueryProgress(query_id=q.query_id, status=q.status) for q in job.queries],
+        quarantine_rows=job.quarantine_rows,
+        invalid_lines=job.invalid_lines,
+        errors=list(job.errors),
+        attempt=job.attempt,
+        concurrency_key=job.concurrency_key,
+    )
+    if job.started_at is not None:
+        msg.started_at.CopyFrom(_ts(job.started_at))
+    if job.datasource is not None:
+        msg.datasource_ref.CopyFrom(pb.DataSourceRef(id=job.datasource_id or "", name=job.datasource_name or ""))
+        msg.datasource.CopyFrom(_struct(job.datasource))
+    for name in ("pipe_id", "pipe_name", "query_id", "query_sql", "mode", "url", "import_id", "error", "worker_id"):
+        value = getattr(job, name)
+        if value is not None:
+            setattr(msg, name, value)
+    if job.idempotency_key is not None:
+        msg.idempotency_key = job.idempotency_key
+    if job.statistics is not None:
+        msg.statistics.CopyFrom(pb.Statistics(bytes=job.statistics.bytes, row_count=job.statistics.row_count))
+    if job.processed_data is not None:
+        p = job.processed_data
+        msg.processed_data.CopyFrom(
+            pb.ProcessedData(
+                read_rows=p.read_rows, read_bytes=p.read_bytes, written_rows=p.written_rows, written_bytes=p.written_bytes
+            )
+        )
+    if job.lease_expires_at is not None:
+        msg.lease_expires_at.CopyFrom(_ts(job.lease_expires_at))
+    if job.params:
+        msg.params.CopyFrom(_struct(job.params))
+    if job.result:
+        msg.result.CopyFrom(_struct(job.result))
+    return msg
+
+
+_QUERY_STATUSES = frozenset({"waiting", "working", "done", "error", "cancelled"})
+
+
+def progress_from_pb(msg: pb.ProgressUpdate, field: str = "progress") -> Progress:
+    queries = None
+    if msg.queries:
+        for i, q in enumerate(msg.queries):
+            if not q.query_id:
+                raise InvalidArgument(f"{field}.queries[{i}].query_id", "is required")
+            if q.status not in _QUERY_STATUSES:
+                raise InvalidArgument(
+                    f"{field}.queries[{i}].status", f"must be one of {', '.join(sorted(_QUERY_STATUSES))}"
+                )
+        queries = tuple(QueryProgress(q.query_id, q.status) for q in msg.queries)
+    pct = msg.progress_percentage if msg.HasField("progress_percentage") else None
+    if pct is not None and not 0.0 <= pct <= 100.0:
+        raise InvalidArgument(f"{field}.progress_percentage", f"must be between 0 and 100, got {pct:g}")
+    for name in ("quarantine_rows", "invalid_lines"):
+        if msg.HasField(name) and getattr(msg, name) < 0:
+            raise InvalidArgument(f"{field}.{name}", "must not be negative")
+    stats = None
+    if msg.HasField("statistics"):
+        if msg.statistics.bytes < 0 or msg.statistics.row_count < 0:
+            raise InvalidArgument(f"{field}.statistics", "must not be negative")
+        stats = Statistics(msg.statistics.bytes, msg.statistics.row_count)
+    processed = None
+    if msg.HasField("processed_data"):
+        d = msg.processed_data
+        processed = ProcessedData(d.read_rows, d.read_bytes, d.written_rows, d.written_bytes)
+    return Progress(
+        progress_percentage=pct,
+        queries=queries,
+        statistics=stats,
+        quarantine_rows=msg.quarantine_rows if msg.HasField("quarantine_rows") else None,
+        invalid_lines=msg.invalid_lines if msg.HasField("invalid_lines") else None,
+        processed_data=processed,
+        result=json_format.MessageToDict(msg.result) if msg.HasField("result") else None,
+        errors=tuple(msg.errors) if msg.errors else None,
+    )
+
+
+def log_to_pb(entry: LogEntry) -> pb.JobLogEntry:
+    msg = pb.JobLogEntry(
+        job_id=entry.job_id,
+        job_type=entry.job_type,
+        status=entry.status,
+        workspace_id=entry.workspace_id,
+        request_id=entry.request_id,
+        created_at=_ts(entry.created_at),
+        updated_at=_ts(entry.updated_at),
+        job_metadata=json.dumps(entry.job_metadata, sort_keys=True),
+        revision=entry.revision,
+    )
+    if entry.error is not None:
+        msg.error = entry.error
+    if entry.pipe_id is not None:
+        msg.pipe_id = entry.pipe_id
+    if entry.datasource_id is not None:
+        msg.datasource_id = entry.datasource_id
+    if entry.started_at is not None:
+        msg.started_at.CopyFrom(_ts(entry.started_at))
+    return msg
+
+
+def workspace_to_pb(ws: Workspace, scopes: frozenset[str], token_name: str) -> pb.Workspace:
+    return pb.Workspace(
+        id=ws.id, name=ws.name, scopes=sorted(scopes), token_name=token_name, created_at=_ts(ws.created_at)
+    )

@@ -1,0 +1,177 @@
+"""LocalJobsApi: the jobsd.v1 API in-process. Decodes requests, calls JobService, encodes responses.
+
+The gRPC servicers are a shim over this class (token from metadata, errors to status codes), and the REST
+gateway inside `jobsd serve` calls it directly, so both edges share one decode/encode implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from jobsd.api.codec import (
+    STATUS_FROM_PB,
+    job_to_pb,
+    log_to_pb,
+    progress_from_pb,
+    struct_to_dict,
+    time_from_pb,
+    workspace_to_pb,
+)
+from jobsd.domain.validation import NewJob
+from jobsd.errors import JobsdError
+from jobsd.service import JobFilters, JobService, LogFilters, WatchEvent
+from jobsd_client._proto import jobs_pb2 as pb
+
+__all__ = ["LocalJobsApi", "LocalWorkersApi"]
+
+_EVENT_TYPES = {
+    "snapshot": pb.JobEvent.TYPE_SNAPSHOT,
+    "status": pb.JobEvent.TYPE_STATUS,
+    "progress": pb.JobEvent.TYPE_PROGRESS,
+    "synced": pb.JobEvent.TYPE_SYNCED,
+}
+
+
+def _event_to_pb(event: WatchEvent) -> pb.JobEvent:
+    if event.job is None:
+        return pb.JobEvent(type=_EVENT_TYPES[event.type])
+    return pb.JobEvent(type=_EVENT_TYPES[event.type], job=job_to_pb(event.job), revision=event.job.revision)
+
+
+class LocalJobsApi:
+    def __init__(self, service: JobService) -> None:
+        self.service = service
+
+    async def list_jobs(self, token: str | None, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
+        principal = await self.service.authenticate(token)
+        filters = JobFilters(
+            workspace_id=request.workspace_id or None,
+            kind=request.kind or None,
+            status=request.status or None,
+            pipe_id=request.pipe_id or None,
+            pipe_name=request.pipe_name or None,
+            created_after=time_from_pb(request, "created_after"),
+            created_before=time_from_pb(request, "created_before"),
+        )
+        jobs, next_token = await self.service.list_jobs(principal, filters, request.page_size, request.page_token)
+        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs], next_page_token=next_token)
+
+    async def get_job(self, token: str | None, request: pb.GetJobRequest) -> pb.Job:
+        principal = await self.service.authenticate(token)
+        return job_to_pb(await self.service.get_job(principal, request.job_id))
+
+    async def cancel_job(self, token: str | None, request: pb.CancelJobRequest) -> pb.Job:
+        principal = await self.service.authenticate(token)
+        return job_to_pb(await self.service.cancel_job(principal, request.job_id))
+
+    async def create_job(self, token: str | None, request: pb.CreateJobRequest) -> pb.Job:
+        principal = await self.service.authenticate(token)
+        spec = NewJob(
+            kind=request.kind,
+            workspace_id=request.workspace_id or None,
+            datasource=struct_to_dict(request, "datasource"),
+            pipe_id=request.pipe_id or None,
+            pipe_name=request.pipe_name or None,
+            query_id=request.query_id or None,
+            query_sql=request.query_sql or None,
+            mode=request.mode or None,
+            url=request.url or None,
+            params=struct_to_dict(request, "params") or {},
+            idempotency_key=request.idempotency_key or None,
+            request_id=request.request_id or None,
+        )
+        return job_to_pb(await self.service.create_job(principal, spec))
+
+    async def retry_job(self, token: str | None, request: pb.RetryJobRequest) -> pb.Job:
+        principal = await self.service.authenticate(token)
+        return job_to_pb(await self.service.retry_job(principal, request.job_id))
+
+    async def list_jobs_log(self, token: str | None, request: pb.ListJobsLogRequest) -> pb.ListJobsLogResponse:
+        principal = await self.service.authenticate(token)
+        filters = LogFilters(
+            workspace_id=request.workspace_id or None,
+            job_id=request.job_id or None,
+            kind=request.kind or None,
+            status=request.status or None,
+            pipe_id=request.pipe_id or None,
+            created_after=time_from_pb(request, "created_after"),
+            created_before=time_from_pb(request, "created_before"),
+        )
+        entries, next_token = await self.service.list_log(principal, filters, request.page_size, request.page_token)
+        return pb.ListJobsLogResponse(entries=[log_to_pb(e) for e in entries], next_page_token=next_token)
+
+    async def get_workspace(self, token: str | None, request: pb.GetWorkspaceRequest) -> pb.Workspace:
+        principal = await self.service.authenticate(token)
+        if principal.workspace_id is None:
+            return pb.Workspace(id="", name="*", scopes=sorted(principal.scopes), token_name=principal.token_name)
+        ws = await self.service.workspace(principal)
+        return workspace_to_pb(ws, principal.scopes, principal.token_name)
+
+    async def watch_job(self, token: str | None, request: pb.WatchJobRequest) -> AsyncIterator[pb.JobEvent]:
+        principal = await self.service.authenticate(token)
+        async for event in self.service.watch_job(principal, request.job_id, request.since_revision):
+            yield _event_to_pb(event)
+
+    async def watch_jobs(self, token: str | None, request: pb.WatchJobsRequest) -> AsyncIterator[pb.JobEvent]:
+        principal = await self.service.authenticate(token)
+        filters = JobFilters(
+            workspace_id=request.workspace_id or None,
+            kind=request.kind or None,
+            status=request.status or None,
+            pipe_id=request.pipe_id or None,
+            pipe_name=request.pipe_name or None,
+        )
+        async for event in self.service.watch_jobs(principal, filters):
+            yield _event_to_pb(event)
+
+    async def ready(self) -> bool:
+        try:
+            await self.service.store.ping()
+        except JobsdError:
+            return False
+        return True
+
+
+class LocalWorkersApi:
+    """The Workers service in-process (claim, heartbeat, finish)."""
+
+    def __init__(self, service: JobService) -> None:
+        self.service = service
+
+    async def claim_job(self, token: str | None, request: pb.ClaimJobRequest) -> pb.ClaimJobResponse:
+        principal = await self.service.authenticate(token)
+        claim = await self.service.claim_job(
+            principal, request.worker_id, tuple(request.kinds), request.wait_seconds, request.workspace_id or None
+        )
+        if claim is None:
+            return pb.ClaimJobResponse()
+        response = pb.ClaimJobResponse(
+            job=job_to_pb(claim.job),
+            lease_token=claim.lease_token,
+            heartbeat_interval_seconds=claim.heartbeat_interval.total_seconds(),
+        )
+        response.lease_expires_at.FromDatetime(claim.lease_expires_at)
+        return response
+
+    async def heartbeat(self, token: str | None, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        principal = await self.service.authenticate(token)
+        result = await self.service.heartbeat(
+            principal, request.job_id, request.lease_token, progress_from_pb(request.progress)
+        )
+        response = pb.HeartbeatResponse(cancel_requested=result.cancel_requested, revision=result.revision)
+        response.lease_expires_at.FromDatetime(result.lease_expires_at)
+        return response
+
+    async def finish_job(self, token: str | None, request: pb.FinishJobRequest) -> pb.Job:
+        principal = await self.service.authenticate(token)
+        status = STATUS_FROM_PB.get(request.status)
+        job = await self.service.finish_job(
+            principal,
+            request.job_id,
+            request.lease_token,
+            status,
+            request.error,
+            progress_from_pb(request.progress),
+            release=request.release,
+        )
+        return job_to_pb(job)

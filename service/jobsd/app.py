@@ -1,0 +1,216 @@
+"""JobsdApp: everything wired in one place — store, watch hub, service, gRPC server, gateway, executors, sweeps.
+
+start() brings the parts up in dependency order; stop() takes them down in reverse (stop accepting, let
+in-flight RPCs finish within the grace period, close streams with a status, stop the executors so they release
+their leases, then the store). Every background task is owned here, cancelled and awaited; stop() is safe twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from jobsd.api.local import LocalJobsApi, LocalWorkersApi
+from jobsd.domain.auth import ADMIN, JOBS_CREATE, JOBS_EXECUTE, hash_token, new_token_secret, validate_scope
+from jobsd.domain.clock import Clock, SystemClock
+from jobsd.domain.model import TokenRecord
+from jobsd.errors import InvalidArgument, JobsdError
+from jobsd.grpc_edge.servicers import JobsServicer, WorkersServicer
+from jobsd.metrics import Metrics
+from jobsd.service import JobService
+from jobsd.settings import Settings
+from jobsd.store import open_store
+from jobsd.store.base import JobStore
+from jobsd.watch import WatchHub
+from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
+
+__all__ = ["JobsdApp", "split_addr"]
+
+log = logging.getLogger(__name__)
+_SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["Jobs"].full_name,
+    pb.DESCRIPTOR.services_by_name["Workers"].full_name,
+)
+# Retention purges are cheap but need not run on every lease sweep.
+_PURGE_EVERY_SWEEPS = 10
+
+
+def split_addr(name: str, addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise InvalidArgument(name, f"expected HOST:PORT, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+class JobsdApp:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, store: JobStore | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.store: JobStore = store or open_store(settings.store)
+        self.metrics = Metrics()
+        self.hub = WatchHub(self.store, capacity=settings.watch_buffer, max_subscribers=settings.max_watch_streams)
+        self.service = JobService(
+            self.store, self.clock, settings.rules, self.hub, self.metrics, log_retention=settings.log_retention
+        )
+        self.api = LocalJobsApi(self.service)
+        self.workers_api = LocalWorkersApi(self.service)
+        self.grpc_port = 0
+        self.http_port: int | None = None
+        self.executors: Any = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._gateway: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self._stopped = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self.store.open()
+        await self.hub.start()
+        await self._ensure_configured_tokens()
+        await self._start_grpc()
+        self._spawn(self._sweep_loop, "jobsd-sweeper")
+        self._spawn(self._health_loop, "jobsd-health")
+        if self.settings.http_addr:
+            from jobsd.gateway.server import GatewayServer
+
+            extra_routes = None
+            self._gateway = GatewayServer(self.api, self.settings, self.metrics.registry, extra_routes=extra_routes)
+            self.http_port = await self._gateway.start()
+        if self.settings.executors:
+            await self._start_executors()
+
+    async def _start_grpc(self) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.settings.max_request_bytes),
+                ("grpc.max_send_message_length", 16 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_JobsServicer_to_server(JobsServicer(self.api, self.metrics), server)
+        pb_grpc.add_WorkersServicer_to_server(WorkersServicer(self.workers_api, self.metrics), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        host, port = split_addr("grpc_addr", self.settings.grpc_addr)
+        self.grpc_port = server.add_insecure_port(f"{host}:{port}")
+        if self.grpc_port == 0:
+            raise InvalidArgument("grpc_addr", f"could not listen on {self.settings.grpc_addr}")
+        await server.start()
+        self._server = server
+        await self._set_serving(True)
+
+    async def _start_executors(self) -> None:
+        from jobsd.executors.runner import ExecutorRunner
+
+        token = await self.create_token(None, [JOBS_EXECUTE], name="internal-executors")
+        self.executors = ExecutorRunner(self.settings, f"127.0.0.1:{self.grpc_port}", token)
+        await self.executors.start()
+
+    async def stop(self) -> None:
+        if self._stopped or not self._started:
+            self._stopped = True
+            return
+        self._stopped = True
+        await self._set_serving(False)
+        if self.executors is not None:
+            with contextlib.suppress(Exception):
+                await self.executors.stop()
+        if self._gateway is not None:
+            await self._gateway.stop()
+        # Close watch streams so they end with a status instead of hanging the grace period.
+        await self.hub.stop()
+        if self._server is not None:
+            await self._server.stop(self.settings.grace_seconds)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.store.close()
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    # ------------------------------------------------------------------ tokens
+
+    async def create_token(self, workspace: str | None, scopes: list[str], name: str = "token") -> str:
+        """A new random token (the secret is returned once; only its hash is stored)."""
+        secret = new_token_secret()
+        await self.ensure_token(secret, workspace, scopes, name)
+        return secret
+
+    async def ensure_token(self, secret: str, workspace: str | None, scopes: list[str], name: str) -> None:
+        if not scopes:
+            raise InvalidArgument("scope", "at least one scope is required")
+        checked = tuple(validate_scope(s) for s in scopes)
+        workspace_id = None
+        if workspace is not None:
+            workspace_id = (await self.store.ensure_workspace(workspace, self.clock.now())).id
+        record = TokenRecord(hash_token(secret), name, workspace_id, checked, self.clock.now())
+        await self.store.put_token(record)
+
+    async def workspace_id_of(self, name: str) -> str:
+        return (await self.store.ensure_workspace(name, self.clock.now())).id
+
+    async def _ensure_configured_tokens(self) -> None:
+        if self.settings.admin_token:
+            await self.ensure_token(self.settings.admin_token, "default", [ADMIN], "admin (JOBSD_ADMIN_TOKEN)")
+        else:
+            await self.store.ensure_workspace("default", self.clock.now())
+        if self.settings.service_token:
+            await self.ensure_token(
+                self.settings.service_token, None, [JOBS_CREATE, JOBS_EXECUTE], "service (JOBSD_SERVICE_TOKEN)"
+            )
+
+    # ------------------------------------------------------------------ background work
+
+    def _spawn(self, body: Callable[[], Awaitable[None]], name: str) -> None:
+        self._tasks.append(asyncio.create_task(body(), name=name))  # type: ignore[arg-type]
+
+    async def _sweep_loop(self) -> None:
+        sweeps = 0
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+            try:
+                await self.service.sweep_leases()
+                sweeps += 1
+                if sweeps % _PURGE_EVERY_SWEEPS == 0:
+                    await self.service.sweep_retention()
+            except JobsdError as exc:
+                log.warning("sweep failed: %s", exc)
+            except Exception:
+                log.exception("sweep failed")
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.store.ping()
+                await self._set_serving(True)
+            except JobsdError as exc:
+                log.warning("store unreachable: %s", exc)
+                await self._set_serving(False)
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *_SERVICE_NAMES):
+            await self._health.set(name, status)

@@ -1,0 +1,133 @@
+"""gRPC servicers for jobsd.v1 Jobs and Workers: a shim over LocalJobsApi / LocalWorkersApi.
+
+Errors are mapped here, once: a JobsdError becomes its own status code and message (InvalidArgument also sends
+the field in trailing metadata); anything else is logged and becomes INTERNAL with no stack trace on the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from jobsd.api.local import LocalJobsApi, LocalWorkersApi
+from jobsd.errors import FIELD_METADATA_KEY, JobsdError
+from jobsd.metrics import Metrics
+from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
+
+__all__ = ["JobsServicer", "WorkersServicer", "bearer_token"]
+
+log = logging.getLogger(__name__)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, secret = value.partition(" ")
+            if scheme.lower() == "bearer" and secret.strip():
+                return secret.strip()
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
+    if isinstance(exc, JobsdError):
+        if exc.field:
+            context.set_trailing_metadata(((FIELD_METADATA_KEY, exc.field),))
+        await context.abort(exc.grpc_code, exc.message)
+    log.error("unexpected error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class _Edge:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def _unary(
+        self,
+        method: str,
+        call: Callable[[str | None, Req], Awaitable[Resp]],
+        request: Req,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> Resp:
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await call(bearer_token(context), request)
+        except Exception as exc:
+            code = exc.grpc_code.name if isinstance(exc, JobsdError) else "INTERNAL"
+            await _abort(context, exc, method)
+            raise  # unreachable: abort raises
+        finally:
+            self._metrics.rpc_latency.labels(method, code).observe(time.perf_counter() - started)
+
+    async def _stream(
+        self,
+        method: str,
+        events: Callable[[str | None, Req], AsyncIterator[Resp]],
+        request: Req,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[Resp]:
+        stream = events(bearer_token(context), request)
+        try:
+            async for event in stream:
+                yield event
+        except Exception as exc:
+            await _abort(context, exc, method)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+
+class JobsServicer(_Edge, pb_grpc.JobsServicer):
+    def __init__(self, api: LocalJobsApi, metrics: Metrics) -> None:
+        super().__init__(metrics)
+        self._api = api
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
+        return await self._unary("ListJobs", self._api.list_jobs, request, context)
+
+    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:
+        return await self._unary("GetJob", self._api.get_job, request, context)
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.Job:
+        return await self._unary("CancelJob", self._api.cancel_job, request, context)
+
+    async def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> pb.Job:
+        return await self._unary("CreateJob", self._api.create_job, request, context)
+
+    async def RetryJob(self, request: pb.RetryJobRequest, context: Any) -> pb.Job:
+        return await self._unary("RetryJob", self._api.retry_job, request, context)
+
+    async def ListJobsLog(self, request: pb.ListJobsLogRequest, context: Any) -> pb.ListJobsLogResponse:
+        return await self._unary("ListJobsLog", self._api.list_jobs_log, request, context)
+
+    async def GetWorkspace(self, request: pb.GetWorkspaceRequest, context: Any) -> pb.Workspace:
+        return await self._unary("GetWorkspace", self._api.get_workspace, request, context)
+
+    async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.JobEvent]:  # type: ignore[override]
+        async for event in self._stream("WatchJob", self._api.watch_job, request, context):
+            yield event
+
+    async def WatchJobs(self, request: pb.WatchJobsRequest, context: Any) -> AsyncIterator[pb.JobEvent]:  # type: ignore[override]
+        async for event in self._stream("WatchJobs", self._api.watch_jobs, request, context):
+            yield event
+
+
+class WorkersServicer(_Edge, pb_grpc.WorkersServicer):
+    def __init__(self, api: LocalWorkersApi, metrics: Metrics) -> None:
+        super().__init__(metrics)
+        self._api = api
+
+    async def ClaimJob(self, request: pb.ClaimJobRequest, context: Any) -> pb.ClaimJobResponse:
+        return await self._unary("ClaimJob", self._api.claim_job, request, context)
+
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
+        return await self._unary("Heartbeat", self._api.heartbeat, request, context)
+
+    async def FinishJob(self, request: pb.FinishJobRequest, context: Any) -> pb.Job:
+        return await self._unary("FinishJob", self._api.finish_job, request, context)
