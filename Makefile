@@ -1,0 +1,48 @@
+# jobsd — two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Re-install whenever pyproject.toml changes.
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml 2>/dev/null | cut -d' ' -f1)
+
+.PHONY: install run test test-fast lint proto bench test-mongo clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+# Serve gRPC on 127.0.0.1:50051 and REST on 127.0.0.1:8080 on the embedded store (./.jobsd/), executors on.
+# A caller's JOBSD_* variables always win; the admin token is made once and kept in .jobsd/admin-token.
+run: install
+	@mkdir -p .jobsd
+	@test -s .jobsd/admin-token || $(BIN)/python -c "import secrets; print('jobsd_' + secrets.token_urlsafe(24))" > .jobsd/admin-token
+	@JOBSD_ADMIN_TOKEN="$${JOBSD_ADMIN_TOKEN:-$$(cat .jobsd/admin-token)}" exec $(BIN)/jobsd serve --banner
+
+# The whole suite (CI runs exactly this through .ci/run). Exit 5 (no tests collected) is reported, not hidden.
+test: install
+	@$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+proto: install
+	$(BIN)/python scripts/gen_proto.py
+
+bench: install
+	$(BIN)/python -m bench
+
+# The store contract and MongoDB-specific tests against a real server, e.g.
+#   JOBSD_TEST_MONGODB_URI=mongodb://127.0.0.1:27017/?replicaSet=rs0 make test-mongo
+test-mongo: install
+	@test -n "$$JOBSD_TEST_MONGODB_URI" || { echo "set JOBSD_TEST_MONGODB_URI to a MongoDB replica set"; exit 2; }
+	$(BIN)/pytest -q tests/contract tests/mongo -k mongo
+
+clean:
+	rm -rf $(VENV) .jobsd .pytest_cache .mypy_cache .ruff_cache

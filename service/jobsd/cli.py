@@ -1,0 +1,166 @@
+"""`jobsd`: serve, token create, gateway (standalone REST), worker (built-in executors against a remote jobsd)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from jobsd.app import JobsdApp
+from jobsd.errors import JobsdError
+from jobsd.logs import configure_logging
+from jobsd.settings import Settings, add_arguments, settings_from
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jobsd", description="jobsd: the Jobs API as a service")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve gRPC (and the REST gateway) on the configured store")
+    add_arguments(serve)
+    serve.add_argument("--banner", action="store_true", help="print the addresses, the admin token and next steps")
+
+    token = commands.add_parser("token", help="manage tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="create a token and print it once")
+    create.add_argument("--workspace", help="workspace name (omit with --all-workspaces)")
+    create.add_argument("--all-workspaces", action="store_true", help="an internal service token for every workspace")
+    create.add_argument("--scope", action="append", required=True, help="ADMIN, DATASOURCES:CREATE, JOBS:CREATE, ...")
+    create.add_argument("--name", default="token")
+    create.add_argument("--store", default=None, help="(env JOBSD_STORE)")
+
+    gateway = commands.add_parser("gateway", help="run the REST gateway alone against a jobsd gRPC target")
+    gateway.add_argument("--grpc-target", required=True, help="HOST:PORT of jobsd (or a load balancer)")
+    gateway.add_argument("--http-addr", default=None, help="(env JOBSD_HTTP_ADDR)")
+    gateway.add_argument("--public-url", default=None, help="(env JOBSD_PUBLIC_URL)")
+
+    worker = commands.add_parser("worker", help="run the built-in executors against a jobsd gRPC target")
+    worker.add_argument("--grpc-target", required=True)
+    worker.add_argument("--token", default=os.environ.get("JOBSD_WORKER_TOKEN") or os.environ.get("JOBSD_SERVICE_TOKEN"))
+    worker.add_argument("--data-dir", default=None, help="(env JOBSD_DATA_DIR)")
+    return parser
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _banner(settings: Settings, app: JobsdApp) -> str:
+    token = settings.admin_token or "<your ADMIN token>"
+    http = f"http://127.0.0.1:{app.http_port}" if app.http_port else None
+    sample = os.path.abspath("examples/events.csv")
+    lines = [
+        "",
+        f"jobsd is serving gRPC on 127.0.0.1:{app.grpc_port}" + (f" and REST on {http}" if http else ""),
+        f"store: {settings.store}   executors: {'on' if settings.executors else 'off'}",
+        f"admin token (workspace default): {token}",
+        "",
+        "Try it (in another terminal):",
+        f"  export JOBSD_TOKEN={token}",
+    ]
+    if os.path.exists(sample) and settings.executors:
+        lines += [
+            f"  .venv/bin/jobsctl import file://{sample} --datasource events --watch",
+            "  .venv/bin/jobsctl populate --pipe events_by_day --source events --datasource events_by_day \\",
+            "      --sql 'SELECT date, count() AS n FROM events GROUP BY date' --partition-by date --watch",
+        ]
+    lines += [
+        "  .venv/bin/jobsctl ls",
+    ]
+    if http:
+        lines.append(f'  curl -H "Authorization: Bearer $JOBSD_TOKEN" {http}/v0/jobs')
+    lines.append("")
+    return "\n".join(lines)
+
+
+async def _serve(settings: Settings, banner: bool) -> int:
+    app = JobsdApp(settings)
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()
+        raise
+    if banner:
+        print(_banner(settings, app), flush=True)
+    try:
+        await _until_signalled()
+    finally:
+        await app.stop()
+    return 0
+
+
+async def _token_create(args: argparse.Namespace) -> int:
+    if bool(args.workspace) == bool(args.all_workspaces):
+        print("error: give exactly one of --workspace NAME or --all-workspaces", file=sys.stderr)
+        return 2
+    settings = settings_from(os.environ, {"store": args.store})
+    app = JobsdApp(settings)
+    await app.store.open()
+    try:
+        secret = await app.create_token(None if args.all_workspaces else args.workspace, args.scope, args.name)
+    finally:
+        await app.store.close()
+    print(secret)
+    return 0
+
+
+async def _gateway(args: argparse.Namespace) -> int:
+    from jobsd.gateway.server import run_standalone
+
+    settings = settings_from(os.environ, {"http_addr": args.http_addr, "public_url": args.public_url})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run_standalone(settings, args.grpc_target, stop)
+    return 0
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    from jobsd.executors.runner import ExecutorRunner
+
+    if not args.token:
+        print("error: --token (or JOBSD_WORKER_TOKEN) is required: a token with JOBS:EXECUTE", file=sys.stderr)
+        return 2
+    settings = settings_from(os.environ, {"data_dir": args.data_dir})
+    runner = ExecutorRunner(settings, args.grpc_target, args.token)
+    await runner.start()
+    try:
+        await _until_signalled()
+    finally:
+        await runner.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            flags = {k: v for k, v in vars(args).items() if k not in ("command", "banner")}
+            settings = settings_from(os.environ, flags)
+            configure_logging(settings.log_level)
+            return asyncio.run(_serve(settings, args.banner))
+        configure_logging(os.environ.get("JOBSD_LOG_LEVEL", "WARNING"))
+        if args.command == "token":
+            return asyncio.run(_token_create(args))
+        if args.command == "gateway":
+            return asyncio.run(_gateway(args))
+        return asyncio.run(_worker(args))
+    except JobsdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
