@@ -1,0 +1,88 @@
+"""Errors on the wire: `{"error": "<message>", "documentation": "<link>"}`, mapped in exactly one middleware.
+
+`JobsdError.http_status` decides the status; aiohttp's own refusals (no such route, wrong method, body too large)
+get the same body shape; anything unexpected is a 500 with a generic message and a log line, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from jobsd.errors import JobsdError
+
+__all__ = ["DOCS_JOBS_API", "MAX_REQUEST_BYTES", "documentation_for", "error_middleware", "error_response"]
+
+log = logging.getLogger("jobsd.gateway")
+
+DOCS_JOBS_API = "https://www.tinybird.co/docs/api-reference/jobs-api"
+_DOCS_AUTH = "https://www.tinybird.co/docs/api-reference#authentication"
+
+# Route name -> the section of the documentation that describes it.
+_DOCS_BY_ROUTE: dict[str, str] = {
+    "list_jobs": f"{DOCS_JOBS_API}#get-v0-jobs",
+    "list_jobs_slash": f"{DOCS_JOBS_API}#get-v0-jobs",
+    "get_job": f"{DOCS_JOBS_API}#get-v0-jobs-job_id",
+    "cancel_job": f"{DOCS_JOBS_API}#post-v0-jobs-job_id-cancel",
+    "retry_job": f"{DOCS_JOBS_API}#post-v0-jobs-job_id-retry",
+    "job_events": f"{DOCS_JOBS_API}#get-v0-jobs-job_id-events",
+    "jobs_log": "https://www.tinybird.co/docs/monitoring/service-datasources#tinybird-jobs-log",
+    "workspace_v0": _DOCS_AUTH,
+    "workspace_v1": _DOCS_AUTH,
+}
+
+# The body limit the application enforces, kept on the app so the 413 message can state it.
+MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
+
+_GENERIC_500 = "Internal server error: the request could not be completed; it has been logged"
+
+
+def documentation_for(request: web.Request, status: int) -> str:
+    """The section that explains this endpoint; token problems point at the authentication section."""
+    if status == 403:
+        return _DOCS_AUTH
+    route = request.match_info.route
+    return _DOCS_BY_ROUTE.get(route.name or "", DOCS_JOBS_API)
+
+
+def error_response(request: web.Request, status: int, message: str) -> web.Response:
+    return web.json_response(
+        {"error": message, "documentation": documentation_for(request, status)},
+        status=status,
+    )
+
+
+def _aiohttp_message(exc: web.HTTPException, request: web.Request) -> str:
+    if isinstance(exc, web.HTTPNotFound):
+        return f"Not found: no endpoint at {request.path}"
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return f"Method {request.method} is not allowed here; allowed: {', '.join(sorted(exc.allowed_methods))}"
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return f"Request body too large: at most {request.app[MAX_REQUEST_BYTES]} bytes are accepted"
+    return exc.reason
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except JobsdError as exc:
+        if exc.http_status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.path, exc.http_status, exc.message)
+        return error_response(request, exc.http_status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(request, exc.status, _aiohttp_message(exc, request))
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        # The operator gets the traceback in the log; the caller only the generic message.
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return error_response(request, 500, _GENERIC_500)

@@ -1,0 +1,380 @@
+"""The OpenAPI 3 document of exactly the gateway's endpoints (served at `/openapi.json`).
+
+Schemas are strict (required keys, `additionalProperties: false`, timestamp pattern, status enum) so that a
+schema-driven fuzzer catches any response that drifts from what the renderers promise.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+__all__ = ["openapi_document"]
+
+Schema = dict[str, Any]
+
+_TIMESTAMP: Schema = {
+    "type": "string",
+    "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$",
+    "description": "UTC, `YYYY-MM-DD HH:MM:SS.ffffff`",
+}
+_STATUS: Schema = {"type": "string", "enum": ["waiting", "working", "cancelling", "done", "error", "cancelled"]}
+
+
+def _nullable(schema: Schema) -> Schema:
+    return {**schema, "nullable": True}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _int() -> Schema:
+    return {"type": "integer"}
+
+
+def _str() -> Schema:
+    return {"type": "string"}
+
+
+_SCHEMAS: dict[str, Schema] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "documentation"],
+        "properties": {"error": _str(), "documentation": _str()},
+        "additionalProperties": False,
+    },
+    "DataSourceRef": {
+        "type": "object",
+        "required": ["id", "name"],
+        "properties": {"id": _str(), "name": _str()},
+        "additionalProperties": False,
+    },
+    "DataSource": {
+        "type": "object",
+        "required": ["id", "name"],
+        "properties": {"id": _str(), "name": _str()},
+        "additionalProperties": True,
+        "description": "The full data-source object the job was created with.",
+    },
+    "JobListItem": {
+        "type": "object",
+        "required": [
+            "id",
+            "kind",
+            "status",
+            "created_at",
+            "updated_at",
+            "is_cancellable",
+            "job_url",
+            "datasource",
+        ],
+        "properties": {
+            "id": _str(),
+            "kind": _str(),
+            "status": _STATUS,
+            "created_at": _TIMESTAMP,
+            "updated_at": _TIMESTAMP,
+            "is_cancellable": {"type": "boolean"},
+            "job_url": _str(),
+            "datasource": _nullable(_ref("DataSourceRef")),
+            "pipe_id": _str(),
+            "pipe_name": _str(),
+        },
+        "additionalProperties": False,
+    },
+    "Statistics": {
+        "type": "object",
+        "required": ["bytes", "row_count"],
+        "properties": {"bytes": _int(), "row_count": _int()},
+        "additionalProperties": False,
+    },
+    "ProcessedData": {
+        "type": "object",
+        "required": ["read_rows", "read_bytes", "written_rows", "written_bytes"],
+        "properties": {k: _int() for k in ("read_rows", "read_bytes", "written_rows", "written_bytes")},
+        "additionalProperties": False,
+    },
+    "QueryProgress": {
+        "type": "object",
+        "required": ["query_id", "status"],
+        "properties": {"query_id": _str(), "status": _str()},
+        "additionalProperties": False,
+    },
+    "JobDetail": {
+        "type": "object",
+        "description": "Common fields, plus the fields of the job's kind (import, populateview, copy, query, "
+        "delete_data, sink).",
+        "required": [
+            "kind",
+            "id",
+            "job_id",
+            "status",
+            "created_at",
+            "updated_at",
+            "started_at",
+            "is_cancellable",
+            "datasource",
+        ],
+        "properties": {
+            "kind": _str(),
+            "id": _str(),
+            "job_id": _str(),
+            "status": _STATUS,
+            "created_at": _TIMESTAMP,
+            "updated_at": _TIMESTAMP,
+            "started_at": _nullable(_TIMESTAMP),
+            "is_cancellable": {"type": "boolean"},
+            "datasource": _nullable(_ref("DataSource")),
+            "error": _str(),
+            "errors": {"type": "array", "items": _str()},
+            # import
+            "import_id": _nullable(_str()),
+            "mode": _nullable(_str()),
+            "url": _nullable(_str()),
+            "statistics": _nullable(_ref("Statistics")),
+            "quarantine_rows": _int(),
+            "invalid_lines": _int(),
+            # populateview, copy, query, sink
+            "query_id": _nullable(_str()),
+            "query_sql": _nullable(_str()),
+            "pipe_id": _nullable(_str()),
+            "pipe_name": _nullable(_str()),
+            "queries": {"type": "array", "items": _ref("QueryProgress")},
+            "progress_percentage": {"type": "number", "minimum": 0, "maximum": 100},
+            "processed_data": _ref("ProcessedData"),
+            "result": {"type": "object", "additionalProperties": True},
+            # delete_data
+            "delete_condition": _nullable(_str()),
+            "rows_affected": _nullable(_int()),
+        },
+        "additionalProperties": False,
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["jobs"],
+        "properties": {
+            "jobs": {"type": "array", "maxItems": 100, "items": _ref("JobListItem")},
+            "next": {"type": "string", "description": "The next page (absolute URL); absent on the last page."},
+        },
+        "additionalProperties": False,
+    },
+    "JobsLogRow": {
+        "type": "object",
+        "required": [
+            "job_id",
+            "job_type",
+            "status",
+            "error",
+            "workspace_id",
+            "request_id",
+            "pipe_id",
+            "datasource_id",
+            "created_at",
+            "started_at",
+            "updated_at",
+            "job_metadata",
+            "revision",
+        ],
+        "properties": {
+            "job_id": _str(),
+            "job_type": _str(),
+            "status": _STATUS,
+            "error": _nullable(_str()),
+            "workspace_id": _str(),
+            "request_id": _str(),
+            "pipe_id": _nullable(_str()),
+            "datasource_id": _nullable(_str()),
+            "created_at": _TIMESTAMP,
+            "started_at": _nullable(_TIMESTAMP),
+            "updated_at": _TIMESTAMP,
+            "job_metadata": {"type": "string", "description": "JSON text"},
+            "revision": _int(),
+        },
+        "additionalProperties": False,
+    },
+    "JobsLog": {
+        "type": "object",
+        "required": ["meta", "data", "rows"],
+        "properties": {
+            "meta": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "type"],
+                    "properties": {"name": _str(), "type": _str()},
+                    "additionalProperties": False,
+                },
+            },
+            "data": {"type": "array", "maxItems": 100, "items": _ref("JobsLogRow")},
+            "rows": _int(),
+            "next": _str(),
+        },
+        "additionalProperties": False,
+    },
+    "Workspace": {
+        "type": "object",
+        "required": ["id", "name", "scope", "scopes"],
+        "properties": {
+            "id": _str(),
+            "name": _str(),
+            "scope": {"type": "string", "description": "The token's scopes, space separated."},
+            "scopes": {"type": "array", "items": _str()},
+            "token_name": _str(),
+            "created_at": _nullable(_TIMESTAMP),
+            "is_branch": {"type": "boolean"},
+            "main": {"nullable": True, "type": "string"},
+        },
+        "additionalProperties": False,
+    },
+    "Status": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": _str()},
+        "additionalProperties": False,
+    },
+}
+
+
+def _param(name: str, description: str, schema: Schema | None = None, where: str = "query") -> Schema:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "description": description,
+        "schema": schema or _str(),
+    }
+
+
+_FILTERS: list[Schema] = [
+    _param("kind", "Only jobs of this kind (exact; an unknown kind matches nothing; empty is ignored)."),
+    _param("status", "Only jobs in this status (exact; an unknown status matches nothing; empty is ignored)."),
+    _param("pipe_id", "Only jobs of this pipe id."),
+    _param("pipe_name", "Only jobs of this pipe name."),
+    _param("created_after", "Inclusive lower bound on created_at, ISO 8601 (`Z`, offsets and dates accepted)."),
+    _param("created_before", "Inclusive upper bound on created_at, ISO 8601; a date covers that whole day."),
+    _param("limit", "Page size, 1-100 (default 100).", {"type": "integer", "minimum": 1, "maximum": 100}),
+    _param("page_token", "The page to read, as carried by the `next` link."),
+]
+_JOB_ID = _param("id", "The job id.", where="path")
+
+
+def _json(schema_name: str, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema_name)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Schema]:
+    meaning = {
+        400: "Bad request: a parameter is invalid, or the job is not in a state that allows the operation",
+        403: "Missing or invalid token, or the token has no access to this resource",
+        404: "No such job (or it is past the 48 h window)",
+        413: "Request body too large",
+        500: "Unexpected server error",
+        503: "The service cannot reach its store",
+    }
+    return {str(s): _json("Error", meaning[s]) for s in statuses}
+
+
+_COMMON_ERRORS = (400, 403, 500, 503)
+
+
+def _operation(summary: str, ok: Schema, params: list[Schema], errors: tuple[int, ...]) -> Schema:
+    return {
+        "summary": summary,
+        "parameters": params,
+        "responses": {"200": ok, **_errors(*errors)},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """A fresh copy (callers may add `servers`)."""
+    job_op_errors = (*_COMMON_ERRORS, 404)
+    post_errors = (*job_op_errors, 413)
+    paths: dict[str, Any] = {
+        "/v0/jobs": {
+            "get": _operation(
+                "Jobs of the last 48 h, newest first", _json("JobList", "A page of jobs"), _FILTERS, _COMMON_ERRORS
+            )
+        },
+        "/v0/jobs/{id}": {
+            "get": _operation("A job's details", _json("JobDetail", "The job"), [_JOB_ID], job_op_errors)
+        },
+        "/v0/jobs/{id}/cancel": {
+            "post": _operation(
+                "Cancel a job", _json("JobDetail", "The job, cancelling or cancelled"), [_JOB_ID], post_errors
+            )
+        },
+        "/v0/jobs/{id}/retry": {
+            "post": _operation(
+                "Run a failed or cancelled job again", _json("JobDetail", "The new job"), [_JOB_ID], post_errors
+            )
+        },
+        "/v0/jobs/{id}/events": {
+            "get": _operation(
+                "The job's changes as Server-Sent Events until it ends",
+                {
+                    "description": "`id: <revision>`, `event: snapshot|status|progress`, `data: <job detail JSON>`",
+                    "content": {"text/event-stream": {"schema": _str()}},
+                },
+                [
+                    _JOB_ID,
+                    _param("Last-Event-ID", "Resume after this revision.", {"type": "integer", "minimum": 0}, "header"),
+                    _param("since_revision", "Resume after this revision.", {"type": "integer", "minimum": 0}),
+                ],
+                job_op_errors,
+            )
+        },
+        "/v0/jobs_log": {
+            "get": _operation(
+                "The jobs_log archive: one row per status change, newest first",
+                _json("JobsLog", "A page of jobs_log rows"),
+                [_param("job_id", "Only the rows of this job."), *_FILTERS],
+                _COMMON_ERRORS,
+            )
+        },
+        "/v0/workspace": {
+            "get": _operation("The token's workspace", _json("Workspace", "The workspace"), [], (403, 500, 503))
+        },
+        "/v1/workspace": {
+            "get": _operation("The token's workspace", _json("Workspace", "The workspace"), [], (403, 500, 503))
+        },
+        "/healthz": {
+            "get": {
+                "summary": "The process is alive",
+                "security": [],
+                "responses": {"200": _json("Status", "Alive")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "The service can serve (its store is reachable)",
+                "security": [],
+                "responses": {"200": _json("Status", "Ready"), **_errors(503)},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "security": [],
+                "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+            }
+        },
+    }
+    document = {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "jobsd REST gateway (Tinybird Jobs API)",
+            "version": "1",
+            "description": "The Tinybird Jobs API, served by jobsd. Token: `?token=` or `Authorization: Bearer`.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "query_token": {"type": "apiKey", "in": "query", "name": "token"},
+            },
+        },
+        "security": [{"bearer": []}, {"query_token": []}],
+    }
+    return copy.deepcopy(document)

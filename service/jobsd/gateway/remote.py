@@ -1,0 +1,112 @@
+"""`GrpcJobsApi`: `JobsApi` over a gRPC channel, for the standalone gateway (`jobsd gateway --grpc-target`).
+
+The bearer token travels as `authorization: Bearer` metadata; gRPC errors come back as the JobsdError the remote
+raised (the InvalidArgument field rides in the `jobsd-field` trailing metadata).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client._proto import jobs_pb2_grpc
+
+from jobsd.errors import FIELD_METADATA_KEY, JobsdError, Unavailable, error_from_grpc
+
+__all__ = ["GrpcJobsApi", "translate_rpc_error"]
+
+# A unary call that takes longer than this is reported as unavailable rather than hanging the HTTP client.
+_DEFAULT_TIMEOUT_SECONDS = 30.0
+_READY_TIMEOUT_SECONDS = 2.0
+
+
+def translate_rpc_error(exc: grpc.aio.AioRpcError) -> JobsdError:
+    """The JobsdError a remote jobsd raised, rebuilt from the status code, details and trailing metadata."""
+    code = exc.code()
+    details = exc.details() or ""
+    if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+        return Unavailable(f"The jobs service is unavailable: {details or code.name}")
+    field = None
+    trailing: Any = exc.trailing_metadata() or ()
+    for key, value in trailing:
+        if key == FIELD_METADATA_KEY:
+            field = value if isinstance(value, str) else value.decode()
+    return error_from_grpc(code, details, field)
+
+
+class GrpcJobsApi:
+    """The Jobs API of a remote jobsd (or a load balancer in front of several)."""
+
+    def __init__(self, target: str, *, timeout_seconds: float = _DEFAULT_TIMEOUT_SECONDS) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._jobs: Any = jobs_pb2_grpc.JobsStub(self._channel)  # type: ignore[no-untyped-call]
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._timeout = timeout_seconds
+
+    @staticmethod
+    def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+    async def _unary(self, method: Any, token: str | None, request: Any) -> Any:
+        try:
+            return await method(request, metadata=self._metadata(token), timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc) from None
+
+    async def list_jobs(self, token: str | None, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
+        response: pb.ListJobsResponse = await self._unary(self._jobs.ListJobs, token, request)
+        return response
+
+    async def get_job(self, token: str | None, request: pb.GetJobRequest) -> pb.Job:
+        job: pb.Job = await self._unary(self._jobs.GetJob, token, request)
+        return job
+
+    async def cancel_job(self, token: str | None, request: pb.CancelJobRequest) -> pb.Job:
+        job: pb.Job = await self._unary(self._jobs.CancelJob, token, request)
+        return job
+
+    async def create_job(self, token: str | None, request: pb.CreateJobRequest) -> pb.Job:
+        job: pb.Job = await self._unary(self._jobs.CreateJob, token, request)
+        return job
+
+    async def retry_job(self, token: str | None, request: pb.RetryJobRequest) -> pb.Job:
+        job: pb.Job = await self._unary(self._jobs.RetryJob, token, request)
+        return job
+
+    async def list_jobs_log(self, token: str | None, request: pb.ListJobsLogRequest) -> pb.ListJobsLogResponse:
+        response: pb.ListJobsLogResponse = await self._unary(self._jobs.ListJobsLog, token, request)
+        return response
+
+    async def get_workspace(self, token: str | None, request: pb.GetWorkspaceRequest) -> pb.Workspace:
+        workspace: pb.Workspace = await self._unary(self._jobs.GetWorkspace, token, request)
+        return workspace
+
+    async def _stream(self, method: Any, token: str | None, request: Any) -> AsyncIterator[pb.JobEvent]:
+        call = method(request, metadata=self._metadata(token))
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc) from None
+        finally:
+            call.cancel()  # the HTTP client left (or the stream ended): free the server-side watch at once
+
+    def watch_job(self, token: str | None, request: pb.WatchJobRequest) -> AsyncIterator[pb.JobEvent]:
+        return self._stream(self._jobs.WatchJob, token, request)
+
+    def watch_jobs(self, token: str | None, request: pb.WatchJobsRequest) -> AsyncIterator[pb.JobEvent]:
+        return self._stream(self._jobs.WatchJobs, token, request)
+
+    async def ready(self) -> bool:
+        """The remote's gRPC health status is SERVING (it reports NOT_SERVING while its store is unreachable)."""
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=_READY_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def close(self) -> None:
+        await self._channel.close(grace=None)

@@ -1,0 +1,290 @@
+"""jobsd.v1 messages -> the JSON of the Tinybird Jobs API (list item, detail per kind, jobs_log row, workspace).
+
+Pure functions, no I/O: the handlers pass the base URL that `job_url` is built on. The shapes follow the reference
+document field for field: timestamps as `YYYY-MM-DD HH:MM:SS.ffffff` UTC, `null` where the document shows null,
+lower-case status names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any
+
+from google.protobuf import struct_pb2, timestamp_pb2
+from jobsd_client._proto import jobs_pb2 as pb
+
+__all__ = [
+    "JOBS_LOG_COLUMNS",
+    "job_detail",
+    "job_list_item",
+    "log_entry_row",
+    "plain_struct",
+    "status_name",
+    "timestamp_text",
+    "workspace_info",
+]
+
+_STATUS_PREFIX = "JOB_STATUS_"
+
+# Struct numbers are doubles; integral ones are shown as ints (the reference shows "version": 0, not 0.0).
+# Beyond 2**53 a double no longer holds every integer, so such values stay floats rather than pretend precision.
+_MAX_EXACT_INT = 2**53
+
+JsonObject = dict[str, Any]
+
+
+def timestamp_text(ts: timestamp_pb2.Timestamp, present: bool = True) -> str | None:
+    """`2024-07-22 11:47:58.207606` (UTC, no zone), or None when the field is unset."""
+    if not present:
+        return None
+    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _optional_ts(message: Any, field: str) -> str | None:
+    return timestamp_text(getattr(message, field), message.HasField(field))
+
+
+def status_name(status: int) -> str:
+    """JOB_STATUS_DONE -> "done"."""
+    name: str = pb.JobStatus.Name(status)
+    return name.removeprefix(_STATUS_PREFIX).lower()
+
+
+def _plain_value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if number.is_integer() and abs(number) <= _MAX_EXACT_INT:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return plain_struct(value.struct_value)
+    if kind == "list_value":
+        return [_plain_value(item) for item in value.list_value.values]
+    return None  # null_value, or no value at all
+
+
+def plain_struct(struct: struct_pb2.Struct) -> JsonObject:
+    """A Struct as plain JSON, integral numbers as ints."""
+    return {key: _plain_value(value) for key, value in struct.fields.items()}
+
+
+def _optional(message: Any, field: str) -> str | None:
+    """An `optional string` field, or None when unset."""
+    return str(getattr(message, field)) if message.HasField(field) else None
+
+
+def _datasource_ref(job: pb.Job) -> JsonObject | None:
+    """`{id, name}` for the list; from the typed ref, falling back to the full object's keys."""
+    full = plain_struct(job.datasource)
+    ds_id = job.datasource_ref.id or full.get("id")
+    name = job.datasource_ref.name or full.get("name")
+    if not ds_id and not name:
+        return None
+    return {"id": ds_id or "", "name": name or ""}
+
+
+def _datasource_full(job: pb.Job) -> JsonObject | None:
+    """The full data-source object the creator supplied, with `id` and `name` first as in the reference."""
+    ref = _datasource_ref(job)
+    if ref is None:
+        return None
+    full = plain_struct(job.datasource)
+    return {**ref, **{k: v for k, v in full.items() if k not in ("id", "name")}}
+
+
+def job_url(base_url: str, job_id: str) -> str:
+    return f"{base_url.rstrip('/')}/v0/jobs/{job_id}"
+
+
+def job_list_item(job: pb.Job, base_url: str) -> JsonObject:
+    """One entry of `GET /v0/jobs`."""
+    item: JsonObject = {
+        "id": job.id,
+        "kind": job.kind,
+        "status": status_name(job.status),
+        "created_at": _optional_ts(job, "created_at"),
+        "updated_at": _optional_ts(job, "updated_at"),
+        "is_cancellable": job.is_cancellable,
+        "job_url": job_url(base_url, job.id),
+        "datasource": _datasource_ref(job),
+    }
+    for field in ("pipe_id", "pipe_name"):
+        if job.HasField(field):
+            item[field] = getattr(job, field)
+    return item
+
+
+def _statistics(job: pb.Job) -> JsonObject | None:
+    # Unset until the worker reports it: the reference shows null until then.
+    if not job.HasField("statistics"):
+        return None
+    return {"bytes": job.statistics.bytes, "row_count": job.statistics.row_count}
+
+
+def _processed_data(job: pb.Job) -> JsonObject:
+    data = job.processed_data
+    return {
+        "read_rows": data.read_rows,
+        "read_bytes": data.read_bytes,
+        "written_rows": data.written_rows,
+        "written_bytes": data.written_bytes,
+    }
+
+
+def _queries(job: pb.Job) -> list[JsonObject]:
+    return [{"query_id": q.query_id, "status": q.status} for q in job.queries]
+
+
+def _import_fields(job: pb.Job) -> JsonObject:
+    return {
+        "import_id": _optional(job, "import_id") or job.id,
+        "mode": _optional(job, "mode"),
+        "url": _optional(job, "url"),
+        "statistics": _statistics(job),
+        "quarantine_rows": job.quarantine_rows,
+        "invalid_lines": job.invalid_lines,
+    }
+
+
+def _populate_fields(job: pb.Job) -> JsonObject:
+    return {
+        "query_id": _optional(job, "query_id"),
+        "pipe_id": _optional(job, "pipe_id"),
+        "pipe_name": _optional(job, "pipe_name"),
+        "queries": _queries(job),
+        "progress_percentage": float(job.progress_percentage),
+    }
+
+
+def _copy_fields(job: pb.Job) -> JsonObject:
+    return {
+        "query_id": _optional(job, "query_id"),
+        "query_sql": _optional(job, "query_sql"),
+        "pipe_id": _optional(job, "pipe_id"),
+        "pipe_name": _optional(job, "pipe_name"),
+        "mode": _optional(job, "mode"),
+        "processed_data": _processed_data(job),
+    }
+
+
+def _query_fields(job: pb.Job) -> JsonObject:
+    return {
+        "query_id": _optional(job, "query_id"),
+        "query_sql": _optional(job, "query_sql"),
+        "pipe_id": _optional(job, "pipe_id"),
+        "pipe_name": _optional(job, "pipe_name"),
+        "statistics": _statistics(job),
+        "result": plain_struct(job.result),
+    }
+
+
+def _delete_fields(job: pb.Job) -> JsonObject:
+    params = plain_struct(job.params)
+    result = plain_struct(job.result)
+    return {
+        "delete_condition": params.get("delete_condition"),
+        "rows_affected": result.get("rows_affected"),
+    }
+
+
+def _sink_fields(job: pb.Job) -> JsonObject:
+    return {
+        "query_id": _optional(job, "query_id"),
+        "query_sql": _optional(job, "query_sql"),
+        "pipe_id": _optional(job, "pipe_id"),
+        "pipe_name": _optional(job, "pipe_name"),
+        "statistics": _statistics(job),
+        "processed_data": _processed_data(job),
+    }
+
+
+_KIND_FIELDS: dict[str, Callable[[pb.Job], JsonObject]] = {
+    "import": _import_fields,
+    "populateview": _populate_fields,
+    "copy": _copy_fields,
+    "query": _query_fields,
+    "delete_data": _delete_fields,
+    "sink": _sink_fields,
+}
+
+
+def job_detail(job: pb.Job) -> JsonObject:
+    """`GET /v0/jobs/{id}` (and the body of cancel / retry): the common fields, then the kind's own."""
+    detail: JsonObject = {
+        "kind": job.kind,
+        "id": job.id,
+        "job_id": job.id,
+        "status": status_name(job.status),
+        "created_at": _optional_ts(job, "created_at"),
+        "updated_at": _optional_ts(job, "updated_at"),
+        "started_at": _optional_ts(job, "started_at"),
+        "is_cancellable": job.is_cancellable,
+        "datasource": _datasource_full(job),
+    }
+    kind_fields = _KIND_FIELDS.get(job.kind)
+    if kind_fields is not None:
+        detail.update(kind_fields(job))
+    if job.HasField("error"):
+        detail["error"] = job.error
+    if job.errors:
+        detail["errors"] = list(job.errors)
+    return detail
+
+
+# ClickHouse types of the columns, as Tinybird's jobs_log service data source declares them.
+JOBS_LOG_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("job_id", "String"),
+    ("job_type", "String"),
+    ("status", "String"),
+    ("error", "Nullable(String)"),
+    ("workspace_id", "String"),
+    ("request_id", "String"),
+    ("pipe_id", "Nullable(String)"),
+    ("datasource_id", "Nullable(String)"),
+    ("created_at", "DateTime64(6)"),
+    ("started_at", "Nullable(DateTime64(6))"),
+    ("updated_at", "DateTime64(6)"),
+    ("job_metadata", "String"),
+    ("revision", "Int64"),
+)
+
+
+def log_entry_row(entry: pb.JobLogEntry) -> JsonObject:
+    """One row of `GET /v0/jobs_log`; `job_metadata` stays JSON text, as in the service data source."""
+    return {
+        "job_id": entry.job_id,
+        "job_type": entry.job_type,
+        "status": entry.status,
+        "error": _optional(entry, "error"),
+        "workspace_id": entry.workspace_id,
+        "request_id": entry.request_id,
+        "pipe_id": _optional(entry, "pipe_id"),
+        "datasource_id": _optional(entry, "datasource_id"),
+        "created_at": _optional_ts(entry, "created_at"),
+        "started_at": _optional_ts(entry, "started_at"),
+        "updated_at": _optional_ts(entry, "updated_at"),
+        "job_metadata": entry.job_metadata,
+        "revision": entry.revision,
+    }
+
+
+def workspace_info(workspace: pb.Workspace) -> JsonObject:
+    """`GET /v0/workspace`: what both Tinybird CLIs read (`id`, `name`, `scope`), plus the token's details."""
+    scopes = list(workspace.scopes)
+    return {
+        "id": workspace.id,
+        "name": workspace.name,
+        # The CLIs copy `scope` into their config as it comes; one string, as Tinybird tokens show it.
+        "scope": " ".join(scopes),
+        "scopes": scopes,
+        "token_name": workspace.token_name,
+        "created_at": _optional_ts(workspace, "created_at"),
+        "is_branch": False,
+        "main": None,
+    }

@@ -1,0 +1,158 @@
+"""`GET /v0/jobs/{id}/events`: the job's revisions as Server-Sent Events (the REST face of `WatchJob`).
+
+Each event is `id: <revision>`, `event: snapshot|status|progress`, `data: <the job detail JSON>`, so a browser's
+EventSource resumes after a reconnect by itself (it sends `Last-Event-ID`, which becomes `since_revision`).
+The stream ends after the terminal state, or when the gateway stops.
+
+The watch is read by a pump task into a one-slot queue: the handler can then wait on "next event", "gateway
+closing" and "time for a keep-alive" at once, and a slow HTTP reader pushes back on the watch (whose own buffer
+coalesces progress) instead of piling events up here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from jobsd_client._proto import jobs_pb2 as pb
+
+from jobsd.errors import InvalidArgument, JobsdError
+
+__all__ = ["EventStreamOptions", "since_revision", "stream_job_events"]
+
+log = logging.getLogger("jobsd.gateway")
+
+_TYPE_PREFIX = "TYPE_"
+_UNEXPECTED = "The event stream failed unexpectedly; reconnect with Last-Event-ID to resume"
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_END = _Marker("END")  # the watch finished (the job reached its terminal state)
+_CLOSING = _Marker("CLOSING")  # the gateway is stopping
+_IDLE = _Marker("IDLE")  # nothing happened within the wait
+
+
+class EventStreamOptions:
+    """Timings of a stream. Waits on real time are for the network's sake only (keep-alives, header flush)."""
+
+    def __init__(self, keepalive_seconds: float = 15.0, open_grace_seconds: float = 0.5) -> None:
+        # Proxies and load balancers drop connections that stay silent; a comment line every so often prevents it.
+        self.keepalive_seconds = keepalive_seconds
+        # How long to wait for the first event before sending the headers anyway: errors that the watch raises at
+        # once (bad token, unknown job) still become a proper HTTP status, and a resumed stream with nothing new
+        # does not leave the client without a response.
+        self.open_grace_seconds = open_grace_seconds
+
+
+def since_revision(headers: Mapping[str, str], query: Mapping[str, str]) -> int:
+    """`Last-Event-ID` (what EventSource sends on reconnect), else `?since_revision=`; 0 opens with a snapshot."""
+    for name, raw in (("Last-Event-ID", headers.get("Last-Event-ID")), ("since_revision", query.get("since_revision"))):
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise InvalidArgument(name, f"must be a revision number (an integer >= 0), got {raw!r}")
+        return value
+    return 0
+
+
+async def _pump(events: AsyncIterator[pb.JobEvent], queue: asyncio.Queue[object]) -> None:
+    try:
+        async for event in events:
+            await queue.put(event)
+    except Exception as exc:  # handed to the handler, which decides how the client learns of it
+        await queue.put(exc)
+        return
+    await queue.put(_END)
+
+
+async def _next_item(queue: asyncio.Queue[object], closing: asyncio.Event, wait_seconds: float) -> object:
+    if closing.is_set():
+        return _CLOSING
+    getter = asyncio.ensure_future(queue.get())
+    closer = asyncio.ensure_future(closing.wait())
+    try:
+        done, _ = await asyncio.wait({getter, closer}, timeout=wait_seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        getter.cancel()
+        closer.cancel()
+    if getter in done:
+        return getter.result()
+    return _CLOSING if closer in done else _IDLE
+
+
+def _event_name(event: pb.JobEvent) -> str:
+    name: str = pb.JobEvent.Type.Name(event.type)
+    return name.removeprefix(_TYPE_PREFIX).lower()
+
+
+def _frame(event_id: int | None, name: str, data: Any) -> bytes:
+    lines = [] if event_id is None else [f"id: {event_id}"]
+    lines += [f"event: {name}", "data: " + json.dumps(data, separators=(",", ":")), "", ""]
+    return "\n".join(lines).encode()
+
+
+async def stream_job_events(
+    request: web.Request,
+    events: AsyncIterator[pb.JobEvent],
+    *,
+    render: Callable[[pb.Job], dict[str, Any]],
+    closing: asyncio.Event,
+    options: EventStreamOptions,
+    documentation: str,
+) -> web.StreamResponse:
+    """Relay `events` to the client until the watch ends, the client leaves, or the gateway closes."""
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
+    pump = asyncio.create_task(_pump(events, queue))
+    try:
+        item = await _next_item(queue, closing, options.open_grace_seconds)
+        if isinstance(item, Exception):
+            raise item  # before the headers: the error middleware gives it its HTTP status
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+            }
+        )
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while item is not _END and item is not _CLOSING:
+                if item is _IDLE:
+                    await response.write(b": keep-alive\n\n")
+                elif isinstance(item, pb.JobEvent):
+                    await response.write(_frame(item.revision, _event_name(item), render(item.job)))
+                elif isinstance(item, Exception):
+                    if isinstance(item, JobsdError):
+                        message = item.message
+                    else:
+                        log.error("event stream of %s failed: %r", request.path, item)
+                        message = _UNEXPECTED
+                    await response.write(_frame(None, "error", {"error": message, "documentation": documentation}))
+                    break
+                item = await _next_item(queue, closing, options.keepalive_seconds)
+            await response.write_eof()
+        return response
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pump
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
