@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -66,7 +66,7 @@ class JobsdApp:
         self.http_port: int | None = None
         self.executors: Any = None
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._gateway: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
@@ -183,8 +183,8 @@ class JobsdApp:
 
     # ------------------------------------------------------------------ background work
 
-    def _spawn(self, body: Callable[[], Awaitable[None]], name: str) -> None:
-        self._tasks.append(asyncio.create_task(body(), name=name))  # type: ignore[arg-type]
+    def _spawn(self, body: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        self._tasks.append(asyncio.create_task(body(), name=name))
 
     async def _sweep_loop(self) -> None:
         sweeps = 0

@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run the built-in executors against a jobsd gRPC target")
     worker.add_argument("--grpc-target", required=True)
-    worker.add_argument("--token", default=os.environ.get("JOBSD_WORKER_TOKEN") or os.environ.get("JOBSD_SERVICE_TOKEN"))
+    worker.add_argument(
+        "--token", default=os.environ.get("JOBSD_WORKER_TOKEN") or os.environ.get("JOBSD_SERVICE_TOKEN")
+    )
     worker.add_argument("--data-dir", default=None, help="(env JOBSD_DATA_DIR)")
     return parser
 
@@ -114,7 +116,7 @@ async def _token_create(args: argparse.Namespace) -> int:
 
 
 async def _gateway(args: argparse.Namespace) -> int:
-    from jobsd.gateway.server import run_standalone
+    from jobsd.gateway.standalone import run_standalone
 
     settings = settings_from(os.environ, {"http_addr": args.http_addr, "public_url": args.public_url})
     stop = asyncio.Event()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
 import time
@@ -362,7 +363,9 @@ class JobService:
             raise InvalidArgument("worker_id", f"is longer than {MAX_ID_LENGTH} characters")
         for kind in kinds:
             if kind not in KNOWN_KINDS:
-                raise InvalidArgument("kinds", f"unknown kind {kind!r}; expected some of {', '.join(sorted(KNOWN_KINDS))}")
+                raise InvalidArgument(
+                    "kinds", f"unknown kind {kind!r}; expected some of {', '.join(sorted(KNOWN_KINDS))}"
+                )
         if not 0 <= wait_seconds <= MAX_WAIT_SECONDS:
             raise InvalidArgument("wait_seconds", f"must be between 0 and {MAX_WAIT_SECONDS:g}, got {wait_seconds:g}")
         workspace = workspace_id or None
@@ -376,11 +379,9 @@ class JobService:
             remaining = deadline - loop.time()
             if claim is not None or remaining <= 0:
                 return claim
-            try:
-                # Wake on a local change; re-check at least every second for other replicas' writes.
+            # Wake on a local change; re-check at least every second for other replicas' writes.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue_changed.wait(), timeout=min(remaining, 1.0))
-            except TimeoutError:
-                pass
 
     async def _claim_once(self, worker_id: str, kinds: Collection[str], workspace_id: str | None) -> Claim | None:
         now = self.clock.now()
@@ -589,4 +590,3 @@ def _new_query_id(now: datetime) -> str:
         value, rem = divmod(value, 32)
         chars.append(alphabet[rem])
     return "".join(reversed(chars))
-

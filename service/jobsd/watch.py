@@ -10,6 +10,7 @@ overflows (it holds only status changes, which cannot be coalesced) is closed wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -123,10 +124,8 @@ class WatchHub:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         for sub in [*self._wide, *(s for subs in self._by_job.values() for s in subs)]:
             sub.close()
 

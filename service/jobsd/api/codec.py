@@ -24,7 +24,7 @@ __all__ = [
     "workspace_to_pb",
 ]
 
-STATUS_TO_PB: dict[JobStatus, pb.JobStatus.ValueType] = {
+STATUS_TO_PB: dict[JobStatus, pb.JobStatus] = {
     JobStatus.WAITING: pb.JOB_STATUS_WAITING,
     JobStatus.WORKING: pb.JOB_STATUS_WORKING,
     JobStatus.DONE: pb.JOB_STATUS_DONE,
@@ -99,7 +99,10 @@ def job_to_pb(job: Job) -> pb.Job:
         p = job.processed_data
         msg.processed_data.CopyFrom(
             pb.ProcessedData(
-                read_rows=p.read_rows, read_bytes=p.read_bytes, written_rows=p.written_rows, written_bytes=p.written_bytes
+                read_rows=p.read_rows,
+                read_bytes=p.read_bytes,
+                written_rows=p.written_rows,
+                written_bytes=p.written_bytes,
             )
         )
     if job.lease_expires_at is not None:

@@ -130,7 +130,9 @@ class Principal:
 
     def require_create(self) -> None:
         if not self._has_any(_WRITE):
-            raise PermissionDenied("The token lacks the scope to create jobs: needs JOBS:CREATE, DATASOURCES:CREATE or ADMIN")
+            raise PermissionDenied(
+                "The token lacks the scope to create jobs: needs JOBS:CREATE, DATASOURCES:CREATE or ADMIN"
+            )
 
     def require_execute(self) -> None:
         if JOBS_EXECUTE not in self.scopes:

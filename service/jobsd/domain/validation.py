@@ -70,7 +70,7 @@ def validate_new_job(spec: NewJob) -> NewJob:
         if ds_id is not None and (not isinstance(ds_id, str) or len(ds_id) > _MAX_TEXT):
             raise InvalidArgument("datasource.id", f"must be a string of at most {_MAX_TEXT} characters")
     elif kind in _NEEDS_TARGET:
-        raise InvalidArgument("datasource", f"is required for {kind.value} jobs (at least {{\"name\": ...}})")
+        raise InvalidArgument("datasource", f'is required for {kind.value} jobs (at least {{"name": ...}})')
 
     mode = _text("mode", spec.mode)
     if kind in (JobKind.IMPORT, JobKind.COPY):

@@ -109,11 +109,11 @@ class JobsServicer(_Edge, pb_grpc.JobsServicer):
     async def GetWorkspace(self, request: pb.GetWorkspaceRequest, context: Any) -> pb.Workspace:
         return await self._unary("GetWorkspace", self._api.get_workspace, request, context)
 
-    async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.JobEvent]:  # type: ignore[override]
+    async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.JobEvent]:
         async for event in self._stream("WatchJob", self._api.watch_job, request, context):
             yield event
 
-    async def WatchJobs(self, request: pb.WatchJobsRequest, context: Any) -> AsyncIterator[pb.JobEvent]:  # type: ignore[override]
+    async def WatchJobs(self, request: pb.WatchJobsRequest, context: Any) -> AsyncIterator[pb.JobEvent]:
         async for event in self._stream("WatchJobs", self._api.watch_jobs, request, context):
             yield event
 
