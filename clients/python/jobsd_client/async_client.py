@@ -1,0 +1,278 @@
+"""`AsyncJobsClient`: typed asyncio access to every RPC of the jobsd.v1 `Jobs` and `Workers` services.
+
+Methods return the protobuf messages unchanged and raise `jobsd_client.errors.JobsdClientError` subclasses;
+nothing else about gRPC leaks to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import grpc
+import grpc.aio
+
+from jobsd_client import _requests as req
+from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client._proto import jobs_pb2_grpc
+from jobsd_client.errors import error_from_rpc
+
+__all__ = ["DEFAULT_TIMEOUT", "AsyncJobsClient"]
+
+DEFAULT_TIMEOUT = 30.0
+_Response = TypeVar("_Response")
+
+
+class AsyncJobsClient:
+    """A connection to one jobsd (or a load balancer in front of several), authenticated by one bearer token.
+
+    `target` is `host:port`. Pass `channel` to use a channel you built (TLS, interceptors, options); the client
+    then leaves closing it to you. `timeout` is the deadline in seconds of each unary call (None: no deadline);
+    watches never time out and `claim_job` adds its long-poll wait to it.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._owns_channel = channel is None
+        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target)
+        self._jobs: Any = jobs_pb2_grpc.JobsStub(self._channel)  # type: ignore[no-untyped-call]
+        self._workers: Any = jobs_pb2_grpc.WorkersStub(self._channel)  # type: ignore[no-untyped-call]
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+
+    async def __aenter__(self) -> AsyncJobsClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel if this client created it (a caller-supplied channel stays open). Safe twice."""
+        if self._owns_channel:
+            await self._channel.close(None)
+
+    async def _unary(self, method: Any, request: Any, deadline: float | None = None) -> Any:
+        try:
+            return await method(
+                request, timeout=deadline if deadline is not None else self.timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    async def _stream(self, method: Any, request: Any) -> AsyncIterator[pb.JobEvent]:
+        call = method(request, metadata=self._metadata)
+        try:
+            async for event in call:
+                yield cast(pb.JobEvent, event)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+        finally:
+            # Leaving the loop early (break, an exception, aclose) must not leave the stream open on the server.
+            call.cancel()
+
+    # ------------------------------------------------------------------ Jobs
+
+    async def list_jobs(
+        self,
+        *,
+        kind: str | None = None,
+        status: req.StatusFilter = None,
+        pipe_id: str | None = None,
+        pipe_name: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        workspace_id: str | None = None,
+        page_size: int = 0,
+        page_token: str | None = None,
+    ) -> pb.ListJobsResponse:
+        """One page of jobs, newest first. `next_page_token` is empty on the last page."""
+        request = req.list_jobs_request(
+            kind=kind,
+            status=status,
+            pipe_id=pipe_id,
+            pipe_name=pipe_name,
+            created_after=created_after,
+            created_before=created_before,
+            workspace_id=workspace_id,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return cast(pb.ListJobsResponse, await self._unary(self._jobs.ListJobs, request))
+
+    async def iter_jobs(
+        self,
+        *,
+        kind: str | None = None,
+        status: req.StatusFilter = None,
+        pipe_id: str | None = None,
+        pipe_name: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        workspace_id: str | None = None,
+        page_size: int = 0,
+        limit: int | None = None,
+    ) -> AsyncIterator[pb.Job]:
+        """Every matching job, newest first, following the pages (at most `limit` jobs)."""
+        token: str | None = None
+        yielded = 0
+        while True:
+            page = await self.list_jobs(
+                kind=kind,
+                status=status,
+                pipe_id=pipe_id,
+                pipe_name=pipe_name,
+                created_after=created_after,
+                created_before=created_before,
+                workspace_id=workspace_id,
+                page_size=page_size if limit is None else min(page_size or req.MAX_PAGE_SIZE, limit - yielded),
+                page_token=token,
+            )
+            for job in page.jobs:
+                yield job
+                yielded += 1
+                if limit is not None and yielded >= limit:
+                    return
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    async def get_job(self, job_id: str) -> pb.Job:
+        return cast(pb.Job, await self._unary(self._jobs.GetJob, pb.GetJobRequest(job_id=job_id)))
+
+    async def cancel_job(self, job_id: str) -> pb.Job:
+        """The job after the request: `cancelled` if it was waiting, `cancelling` if a worker is running it."""
+        return cast(pb.Job, await self._unary(self._jobs.CancelJob, pb.CancelJobRequest(job_id=job_id)))
+
+    def watch_job(self, job_id: str, since_revision: int = 0) -> AsyncIterator[pb.JobEvent]:
+        """The job's events: a SNAPSHOT (or, with `since_revision`, every revision after it), then each change;
+        the iteration ends after the terminal state."""
+        return self._stream(self._jobs.WatchJob, pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
+
+    def watch_jobs(
+        self,
+        *,
+        kind: str | None = None,
+        status: req.StatusFilter = None,
+        pipe_id: str | None = None,
+        pipe_name: str | None = None,
+        workspace_id: str | None = None,
+    ) -> AsyncIterator[pb.JobEvent]:
+        """Every matching non-terminal job, a SYNCED marker, then every change of a matching job (endless)."""
+        request = req.watch_jobs_request(
+            kind=kind, status=status, pipe_id=pipe_id, pipe_name=pipe_name, workspace_id=workspace_id
+        )
+        return self._stream(self._jobs.WatchJobs, request)
+
+    async def create_job(
+        self,
+        kind: str,
+        *,
+        datasource: Mapping[str, Any] | None = None,
+        pipe_id: str | None = None,
+        pipe_name: str | None = None,
+        query_id: str | None = None,
+        query_sql: str | None = None,
+        mode: str | None = None,
+        url: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+        workspace_id: str | None = None,
+    ) -> pb.Job:
+        """A new waiting job (or, with an `idempotency_key` seen before, the job it created)."""
+        request = req.create_job_request(
+            kind,
+            datasource=datasource,
+            pipe_id=pipe_id,
+            pipe_name=pipe_name,
+            query_id=query_id,
+            query_sql=query_sql,
+            mode=mode,
+            url=url,
+            params=params,
+            idempotency_key=idempotency_key,
+            request_id=request_id,
+            workspace_id=workspace_id,
+        )
+        return cast(pb.Job, await self._unary(self._jobs.CreateJob, request))
+
+    async def retry_job(self, job_id: str) -> pb.Job:
+        """A new job with the parameters of an `error` or `cancelled` one."""
+        return cast(pb.Job, await self._unary(self._jobs.RetryJob, pb.RetryJobRequest(job_id=job_id)))
+
+    async def list_jobs_log(
+        self,
+        *,
+        job_id: str | None = None,
+        kind: str | None = None,
+        status: req.StatusFilter = None,
+        pipe_id: str | None = None,
+        pipe_name: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        workspace_id: str | None = None,
+        page_size: int = 0,
+        page_token: str | None = None,
+    ) -> pb.ListJobsLogResponse:
+        """One page of the jobs_log archive (one row per status change), newest first."""
+        request = req.list_jobs_log_request(
+            job_id=job_id,
+            kind=kind,
+            status=status,
+            pipe_id=pipe_id,
+            pipe_name=pipe_name,
+            created_after=created_after,
+            created_before=created_before,
+            workspace_id=workspace_id,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return cast(pb.ListJobsLogResponse, await self._unary(self._jobs.ListJobsLog, request))
+
+    async def get_workspace(self) -> pb.Workspace:
+        """The workspace of this client's token, with the token's scopes."""
+        return cast(pb.Workspace, await self._unary(self._jobs.GetWorkspace, pb.GetWorkspaceRequest()))
+
+    # --------------------------------------------------------------- Workers
+
+    async def claim_job(
+        self, worker_id: str, kinds: Iterable[str] = (), *, wait_seconds: float = 0.0, workspace_id: str | None = None
+    ) -> pb.ClaimJobResponse:
+        """Claim the oldest eligible waiting job, waiting up to `wait_seconds` for one (`job` unset if none)."""
+        request = req.claim_job_request(worker_id, kinds, wait_seconds, workspace_id)
+        deadline = None if self.timeout is None else self.timeout + wait_seconds
+        return cast(pb.ClaimJobResponse, await self._unary(self._workers.ClaimJob, request, deadline))
+
+    async def heartbeat(
+        self, job_id: str, lease_token: str, progress: pb.ProgressUpdate | None = None
+    ) -> pb.HeartbeatResponse:
+        """Extend the lease and report progress; FailedPrecondition when the lease is no longer ours."""
+        request = pb.HeartbeatRequest(job_id=job_id, lease_token=lease_token)
+        if progress is not None:
+            request.progress.CopyFrom(progress)
+        return cast(pb.HeartbeatResponse, await self._unary(self._workers.Heartbeat, request))
+
+    async def finish_job(
+        self,
+        job_id: str,
+        lease_token: str,
+        status: str | int | None = None,
+        *,
+        error: str | None = None,
+        progress: pb.ProgressUpdate | None = None,
+        release: bool = False,
+    ) -> pb.Job:
+        """End the job as done / error / cancelled with its final figures, or (`release=True`) hand it back."""
+        request = req.finish_job_request(job_id, lease_token, status, error=error, progress=progress, release=release)
+        return cast(pb.Job, await self._unary(self._workers.FinishJob, request))

@@ -1,0 +1,645 @@
+"""The worker SDK: claim jobs of the kinds you handle, run them, keep their leases alive, finish them.
+
+    async def populate(ctx: JobContext) -> None:
+        for i, partition in enumerate(partitions):
+            if ctx.cancel_requested:
+                raise JobCancelled()
+            ...
+            ctx.report(progress_percentage=100 * (i + 1) / len(partitions))
+
+    worker = Worker("127.0.0.1:50051", token, {"populateview": populate}, concurrency=2)
+    await run_until_signalled(worker)          # or: await worker.run() ... await worker.stop()
+
+A handler that returns finishes its job as `done` with the figures it reported; `JobFailed` finishes it as `error`
+with its message; `JobCancelled` (after a cancel request) as `cancelled`; any other exception as `error` with
+"<ExceptionType>: <message>". While a handler runs, a background heartbeat every `heartbeat_interval_seconds`
+(given by the server with the claim) extends the lease and carries the figures reported since the last one; its
+answer is how the handler learns about a cancel request. If the lease is lost (the server gave the job to someone
+else), the handler is cancelled and the job is left alone. Handlers must let `asyncio.CancelledError` through:
+it is how a graceful stop and a lost lease reach them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf import json_format
+from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client._requests import to_struct
+from jobsd_client.async_client import AsyncJobsClient
+from jobsd_client.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    JobsdClientError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unimplemented,
+)
+
+__all__ = [
+    "QUERY_STATUSES",
+    "Handler",
+    "JobCancelled",
+    "JobContext",
+    "JobFailed",
+    "Worker",
+    "run_until_signalled",
+]
+
+_log = logging.getLogger("jobsd_client.worker")
+
+QUERY_STATUSES = frozenset({"waiting", "working", "done", "error", "cancelled"})
+_STATISTICS_KEYS = ("bytes", "row_count")
+_PROCESSED_DATA_KEYS = ("read_rows", "read_bytes", "written_rows", "written_bytes")
+# Used only if a server does not say how often to heartbeat.
+_DEFAULT_HEARTBEAT_INTERVAL = 10.0
+# Errors worth retrying: the server restarts, is overloaded, or the network hiccups.
+_TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+# Errors no retry can fix: the worker's token or its request is wrong. They end `Worker.run()`.
+_FATAL_ERRORS = (Unauthenticated, PermissionDenied, InvalidArgument, Unimplemented)
+
+
+class JobFailed(Exception):
+    """Raise from a handler to finish the job as `error` with this message (and optionally an `errors` list)."""
+
+    def __init__(self, message: str, errors: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = tuple(errors)
+
+
+class JobCancelled(Exception):
+    """Raise from a handler after noticing `ctx.cancel_requested`: the job finishes as `cancelled`."""
+
+
+class _Backoff:
+    """Exponential backoff with full jitter, so a fleet of workers does not hammer a restarting server in step."""
+
+    def __init__(self, first: float = 0.1, ceiling: float = 5.0) -> None:
+        self._first = first
+        self._ceiling = ceiling
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        delay = min(self._ceiling, self._first * (2**self._attempt))
+        self._attempt = min(self._attempt + 1, 16)
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+def _non_negative_int(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument.for_field(field, f"expected an integer, got {value!r}")
+    if value < 0:
+        raise InvalidArgument.for_field(field, f"must not be negative, got {value}")
+    return value
+
+
+def _figures(field: str, value: Mapping[str, int], keys: Sequence[str]) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise InvalidArgument.for_field(field, f"expected a mapping of {', '.join(keys)}")
+    unknown = sorted(set(value) - set(keys))
+    if unknown:
+        raise InvalidArgument.for_field(field, f"unknown key(s) {', '.join(unknown)}; expected {', '.join(keys)}")
+    return {key: _non_negative_int(f"{field}.{key}", figure) for key, figure in value.items()}
+
+
+def _queries(value: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise InvalidArgument.for_field("queries", "expected a list of {query_id, status}")
+    queries = []
+    for index, query in enumerate(value):
+        field = f"queries[{index}]"
+        if not isinstance(query, Mapping):
+            raise InvalidArgument.for_field(field, "expected a mapping with query_id and status")
+        query_id, status = query.get("query_id"), query.get("status")
+        if not isinstance(query_id, str) or not query_id:
+            raise InvalidArgument.for_field(f"{field}.query_id", "must be a non-empty string")
+        if status not in QUERY_STATUSES:
+            raise InvalidArgument.for_field(
+                f"{field}.status", f"must be one of {', '.join(sorted(QUERY_STATUSES))}, got {status!r}"
+            )
+        queries.append({"query_id": query_id, "status": str(status)})
+    return queries
+
+
+class _Figures:
+    """Everything a handler reported, and which parts changed since they were last sent.
+
+    Values are cumulative (statistics and processed_data merge key by key), so a heartbeat lost in transit only
+    has to mark its fields dirty again, and FinishJob can always send the whole picture.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+        self._dirty: set[str] = set()
+
+    def merge(self, changes: Mapping[str, Any]) -> None:
+        for name, value in changes.items():
+            if name in ("statistics", "processed_data"):
+                value = {**self._values.get(name, {}), **value}
+            self._values[name] = value
+            self._dirty.add(name)
+
+    def take(self) -> tuple[pb.ProgressUpdate | None, set[str]]:
+        """The changed figures as an update (None if nothing changed); they count as sent until `restore`."""
+        taken, self._dirty = self._dirty, set()
+        return (self._update(taken) if taken else None), taken
+
+    def add_errors(self, errors: Sequence[str]) -> None:
+        self.merge({"errors": [*self._values.get("errors", []), *errors]})
+
+    def restore(self, fields: Iterable[str]) -> None:
+        self._dirty.update(fields)
+
+    def everything(self) -> pb.ProgressUpdate | None:
+        return self._update(set(self._values)) if self._values else None
+
+    def _update(self, fields: set[str]) -> pb.ProgressUpdate:
+        values = self._values
+        update = pb.ProgressUpdate()
+        if "progress_percentage" in fields:
+            update.progress_percentage = values["progress_percentage"]
+        if "queries" in fields:
+            update.queries.extend(pb.QueryProgress(**q) for q in values["queries"])
+        if "statistics" in fields:
+            update.statistics.CopyFrom(pb.Statistics(**values["statistics"]))
+        if "quarantine_rows" in fields:
+            update.quarantine_rows = values["quarantine_rows"]
+        if "invalid_lines" in fields:
+            update.invalid_lines = values["invalid_lines"]
+        if "processed_data" in fields:
+            update.processed_data.CopyFrom(pb.ProcessedData(**values["processed_data"]))
+        if "result" in fields:
+            update.result.CopyFrom(values["result"])
+        if "errors" in fields:
+            update.errors.extend(values["errors"])
+        return update
+
+
+class JobContext:
+    """What a handler gets: the claimed job, its inputs, a way to report figures, and the cancel signal."""
+
+    def __init__(
+        self,
+        *,
+        job: pb.Job,
+        lease_token: str,
+        worker_id: str,
+        client: AsyncJobsClient,
+        heartbeat_interval: float,
+    ) -> None:
+        self.job = job
+        self.job_id = job.id
+        self.kind = job.kind
+        self.params: dict[str, Any] = json_format.MessageToDict(job.params)
+        self.datasource: dict[str, Any] = json_format.MessageToDict(job.datasource)
+        self.worker_id = worker_id
+        self._lease_token = lease_token
+        self._client = client
+        self._heartbeat_interval = heartbeat_interval
+        self._figures = _Figures()
+        self._cancel_requested = asyncio.Event()
+        # One heartbeat at a time, so figures reach the server in the order they were reported.
+        self._heartbeat_lock = asyncio.Lock()
+        self._lease_lost = False
+        self._handler_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"JobContext(job_id={self.job_id!r}, kind={self.kind!r}, worker_id={self.worker_id!r})"
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once a heartbeat answered that a user asked to cancel this job."""
+        return self._cancel_requested.is_set()
+
+    async def wait_cancel_requested(self) -> None:
+        """Return when a cancel has been requested (learned on a heartbeat, within one heartbeat period)."""
+        await self._cancel_requested.wait()
+
+    @property
+    def lease_lost(self) -> bool:
+        return self._lease_lost
+
+    def report(
+        self,
+        *,
+        progress_percentage: float | None = None,
+        queries: Sequence[Mapping[str, str]] | None = None,
+        statistics: Mapping[str, int] | None = None,
+        quarantine_rows: int | None = None,
+        invalid_lines: int | None = None,
+        processed_data: Mapping[str, int] | None = None,
+        result: Mapping[str, Any] | None = None,
+        errors: Sequence[str] | None = None,
+    ) -> None:
+        """Merge figures into what the next heartbeat (or `flush()`, or the finish) sends.
+
+        Validated as a whole first: a bad figure raises `InvalidArgument` naming it, and nothing is merged.
+        """
+        changes: dict[str, Any] = {}
+        if progress_percentage is not None:
+            if (
+                isinstance(progress_percentage, bool)
+                or not isinstance(progress_percentage, int | float)
+                or not math.isfinite(progress_percentage)
+                or not 0 <= progress_percentage <= 100
+            ):
+                raise InvalidArgument.for_field(
+                    "progress_percentage", f"must be a number from 0 to 100, got {progress_percentage!r}"
+                )
+            changes["progress_percentage"] = float(progress_percentage)
+        if queries is not None:
+            changes["queries"] = _queries(queries)
+        if statistics is not None:
+            changes["statistics"] = _figures("statistics", statistics, _STATISTICS_KEYS)
+        if quarantine_rows is not None:
+            changes["quarantine_rows"] = _non_negative_int("quarantine_rows", quarantine_rows)
+        if invalid_lines is not None:
+            changes["invalid_lines"] = _non_negative_int("invalid_lines", invalid_lines)
+        if processed_data is not None:
+            changes["processed_data"] = _figures("processed_data", processed_data, _PROCESSED_DATA_KEYS)
+        if result is not None:
+            changes["result"] = to_struct(result, "result")
+        if errors is not None:
+            if isinstance(errors, str | bytes) or not all(isinstance(e, str) for e in errors):
+                raise InvalidArgument.for_field("errors", "expected a list of strings")
+            changes["errors"] = list(errors)
+        self._figures.merge(changes)
+
+    async def flush(self) -> None:
+        """Send the pending figures now (also refreshes `cancel_requested`).
+
+        A transient transport failure is logged, not raised: the figures stay pending for the next heartbeat.
+        If the lease turns out to be lost, the handler is cancelled (CancelledError is raised here).
+        """
+        await self._heartbeat()
+        if self._lease_lost:
+            await asyncio.sleep(0)  # the handler task was just cancelled: let the CancelledError land here
+
+    # ---------------------------------------------------------- worker side
+
+    def _bind(self, handler_task: asyncio.Task[None]) -> None:
+        self._handler_task = handler_task
+
+    def _lose_lease(self, reason: str) -> None:
+        if self._lease_lost:
+            return
+        self._lease_lost = True
+        _log.warning(
+            "job %s: lease lost (%s); cancelling its handler", self.job_id, reason, extra={"job_id": self.job_id}
+        )
+        if self._handler_task is not None and not self._handler_task.done():
+            self._handler_task.cancel()
+
+    async def _heartbeat(self) -> None:
+        async with self._heartbeat_lock:
+            if self._lease_lost:
+                return
+            update, fields = self._figures.take()
+            try:
+                response = await self._client.heartbeat(self.job_id, self._lease_token, update)
+            except (FailedPrecondition, NotFound) as exc:
+                self._lose_lease(str(exc))
+                return
+            except JobsdClientError as exc:
+                self._figures.restore(fields)
+                _log.warning(
+                    "job %s: heartbeat failed, will retry: %s", self.job_id, exc, extra={"job_id": self.job_id}
+                )
+                return
+            except BaseException:
+                self._figures.restore(fields)
+                raise
+        if response.cancel_requested and not self._cancel_requested.is_set():
+            _log.info("job %s: cancel requested", self.job_id, extra={"job_id": self.job_id})
+            self._cancel_requested.set()
+
+    async def _heartbeat_forever(self) -> None:
+        while not self._lease_lost:
+            await asyncio.sleep(self._heartbeat_interval)
+            await self._heartbeat()
+
+
+Handler = Callable[[JobContext], Awaitable[None]]
+
+
+class _RunningJob:
+    def __init__(self, ctx: JobContext, handler_task: asyncio.Task[None]) -> None:
+        self.ctx = ctx
+        self.handler_task = handler_task
+        # Set when a graceful stop ran out of grace: the job goes back to the queue, not to a final status.
+        self.released = False
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """Claims jobs of the handled kinds (long-poll), runs up to `concurrency` at once, until `stop()`."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        handlers: Mapping[str, Handler],
+        *,
+        worker_id: str | None = None,
+        concurrency: int = 1,
+        wait_seconds: float = 5.0,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        if not handlers:
+            raise InvalidArgument.for_field("handlers", "at least one kind -> handler is required")
+        for kind, handler in handlers.items():
+            if not kind or not callable(handler):
+                raise InvalidArgument.for_field("handlers", f"expected kind -> async callable, got {kind!r}")
+        if concurrency < 1:
+            raise InvalidArgument.for_field("concurrency", f"must be at least 1, got {concurrency}")
+        if not 0 <= wait_seconds <= 60:
+            raise InvalidArgument.for_field("wait_seconds", f"must be between 0 and 60, got {wait_seconds}")
+        self.worker_id = worker_id or _default_worker_id()
+        self._handlers = dict(handlers)
+        self._kinds = sorted(self._handlers)
+        self._wait_seconds = wait_seconds
+        self._client = AsyncJobsClient(target, token, channel=channel)
+        self._free_slots = asyncio.Semaphore(concurrency)
+        self._stopping = asyncio.Event()
+        self._loop_exited = asyncio.Event()
+        self._run_started = False
+        self._claim_task: asyncio.Task[pb.ClaimJobResponse | None] | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._job_tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, _RunningJob] = {}
+
+    @property
+    def running_job_ids(self) -> list[str]:
+        """Ids of the jobs whose handlers are running now."""
+        return list(self._running)
+
+    async def run(self) -> None:
+        """Claim and run jobs until `stop()`; raises if the server refuses this worker (bad token, scope)."""
+        if self._run_started:
+            raise RuntimeError("Worker.run() can only be called once")
+        self._run_started = True
+        try:
+            if not self._stopping.is_set():
+                await self._claim_loop()
+        finally:
+            self._loop_exited.set()
+            # Ending without stop() (a fatal error, or run() was cancelled): release whatever still runs.
+            await asyncio.shield(self._begin_shutdown(grace=0.0))
+
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Stop claiming; give running jobs up to `grace` seconds to finish, then cancel their handlers and
+        release them back to the queue. Returns when everything is settled. Safe to call twice."""
+        await asyncio.shield(self._begin_shutdown(grace=grace))
+
+    # ------------------------------------------------------------ claiming
+
+    async def _claim_loop(self) -> None:
+        backoff = _Backoff()
+        while not self._stopping.is_set():
+            self._claim_task = asyncio.create_task(self._claim_one(), name=f"jobsd-worker-claim-{self.worker_id}")
+            try:
+                claimed = await self._claim_task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if self._stopping.is_set() and current is not None and not current.cancelling():
+                    return  # stop() interrupted the long poll
+                raise
+            except _FATAL_ERRORS:
+                raise
+            except JobsdClientError as exc:
+                if exc.code not in _TRANSIENT_CODES:
+                    raise
+                delay = backoff.next_delay()
+                _log.warning("claim failed (%s: %s); retrying in %.2fs", exc.code.name, exc, delay)
+                await self._sleep_unless_stopping(delay)
+                continue
+            finally:
+                self._claim_task = None
+            backoff.reset()
+            if claimed is not None:
+                task = asyncio.create_task(self._run_job(claimed), name=f"jobsd-worker-job-{claimed.job.id}")
+                self._job_tasks.add(task)
+                task.add_done_callback(self._job_tasks.discard)
+
+    async def _claim_one(self) -> pb.ClaimJobResponse | None:
+        """Wait for a free slot, then long-poll for a job; the slot stays taken only if a job was claimed."""
+        await self._free_slots.acquire()
+        try:
+            response = await self._client.claim_job(self.worker_id, self._kinds, wait_seconds=self._wait_seconds)
+        except BaseException:
+            self._free_slots.release()
+            raise
+        if not response.HasField("job"):
+            self._free_slots.release()
+            return None
+        return response
+
+    async def _sleep_unless_stopping(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    # ------------------------------------------------------------- running
+
+    async def _run_job(self, claimed: pb.ClaimJobResponse) -> None:
+        job = claimed.job
+        ctx = JobContext(
+            job=job,
+            lease_token=claimed.lease_token,
+            worker_id=self.worker_id,
+            client=self._client,
+            heartbeat_interval=claimed.heartbeat_interval_seconds or _DEFAULT_HEARTBEAT_INTERVAL,
+        )
+        try:
+            handler = self._handlers.get(job.kind)
+            if self._stopping.is_set():
+                # Claimed just as the worker began to stop: hand it straight back.
+                await self._finish(ctx, release=True)
+            elif handler is None:
+                await self._finish(ctx, status=pb.JOB_STATUS_ERROR, error=f"worker has no handler for {job.kind!r}")
+            else:
+                await self._supervise(ctx, handler)
+        except Exception:
+            _log.exception("job %s: the worker failed to settle it", job.id, extra={"job_id": job.id})
+        finally:
+            self._running.pop(job.id, None)
+            self._free_slots.release()
+
+    async def _supervise(self, ctx: JobContext, handler: Handler) -> None:
+        """Run the handler with a heartbeat beside it, then finish the job according to how the handler ended."""
+        handler_task: asyncio.Task[None] = asyncio.create_task(
+            _call(handler, ctx), name=f"jobsd-handler-{ctx.kind}-{ctx.job_id}"
+        )
+        ctx._bind(handler_task)
+        running = _RunningJob(ctx, handler_task)
+        self._running[ctx.job_id] = running
+        _log.info("job %s (%s): started", ctx.job_id, ctx.kind, extra={"job_id": ctx.job_id})
+        heartbeat_task = asyncio.create_task(ctx._heartbeat_forever(), name=f"jobsd-heartbeat-{ctx.job_id}")
+        try:
+            await asyncio.wait({handler_task})
+        finally:
+            # Also reached if this task itself is cancelled: nothing is left running behind it.
+            for task in (handler_task, heartbeat_task):
+                task.cancel()
+            await asyncio.wait({handler_task, heartbeat_task})
+            if not heartbeat_task.cancelled() and heartbeat_task.exception() is not None:
+                _log.error("job %s: heartbeat crashed", ctx.job_id, exc_info=heartbeat_task.exception())
+
+        if ctx.lease_lost:
+            # The job belongs to someone else now (requeued or ended by the server): leave it alone.
+            _log.warning("job %s: not finishing, its lease was lost", ctx.job_id, extra={"job_id": ctx.job_id})
+            return
+        if running.released:
+            await self._finish(ctx, release=True)
+            return
+        if handler_task.cancelled():
+            # Nobody but the handler itself cancelled it (a release or lost lease is handled above).
+            if ctx.cancel_requested:
+                await self._finish(ctx, status=pb.JOB_STATUS_CANCELLED)
+            else:
+                await self._finish(ctx, status=pb.JOB_STATUS_ERROR, error="CancelledError: the handler was cancelled")
+            return
+        exc = handler_task.exception()
+        if exc is None:
+            await self._finish(ctx, status=pb.JOB_STATUS_DONE)
+        elif isinstance(exc, JobFailed):
+            await self._finish(ctx, status=pb.JOB_STATUS_ERROR, error=exc.message, errors=exc.errors)
+        elif isinstance(exc, JobCancelled):
+            await self._finish(ctx, status=pb.JOB_STATUS_CANCELLED)
+        else:
+            _log.error("job %s: handler raised", ctx.job_id, exc_info=exc, extra={"job_id": ctx.job_id})
+            message = str(exc)
+            error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+            await self._finish(ctx, status=pb.JOB_STATUS_ERROR, error=error)
+
+    async def _finish(
+        self,
+        ctx: JobContext,
+        *,
+        status: pb.JobStatus = pb.JOB_STATUS_UNSPECIFIED,
+        error: str | None = None,
+        errors: Sequence[str] = (),
+        release: bool = False,
+    ) -> None:
+        """FinishJob with every figure reported, retrying transient failures while the lease can still hold."""
+        if errors:
+            ctx._figures.add_errors(errors)
+        progress: pb.ProgressUpdate | None = ctx._figures.everything()
+        loop = asyncio.get_running_loop()
+        # A lease lasts three heartbeat intervals; past that, retrying can only meet a lease that is gone.
+        give_up_at = loop.time() + max(3 * ctx._heartbeat_interval, 5.0)
+        backoff = _Backoff()
+        while True:
+            try:
+                await self._client.finish_job(
+                    ctx.job_id, ctx._lease_token, status, error=error, progress=progress, release=release
+                )
+            except FailedPrecondition as exc:
+                if status == pb.JOB_STATUS_CANCELLED and not release:
+                    # The server had no cancel request: a handler gave up on its own, which is an error.
+                    status = pb.JOB_STATUS_ERROR
+                    error = "the handler stopped the job as cancelled, but no cancel was requested"
+                    continue
+                _log.warning("job %s: could not finish, lease no longer ours: %s", ctx.job_id, exc)
+                return
+            except NotFound as exc:
+                _log.warning("job %s: could not finish, job gone: %s", ctx.job_id, exc)
+                return
+            except InvalidArgument as exc:
+                if progress is None:
+                    _log.error("job %s: the server refused to finish it: %s", ctx.job_id, exc)
+                    return
+                # Never leave a job running because its figures were refused: end it as an error without them.
+                status, error, progress = pb.JOB_STATUS_ERROR, f"jobsd refused the job's final figures: {exc}", None
+                continue
+            except JobsdClientError as exc:
+                if exc.code not in _TRANSIENT_CODES or loop.time() >= give_up_at:
+                    _log.error("job %s: could not finish (%s: %s)", ctx.job_id, exc.code.name, exc)
+                    return
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            outcome = "released" if release else pb.JobStatus.Name(status)[len("JOB_STATUS_") :].lower()
+            _log.info("job %s: %s%s", ctx.job_id, outcome, f" ({error})" if error else "", extra={"job_id": ctx.job_id})
+            return
+
+    # ------------------------------------------------------------ shutdown
+
+    def _begin_shutdown(self, grace: float) -> asyncio.Task[None]:
+        if self._shutdown_task is None:
+            self._stopping.set()
+            self._shutdown_task = asyncio.create_task(self._shutdown(grace), name=f"jobsd-worker-stop-{self.worker_id}")
+        return self._shutdown_task
+
+    async def _shutdown(self, grace: float) -> None:
+        if self._claim_task is not None:
+            # A job the server claims in the instant this cancel lands is recovered by its lease sweeper.
+            self._claim_task.cancel()
+        if self._run_started:
+            await self._loop_exited.wait()  # no new job can start after this
+        if self._job_tasks and grace > 0:
+            await asyncio.wait(set(self._job_tasks), timeout=grace)
+        for running in list(self._running.values()):
+            if not running.handler_task.done():
+                running.released = True
+                running.handler_task.cancel()
+        if self._job_tasks:
+            await asyncio.wait(set(self._job_tasks))
+        await self._client.close()
+
+
+async def _call(handler: Handler, ctx: JobContext) -> None:
+    await handler(ctx)
+
+
+async def run_until_signalled(
+    worker: Worker, *, grace: float = 10.0, signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM)
+) -> None:
+    """Run `worker` until one of `signals` (SIGTERM, Ctrl-C) arrives, then stop it gracefully."""
+    loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
+    for sig in signals:
+        loop.add_signal_handler(sig, signalled.set)
+    run_task = asyncio.create_task(worker.run(), name=f"jobsd-worker-run-{worker.worker_id}")
+    signal_task = asyncio.create_task(signalled.wait())
+    try:
+        await asyncio.wait({run_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
+        if signalled.is_set():
+            _log.info("signal received: stopping (grace %.1fs)", grace)
+            await worker.stop(grace=grace)
+        await run_task
+    finally:
+        signal_task.cancel()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        if not run_task.done():
+            run_task.cancel()
+            await asyncio.wait({run_task})
