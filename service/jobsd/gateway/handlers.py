@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import web
-from jobsd_client._proto import jobs_pb2 as pb
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from jobsd.api.base import JobsApi
@@ -19,6 +18,7 @@ from jobsd.gateway.errors import documentation_for, error_response
 from jobsd.gateway.metrics import GatewayMetrics
 from jobsd.gateway.openapi import openapi_document
 from jobsd.gateway.sse import EventStreamOptions, since_revision, stream_job_events
+from jobsd_client._proto import jobs_pb2 as pb
 
 __all__ = ["JobsRoutes"]
 
@@ -65,6 +65,7 @@ class JobsRoutes:
         router.add_get("/v0/jobs_log", self.jobs_log, name="jobs_log")
         router.add_get("/v0/workspace", self.workspace, name="workspace_v0")
         router.add_get("/v1/workspace", self.workspace, name="workspace_v1")
+        router.add_get("/v0/regions", self.regions, name="regions")
         router.add_get("/openapi.json", self.openapi, name="openapi")
         router.add_get("/healthz", self.healthz, name="healthz")
         router.add_get("/readyz", self.readyz, name="readyz")
@@ -172,6 +173,12 @@ class JobsRoutes:
     async def workspace(self, request: web.Request) -> web.Response:
         workspace = await self._api.get_workspace(_token(request), pb.GetWorkspaceRequest())
         return web.json_response(render.workspace_info(workspace))
+
+    async def regions(self, request: web.Request) -> web.Response:
+        """The one region this gateway is. The `tinybird` CLI asks for it at start-up (public, as in Tinybird)."""
+        base = self._base_url(request)
+        region = {"name": "jobsd", "provider": "jobsd", "api_host": base, "host": base, "default_password": None}
+        return web.json_response({"regions": [region]})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self._openapi)

@@ -227,6 +227,28 @@ _SCHEMAS: dict[str, Schema] = {
         },
         "additionalProperties": False,
     },
+    "Regions": {
+        "type": "object",
+        "required": ["regions"],
+        "properties": {
+            "regions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "provider", "api_host", "host", "default_password"],
+                    "properties": {
+                        "name": _str(),
+                        "provider": _str(),
+                        "api_host": _str(),
+                        "host": _str(),
+                        "default_password": _nullable(_str()),
+                    },
+                    "additionalProperties": False,
+                },
+            }
+        },
+        "additionalProperties": False,
+    },
     "Status": {
         "type": "object",
         "required": ["status"],
@@ -337,6 +359,13 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/workspace": {
             "get": _operation("The token's workspace", _json("Workspace", "The workspace"), [], (403, 500, 503))
+        },
+        "/v0/regions": {
+            "get": {
+                "summary": "The region this gateway serves (read by the `tinybird` CLI at start-up)",
+                "security": [],
+                "responses": {"200": _json("Regions", "One region: this gateway")},
+            }
         },
         "/healthz": {
             "get": {

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
 
 from google.protobuf import timestamp_pb2
-from jobsd_client._proto import jobs_pb2 as pb
 
 from jobsd.errors import InvalidArgument
+from jobsd_client._proto import jobs_pb2 as pb
 
 __all__ = [
     "MAX_PAGE_SIZE",

@@ -12,6 +12,7 @@ from datetime import UTC
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
+
 from jobsd_client._proto import jobs_pb2 as pb
 
 __all__ = [

@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
-from jobsd_client._proto import jobs_pb2 as pb
 
 from jobsd.errors import InvalidArgument, JobsdError
+from jobsd_client._proto import jobs_pb2 as pb
 
 __all__ = ["EventStreamOptions", "since_revision", "stream_job_events"]
 
