@@ -244,9 +244,13 @@ class _FeedSubscription:
 class SqliteStore:
     """`jobsd.store.base.JobStore` on one SQLite file. Create, `await open()`, use, `await close()`."""
 
-    def __init__(self, path: str | Path, *, feed_capacity: int = DEFAULT_FEED_CAPACITY) -> None:
+    def __init__(
+        self, path: str | Path, *, feed_capacity: int = DEFAULT_FEED_CAPACITY, busy_timeout_ms: int = 5_000
+    ) -> None:
         self._path = Path(path)
         self._feed_capacity = feed_capacity
+        # How long a write waits for another process's write lock before the call fails as Unavailable.
+        self._busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
         # (st_dev, st_ino) of the file we opened: writes into a file that was deleted or replaced would be lost.
         self._file_identity: tuple[int, int] | None = None
@@ -276,7 +280,7 @@ class SqliteStore:
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot switch to WAL mode (journal_mode is {mode})")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version not in (0, SCHEMA_VERSION):
                 raise sqlite3.OperationalError(

@@ -1,0 +1,267 @@
+"""What only the SQLite store promises: index-only list plans, durability across kill -9, failures as Unavailable."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from jobsd.domain.auth import ReadScope
+from jobsd.domain.states import Action
+from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
+from jobsd.store.base import FeedReset, JobChanged, JobQuery, LogQuery
+from jobsd.store.sqlite import PURGE_BATCH, SqliteStore
+
+from .factories import RETENTION, T0, move, new_job, new_workspace_id
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "db" / "jobsd.db", busy_timeout_ms=50)
+    await store.open()
+    yield store
+    await store.close()
+
+
+def _list_queries() -> list[JobQuery]:
+    wide = ReadScope("ws", everything=True)
+    narrow = ReadScope("ws", everything=False, datasource_names=frozenset({"a", "b"}), pipe_names=frozenset({"p"}))
+    queries = []
+    for scope, kind, status, pipe_id, pipe_name, bounded, after, active in itertools.product(
+        (wide, narrow),
+        (None, "import"),
+        (None, "waiting"),
+        (None, "pid"),
+        (None, "p"),
+        (False, True),
+        (None, (T0, "some-id")),
+        (False, True),
+    ):
+        queries.append(
+            JobQuery(
+                scope=scope,
+                now=T0,
+                limit=100,
+                kind=kind,
+                status=status,
+                pipe_id=pipe_id,
+                pipe_name=pipe_name,
+                created_after=T0 - timedelta(hours=1) if bounded else None,
+                created_before=T0 if bounded else None,
+                after=after,
+                only_active=active,
+            )
+        )
+    return queries
+
+
+async def test_every_list_query_is_an_index_search_without_a_sort(sqlite_store: SqliteStore) -> None:
+    # Some rows, so the plans are those of a real table rather than an empty one.
+    ws = "ws"
+    for i in range(50):
+        await sqlite_store.insert_job(
+            new_job(ws, kind=("import", "copy")[i % 2], datasource_name="a", pipe_name="p", created_at=T0)
+        )
+    queries = _list_queries()
+    assert len(queries) == 256
+    for query in queries:
+        for plan in sqlite_store.explain_list_jobs(query):
+            text = " | ".join(plan)
+            assert len(plan) == 1 and plan[0].startswith("SEARCH jobs USING INDEX jobs_by_"), (query, text)
+            assert "workspace_id=?" in plan[0], (query, text)
+            assert "TEMP B-TREE" not in text, (query, text)
+
+
+_CRASHING_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys, uuid
+    from datetime import UTC, datetime, timedelta
+    from jobsd.domain.model import Job, JobStatus
+    from jobsd.store.sqlite import SqliteStore
+
+    async def main() -> None:
+        store = SqliteStore(sys.argv[1])
+        await store.open()
+        t0 = datetime(2026, 3, 1, tzinfo=UTC)
+        for i in range(int(sys.argv[2])):
+            job = Job(
+                id=str(uuid.uuid4()), workspace_id="ws", kind="import", status=JobStatus.WAITING,
+                created_at=t0, updated_at=t0, revision=1, status_revision=1, concurrency_key="ws:import",
+                expires_at=t0 + timedelta(hours=48),
+            )
+            await store.insert_job(job)
+            print("acked", job.id, flush=True)
+        sys.stdin.read()  # never closes the store: the parent kills this process mid-life
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "crash" / "jobsd.db"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_WRITER, str(path), "25"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        acked = [writer.stdout.readline().split() for _ in range(25)]
+        assert all(line[0] == "acked" for line in acked), acked
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=30)
+    assert writer.returncode == -signal.SIGKILL
+
+    async def reopen() -> list[str]:
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            return [job.id for _, job_id in acked if (job := await store.get_job(job_id, T0)) is not None]
+        finally:
+            await store.close()
+
+    assert asyncio.run(reopen()) == [job_id for _, job_id in acked]
+
+
+async def test_a_closed_store_is_unavailable_and_closing_twice_is_fine(sqlite_store: SqliteStore) -> None:
+    job = await sqlite_store.insert_job(new_job(new_workspace_id()))
+    feed = sqlite_store.changes()
+    await sqlite_store.close()
+    await sqlite_store.close()
+    for call in (sqlite_store.ping(), sqlite_store.get_job(job.id, T0), sqlite_store.insert_job(new_job("ws"))):
+        with pytest.raises(Unavailable, match="is not open"):
+            await call
+    with pytest.raises(Unavailable):
+        sqlite_store.changes()
+    with pytest.raises(StopAsyncIteration):
+        await anext(feed)  # subscribers are told the feed ended
+
+
+def _remove_database_files(path: Path) -> None:
+    """What an operator's stray `rm -rf .jobsd` does under a running server."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def test_a_removed_database_file_is_unavailable_not_silently_written(sqlite_store: SqliteStore) -> None:
+    await sqlite_store.ping()
+    _remove_database_files(sqlite_store.path)
+    with pytest.raises(Unavailable, match="gone"):
+        await sqlite_store.ping()
+    with pytest.raises(Unavailable, match="gone"):
+        await sqlite_store.insert_job(new_job("ws"))
+
+
+async def test_a_file_that_is_not_a_database_cannot_be_opened(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not a database file" * 200)
+    with pytest.raises(Unavailable, match=str(path)):
+        await SqliteStore(path).open()
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(Unavailable, match="schema version 99"):
+        await SqliteStore(path).open()
+
+
+async def test_a_locked_database_fails_as_unavailable_and_changes_nothing(sqlite_store: SqliteStore) -> None:
+    ws = new_workspace_id()
+    other = sqlite3.connect(sqlite_store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+        with pytest.raises(Unavailable, match="database is locked"):
+            await sqlite_store.insert_job(new_job(ws))
+        with pytest.raises(Unavailable, match="database is locked"):
+            await sqlite_store.ping()
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert await sqlite_store.list_jobs(JobQuery(scope=ReadScope(ws, True), now=T0, limit=10)) == []
+    assert await sqlite_store.list_log(LogQuery(workspace_id=ws, limit=10)) == []
+    await sqlite_store.ping()
+
+
+async def test_a_duplicate_id_is_refused_and_changes_nothing(sqlite_store: SqliteStore) -> None:
+    ws = new_workspace_id()
+    job = await sqlite_store.insert_job(new_job(ws))
+    with pytest.raises(AlreadyExists):
+        await sqlite_store.insert_job(replace(job, kind="copy"))
+    assert await sqlite_store.get_job(job.id, T0) == job
+    assert len(await sqlite_store.list_log(LogQuery(workspace_id=ws, limit=10))) == 1
+
+
+async def test_bad_arguments_name_the_field_and_change_nothing(sqlite_store: SqliteStore) -> None:
+    job = await sqlite_store.insert_job(new_job(new_workspace_id()))
+    with pytest.raises(InvalidArgument) as refused:
+        await sqlite_store.compare_and_set(job, replace(job, progress_percentage=5.0))
+    assert refused.value.field == "job.revision"
+    with pytest.raises(InvalidArgument) as refused:
+        await sqlite_store.compare_and_set(job, move(new_job("ws"), Action.CANCEL, T0))
+    assert refused.value.field == "job.id"
+    assert await sqlite_store.get_job(job.id, T0) == job
+    with pytest.raises(InvalidArgument) as refused:
+        await sqlite_store.list_jobs(JobQuery(scope=ReadScope("ws", True), now=T0, limit=0))
+    assert refused.value.field == "limit"
+    with pytest.raises(InvalidArgument) as refused:
+        await sqlite_store.insert_job(replace(new_job("ws"), params={"not-json": object()}))
+    assert refused.value.field == "job"
+    with pytest.raises(InvalidArgument) as refused:
+        await sqlite_store.ensure_workspace("  ", T0)
+    assert refused.value.field == "name"
+
+
+async def test_data_survives_a_clean_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "reopen.db"
+    first = SqliteStore(path)
+    await first.open()
+    await first.open()  # idempotent
+    job = await first.insert_job(new_job("ws"))
+    await first.close()
+    second = SqliteStore(path)
+    await second.open()
+    try:
+        assert await second.get_job(job.id, T0) == job
+    finally:
+        await second.close()
+
+
+async def test_a_subscriber_that_falls_behind_gets_a_feed_reset(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "feed.db", feed_capacity=3)
+    await store.open()
+    try:
+        feed = store.changes()
+        jobs = [await store.insert_job(new_job("ws", created_at=T0 + timedelta(seconds=i))) for i in range(5)]
+        # Four events overflowed the buffer of three: the backlog is replaced by one reset; later events follow.
+        assert await anext(feed) == FeedReset()
+        assert await anext(feed) == JobChanged(jobs[4])
+    finally:
+        await store.close()
+
+
+async def test_purge_works_through_large_backlogs_in_batches(sqlite_store: SqliteStore) -> None:
+    ws = new_workspace_id()
+    count = PURGE_BATCH + 5
+    for i in range(count):
+        await sqlite_store.insert_job(new_job(ws, created_at=T0 + timedelta(microseconds=i)))
+    end = T0 + RETENTION + timedelta(seconds=1)
+    assert await sqlite_store.purge(end, log_before=end) == 2 * count
+    assert await sqlite_store.list_log(LogQuery(workspace_id=ws, limit=10)) == []
+    assert await sqlite_store.list_jobs(JobQuery(scope=ReadScope(ws, True), now=T0, limit=10)) == []
