@@ -203,12 +203,18 @@ class JobsdApp:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            try:
-                await self.store.ping()
-                await self._set_serving(True)
-            except JobsdError as exc:
-                log.warning("store unreachable: %s", exc)
-                await self._set_serving(False)
+            await self.probe_health()
+
+    async def probe_health(self) -> bool:
+        """Ping the store once and publish the result on grpc.health.v1 (NOT_SERVING while it is unreachable)."""
+        try:
+            await self.store.ping()
+        except JobsdError as exc:
+            log.warning("store unreachable: %s", exc)
+            await self._set_serving(False)
+            return False
+        await self._set_serving(True)
+        return True
 
     async def _set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

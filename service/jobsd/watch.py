@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from jobsd.domain.model import Job
-from jobsd.errors import ResourceExhausted
+from jobsd.errors import JobsdError, ResourceExhausted, Unavailable
 from jobsd.store.base import FeedReset, JobChanged, JobStore
 
 __all__ = ["Subscription", "WatchHub"]
@@ -40,7 +40,7 @@ class Subscription:
         self._capacity = capacity
         self._buffer: deque[Job | _Reset] = deque()
         self._wakeup = asyncio.Event()
-        self._overflowed = False
+        self._error: JobsdError | None = None
         self._closed = False
         self.coalesced = 0
 
@@ -59,8 +59,7 @@ class Subscription:
                         return
                     break
         if len(self._buffer) >= self._capacity:
-            self._overflowed = True
-            self._closed = True
+            self.close(ResourceExhausted("The watcher fell too far behind and was closed; resume with since_revision"))
         else:
             self._buffer.append(job)
         self._wakeup.set()
@@ -70,7 +69,10 @@ class Subscription:
             self._buffer.append(_Reset())
             self._wakeup.set()
 
-    def close(self) -> None:
+    def close(self, error: JobsdError | None = None) -> None:
+        """Stop delivering; with `error`, the reader gets it after the events already buffered."""
+        if not self._closed:
+            self._error = error
         self._closed = True
         self._wakeup.set()
 
@@ -81,10 +83,8 @@ class Subscription:
                 while self._buffer:
                     item = self._buffer.popleft()
                     yield None if isinstance(item, _Reset) else item
-                if self._overflowed:
-                    raise ResourceExhausted(
-                        "The watcher fell too far behind and was closed; resume with since_revision"
-                    )
+                if self._error is not None:
+                    raise self._error
                 if self._closed:
                     return
                 self._wakeup.clear()
@@ -126,8 +126,9 @@ class WatchHub:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        shutting_down = Unavailable("The server is shutting down; reconnect and resume with since_revision")
         for sub in [*self._wide, *(s for subs in self._by_job.values() for s in subs)]:
-            sub.close()
+            sub.close(shutting_down)
 
     def subscribe(self, accepts: Callable[[Job], bool], job_id: str | None = None) -> Subscription:
         if self.subscriber_count >= self._max:
