@@ -45,8 +45,8 @@ class AsyncJobsClient:
         self.timeout = timeout
         self._owns_channel = channel is None
         self._channel = channel if channel is not None else grpc.aio.insecure_channel(target)
-        self._jobs: Any = jobs_pb2_grpc.JobsStub(self._channel)  # type: ignore[no-untyped-call]
-        self._workers: Any = jobs_pb2_grpc.WorkersStub(self._channel)  # type: ignore[no-untyped-call]
+        self._jobs: Any = jobs_pb2_grpc.JobsStub(self._channel)
+        self._workers: Any = jobs_pb2_grpc.WorkersStub(self._channel)
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
 
     async def __aenter__(self) -> AsyncJobsClient:

@@ -1,0 +1,423 @@
+"""`jobsctl`: the human CLI for jobsd.
+
+    jobsctl ls --status working
+    jobsctl import https://example.com/events.csv --datasource events
+    jobsctl watch <job id>
+
+Target and token come from `--target`/`--token` or `JOBSD_TARGET`/`JOBSD_TOKEN`. `--json` on any command prints
+the job(s) as JSON instead of text. Failures print `error: <message>` on stderr and exit 1 (usage mistakes exit
+2, as argparse conventionally does); `watch` also exits 1 when the job ends in error or cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TextIO
+
+from google.protobuf.message import Message
+
+from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client.async_client import AsyncJobsClient
+from jobsd_client.convert import STATUS_NAMES, TERMINAL_STATUSES, message_to_dict, status_name
+from jobsd_client.errors import JobsdClientError, Unauthenticated, Unavailable
+from jobsd_client.render import details_text, jobs_table, log_table, progress_line
+
+__all__ = ["DEFAULT_TARGET", "CliError", "build_parser", "main"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+_MODES = ("append", "replace")
+_FORMATS = ("csv", "ndjson")
+
+
+class CliError(Exception):
+    """A failure to report as `error: <message>` (exit 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\n")
+
+
+def _iso_datetime(value: str) -> datetime:
+    """ISO 8601 as the REST API takes it: `Z`, offsets and date-only accepted; naive means UTC."""
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid ISO 8601 date {value!r}") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _connection_options(*, in_subcommand: bool) -> _Parser:
+    # The same options are accepted before and after the command; in the subcommand they default to SUPPRESS
+    # so that a value given before the command is not overwritten by the subcommand's default.
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if in_subcommand else value
+
+    options = _Parser(add_help=False)
+    options.add_argument("--target", default=default(None), help=f"HOST:PORT (env JOBSD_TARGET; {DEFAULT_TARGET})")
+    options.add_argument("--token", default=default(None), help="bearer token (env JOBSD_TOKEN)")
+    options.add_argument(
+        "--workspace",
+        default=default(None),
+        help="workspace id, for tokens that span every workspace (env JOBSD_WORKSPACE)",
+    )
+    options.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of text")
+    options.add_argument("--timeout", type=float, default=default(30.0), help="seconds per call (default 30)")
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="jobsctl",
+        description="Look at, create, cancel and follow jobsd jobs.",
+        parents=[_connection_options(in_subcommand=False)],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = [_connection_options(in_subcommand=True)]
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, parents=common)
+
+    ls = command("ls", "list jobs of the last 48 hours, newest first")
+    ls.add_argument("--kind", help="import, populateview, copy, query, delete_data, sink")
+    ls.add_argument("--status", choices=STATUS_NAMES)
+    ls.add_argument("--pipe-id")
+    ls.add_argument("--pipe-name")
+    ls.add_argument("--created-after", type=_iso_datetime, help="ISO 8601, inclusive (e.g. 2026-01-31T12:00:00Z)")
+    ls.add_argument("--created-before", type=_iso_datetime, help="ISO 8601, inclusive")
+    ls.add_argument("--limit", type=_positive_int, default=100, help="at most this many jobs (default 100)")
+
+    for name, help_text in (
+        ("details", "show everything about a job"),
+        ("cancel", "cancel a job (waiting: at once; working: the worker stops at its next heartbeat)"),
+        ("retry", "create a new job with the parameters of a failed or cancelled one"),
+    ):
+        command(name, help_text).add_argument("job_id", metavar="JOB_ID")
+
+    watch = command("watch", "follow a job until it ends (a live progress bar on a terminal)")
+    watch.add_argument("job_id", metavar="JOB_ID")
+
+    log = command("log", "the jobs_log archive: one row per status change")
+    log.add_argument("--job-id")
+    log.add_argument("--kind")
+    log.add_argument("--status", choices=STATUS_NAMES)
+    log.add_argument("--limit", type=_positive_int, default=100)
+
+    command("workspace", "show the token's workspace and scopes")
+
+    def creating(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = command(name, help_text)
+        sub.add_argument("--idempotency-key", help="a retried create with the same key returns the same job")
+        sub.add_argument("--watch", action="store_true", help="follow the new job until it ends")
+        return sub
+
+    imp = creating("import", "import a CSV or NDJSON file from a URL into a data source")
+    imp.add_argument("url", metavar="URL", help="http(s):// or file:// URL")
+    imp.add_argument("--datasource", required=True, metavar="NAME")
+    imp.add_argument("--mode", choices=_MODES, default="append")
+    imp.add_argument("--format", choices=_FORMATS, help="default: guessed from the URL")
+
+    populate = creating("populate", "populate a data source from a materialized node, partition by partition")
+    populate.add_argument("--pipe", required=True, metavar="NAME", help="the pipe (materialized node) name")
+    populate.add_argument("--datasource", required=True, metavar="TARGET")
+    populate.add_argument("--sql", required=True, help="the node's SQL")
+    populate.add_argument("--source", metavar="SRC", help="the data source the SQL reads")
+    populate.add_argument("--partition-by", metavar="EXPR", help="expression splitting the source into partitions")
+
+    copy = creating("copy", "run SQL and write its result into a data source")
+    copy.add_argument("--sql", required=True)
+    copy.add_argument("--datasource", required=True, metavar="TARGET")
+    copy.add_argument("--mode", choices=_MODES, default="append")
+    copy.add_argument("--pipe", metavar="NAME", help="the copy pipe name, if any")
+
+    query = creating("query", "run SQL in the background and keep its result")
+    query.add_argument("--sql", required=True)
+
+    token = command("token", "tokens are created on the server host (see `jobsd token create`)")
+    token.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+# ------------------------------------------------------------------ output
+
+
+def _print_json(data: Any, out: TextIO) -> None:
+    out.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _job_json(job: Message) -> dict[str, Any]:
+    return message_to_dict(job)
+
+
+def _created(job: pb.Job, args: argparse.Namespace, out: TextIO, what: str = "created") -> None:
+    if args.json:
+        _print_json(_job_json(job), out)
+        return
+    out.write(f"Job {job.id} ({job.kind}) {what}: {status_name(job.status)}\n")
+    if not getattr(args, "watch", False):
+        out.write(f"Follow it with: jobsctl watch {job.id}\n")
+
+
+# ------------------------------------------------------------------ commands
+
+_Command = Callable[[AsyncJobsClient, argparse.Namespace, TextIO], Awaitable[int]]
+
+
+async def _ls(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    jobs = [
+        job
+        async for job in client.iter_jobs(
+            kind=args.kind,
+            status=args.status,
+            pipe_id=args.pipe_id,
+            pipe_name=args.pipe_name,
+            created_after=args.created_after,
+            created_before=args.created_before,
+            workspace_id=args.workspace,
+            limit=args.limit,
+        )
+    ]
+    if args.json:
+        _print_json({"jobs": [_job_json(job) for job in jobs]}, out)
+    elif jobs:
+        out.write(jobs_table(jobs) + "\n")
+    else:
+        out.write("No jobs found.\n")
+    return 0
+
+
+async def _details(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    job = await client.get_job(args.job_id)
+    if args.json:
+        _print_json(_job_json(job), out)
+    else:
+        out.write(details_text(job) + "\n")
+    return 0
+
+
+async def _cancel(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    job = await client.cancel_job(args.job_id)
+    if args.json:
+        _print_json(_job_json(job), out)
+    elif job.status == pb.JOB_STATUS_CANCELLING:
+        out.write(f"Job {job.id}: cancelling (its worker stops at its next heartbeat)\n")
+    else:
+        out.write(f"Job {job.id}: {status_name(job.status)}\n")
+    return 0
+
+
+async def _retry(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    job = await client.retry_job(args.job_id)
+    _created(job, args, out, what=f"created as a retry of {args.job_id}")
+    return 0
+
+
+async def _follow(client: AsyncJobsClient, job_id: str, args: argparse.Namespace, out: TextIO) -> int:
+    """Stream the job's events until it ends; exit status 0 only if it ended `done`."""
+    live = out.isatty() and not args.json
+    ascii_only = (getattr(out, "encoding", None) or "ascii").lower().replace("-", "") not in ("utf8", "utf16")
+    last_line = ""
+    job: pb.Job | None = None
+    async for event in client.watch_job(job_id):
+        if not event.HasField("job"):
+            continue
+        job = event.job
+        if args.json:
+            out.write(json.dumps(message_to_dict(event)) + "\n")
+            out.flush()
+            continue
+        width = shutil.get_terminal_size((100, 24)).columns - 1 if live else 200
+        line = progress_line(job, width, ascii_only=ascii_only)
+        if line == last_line:
+            continue
+        last_line = line
+        # On a terminal the line is redrawn in place; into a pipe or file every change is its own line.
+        out.write(f"\r{line}\x1b[K" if live else line + "\n")
+        out.flush()
+    if live and last_line:
+        out.write("\n")
+    if job is None or job.status not in TERMINAL_STATUSES:
+        raise CliError(f"the watch of job {job_id} ended before the job did")
+    if job.status == pb.JOB_STATUS_DONE:
+        if not args.json:
+            out.write(f"Job {job.id} done\n")
+        return 0
+    reason = f": {job.error}" if job.HasField("error") else ""
+    raise CliError(f"job {job.id} ended {status_name(job.status)}{reason}")
+
+
+async def _watch(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    return await _follow(client, args.job_id, args, out)
+
+
+async def _log(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    entries: list[pb.JobLogEntry] = []
+    page_token: str | None = None
+    while len(entries) < args.limit:
+        page = await client.list_jobs_log(
+            job_id=args.job_id,
+            kind=args.kind,
+            status=args.status,
+            workspace_id=args.workspace,
+            page_size=min(100, args.limit - len(entries)),
+            page_token=page_token,
+        )
+        entries.extend(page.entries)
+        page_token = page.next_page_token
+        if not page_token:
+            break
+    if args.json:
+        _print_json({"entries": [message_to_dict(e) for e in entries]}, out)
+    elif entries:
+        out.write(log_table(entries) + "\n")
+    else:
+        out.write("No log entries found.\n")
+    return 0
+
+
+async def _workspace(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    workspace = await client.get_workspace()
+    if args.json:
+        _print_json(message_to_dict(workspace), out)
+    else:
+        out.write(f"workspace:  {workspace.name} ({workspace.id})\n")
+        out.write(f"token:      {workspace.token_name}\n")
+        out.write(f"scopes:     {', '.join(workspace.scopes)}\n")
+    return 0
+
+
+async def _create(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO, **fields: Any) -> int:
+    job = await client.create_job(workspace_id=args.workspace, idempotency_key=args.idempotency_key, **fields)
+    _created(job, args, out)
+    if args.watch:
+        return await _follow(client, job.id, args, out)
+    return 0
+
+
+async def _import(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    params = {"format": args.format} if args.format else None
+    return await _create(
+        client,
+        args,
+        out,
+        kind="import",
+        url=args.url,
+        datasource={"name": args.datasource},
+        mode=args.mode,
+        params=params,
+    )
+
+
+async def _populate(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    params: dict[str, Any] = {"sql": args.sql}
+    if args.source:
+        params["source"] = args.source
+    if args.partition_by:
+        params["partition_by"] = args.partition_by
+    return await _create(
+        client, args, out, kind="populateview", pipe_name=args.pipe, datasource={"name": args.datasource}, params=params
+    )
+
+
+async def _copy(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    return await _create(
+        client,
+        args,
+        out,
+        kind="copy",
+        query_sql=args.sql,
+        params={"sql": args.sql},
+        datasource={"name": args.datasource},
+        mode=args.mode,
+        pipe_name=args.pipe,
+    )
+
+
+async def _query(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    return await _create(client, args, out, kind="query", query_sql=args.sql, params={"sql": args.sql})
+
+
+_COMMANDS: dict[str, _Command] = {
+    "ls": _ls,
+    "details": _details,
+    "cancel": _cancel,
+    "retry": _retry,
+    "watch": _watch,
+    "log": _log,
+    "workspace": _workspace,
+    "import": _import,
+    "populate": _populate,
+    "copy": _copy,
+    "query": _query,
+}
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def _describe(exc: JobsdClientError, target: str) -> str:
+    if isinstance(exc, Unavailable):
+        return f"cannot reach jobsd at {target}: {exc.message}"
+    if isinstance(exc, Unauthenticated):
+        return f"{exc.message} (check --token or JOBSD_TOKEN)"
+    return exc.message
+
+
+async def _run(args: argparse.Namespace, target: str, token: str, out: TextIO) -> int:
+    async with AsyncJobsClient(target, token, timeout=args.timeout) as client:
+        return await _COMMANDS[args.command](client, args, out)
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, environ: dict[str, str] | None = None) -> int:
+    """Run jobsctl; returns the exit status (the console script passes it to sys.exit)."""
+    out = out or sys.stdout
+    env = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    if args.command == "token":
+        sys.stderr.write(
+            "error: tokens are created on the server host, where the store is: "
+            "jobsd token create --workspace W --scope S [--scope S ...]\n"
+        )
+        return 1
+    target = args.target or env.get("JOBSD_TARGET") or DEFAULT_TARGET
+    token = args.token or env.get("JOBSD_TOKEN") or ""
+    args.workspace = args.workspace or env.get("JOBSD_WORKSPACE") or None
+    if not token:
+        sys.stderr.write("error: no token: pass --token or set JOBSD_TOKEN\n")
+        return 1
+    try:
+        return asyncio.run(_run(args, target, token, out))
+    except JobsdClientError as exc:
+        sys.stderr.write(f"error: {_describe(exc, target)}\n")
+    except CliError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+    except KeyboardInterrupt:
+        sys.stderr.write("\nerror: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        # `jobsctl ls | head`: the reader left; not an error worth a message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""How `jobsctl` shows jobs to a person: the `ls` table, the `details` listing, the `watch` progress line.
+
+Pure functions from messages to text, so they are tested without a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client.convert import from_timestamp, status_name
+
+__all__ = [
+    "LIST_COLUMNS",
+    "details_text",
+    "human_bytes",
+    "job_figures",
+    "jobs_table",
+    "log_table",
+    "progress_line",
+    "table",
+    "time_text",
+]
+
+LIST_COLUMNS = ("id", "kind", "status", "created_at", "datasource")
+
+
+def time_text(stamp: Timestamp, *, micros: bool = False) -> str:
+    """UTC as "YYYY-MM-DD HH:MM:SS" (the REST API's shape, with micros on request); "-" when unset."""
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        return "-"
+    when: datetime = from_timestamp(stamp)
+    return when.strftime("%Y-%m-%d %H:%M:%S.%f" if micros else "%Y-%m-%d %H:%M:%S")
+
+
+def human_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces, headers upper-cased."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = [[h.upper() for h in headers], *rows]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
+def _datasource_name(job: pb.Job) -> str:
+    if job.datasource_ref.name:
+        return job.datasource_ref.name
+    name = job.datasource.fields.get("name")
+    return name.string_value if name is not None and name.string_value else "-"
+
+
+def jobs_table(jobs: Sequence[pb.Job]) -> str:
+    rows = [
+        [job.id, job.kind, status_name(job.status), time_text(job.created_at), _datasource_name(job)] for job in jobs
+    ]
+    return table(LIST_COLUMNS, rows)
+
+
+def log_table(entries: Sequence[pb.JobLogEntry]) -> str:
+    rows = [
+        [time_text(e.updated_at), e.job_id, e.job_type, e.status, e.error if e.HasField("error") else ""]
+        for e in entries
+    ]
+    return table(("updated_at", "job_id", "job_type", "status", "error"), rows)
+
+
+def job_figures(job: pb.Job) -> tuple[int | None, int | None]:
+    """(rows, bytes) as far as the worker reported them: written figures of a copy, else the statistics."""
+    if job.HasField("processed_data"):
+        data = job.processed_data
+        return data.written_rows or data.read_rows, data.written_bytes or data.read_bytes
+    if job.HasField("statistics"):
+        return job.statistics.row_count, job.statistics.bytes
+    return None, None
+
+
+def progress_line(job: pb.Job, width: int = 100, *, ascii_only: bool = False) -> str:
+    """One line: id, a bar, percentage, status, queries done, rows and bytes — cut to `width` characters."""
+    percentage = max(0.0, min(100.0, job.progress_percentage))
+    bar_width = 24
+    filled = round(bar_width * percentage / 100)
+    full, empty = ("#", "-") if ascii_only else ("\u2588", "\u2591")
+    bar = f"[{full * filled}{empty * (bar_width - filled)}]"
+    parts = [job.id[:8], bar, f"{percentage:5.1f}%", status_name(job.status)]
+    if job.queries:
+        done = sum(1 for q in job.queries if q.status == "done")
+        parts.append(f"queries {done}/{len(job.queries)}")
+    rows, size = job_figures(job)
+    parts.append(f"rows {rows:,}" if rows is not None else "rows -")
+    parts.append(f"bytes {human_bytes(size)}" if size is not None else "bytes -")
+    if job.quarantine_rows:
+        parts.append(f"quarantined {job.quarantine_rows:,}")
+    if job.invalid_lines:
+        parts.append(f"invalid {job.invalid_lines:,}")
+    line = "  ".join(parts)
+    if len(line) <= width:
+        return line
+    ellipsis = "~" if ascii_only else "\u2026"
+    return line[: max(width - 1, 0)] + ellipsis
+
+
+def _struct_json(message: Message) -> str:
+    return json.dumps(json_format.MessageToDict(message), sort_keys=True)
+
+
+def details_text(job: pb.Job) -> str:
+    """Everything a person asks about a job, one `name: value` per line, skipping what does not apply."""
+    lines: list[tuple[str, str]] = [
+        ("id", job.id),
+        ("kind", job.kind),
+        ("status", status_name(job.status) + (" (cancellable)" if job.is_cancellable else "")),
+        ("created_at", time_text(job.created_at, micros=True)),
+        ("started_at", time_text(job.started_at, micros=True)),
+        ("updated_at", time_text(job.updated_at, micros=True)),
+        ("workspace_id", job.workspace_id),
+    ]
+    if job.HasField("datasource_ref") and job.datasource_ref.name:
+        lines.append(("datasource", f"{job.datasource_ref.name} ({job.datasource_ref.id})"))
+    for name in ("pipe_name", "pipe_id", "query_id", "query_sql", "mode", "url", "import_id"):
+        if job.HasField(name):
+            lines.append((name, str(getattr(job, name))))
+    if job.progress_percentage or job.queries:
+        lines.append(("progress", f"{job.progress_percentage:.1f}%"))
+    for query in job.queries:
+        lines.append(("query", f"{query.query_id}  {query.status}"))
+    if job.HasField("statistics"):
+        stats = job.statistics
+        lines.append(("statistics", f"rows {stats.row_count:,}, bytes {human_bytes(stats.bytes)}"))
+    if job.HasField("processed_data"):
+        data = job.processed_data
+        lines.append(("read", f"rows {data.read_rows:,}, bytes {human_bytes(data.read_bytes)}"))
+        lines.append(("written", f"rows {data.written_rows:,}, bytes {human_bytes(data.written_bytes)}"))
+    if job.kind == "import" or job.quarantine_rows or job.invalid_lines:
+        lines.append(("quarantine_rows", f"{job.quarantine_rows:,}"))
+        lines.append(("invalid_lines", f"{job.invalid_lines:,}"))
+    if job.HasField("error"):
+        lines.append(("error", job.error))
+    for error in job.errors:
+        lines.append(("errors", error))
+    if job.params.fields:
+        lines.append(("params", _struct_json(job.params)))
+    if job.result.fields:
+        lines.append(("result", _struct_json(job.result)))
+    lines.append(("revision", str(job.revision)))
+    if job.attempt:
+        lines.append(("attempt", str(job.attempt)))
+    if job.HasField("worker_id"):
+        lines.append(("worker_id", job.worker_id))
+    width = max(len(name) for name, _ in lines) + 1
+    return "\n".join(f"{(name + ':').ljust(width)}  {value}" for name, value in lines)
