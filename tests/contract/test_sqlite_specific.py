@@ -23,7 +23,7 @@ from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import FeedReset, JobChanged, JobQuery, LogQuery
 from jobsd.store.sqlite import PURGE_BATCH, SqliteStore
 
-from .factories import RETENTION, T0, move, new_job, new_workspace_id
+from .factories import RETENTION, T0, claim_request, move, new_job, new_workspace_id
 
 
 @pytest.fixture
@@ -223,6 +223,10 @@ async def test_bad_arguments_name_the_field_and_change_nothing(sqlite_store: Sql
     with pytest.raises(InvalidArgument) as refused:
         await sqlite_store.insert_job(replace(new_job("ws"), params={"not-json": object()}))
     assert refused.value.field == "job"
+    with pytest.raises(InvalidArgument) as refused:
+        await sqlite_store.claim_next(claim_request(T0, kinds="import"))
+    assert refused.value.field == "kinds"
+    assert await sqlite_store.get_job(job.id, T0) == job
     with pytest.raises(InvalidArgument) as refused:
         await sqlite_store.ensure_workspace("  ", T0)
     assert refused.value.field == "name"

@@ -435,6 +435,9 @@ class SqliteStore:
         return written
 
     async def claim_next(self, request: ClaimRequest) -> Job | None:
+        if isinstance(request.kinds, str):
+            # A bare string would be read as a set of one-letter kinds and silently match nothing.
+            raise InvalidArgument("kinds", f"expected a collection of kinds, got the string {request.kinds!r}")
         now = to_micros(request.now)
         with self._write("claim a job") as conn:
             chosen = self._choose_claimable(conn, request, now)
