@@ -6,7 +6,7 @@ nothing else about gRPC leaks to the caller.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -70,7 +70,7 @@ class AsyncJobsClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
 
-    async def _stream(self, method: Any, request: Any) -> AsyncIterator[pb.JobEvent]:
+    async def _stream(self, method: Any, request: Any) -> AsyncGenerator[pb.JobEvent, None]:
         call = method(request, metadata=self._metadata)
         try:
             async for event in call:
@@ -154,9 +154,10 @@ class AsyncJobsClient:
         """The job after the request: `cancelled` if it was waiting, `cancelling` if a worker is running it."""
         return cast(pb.Job, await self._unary(self._jobs.CancelJob, pb.CancelJobRequest(job_id=job_id)))
 
-    def watch_job(self, job_id: str, since_revision: int = 0) -> AsyncIterator[pb.JobEvent]:
+    def watch_job(self, job_id: str, since_revision: int = 0) -> AsyncGenerator[pb.JobEvent, None]:
         """The job's events: a SNAPSHOT (or, with `since_revision`, every revision after it), then each change;
-        the iteration ends after the terminal state."""
+        the iteration ends after the terminal state. Leaving early? `aclose()` it (or use `contextlib.aclosing`)
+        to end the server-side stream at once rather than when the generator is collected."""
         return self._stream(self._jobs.WatchJob, pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
 
     def watch_jobs(
@@ -167,7 +168,7 @@ class AsyncJobsClient:
         pipe_id: str | None = None,
         pipe_name: str | None = None,
         workspace_id: str | None = None,
-    ) -> AsyncIterator[pb.JobEvent]:
+    ) -> AsyncGenerator[pb.JobEvent, None]:
         """Every matching non-terminal job, a SYNCED marker, then every change of a matching job (endless)."""
         request = req.watch_jobs_request(
             kind=kind, status=status, pipe_id=pipe_id, pipe_name=pipe_name, workspace_id=workspace_id

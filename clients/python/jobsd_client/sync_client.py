@@ -8,7 +8,7 @@ two cannot drift apart; only the transport differs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, cast
@@ -62,7 +62,7 @@ class JobsClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
 
-    def _stream(self, method: Any, request: Any) -> Iterator[pb.JobEvent]:
+    def _stream(self, method: Any, request: Any) -> Generator[pb.JobEvent, None, None]:
         call = method(request, metadata=self._metadata)
         try:
             for event in call:
@@ -142,7 +142,7 @@ class JobsClient:
     def cancel_job(self, job_id: str) -> pb.Job:
         return cast(pb.Job, self._unary(self._jobs.CancelJob, pb.CancelJobRequest(job_id=job_id)))
 
-    def watch_job(self, job_id: str, since_revision: int = 0) -> Iterator[pb.JobEvent]:
+    def watch_job(self, job_id: str, since_revision: int = 0) -> Generator[pb.JobEvent, None, None]:
         return self._stream(self._jobs.WatchJob, pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
 
     def watch_jobs(
@@ -153,7 +153,7 @@ class JobsClient:
         pipe_id: str | None = None,
         pipe_name: str | None = None,
         workspace_id: str | None = None,
-    ) -> Iterator[pb.JobEvent]:
+    ) -> Generator[pb.JobEvent, None, None]:
         request = req.watch_jobs_request(
             kind=kind, status=status, pipe_id=pipe_id, pipe_name=pipe_name, workspace_id=workspace_id
         )
