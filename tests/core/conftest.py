@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -15,6 +18,11 @@ from jobsd.domain.clock import ManualClock
 from jobsd.settings import Settings
 from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+# Every wait on the server is bounded by this (seconds): a hang fails the test instead of stalling the suite.
+WAIT = 5.0
 
 
 @dataclass
@@ -47,6 +55,78 @@ class Server:
             pb.ClaimJobRequest(worker_id=worker_id, kinds=list(kinds), wait_seconds=wait), metadata=self.md(self.worker)
         )
 
+    async def create_kind(
+        self, kind: str, target: str | None = "events", token: str | None = None, **fields: object
+    ) -> pb.Job:
+        """A valid job of `kind` writing into data source `target` (sql/url/condition filled in as the kind needs)."""
+        request = pb.CreateJobRequest(kind=kind, **fields)  # type: ignore[arg-type]
+        if target is not None and not request.HasField("datasource"):
+            request.datasource.update({"name": target})
+        if kind == "import" and not request.url:
+            request.url = "https://example.com/data.csv"
+        if kind in ("populateview", "copy", "query") and not request.query_sql:
+            request.query_sql = "SELECT 1"
+        if kind == "delete_data" and not request.HasField("params"):
+            request.params.update({"delete_condition": "a = 1"})
+        return await self.jobs.CreateJob(request, metadata=self.md(token or self.admin))
+
+    async def claim_job(self, job_id: str, worker_id: str = "w1") -> pb.ClaimJobResponse:
+        """Claim and check that the claimed job is `job_id` (the only waiting one in the test)."""
+        claim = await self.claim(worker_id=worker_id)
+        assert claim.job.id == job_id, f"expected to claim {job_id}, got {claim.job.id or 'nothing'}"
+        return claim
+
+    async def get(self, job_id: str, token: str | None = None) -> pb.Job:
+        return await self.jobs.GetJob(pb.GetJobRequest(job_id=job_id), metadata=self.md(token or self.admin))
+
+    async def cancel(self, job_id: str, token: str | None = None) -> pb.Job:
+        return await self.jobs.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=self.md(token or self.admin))
+
+    async def retry(self, job_id: str, token: str | None = None) -> pb.Job:
+        return await self.jobs.RetryJob(pb.RetryJobRequest(job_id=job_id), metadata=self.md(token or self.admin))
+
+    async def heartbeat(
+        self, job_id: str, lease: str, progress: pb.ProgressUpdate | None = None, token: str | None = None
+    ) -> pb.HeartbeatResponse:
+        request = pb.HeartbeatRequest(job_id=job_id, lease_token=lease)
+        if progress is not None:
+            request.progress.CopyFrom(progress)
+        return await self.workers.Heartbeat(request, metadata=self.md(token or self.worker))
+
+    async def finish(
+        self,
+        job_id: str,
+        lease: str,
+        status: pb.JobStatus.ValueType = pb.JOB_STATUS_DONE,
+        token: str | None = None,
+        **fields: object,
+    ) -> pb.Job:
+        request = pb.FinishJobRequest(job_id=job_id, lease_token=lease, status=status, **fields)  # type: ignore[arg-type]
+        return await self.workers.FinishJob(request, metadata=self.md(token or self.worker))
+
+    async def job_log(self, job_id: str, token: str | None = None) -> list[pb.JobLogEntry]:
+        """Every jobs_log row of the job, oldest first."""
+        response = await self.jobs.ListJobsLog(
+            pb.ListJobsLogRequest(job_id=job_id), metadata=self.md(token or self.admin)
+        )
+        return sorted(response.entries, key=lambda e: e.revision)
+
+    async def list_ids(self, token: str | None = None, **filters: object) -> list[str]:
+        response = await self.jobs.ListJobs(
+            pb.ListJobsRequest(**filters),  # type: ignore[arg-type]
+            metadata=self.md(token or self.admin),
+        )
+        return [j.id for j in response.jobs]
+
+    def watch(self, job_id: str, since: int = 0, token: str | None = None) -> grpc.aio.UnaryStreamCall:  # type: ignore[type-arg]
+        return self.jobs.WatchJob(
+            pb.WatchJobRequest(job_id=job_id, since_revision=since), metadata=self.md(token or self.admin)
+        )
+
+    async def token(self, workspace: str | None, *scopes: str) -> str:
+        """A new token of `workspace` (None: every workspace) with these scopes."""
+        return await self.app.create_token(workspace, list(scopes), "test")
+
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     base = Settings(
@@ -67,7 +147,14 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 async def server(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Server]:
-    app = JobsdApp(make_settings(tmp_path), clock=clock)
+    async with running_server(make_settings(tmp_path), clock) as srv:
+        yield srv
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: Settings, clock: ManualClock) -> AsyncIterator[Server]:
+    """A started JobsdApp with these settings, its stubs and tokens; stopped on exit."""
+    app = JobsdApp(settings, clock=clock)
     await app.start()
     admin = await app.create_token("default", ["ADMIN"], "admin")
     worker = await app.create_token(None, ["JOBS:EXECUTE"], "worker")
@@ -99,3 +186,25 @@ async def read_events(stream: grpc.aio.UnaryStreamCall, count: int | None = None
             break
         events.append(event)
     return events
+
+
+async def bounded(awaitable: Awaitable[T]) -> T:
+    """`awaitable`, failing the test if it takes longer than WAIT seconds (a hang, not a slow machine)."""
+    return await asyncio.wait_for(awaitable, timeout=WAIT)
+
+
+async def rpc_error(awaitable: Awaitable[object]) -> grpc.aio.AioRpcError:
+    """The gRPC error `awaitable` fails with (the test fails if it succeeds); bounded by WAIT."""
+    try:
+        result = await asyncio.wait_for(awaitable, timeout=WAIT)
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    raise AssertionError(f"expected a gRPC error, got {type(result).__name__}: {result}")
+
+
+def error_field(error: grpc.aio.AioRpcError) -> str | None:
+    """The request field an INVALID_ARGUMENT names (trailing metadata `jobsd-field`)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "jobsd-field":
+            return str(value)
+    return None
