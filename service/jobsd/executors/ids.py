@@ -1,0 +1,26 @@
+"""Identifiers the executors hand out: data-source ids (`t_<32 hex>`) and query ids (ULIDs, 26 characters)."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from jobsd.domain.clock import Clock, to_micros
+
+__all__ = ["new_datasource_id", "new_query_id"]
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_datasource_id() -> str:
+    return "t_" + uuid.uuid4().hex
+
+
+def new_query_id(clock: Clock) -> str:
+    """A ULID: 48 bits of milliseconds (so ids sort by creation time, as Tinybird's do) and 80 random bits."""
+    value = ((to_micros(clock.now()) // 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))

@@ -1,0 +1,218 @@
+"""From a byte stream to records: text lines, the CSV and NDJSON readers, and which one a file needs.
+
+Everything here is a generator over bounded pieces: lines are cut from 256 KiB chunks, a line longer than
+`MAX_LINE_CHARS` stops the import (that is not a CSV or NDJSON file), and nothing holds more than one record.
+Text is UTF-8 (a BOM is skipped); undecodable bytes become U+FFFD rather than failing the import.
+
+What counts as an invalid line (and so in `invalid_lines`, with its line number in `errors`):
+- CSV: a record the csv module cannot parse (a quote inside a quoted field not followed by the delimiter, a field
+  over 128 KiB, a quoted field left open at the end of the file — it swallows the lines after its opening quote
+  up to the next closing quote, so they are one invalid record), or a record whose number of fields differs from
+  the header's. Blank lines are skipped.
+- NDJSON: a line that is not JSON, or JSON that is not an object. Blank lines are skipped.
+Anything else is a record; whether its values fit the columns is the loader's business (quarantine).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import itertools
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from jobsd.executors.errors import ExecutionFailed
+from jobsd.executors.sources import ByteSource
+
+__all__ = [
+    "MAX_LINE_CHARS",
+    "CsvRecords",
+    "Format",
+    "InvalidLine",
+    "NdjsonRecords",
+    "Record",
+    "choose_format",
+    "json_value_text",
+    "peek_first_line",
+    "text_lines",
+]
+
+Format = Literal["csv", "ndjson"]
+MAX_LINE_CHARS = 16 * 1024 * 1024
+_DELIMITERS = (",", ";", "\t", "|")
+_FORMAT_NAMES: dict[str, Format] = {"csv": "csv", "tsv": "csv", "ndjson": "ndjson", "jsonl": "ndjson", "json": "ndjson"}
+
+
+@dataclass(slots=True)
+class Record:
+    """A parsed record; `line` is the file line it starts on (1-based)."""
+
+    line: int
+    # CSV: the fields, aligned with the header. NDJSON: the object.
+    payload: Any
+
+
+@dataclass(slots=True)
+class InvalidLine:
+    line: int
+    problem: str
+
+    def describe(self) -> str:
+        return f"line {self.line}: {self.problem}"
+
+
+def text_lines(source: ByteSource) -> Iterator[str]:
+    """The lines of the stream, each with its "\\n" (the last one may lack it)."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+    pending = ""
+    while True:
+        chunk = source.read()
+        text = decoder.decode(chunk, final=not chunk)
+        if text:
+            pieces = (pending + text).split("\n")
+            pending = pieces.pop()
+            for piece in pieces:
+                yield piece + "\n"
+            if len(pending) > MAX_LINE_CHARS:
+                raise ExecutionFailed(
+                    f"A line is longer than {MAX_LINE_CHARS // (1024 * 1024)} MiB: this does not look like a CSV "
+                    "or NDJSON file"
+                )
+        if not chunk:
+            break
+    if pending:
+        yield pending
+
+
+def choose_format(requested: str | None, path: str, first_line: str | None) -> Format:
+    """The `format` param, else the file name's suffix, else a look at the first line."""
+    if requested:
+        chosen = _FORMAT_NAMES.get(requested.strip().lower())
+        if chosen is None:
+            raise ExecutionFailed(f"Unknown format {requested!r}: use csv or ndjson")
+        return chosen
+    name = path.lower().removesuffix(".gz")
+    for suffix, chosen in _FORMAT_NAMES.items():
+        if name.endswith("." + suffix):
+            return chosen
+    if first_line is not None and first_line.lstrip().startswith("{"):
+        return "ndjson"
+    return "csv"
+
+
+def peek_first_line(lines: Iterator[str]) -> tuple[str | None, Iterator[str]]:
+    """The first non-blank line (None for an empty file) and an iterator that still yields every line."""
+    seen: list[str] = []
+    for line in lines:
+        seen.append(line)
+        if line.strip():
+            return line, itertools.chain(seen, lines)
+    return None, iter(seen)
+
+
+def _guess_delimiter(header_line: str) -> str:
+    counts = {d: header_line.count(d) for d in _DELIMITERS}
+    best = max(_DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+class CsvRecords:
+    """Records of a CSV file with a header row. `header` is known once constructed."""
+
+    def __init__(self, lines: Iterator[str], delimiter: str | None = None) -> None:
+        first, lines = peek_first_line(lines)
+        if first is None:
+            raise ExecutionFailed("The file is empty: a CSV import needs a header row and data")
+        self.delimiter = delimiter or _guess_delimiter(first)
+        self._reader = csv.reader(lines, delimiter=self.delimiter, strict=True)
+        self._consumed = 0
+        self.header = self._read_header()
+
+    def _read_header(self) -> list[str]:
+        while True:
+            try:
+                fields = next(self._reader)
+            except csv.Error as error:
+                line = self._reader.line_num
+                raise ExecutionFailed(f"The CSV header (line {line}) cannot be parsed: {error}") from None
+            self._consumed = self._reader.line_num
+            if fields:
+                break
+        names: list[str] = []
+        for index, raw in enumerate(fields):
+            name = raw.strip() or f"column_{index:02d}"
+            if name in names:
+                raise ExecutionFailed(f"The CSV header names column {name!r} twice")
+            names.append(name)
+        return names
+
+    def __iter__(self) -> Iterator[Record | InvalidLine]:
+        width = len(self.header)
+        reader = self._reader
+        while True:
+            start = self._consumed + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                self._consumed = reader.line_num
+                yield InvalidLine(start, f"cannot be parsed as CSV ({error})")
+                continue
+            self._consumed = reader.line_num
+            if not fields:
+                continue
+            if len(fields) != width:
+                yield InvalidLine(start, f"has {len(fields)} fields, the header has {width}")
+                continue
+            yield Record(start, fields)
+
+    def projector(self, columns: Sequence[str]) -> Callable[[list[str]], list[str | None]]:
+        """Fields -> values in `columns` order; a column missing from the header is None (missing)."""
+        index = {name: i for i, name in enumerate(self.header)}
+        positions = [index.get(name) for name in columns]
+        if positions == list(range(len(self.header))):
+            return lambda fields: list(fields)
+        return lambda fields: [None if p is None else fields[p] for p in positions]
+
+
+def json_value_text(value: Any) -> str | None:
+    """A JSON value as the text the loader casts: null -> None, booleans lower-case, nested values as JSON."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class NdjsonRecords:
+    """Records of a newline-delimited JSON file: one object per line."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+
+    def __iter__(self) -> Iterator[Record | InvalidLine]:
+        for number, line in enumerate(self._lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as error:
+                yield InvalidLine(number, f"is not valid JSON ({error})")
+                continue
+            if not isinstance(value, dict):
+                yield InvalidLine(number, f"is JSON but not an object (got {type(value).__name__})")
+                continue
+            yield Record(number, value)
+
+    @staticmethod
+    def projector(columns: Sequence[str]) -> Callable[[dict[str, Any]], list[str | None]]:
+        """Object -> values in `columns` order; a key the object lacks is None (missing), extra keys are ignored."""
+        names = list(columns)
+        return lambda obj: [json_value_text(obj.get(name)) for name in names]

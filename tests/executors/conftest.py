@@ -1,0 +1,180 @@
+"""Fixtures of the executor tests: a real data plane in tmp_path, a real HTTP file server on 127.0.0.1, and a
+recording stand-in for the worker SDK's JobContext (the executors only see its Protocol)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from google.protobuf import json_format, struct_pb2
+from jobsd_client._proto import jobs_pb2 as pb
+
+from jobsd.domain.clock import ManualClock
+from jobsd.executors.dataplane import DataPlane
+
+WORKSPACE = "8f7d2c1e-0000-4000-8000-000000000001"
+
+
+def struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    if values:
+        message.update(dict(values))
+    return message
+
+
+def make_job(
+    kind: str,
+    *,
+    datasource: str | None = "events",
+    url: str | None = None,
+    mode: str | None = None,
+    query_sql: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    workspace: str = WORKSPACE,
+) -> pb.Job:
+    job = pb.Job(id=str(uuid.uuid4()), workspace_id=workspace, kind=kind, status=pb.JOB_STATUS_WORKING)
+    if datasource is not None:
+        job.datasource.CopyFrom(struct({"name": datasource}))
+    if url is not None:
+        job.url = url
+    if mode is not None:
+        job.mode = mode
+    if query_sql is not None:
+        job.query_sql = query_sql
+    job.params.CopyFrom(struct(params))
+    return job
+
+
+class RecordingContext:
+    """Keeps every report, merges them into `figures` (latest value of each), and lets a test decide — from a
+    report — when a cancel is requested, the way a heartbeat answer would flip it."""
+
+    def __init__(self, job: pb.Job, on_report: Callable[[RecordingContext, dict[str, Any]], None] | None = None):
+        self.job = job
+        self.job_id = job.id
+        self.kind = job.kind
+        self.params: dict[str, Any] = json_format.MessageToDict(job.params)
+        self.datasource: dict[str, Any] = json_format.MessageToDict(job.datasource)
+        self.worker_id = "test-worker"
+        self.reports: list[dict[str, Any]] = []
+        self.figures: dict[str, Any] = {}
+        self.flushes = 0
+        self._cancel = asyncio.Event()
+        self._on_report = on_report
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def request_cancel(self) -> None:
+        self._cancel.set()
+
+    async def wait_cancel_requested(self) -> None:
+        await self._cancel.wait()
+
+    def report(
+        self,
+        *,
+        progress_percentage: float | None = None,
+        queries: Sequence[Mapping[str, str]] | None = None,
+        statistics: Mapping[str, int] | None = None,
+        quarantine_rows: int | None = None,
+        invalid_lines: int | None = None,
+        processed_data: Mapping[str, int] | None = None,
+        result: Mapping[str, Any] | None = None,
+        errors: Sequence[str] | None = None,
+    ) -> None:
+        given = {
+            "progress_percentage": progress_percentage,
+            "queries": [dict(q) for q in queries] if queries is not None else None,
+            "statistics": dict(statistics) if statistics is not None else None,
+            "quarantine_rows": quarantine_rows,
+            "invalid_lines": invalid_lines,
+            "processed_data": dict(processed_data) if processed_data is not None else None,
+            "result": dict(result) if result is not None else None,
+            "errors": list(errors) if errors is not None else None,
+        }
+        update = {k: v for k, v in given.items() if v is not None}
+        self.reports.append(update)
+        self.figures.update(update)
+        if self._on_report is not None:
+            self._on_report(self, update)
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def plane(tmp_path: Path, clock: ManualClock) -> AsyncIterator[DataPlane]:
+    async with DataPlane(tmp_path / "data" / "plane.duckdb", clock=clock) as opened:
+        yield opened
+
+
+class FileServer:
+    """Serves files of `root` on 127.0.0.1: /files/<name> with Content-Length, /chunked/<name> without."""
+
+    def __init__(self, root: Path, base: str) -> None:
+        self.root = root
+        self.base = base
+        self.requests: list[str] = []
+
+    def url(self, name: str, *, chunked: bool = False) -> str:
+        return f"{self.base}/{'chunked' if chunked else 'files'}/{name}"
+
+    def write(self, name: str, content: str | bytes) -> str:
+        path = self.root / name
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return self.url(name)
+
+
+@pytest.fixture
+async def files(tmp_path: Path) -> AsyncIterator[FileServer]:
+    root = tmp_path / "served"
+    root.mkdir()
+    holder: list[FileServer] = []
+
+    async def whole(request: web.Request) -> web.StreamResponse:
+        holder[0].requests.append(request.path)
+        path = root / request.match_info["name"]
+        if not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        holder[0].requests.append(request.path)
+        path = root / request.match_info["name"]
+        if not path.is_file():
+            raise web.HTTPNotFound()
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        with path.open("rb") as handle:
+            while chunk := handle.read(64 * 1024):
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/files/{name}", whole)
+    app.router.add_get("/chunked/{name}", chunked)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    server = FileServer(root, f"http://127.0.0.1:{port}")
+    holder.append(server)
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
