@@ -268,13 +268,23 @@ def _param(name: str, description: str, schema: Schema | None = None, where: str
     }
 
 
+# ISO 8601 as the reference shows it (`2023-06-15T18:13:25.855Z`), offsets, or a bare date. The pattern admits only
+# real dates (days 01-28), so every value it describes is accepted; anything else is the documented 400.
+_ISO_DATE: Schema = {
+    "type": "string",
+    "pattern": r"^(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-8])"
+    r"(T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,6})?)?(Z|[+-](0\d|1[0-3]):[0-5]\d)?)?$",
+}
+
 _FILTERS: list[Schema] = [
     _param("kind", "Only jobs of this kind (exact; an unknown kind matches nothing; empty is ignored)."),
     _param("status", "Only jobs in this status (exact; an unknown status matches nothing; empty is ignored)."),
     _param("pipe_id", "Only jobs of this pipe id."),
     _param("pipe_name", "Only jobs of this pipe name."),
-    _param("created_after", "Inclusive lower bound on created_at, ISO 8601 (`Z`, offsets and dates accepted)."),
-    _param("created_before", "Inclusive upper bound on created_at, ISO 8601; a date covers that whole day."),
+    _param(
+        "created_after", "Inclusive lower bound on created_at, ISO 8601 (`Z`, offsets and dates accepted).", _ISO_DATE
+    ),
+    _param("created_before", "Inclusive upper bound on created_at, ISO 8601; a date covers that whole day.", _ISO_DATE),
     _param("limit", "Page size, 1-100 (default 100).", {"type": "integer", "minimum": 1, "maximum": 100}),
     _param("page_token", "The page to read, as carried by the `next` link."),
 ]
