@@ -1,0 +1,559 @@
+"""The production store: MongoDB through PyMongo's native asyncio API (`AsyncMongoClient`; Motor is deprecated).
+
+N stateless jobsd replicas share one replica set (or sharded cluster). Everything that must hold across replicas
+is a single-document atomic write on the server:
+
+- Job writes are compare-and-set: `replace_one` filtered on `_id` and `revision`.
+- jobs_log rows ride in the same write, in the job document's `log_outbox` (see mongo_codec), and are copied to
+  `jobs_log` right after with deterministic ids (`job_id:revision`). A writer that dies in between leaves the
+  document flagged `log_pending`; the sweep (`purge`) copies the rows and expired jobs are not deleted before.
+  Chosen over a multi-document transaction because it needs no replica-set session machinery, never aborts
+  under contention (claims would otherwise retry TransientTransactionError), works the same on a sharded
+  cluster, and runs on the in-process emulation CI uses. Chosen over "log row first, delete it if the CAS loses"
+  because that shows readers rows for changes that never happened, and leaves them behind if the writer dies.
+- Claims: `find_one_and_update` sorted FIFO on `created_at_us` locks the oldest eligible waiting job (a short
+  `claim_lock`), a slot of its concurrency key is reserved atomically in `slots`, then the job is written as
+  claimed (a compare-and-set that also checks the lock). The lock makes concurrent claimers take different
+  jobs in one round trip; the slot makes concurrency limits hold across processes.
+- The change feed is one change stream per process (mongo_feed). Without change streams (a standalone server,
+  or the emulation) the store publishes its own writes in-process and says so once in the log: one replica then
+  works, but replicas do not see each other's writes.
+
+Write concern is majority on every write; reads use read concern majority, so nothing a caller sees can be rolled
+back by a failover. Connection failures surface as `Unavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from heapq import merge
+from itertools import islice
+from typing import Any, Final
+from urllib.parse import unquote
+
+from pymongo import AsyncMongoClient, ReturnDocument, WriteConcern
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import (
+    BulkWriteError,
+    ConfigurationError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
+from pymongo.read_concern import ReadConcern
+
+from jobsd.domain.model import RUNNING_STATUSES, Job, LogEntry, TokenRecord, Workspace
+from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
+from jobsd.store.base import ChangeEvent, ClaimRequest, JobChanged, JobQuery, LogQuery
+from jobsd.store.mongo_codec import (
+    CLAIM_LOCK,
+    CLAIM_LOCK_UNTIL,
+    LOG_OUTBOX,
+    LOG_PENDING,
+    ceil_to_millis,
+    floor_to_millis,
+    job_document,
+    job_from_document,
+    log_from_document,
+    log_outbox_for,
+    micros,
+    token_document,
+    token_from_document,
+    workspace_from_document,
+)
+from jobsd.store.mongo_feed import DEFAULT_FEED_CAPACITY, ChangeFanout, ChangeStream, ChangeStreamPump
+from jobsd.store.mongo_queries import (
+    JOBS,
+    JOBS_LOG,
+    SLOTS,
+    TOKENS,
+    WORKSPACES,
+    FindPlan,
+    IndexSpec,
+    claim_plan,
+    collection_indexes,
+    lapsed_plan,
+    list_plans,
+    log_plan,
+    visible_at,
+)
+
+__all__ = ["CLAIM_LOCK_TTL", "DEFAULT_DATABASE", "MongoStore", "database_from_uri"]
+
+_log = logging.getLogger("jobsd.store.mongo")
+
+Document = dict[str, Any]
+DEFAULT_DATABASE: Final = "jobsd"
+# How long a claimer may hold a waiting job between locking it and writing it claimed; only matters if it dies.
+CLAIM_LOCK_TTL: Final = timedelta(seconds=30)
+# A claim gives up (and the worker polls again) after this many jobs turned out unclaimable mid-claim.
+_CLAIM_ROUNDS: Final = 32
+# A health check or a first request fails fast instead of hanging for pymongo's default 30 s.
+_SERVER_SELECTION_TIMEOUT_MS: Final = 2_000
+_MAJORITY_WRITES: Final = WriteConcern("majority", wtimeout=10_000)
+_MAJORITY_READS: Final = ReadConcern("majority")
+_SWEEP_BATCH: Final = 1_000
+_INSERT_ATTEMPTS: Final = 5
+# Server codes that mean "not the primary / shutting down": the caller may retry against the new primary.
+_NOT_WRITABLE: Final = frozenset({91, 189, 10107, 11600, 11602, 13435, 13436})
+_DUPLICATE_KEY: Final = 11000
+
+
+def database_from_uri(uri: str) -> str | None:
+    """The database named in the URI path (`mongodb://host/<db>?...`), without any network lookup."""
+    _, sep, rest = uri.partition("://")
+    if not sep:
+        return None
+    hosts_and_path = rest.split("?", 1)[0].rsplit("@", 1)[-1]
+    _, _, path = hosts_and_path.partition("/")
+    return unquote(path) or None
+
+
+def _running(job: Job) -> bool:
+    return job.status in RUNNING_STATUSES
+
+
+def _slot_holder(job_id: str, claim: str | None) -> Document:
+    # The claim's lease token identifies which claim of the job holds the slot, so releasing an ended claim can
+    # never free the slot of a later claim of the same job.
+    return {"job": job_id, "claim": claim}
+
+
+class MongoStore:
+    """`jobsd.store.base.JobStore` on MongoDB. Create, `await open()`, use, `await close()`.
+
+    `client`: an already-built client (tests pass the in-process emulation); the store then does not close it.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        database: str | None = None,
+        client: AsyncMongoClient[Document] | None = None,
+        log_retention: timedelta = timedelta(days=30),
+        feed_capacity: int = DEFAULT_FEED_CAPACITY,
+    ) -> None:
+        self._owns_client = client is None
+        if client is None:
+            options: dict[str, Any] = {"tz_aware": True}
+            if "serverselectiontimeoutms" not in uri.lower():
+                options["serverSelectionTimeoutMS"] = _SERVER_SELECTION_TIMEOUT_MS
+            try:
+                client = AsyncMongoClient(uri, **options)
+            except (ConfigurationError, ValueError) as exc:
+                raise InvalidArgument("store", f"is not a usable MongoDB URI: {exc}") from None
+        self._client = client
+        self._database_name = database or database_from_uri(uri) or DEFAULT_DATABASE
+        db = client.get_database(self._database_name, write_concern=_MAJORITY_WRITES, read_concern=_MAJORITY_READS)
+        self._db = db
+        self._jobs: AsyncCollection[Document] = db.get_collection(JOBS)
+        self._log: AsyncCollection[Document] = db.get_collection(JOBS_LOG)
+        self._slots: AsyncCollection[Document] = db.get_collection(SLOTS)
+        self._workspaces: AsyncCollection[Document] = db.get_collection(WORKSPACES)
+        self._tokens: AsyncCollection[Document] = db.get_collection(TOKENS)
+        self._log_retention = log_retention
+        self._fanout = ChangeFanout(feed_capacity)
+        self._pump = ChangeStreamPump(self._open_change_stream, self._fanout.publish, job_from_document)
+        # True when the server has no change streams: the store then publishes its own writes.
+        self._local_feed = False
+        self._open = False
+
+    @property
+    def database_name(self) -> str:
+        return self._database_name
+
+    @property
+    def publishes_locally(self) -> bool:
+        """True when changes() only carries this process's writes (no change streams on the server)."""
+        return self._local_feed
+
+    def __repr__(self) -> str:
+        return f"MongoStore(database={self._database_name!r})"
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        if self._open:
+            return
+        with self._reachable("create its collections and indexes"):
+            for collection, specs in collection_indexes(self._log_retention).items():
+                await self._ensure_indexes(self._db.get_collection(collection), specs)
+            streaming = await self._pump.start()
+        self._local_feed = not streaming
+        if self._local_feed:
+            _log.warning(
+                "MongoDB database %r has no change streams (a standalone server, not a replica set): watchers of "
+                "this jobsd see only the writes this process makes. Run MongoDB as a replica set to watch jobs "
+                "across replicas.",
+                self._database_name,
+            )
+        self._open = True
+
+    async def _ensure_indexes(self, collection: AsyncCollection[Document], specs: tuple[IndexSpec, ...]) -> None:
+        """Create what is missing; recreate an index whose definition changed (e.g. the log retention)."""
+        existing = await collection.index_information()
+        for spec in specs:
+            current = existing.get(spec.name)
+            if current is not None and _same_index(current, spec):
+                continue
+            if current is not None:
+                await collection.drop_index(spec.name)
+            await collection.create_index(list(spec.keys), name=spec.name, **spec.options)
+
+    async def close(self) -> None:
+        self._open = False
+        await self._pump.stop()
+        self._fanout.close()
+        if self._owns_client:
+            await self._client.close()
+
+    async def ping(self) -> None:
+        self._check_open()
+        with self._reachable("answer a health check"):
+            await self._client.admin.command("ping")
+
+    # -- jobs
+
+    async def insert_job(self, job: Job) -> Job:
+        self._check_open()
+        outbox = log_outbox_for(None, job)
+        document = job_document(job, outbox)
+        with self._reachable("insert a job"):
+            for _ in range(_INSERT_ATTEMPTS):
+                if job.idempotency_key is not None:
+                    existing = await self._holder_of_key(job)
+                    if existing is not None:
+                        return existing
+                try:
+                    await self._jobs.insert_one(document)
+                    break
+                except DuplicateKeyError:
+                    if job.idempotency_key is None or await self._jobs.find_one({"_id": job.id}, {"_id": 1}):
+                        raise AlreadyExists(f"Job with id {job.id!r} already exists") from None
+                    # A concurrent create took the key first: look again, and answer with its job.
+            else:
+                raise Unavailable(f"MongoDB store cannot insert job {job.id}: its idempotency key stays contended")
+        await self._copy_log_rows(job.id, job.revision, outbox)
+        self._publish_own(job)
+        return job
+
+    async def _holder_of_key(self, job: Job) -> Job | None:
+        """The visible job of the workspace holding `job`'s idempotency key; an invisible one loses the key."""
+        key = {"workspace_id": job.workspace_id, "idempotency_key": job.idempotency_key}
+        found = await self._jobs.find_one({**key, "$and": [visible_at(job.created_at)]})
+        if found is not None:
+            return job_from_document(found)
+        await self._jobs.update_many(
+            {**key, "expires_at_us": {"$lte": micros(job.created_at)}}, {"$set": {"idempotency_key": None}}
+        )
+        return None
+
+    async def get_job(self, job_id: str, now: datetime) -> Job | None:
+        self._check_open()
+        with self._reachable("read a job"):
+            found = await self._jobs.find_one({"_id": job_id, "$and": [visible_at(now)]})
+        return None if found is None else job_from_document(found)
+
+    async def list_jobs(self, query: JobQuery) -> list[Job]:
+        if query.limit < 1:
+            raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
+        self._check_open()
+        with self._reachable("list jobs"):
+            pages = [await self._find(self._jobs, plan) for plan in list_plans(query)]
+        if len(pages) == 1:
+            return [job_from_document(d) for d in pages[0]]
+        # Narrow scope: one indexed query per readable data source / pipe, merged newest first. A job on both a
+        # readable data source and a readable pipe comes back twice; keep it once.
+        merged = merge(*pages, key=lambda d: (d["created_at_us"], d["_id"]), reverse=True)
+        return [job_from_document(d) for d in islice(_unique(merged), query.limit)]
+
+    async def compare_and_set(self, old: Job, new: Job) -> bool:
+        if new.id != old.id:
+            raise InvalidArgument("job.id", f"compare_and_set needs one job, got {old.id!r} and {new.id!r}")
+        if new.revision <= old.revision:
+            raise InvalidArgument(
+                "job.revision", f"the new revision ({new.revision}) must be greater than the old ({old.revision})"
+            )
+        self._check_open()
+        return await self._write(old, new, {})
+
+    async def _write(self, old: Job, new: Job, also: Mapping[str, Any]) -> bool:
+        """Write `new` iff the stored job is still `old` (and matches `also`), then do what follows a write."""
+        outbox = log_outbox_for(old, new)
+        with self._reachable("update a job"):
+            result = await self._jobs.replace_one(
+                {"_id": old.id, "revision": old.revision, **also}, job_document(new, outbox)
+            )
+        if result.matched_count == 0:
+            return False
+        if _running(old) and not _running(new):
+            await self._after_write("free its concurrency slot", self._release_slot(old.concurrency_key, old))
+        await self._copy_log_rows(new.id, new.revision, outbox)
+        self._publish_own(new)
+        return True
+
+    async def claim_next(self, request: ClaimRequest) -> Job | None:
+        self._check_open()
+        with self._reachable("claim a job"):
+            full_keys = await self._full_keys(request)
+            for _ in range(_CLAIM_ROUNDS):
+                nonce = uuid.uuid4().hex
+                plan = claim_plan(request, sorted(full_keys), request.now)
+                locked = await self._jobs.find_one_and_update(
+                    plan.filter,
+                    {"$set": {CLAIM_LOCK: nonce, CLAIM_LOCK_UNTIL: micros(request.now + CLAIM_LOCK_TTL)}},
+                    sort=list(plan.sort),
+                    hint=plan.hint,
+                    return_document=ReturnDocument.AFTER,
+                )
+                if locked is None:
+                    return None
+                job = job_from_document(locked)
+                try:
+                    claimed = request.claim(job)
+                except BaseException:
+                    await self._unlock(job.id, nonce)
+                    raise
+                holder = _slot_holder(job.id, claimed.lease_token or nonce)
+                if not await self._reserve_slot(job.concurrency_key, job.kind, holder, request.limit_for(job.kind)):
+                    full_keys.add(job.concurrency_key)
+                    await self._unlock(job.id, nonce)
+                    continue
+                if await self._write(job, claimed, {CLAIM_LOCK: nonce}):
+                    return claimed
+                # Changed since we locked it (cancelled): give the slot back and take the next job.
+                await self._slots.update_one({"_id": job.concurrency_key}, {"$pull": {"holders": holder}})
+        return None
+
+    async def _full_keys(self, request: ClaimRequest) -> set[str]:
+        """Concurrency keys that already run as many jobs as their kind's limit allows."""
+        filter_: Document = {"holders.0": {"$exists": True}}
+        if request.kinds:
+            filter_["kind"] = {"$in": sorted(set(request.kinds))}
+        slots = await self._slots.find(filter_).to_list(None)
+        return {s["_id"] for s in slots if len(s["holders"]) >= request.limit_for(s["kind"])}
+
+    async def _reserve_slot(self, key: str, kind: str, holder: Document, limit: int) -> bool:
+        """Atomically add `holder` to the key's slot document if it has fewer than `limit` holders."""
+        if limit < 1:
+            return False
+        for _ in range(3):
+            try:
+                await self._slots.find_one_and_update(
+                    {"_id": key, f"holders.{limit - 1}": {"$exists": False}},
+                    {"$addToSet": {"holders": holder}, "$setOnInsert": {"kind": kind}},
+                    upsert=True,
+                )
+                return True
+            except DuplicateKeyError:
+                # Either the key is full (the upsert tried to insert a second document for it), or two claimers
+                # created its document at once. Only the first is a refusal.
+                slot = await self._slots.find_one({"_id": key})
+                if slot is not None and len(slot["holders"]) >= limit:
+                    return False
+        return False
+
+    async def _release_slot(self, key: str, job: Job) -> None:
+        holder = _slot_holder(job.id, job.lease_token) if job.lease_token else {"job": job.id}
+        await self._slots.update_one({"_id": key}, {"$pull": {"holders": holder}})
+
+    async def _unlock(self, job_id: str, nonce: str) -> None:
+        await self._jobs.update_one(
+            {"_id": job_id, CLAIM_LOCK: nonce}, {"$set": {CLAIM_LOCK: None, CLAIM_LOCK_UNTIL: None}}
+        )
+
+    async def lapsed_leases(self, now: datetime, limit: int) -> list[Job]:
+        if limit < 1:
+            raise InvalidArgument("limit", f"must be at least 1, got {limit}")
+        self._check_open()
+        with self._reachable("list lapsed leases"):
+            documents = await self._find(self._jobs, lapsed_plan(now, limit))
+        return [job_from_document(d) for d in documents]
+
+    async def purge(self, now: datetime, log_before: datetime) -> int:
+        """Copy jobs_log rows a dead writer left behind, free slots of claims that ended without freeing them,
+        then delete expired jobs (never one with rows still to copy) and old log rows."""
+        self._check_open()
+        with self._reachable("purge expired rows"):
+            await self._copy_pending_log_rows()
+            await self._reconcile_slots(now)
+            # The native dates narrow the range on their (TTL) indexes; the exact microseconds decide.
+            expired = await self._jobs.delete_many(
+                {
+                    "expires_at": {"$lte": ceil_to_millis(now)},
+                    "expires_at_us": {"$lte": micros(now)},
+                    LOG_PENDING: {"$ne": True},
+                }
+            )
+            rows = await self._log.delete_many(
+                {"updated_at": {"$lte": floor_to_millis(log_before)}, "updated_at_us": {"$lt": micros(log_before)}}
+            )
+        return expired.deleted_count + rows.deleted_count
+
+    async def _copy_pending_log_rows(self) -> None:
+        pending = await self._jobs.find(
+            {LOG_PENDING: True}, {"revision": 1, LOG_OUTBOX: 1}, limit=_SWEEP_BATCH
+        ).to_list(None)
+        for document in pending:
+            await self._copy_log_rows(document["_id"], document["revision"], document[LOG_OUTBOX])
+
+    async def _reconcile_slots(self, now: datetime) -> None:
+        """Drop slot holders whose claim is over (a process died between its write and freeing the slot)."""
+        for slot in await self._slots.find({"holders.0": {"$exists": True}}).to_list(None):
+            holders: list[Document] = slot["holders"]
+            ids = sorted({h["job"] for h in holders})
+            jobs = {
+                d["_id"]: d
+                for d in await self._jobs.find(
+                    {"_id": {"$in": ids}}, {"status": 1, "lease_token": 1, CLAIM_LOCK_UNTIL: 1}
+                ).to_list(None)
+            }
+            stale = [h for h in holders if not _holds(jobs.get(h["job"]), h, micros(now) or 0)]
+            if stale:
+                await self._slots.update_one({"_id": slot["_id"]}, {"$pull": {"holders": {"$in": stale}}})
+        await self._slots.delete_many({"holders": {"$size": 0}})
+
+    # -- jobs_log
+
+    async def list_log(self, query: LogQuery) -> list[LogEntry]:
+        if query.limit < 1:
+            raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
+        self._check_open()
+        with self._reachable("list the jobs log"):
+            documents = await self._find(self._log, log_plan(query))
+        return [log_from_document(d) for d in documents]
+
+    # -- change feed
+
+    def changes(self) -> AsyncIterator[ChangeEvent]:
+        """Every job write committed after this call returns, from any replica (this process's only, when the
+        server has no change streams). Ends when closed (`aclose()`) or when the store closes."""
+        self._check_open()
+        return self._fanout.subscribe()
+
+    async def _open_change_stream(self, resume_after: Mapping[str, Any] | None) -> ChangeStream:
+        # Only inserts and whole-document replaces are job writes. Their events carry the document exactly as
+        # written (unlike fullDocument="updateLookup", which reads it again later and can skip a revision).
+        # Partial updates are bookkeeping (claim locks, outbox flags) and are not published.
+        pipeline = [{"$match": {"operationType": {"$in": ["insert", "replace", "invalidate"]}}}]
+        return await self._jobs.watch(pipeline, resume_after=resume_after)
+
+    def _publish_own(self, job: Job) -> None:
+        if self._local_feed:
+            self._fanout.publish(JobChanged(job))
+
+    # -- workspaces and tokens
+
+    async def ensure_workspace(self, name: str, now: datetime) -> Workspace:
+        if not name.strip():
+            raise InvalidArgument("name", "a workspace name must not be empty")
+        self._check_open()
+        created = {"_id": str(uuid.uuid4()), "name": name, "created_at": now, "created_at_us": micros(now)}
+        with self._reachable("create a workspace"):
+            try:
+                found = await self._workspaces.find_one_and_update(
+                    {"name": name}, {"$setOnInsert": created}, upsert=True, return_document=ReturnDocument.AFTER
+                )
+            except DuplicateKeyError:  # another replica created it at the same moment
+                found = await self._workspaces.find_one({"name": name})
+        if found is None:
+            raise Unavailable(f"MongoDB store cannot create workspace {name!r}: it vanished as it was created")
+        return workspace_from_document(found)
+
+    async def get_workspace(self, workspace_id: str) -> Workspace | None:
+        self._check_open()
+        with self._reachable("read a workspace"):
+            found = await self._workspaces.find_one({"_id": workspace_id})
+        return None if found is None else workspace_from_document(found)
+
+    async def put_token(self, record: TokenRecord) -> None:
+        self._check_open()
+        with self._reachable("store a token"):
+            await self._tokens.replace_one({"_id": record.token_hash}, token_document(record), upsert=True)
+
+    async def get_token(self, token_hash: str) -> TokenRecord | None:
+        self._check_open()
+        with self._reachable("read a token"):
+            found = await self._tokens.find_one({"_id": token_hash})
+        return None if found is None else token_from_document(found)
+
+    # -- internals
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise Unavailable(f"MongoDB store {self._database_name!r} is not open")
+
+    @contextmanager
+    def _reachable(self, action: str) -> Iterator[None]:
+        """A server that cannot be reached (or cannot confirm a majority write) surfaces as Unavailable."""
+        try:
+            yield
+        except (ConnectionFailure, WriteConcernError, ExecutionTimeout) as exc:
+            raise Unavailable(f"MongoDB store cannot {action}: {exc}") from None
+        except OperationFailure as exc:
+            if exc.code in _NOT_WRITABLE or exc.has_error_label("RetryableWriteError"):
+                raise Unavailable(f"MongoDB store cannot {action}: {exc}") from None
+            raise
+
+    async def _after_write(self, action: str, step: Awaitable[None]) -> None:
+        """Follow-up work of a committed write: if it fails, the write still stands and the sweep finishes it."""
+        try:
+            await step
+        except PyMongoError as exc:
+            _log.warning("MongoDB store could not %s after a write (%s); the sweep will", action, exc)
+
+    async def _copy_log_rows(self, job_id: str, revision: int, rows: list[Document]) -> None:
+        if rows:
+            await self._after_write(
+                f"copy the jobs_log rows of job {job_id}", self._copy_outbox(job_id, revision, rows)
+            )
+
+    async def _copy_outbox(self, job_id: str, revision: int, rows: list[Document]) -> None:
+        try:
+            await self._log.insert_many(rows, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            # Rows already copied (by the sweep, or the previous writer) are fine; anything else is not.
+            if exc.details.get("writeConcernErrors") or any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                raise
+        await self._jobs.update_one(
+            {"_id": job_id, "revision": revision, LOG_PENDING: True}, {"$set": {LOG_PENDING: False, LOG_OUTBOX: []}}
+        )
+
+    @staticmethod
+    async def _find(collection: AsyncCollection[Document], plan: FindPlan) -> list[Document]:
+        cursor = collection.find(plan.filter, sort=list(plan.sort), limit=plan.limit, hint=plan.hint)
+        return await cursor.to_list(None)
+
+
+def _holds(job: Document | None, holder: Document, now_us: int) -> bool:
+    """Whether a slot holder still belongs to a live claim: its job runs under that claim, or is being claimed."""
+    if job is None:
+        return False
+    if job.get("status") in {s.value for s in RUNNING_STATUSES}:
+        return job.get("lease_token") == holder.get("claim")
+    lock_until = job.get(CLAIM_LOCK_UNTIL)
+    return lock_until is not None and lock_until > now_us
+
+
+def _unique(documents: Iterator[Document]) -> Iterator[Document]:
+    seen: set[str] = set()
+    for document in documents:
+        if document["_id"] not in seen:
+            seen.add(document["_id"])
+            yield document
+
+
+def _same_index(current: Mapping[str, Any], spec: IndexSpec) -> bool:
+    keys = [(str(name), int(direction)) for name, direction in current.get("key", [])]
+    if keys != list(spec.keys):
+        return False
+    return all(current.get(option) == value for option, value in spec.options.items())
