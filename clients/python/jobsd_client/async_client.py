@@ -19,9 +19,15 @@ from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client._proto import jobs_pb2_grpc
 from jobsd_client.errors import error_from_rpc
 
-__all__ = ["DEFAULT_TIMEOUT", "AsyncJobsClient"]
+__all__ = ["CHANNEL_OPTIONS", "DEFAULT_TIMEOUT", "AsyncJobsClient"]
 
 DEFAULT_TIMEOUT = 30.0
+# gRPC's own reconnect backoff grows to 120 s by default, so a client that saw the server restart could stay
+# "unavailable" for minutes after it is back; cap it so workers and watchers reconnect within seconds.
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 3000),
+)
 _Response = TypeVar("_Response")
 
 
@@ -44,7 +50,7 @@ class AsyncJobsClient:
         self.target = target
         self.timeout = timeout
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target)
+        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._jobs: Any = jobs_pb2_grpc.JobsStub(self._channel)
         self._workers: Any = jobs_pb2_grpc.WorkersStub(self._channel)
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()

@@ -18,7 +18,7 @@ import grpc
 from jobsd_client import _requests as req
 from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client._proto import jobs_pb2_grpc
-from jobsd_client.async_client import DEFAULT_TIMEOUT
+from jobsd_client.async_client import CHANNEL_OPTIONS, DEFAULT_TIMEOUT
 from jobsd_client.errors import error_from_rpc
 
 __all__ = ["JobsClient"]
@@ -38,7 +38,7 @@ class JobsClient:
         self.target = target
         self.timeout = timeout
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        self._channel = channel if channel is not None else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._jobs: Any = jobs_pb2_grpc.JobsStub(self._channel)
         self._workers: Any = jobs_pb2_grpc.WorkersStub(self._channel)
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
