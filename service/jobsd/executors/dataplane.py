@@ -33,8 +33,9 @@ import duckdb
 from jobsd.domain.clock import Clock, SystemClock, from_micros, to_micros
 from jobsd.errors import AlreadyExists, InvalidArgument, NotFound
 from jobsd.executors.coltypes import Column, ColumnType, parse_column_type, type_from_duckdb
+from jobsd.executors.errors import ExecutionFailed
 from jobsd.executors.ids import new_datasource_id
-from jobsd.executors.sqltext import NAME_PATTERN, quote_ident
+from jobsd.executors.sqltext import NAME_PATTERN, describe_duckdb_error, quote_ident
 
 __all__ = [
     "INTERNAL_SCHEMA",
@@ -270,6 +271,19 @@ class Session:
                 self.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(workspace)}")
         self.execute(f"USE {quote_ident(workspace)}")
 
+    def check_tables(self, sql: str, workspace: str, what: str) -> None:
+        """User SQL may name only its own workspace's tables (unqualified, or qualified by its schema)."""
+        try:
+            names = self.cursor.get_table_names(sql, qualified=True)
+        except duckdb.Error as error:
+            raise ExecutionFailed(f"Invalid SQL in {what}: {describe_duckdb_error(error)}") from None
+        outside = sorted(name for name in names if "." in name and name.split(".", 1)[0].strip('"') != workspace)
+        if outside:
+            raise ExecutionFailed(
+                f"Invalid SQL in {what}: it may only read this workspace's data sources, by name "
+                f"(not {', '.join(outside)})"
+            )
+
     def table_exists(self, schema: str, table: str) -> bool:
         row = self.execute(
             "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?", [schema, table]
@@ -404,8 +418,13 @@ class Session:
         return f"{quote_ident(STAGING_SCHEMA)}.{quote_ident(label)}"
 
     def drop_table(self, table_sql: str) -> None:
+        """Best-effort cleanup of a staging or temporary table."""
         with contextlib.suppress(duckdb.Error):
             self.execute(f"DROP TABLE IF EXISTS {table_sql}")
+
+    def drop_view(self, view_sql: str) -> None:
+        with contextlib.suppress(duckdb.Error):
+            self.execute(f"DROP VIEW IF EXISTS {view_sql}")
 
 
 class DataPlane:

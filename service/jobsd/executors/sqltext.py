@@ -20,6 +20,7 @@ __all__ = [
     "check_select",
     "describe_duckdb_error",
     "quote_ident",
+    "sql_failure",
 ]
 
 # Data-source names: letters, digits and underscores, not starting with a digit (Tinybird's rule).
@@ -78,3 +79,8 @@ def check_delete_condition(condition: str, table_sql: str) -> str:
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.DELETE:
         raise ExecutionFailed("Invalid SQL in delete_condition: it must be one boolean expression")
     return statement
+
+
+def sql_failure(error: duckdb.Error, what: str) -> ExecutionFailed:
+    """The ExecutionFailed for a DuckDB error raised by user SQL (`what` names the job field that held it)."""
+    return ExecutionFailed(f"Invalid SQL in {what}: {describe_duckdb_error(error)}")

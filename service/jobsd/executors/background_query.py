@@ -1,0 +1,97 @@
+"""The `query` executor: a background SQL query whose result is kept in the data plane.
+
+Job fields: params `sql` (one SELECT; `query_sql` is used when params.sql is absent). The result is stored as table
+`_query_<job id hex>` in the workspace's schema (not a data source: it does not appear in the list, and its name
+cannot be taken by one). Figures: `statistics` = rows returned and the result's size in bytes (the same uncompressed
+measure as data sources), `result` = {"table", "columns": [{name, type}], "row_count", "preview": first rows}.
+A worker shutdown interrupts the query; it is not cancellable by users while working (SPEC §4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import decimal
+import threading
+import uuid
+from typing import Any
+
+import duckdb
+
+from jobsd.executors.abortable import Interrupted, run_interruptible
+from jobsd.executors.coltypes import type_from_duckdb
+from jobsd.executors.context import ExecutionContext, JobInput
+from jobsd.executors.dataplane import DataPlane, Session, TableStats
+from jobsd.executors.sqltext import check_select, quote_ident, sql_failure
+
+__all__ = ["PREVIEW_ROWS", "result_table_name", "run_query"]
+
+PREVIEW_ROWS = 10
+
+
+def result_table_name(job_id: str) -> str:
+    try:
+        return "_query_" + uuid.UUID(job_id).hex
+    except ValueError:
+        return "_query_" + "".join(c for c in job_id if c.isalnum())[:64]
+
+
+def _json_value(value: Any) -> Any:
+    """A value the job's result Struct can hold (numbers, text, booleans, null, lists)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat(sep=" ") if isinstance(value, datetime.datetime) else value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    return str(value)
+
+
+def _query(session: Session, stopping: threading.Event, job: JobInput, sql: str) -> tuple[TableStats, dict[str, Any]]:
+    session.use_workspace(job.workspace)
+    session.check_tables(sql, job.workspace, "params.sql")
+    name = result_table_name(job.job_id)
+    table = f"{quote_ident(job.workspace)}.{quote_ident(name)}"
+    if stopping.is_set():
+        raise Interrupted
+    try:
+        session.execute(f"CREATE OR REPLACE TABLE {table} AS {sql}")
+    except duckdb.InterruptException:
+        raise Interrupted from None
+    except duckdb.Error as error:
+        raise sql_failure(error, "params.sql") from None
+    stats = session.table_stats(job.workspace, name)
+    columns = [
+        {"name": column, "type": type_from_duckdb(duck, nullable).name}
+        for column, duck, nullable in session.table_columns(job.workspace, name)
+    ]
+    preview = session.execute(f"SELECT * FROM {table} LIMIT {PREVIEW_ROWS}").fetchall()
+    result = {
+        "table": name,
+        "columns": columns,
+        "row_count": stats.row_count,
+        "preview": [[_json_value(v) for v in row] for row in preview],
+    }
+    return stats, result
+
+
+async def run_query(ctx: ExecutionContext, plane: DataPlane) -> None:
+    job = JobInput.of(ctx)
+    sql = check_select(job.text_param("sql", required=True, fallback=job.query_sql), "params.sql")
+    stats, result = await run_interruptible(
+        plane, lambda session, stopping: _query(session, stopping, job, sql), _never
+    )
+    ctx.report(
+        progress_percentage=100.0,
+        statistics={"bytes": stats.bytes, "row_count": stats.row_count},
+        result=result,
+    )
+
+
+async def _never() -> None:
+    # Users cannot cancel a working query job; only a worker shutdown (task cancellation) interrupts it.
+    await asyncio.Event().wait()

@@ -1,0 +1,125 @@
+"""The `copy` executor: the result of an SQL query into a data source, appended or replacing its contents.
+
+Job fields: `datasource.name` (the target; created from the query's columns if missing), params `sql` (one SELECT;
+`query_sql` is used when params.sql is absent) and `mode` (append — the default — or replace). The copy is one
+transaction: a failure or a cancel leaves the target as it was. Cancellable while working: a cancel request
+interrupts the running statement (DuckDB rolls it back) and the job ends CANCELLED.
+
+`processed_data` is measured: `read_rows` = rows the query scanned (DuckDB's profiler), `read_bytes` = those rows
+times the average row size of the data source each was scanned from, `written_rows` = rows inserted,
+`written_bytes` = the growth of the target (for replace: its new size). `statistics` = the target's bytes and rows.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from jobsd.executors.abortable import Interrupted, run_interruptible
+from jobsd.executors.context import ExecutionContext, JobInput
+from jobsd.executors.dataplane import DataPlane, Session, TableStats
+from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
+from jobsd.executors.sqltext import check_select, sql_failure
+
+__all__ = ["CopyOutcome", "run_copy", "scanned_bytes"]
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOutcome:
+    read_rows: int
+    read_bytes: int
+    written_rows: int
+    written_bytes: int
+    statistics: TableStats
+
+
+def _scans(operator: dict[str, Any]) -> Iterator[tuple[str, int]]:
+    """(table as catalog.schema.table, rows scanned) for every table scan in a DuckDB JSON profile."""
+    table = (operator.get("extra_info") or {}).get("Table")
+    if table and "rows_scanned" in operator:
+        yield str(table), int(operator["rows_scanned"])
+    for child in operator.get("children") or ():
+        yield from _scans(child)
+
+
+def scanned_bytes(session: Session, profile: dict[str, Any]) -> tuple[int, int]:
+    """(rows, bytes) read by the profiled statement, bytes estimated from each scanned table's average row size."""
+    rows = int((profile.get("query") or {}).get("total_rows_scanned") or 0)
+    total_bytes = 0
+    average: dict[str, float] = {}
+    for table, scanned in _scans(profile):
+        if table not in average:
+            parts = table.rsplit(".", 2)
+            stats = session.table_stats(parts[-2], parts[-1]) if len(parts) >= 2 else TableStats(0, 0)
+            average[table] = stats.bytes / stats.row_count if stats.row_count else 0.0
+        total_bytes += round(scanned * average[table])
+    return rows, total_bytes
+
+
+def _copy(session: Session, stopping: threading.Event, job: JobInput, target: str, sql: str, mode: str) -> CopyOutcome:
+    session.use_workspace(job.workspace)
+    session.check_tables(sql, job.workspace, "params.sql")
+    try:
+        session.execute(f"DESCRIBE {sql}")
+    except duckdb.Error as error:
+        raise sql_failure(error, "params.sql") from None
+    try:
+        with session.writing():
+            source = session.find(job.workspace, target) or session.create_from_query(job.workspace, target, sql)
+            before = session.stats(source) if mode == "append" else TableStats(0, 0)
+            if mode == "replace":
+                session.execute(f"DELETE FROM {source.table_sql}")
+            if stopping.is_set():
+                raise Interrupted
+            session.execute("PRAGMA enable_profiling = 'no_output'")
+            try:
+                row = session.execute(f"INSERT INTO {source.table_sql} BY NAME SELECT * FROM ({sql})").fetchone()
+                profile = json.loads(session.cursor.get_profiling_information(format="json"))
+            finally:
+                session.execute("PRAGMA disable_profiling")
+            after = session.stats(source)
+            session.touch(source)
+    except duckdb.InterruptException:
+        raise Interrupted from None
+    except duckdb.Error as error:
+        raise sql_failure(error, "params.sql") from None
+    read_rows, read_bytes = scanned_bytes(session, profile)
+    return CopyOutcome(
+        read_rows=read_rows,
+        read_bytes=read_bytes,
+        written_rows=int(row[0]) if row else 0,
+        written_bytes=max(0, after.bytes - before.bytes),
+        statistics=after,
+    )
+
+
+async def run_copy(ctx: ExecutionContext, plane: DataPlane) -> None:
+    job = JobInput.of(ctx)
+    target = job.require_datasource()
+    sql = check_select(job.text_param("sql", required=True, fallback=job.query_sql), "params.sql")
+    mode = job.mode or "append"
+    if mode not in ("append", "replace"):
+        raise ExecutionFailed(f"Unknown copy mode {mode!r}: use append or replace")
+    if ctx.cancel_requested:
+        raise ExecutionCancelled
+    try:
+        outcome = await run_interruptible(
+            plane, lambda session, stopping: _copy(session, stopping, job, target, sql, mode), ctx.wait_cancel_requested
+        )
+    except Interrupted:
+        raise ExecutionCancelled from None
+    ctx.report(
+        progress_percentage=100.0,
+        processed_data={
+            "read_rows": outcome.read_rows,
+            "read_bytes": outcome.read_bytes,
+            "written_rows": outcome.written_rows,
+            "written_bytes": outcome.written_bytes,
+        },
+        statistics={"bytes": outcome.statistics.bytes, "row_count": outcome.statistics.row_count},
+    )

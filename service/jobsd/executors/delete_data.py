@@ -1,0 +1,46 @@
+"""The `delete_data` executor: delete the rows of a data source that match a condition.
+
+Job fields: `datasource.name` and params `delete_condition` (an SQL boolean over the data source's columns, e.g.
+`country = 'ES' AND day < DATE '2024-01-01'`). The condition is checked to stay one expression of one DELETE of
+this data source (no `1=1); DROP ...`). One transaction: a bad condition changes nothing. Figures: `statistics` of
+the data source after, `result.rows_affected` = rows deleted.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from jobsd.executors.context import ExecutionContext, JobInput
+from jobsd.executors.dataplane import DataPlane, Session, TableStats
+from jobsd.executors.errors import ExecutionFailed
+from jobsd.executors.sqltext import check_delete_condition, sql_failure
+
+__all__ = ["run_delete"]
+
+
+def _delete(session: Session, job: JobInput, name: str, condition: str) -> tuple[int, TableStats]:
+    session.use_workspace(job.workspace)
+    source = session.find(job.workspace, name)
+    if source is None:
+        raise ExecutionFailed(f'Data source "{name}" not found')
+    statement = check_delete_condition(condition, source.table_sql)
+    session.check_tables(f"SELECT * FROM {source.table_sql} WHERE ({condition})", job.workspace, "delete_condition")
+    try:
+        with session.writing():
+            row = session.execute(statement).fetchone()
+            session.touch(source)
+    except duckdb.Error as error:
+        raise sql_failure(error, "delete_condition") from None
+    return (int(row[0]) if row else 0), session.stats(source)
+
+
+async def run_delete(ctx: ExecutionContext, plane: DataPlane) -> None:
+    job = JobInput.of(ctx)
+    name = job.require_datasource()
+    condition = job.text_param("delete_condition", required=True)
+    deleted, stats = await plane.run(lambda session: _delete(session, job, name, condition))
+    ctx.report(
+        progress_percentage=100.0,
+        statistics={"bytes": stats.bytes, "row_count": stats.row_count},
+        result={"rows_affected": deleted},
+    )
