@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("url", metavar="URL", help="http(s):// or file:// URL")
     imp.add_argument("--datasource", required=True, metavar="NAME")
     imp.add_argument("--mode", choices=_MODES, default="append")
-    imp.add_argument("--format", choices=_FORMATS, help="default: guessed from the URL")
+    imp.add_argument("--format", choices=_FORMATS, help="default: guessed from the URL, else from the first line")
+    imp.add_argument("--delimiter", metavar="CHAR", help="CSV delimiter (default: guessed from the header)")
 
     populate = creating("populate", "populate a data source from a materialized node, partition by partition")
     populate.add_argument("--pipe", required=True, metavar="NAME", help="the pipe (materialized node) name")
@@ -313,7 +314,9 @@ async def _create(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO
 
 
 async def _import(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
-    params = {"format": args.format} if args.format else None
+    params = {"format": args.format} if args.format else {}
+    if args.delimiter:
+        params["dialect_delimiter"] = args.delimiter
     return await _create(
         client,
         args,
@@ -322,7 +325,7 @@ async def _import(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO
         url=args.url,
         datasource={"name": args.datasource},
         mode=args.mode,
-        params=params,
+        params=params or None,
     )
 
 
