@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import grpc.aio
 import pytest
 
+from jobsd.app import JobsdApp
 from jobsd_client import AsyncJobsClient, status_name
 from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client.errors import (
@@ -19,7 +22,7 @@ from jobsd_client.errors import (
     Unavailable,
 )
 
-from .conftest import PATIENCE, Jobsd, create_import, ids
+from .conftest import PATIENCE, Jobsd, create_import, ids, jobsd_settings
 
 
 async def test_create_then_get_returns_every_field_the_creator_set(client: AsyncJobsClient) -> None:
@@ -230,3 +233,32 @@ async def test_a_supplied_channel_stays_open_after_the_client_closes(jobsd: Jobs
             assert (await second.get_workspace()).name == "default"
     finally:
         await channel.close()
+
+
+async def test_follow_job_resumes_after_a_server_restart(tmp_path: Path, jobsd: Jobsd, client: AsyncJobsClient) -> None:
+    job = await create_import(client)
+    follow = client.follow_job(job.id)
+    assert (await anext(follow)).type == pb.JobEvent.TYPE_SNAPSHOT
+
+    port = jobsd.app.grpc_port
+    await jobsd.app.stop()  # the watch stream breaks with UNAVAILABLE
+    replacement = JobsdApp(jobsd_settings(tmp_path, f"127.0.0.1:{port}"), clock=jobsd.clock)
+    await replacement.start()
+    try:
+        # Someone cancels it through the restarted server (in-process, so this test needs no second channel).
+        await replacement.api.cancel_job(jobsd.admin, pb.CancelJobRequest(job_id=job.id))
+        async with asyncio.timeout(PATIENCE):
+            rest = [event async for event in follow]
+    finally:
+        await replacement.stop()
+    assert [(e.revision, e.job.status) for e in rest] == [(2, pb.JOB_STATUS_CANCELLED)]
+
+
+async def test_follow_job_gives_up_after_its_reconnect_budget(jobsd: Jobsd, client: AsyncJobsClient) -> None:
+    job = await create_import(client)
+    follow = client.follow_job(job.id, reconnect_seconds=0.3)
+    await anext(follow)
+    await jobsd.app.stop()
+    with pytest.raises(Unavailable):
+        async with asyncio.timeout(PATIENCE):
+            await anext(follow)

@@ -6,6 +6,7 @@ nothing else about gRPC leaks to the caller.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
@@ -17,7 +18,7 @@ import grpc.aio
 from jobsd_client import _requests as req
 from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client._proto import jobs_pb2_grpc
-from jobsd_client.errors import error_from_rpc
+from jobsd_client.errors import Unavailable, error_from_rpc
 
 __all__ = ["CHANNEL_OPTIONS", "DEFAULT_TIMEOUT", "AsyncJobsClient"]
 
@@ -165,6 +166,35 @@ class AsyncJobsClient:
         the iteration ends after the terminal state. Leaving early? `aclose()` it (or use `contextlib.aclosing`)
         to end the server-side stream at once rather than when the generator is collected."""
         return self._stream(self._jobs.WatchJob, pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
+
+    async def follow_job(
+        self, job_id: str, since_revision: int = 0, *, reconnect_seconds: float = 30.0
+    ) -> AsyncGenerator[pb.JobEvent, None]:
+        """`watch_job` that survives a jobsd restart or a dropped connection: on UNAVAILABLE it resumes after the
+        last revision it delivered (so nothing is repeated or skipped), giving up with the error once
+        `reconnect_seconds` pass without getting back in."""
+        loop = asyncio.get_running_loop()
+        last = since_revision
+        delay = 0.1
+        give_up_at: float | None = None
+        while True:
+            stream = self.watch_job(job_id, since_revision=last)
+            try:
+                async for event in stream:
+                    give_up_at, delay = None, 0.1  # connected again: a later outage gets the full budget
+                    if event.revision:
+                        last = max(last, event.revision)
+                    yield event
+                return
+            except Unavailable:
+                now = loop.time()
+                give_up_at = give_up_at if give_up_at is not None else now + reconnect_seconds
+                if now >= give_up_at:
+                    raise
+            finally:
+                await stream.aclose()
+            await asyncio.sleep(min(delay, max(give_up_at - loop.time(), 0.0)))
+            delay = min(delay * 2, 2.0)
 
     def watch_jobs(
         self,

@@ -237,7 +237,7 @@ async def _follow(client: AsyncJobsClient, job_id: str, args: argparse.Namespace
     ascii_only = (getattr(out, "encoding", None) or "ascii").lower().replace("-", "") not in ("utf8", "utf16")
     last_line = ""
     job: pb.Job | None = None
-    async for event in client.watch_job(job_id):
+    async for event in client.follow_job(job_id):
         if not event.HasField("job"):
             continue
         job = event.job
