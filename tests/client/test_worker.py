@@ -16,6 +16,7 @@ from jobsd.app import JobsdApp
 from jobsd_client import AsyncJobsClient, JobCancelled, JobContext, JobFailed, Worker, run_until_signalled, status_name
 from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client.errors import InvalidArgument, Unauthenticated
+from jobsd_client.worker import MAX_ERROR_CHARS
 
 from .conftest import HEARTBEAT_SECONDS, PATIENCE, Jobsd, create_import, jobsd_settings, running, wait_for_status
 
@@ -97,16 +98,25 @@ async def test_handler_failures_end_the_job_in_error_with_a_message(jobsd: Jobsd
         ctx.report(statistics={"row_count": 5})
         raise ValueError("boom")
 
+    async def rambles(ctx: JobContext) -> None:
+        raise JobFailed("Parser Error: " + "x" * 50_000)
+
     clean = await create_import(client, "clean")
     crash = await client.create_job("query", params={"sql": "select 1"})
-    async with running(make_worker(jobsd, {"import": fails_cleanly, "query": crashes}, concurrency=2)):
+    long = await client.create_job("copy", datasource={"name": "target"}, params={"sql": "select 1"})
+    handlers = {"import": fails_cleanly, "query": crashes, "copy": rambles}
+    async with running(make_worker(jobsd, handlers, concurrency=3)):
         clean_end = await wait_for_status(client, clean.id, pb.JOB_STATUS_ERROR)
         crash_end = await wait_for_status(client, crash.id, pb.JOB_STATUS_ERROR)
+        long_end = await wait_for_status(client, long.id, pb.JOB_STATUS_ERROR)
 
     assert clean_end.error == "2 rows did not match the schema"
     assert list(clean_end.errors) == ["line 4: 'x' is not an Int32"] and clean_end.quarantine_rows == 3
     assert crash_end.error == "ValueError: boom"
     assert crash_end.statistics.row_count == 5  # pending figures travel with FinishJob
+    # An error longer than jobsd accepts is cut to fit, not refused (which would leave the job running).
+    assert long_end.error.startswith("Parser Error: xxx") and long_end.error.endswith("[... truncated]")
+    assert len(long_end.error) == MAX_ERROR_CHARS
 
 
 async def test_graceful_stop_releases_a_running_job_back_to_waiting(jobsd: Jobsd, client: AsyncJobsClient) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from google.protobuf import json_format
+
 from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client._requests import to_struct
 from jobsd_client.async_client import AsyncJobsClient
@@ -50,6 +51,7 @@ from jobsd_client.errors import (
 )
 
 __all__ = [
+    "MAX_ERROR_CHARS",
     "QUERY_STATUSES",
     "Handler",
     "JobCancelled",
@@ -64,6 +66,8 @@ _log = logging.getLogger("jobsd_client.worker")
 QUERY_STATUSES = frozenset({"waiting", "working", "done", "error", "cancelled"})
 _STATISTICS_KEYS = ("bytes", "row_count")
 _PROCESSED_DATA_KEYS = ("read_rows", "read_bytes", "written_rows", "written_bytes")
+# jobsd refuses longer error messages; a handler's (an SQL engine's, say) is cut to fit rather than refused.
+MAX_ERROR_CHARS = 10_000
 # Used only if a server does not say how often to heartbeat.
 _DEFAULT_HEARTBEAT_INTERVAL = 10.0
 # Errors worth retrying: the server restarts, is overloaded, or the network hiccups.
@@ -80,6 +84,13 @@ _TRANSIENT_CODES = frozenset(
 )
 # Errors no retry can fix: the worker's token or its request is wrong. They end `Worker.run()`.
 _FATAL_ERRORS = (Unauthenticated, PermissionDenied, InvalidArgument, Unimplemented)
+
+
+def _clip(message: str) -> str:
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    marker = " [... truncated]"
+    return message[: MAX_ERROR_CHARS - len(marker)] + marker
 
 
 class JobFailed(Exception):
@@ -323,7 +334,7 @@ class JobContext:
                 return
             update, fields = self._figures.take()
             try:
-                response = await self._client.heartbeat(self.job_id, self._lease_token, update)
+                response = await self._send_heartbeat(update)
             except (FailedPrecondition, NotFound) as exc:
                 self._lose_lease(str(exc))
                 return
@@ -339,6 +350,19 @@ class JobContext:
         if response.cancel_requested and not self._cancel_requested.is_set():
             _log.info("job %s: cancel requested", self.job_id, extra={"job_id": self.job_id})
             self._cancel_requested.set()
+
+    async def _send_heartbeat(self, update: pb.ProgressUpdate | None) -> pb.HeartbeatResponse:
+        try:
+            return await self._client.heartbeat(self.job_id, self._lease_token, update)
+        except InvalidArgument as exc:
+            if update is None:
+                raise
+            # Figures the server refuses (a size limit, say) must not cost the lease: drop them from the
+            # heartbeats (FinishJob still carries them, and ends the job in error if they are refused again).
+            _log.error(
+                "job %s: jobsd refused the reported figures: %s", self.job_id, exc, extra={"job_id": self.job_id}
+            )
+            return await self._client.heartbeat(self.job_id, self._lease_token, None)
 
     async def _heartbeat_forever(self) -> None:
         while not self._lease_lost:
@@ -558,6 +582,8 @@ class Worker:
         # A lease lasts three heartbeat intervals; past that, retrying can only meet a lease that is gone.
         give_up_at = loop.time() + max(3 * ctx._heartbeat_interval, 5.0)
         backoff = _Backoff()
+        refused = False
+        error = _clip(error) if error else error
         while True:
             try:
                 await self._client.finish_job(
@@ -575,11 +601,14 @@ class Worker:
                 _log.warning("job %s: could not finish, job gone: %s", ctx.job_id, exc)
                 return
             except InvalidArgument as exc:
-                if progress is None:
+                if refused:
                     _log.error("job %s: the server refused to finish it: %s", ctx.job_id, exc)
                     return
-                # Never leave a job running because its figures were refused: end it as an error without them.
-                status, error, progress = pb.JOB_STATUS_ERROR, f"jobsd refused the job's final figures: {exc}", None
+                # Never leave a job running because what it reported was refused: settle it without the figures
+                # (a finish becomes an error that says why; a release stays a release).
+                refused, progress = True, None
+                if not release:
+                    status, error = pb.JOB_STATUS_ERROR, _clip(f"jobsd refused the job's final report: {exc}")
                 continue
             except JobsdClientError as exc:
                 if exc.code not in _TRANSIENT_CODES or loop.time() >= give_up_at:
