@@ -45,13 +45,9 @@ _DELIMITERS = (",", ";", "\t", "|")
 _FORMAT_NAMES: dict[str, Format] = {"csv": "csv", "tsv": "csv", "ndjson": "ndjson", "jsonl": "ndjson", "json": "ndjson"}
 
 
-@dataclass(slots=True)
-class Record:
-    """A parsed record; `line` is the file line it starts on (1-based)."""
-
-    line: int
-    # CSV: the fields, aligned with the header. NDJSON: the object.
-    payload: Any
+# A parsed record: (the file line it starts on, 1-based; its payload — CSV: the fields, aligned with the header;
+# NDJSON: the object). A plain tuple because millions are made: a class would cost a Python-level __init__ each.
+Record = tuple[int, Any]
 
 
 @dataclass(slots=True)
@@ -167,14 +163,15 @@ class CsvRecords:
             if len(fields) != width:
                 yield InvalidLine(start, f"has {len(fields)} fields, the header has {width}")
                 continue
-            yield Record(start, fields)
+            yield (start, fields)
 
-    def projector(self, columns: Sequence[str]) -> Callable[[list[str]], list[str | None]]:
-        """Fields -> values in `columns` order; a column missing from the header is None (missing)."""
+    def projector(self, columns: Sequence[str]) -> Callable[[list[str]], list[str | None]] | None:
+        """Fields -> values in `columns` order (a column missing from the header is None: missing); None when the
+        fields already are in that order."""
         index = {name: i for i, name in enumerate(self.header)}
         positions = [index.get(name) for name in columns]
         if positions == list(range(len(self.header))):
-            return lambda fields: list(fields)
+            return None
         return lambda fields: [None if p is None else fields[p] for p in positions]
 
 
@@ -209,7 +206,7 @@ class NdjsonRecords:
             if not isinstance(value, dict):
                 yield InvalidLine(number, f"is JSON but not an object (got {type(value).__name__})")
                 continue
-            yield Record(number, value)
+            yield (number, value)
 
     @staticmethod
     def projector(columns: Sequence[str]) -> Callable[[dict[str, Any]], list[str | None]]:
