@@ -269,3 +269,13 @@ async def test_purge_works_through_large_backlogs_in_batches(sqlite_store: Sqlit
     assert await sqlite_store.purge(end, log_before=end) == 2 * count
     assert await sqlite_store.list_log(LogQuery(workspace_id=ws, limit=10)) == []
     assert await sqlite_store.list_jobs(JobQuery(scope=ReadScope(ws, True), now=T0, limit=10)) == []
+
+
+async def test_an_old_version_that_is_not_what_the_store_holds_loses(sqlite_store: SqliteStore) -> None:
+    # compare_and_set assigns only the indexed columns that change and compares the others, so an `old` that
+    # claims the stored revision but differs from the stored row cannot leave an index out of step with the job.
+    waiting = await sqlite_store.insert_job(new_job(new_workspace_id(), kind="copy", datasource_name="t"))
+    forged = replace(waiting, kind="query")
+    assert not await sqlite_store.compare_and_set(forged, move(forged, Action.CANCEL, T0))
+    assert await sqlite_store.get_job(waiting.id, T0) == waiting
+    assert await sqlite_store.compare_and_set(waiting, move(waiting, Action.CANCEL, T0))
