@@ -1,0 +1,240 @@
+"""Operating jobsd (SPEC §3, §6, §12): gRPC health and reflection, store loss, stop, `jobsd serve` as a real
+process, `jobsd token create`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
+
+from .conftest import Server, bounded, rpc_error
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICES = ("", "jobsd.v1.Jobs", "jobsd.v1.Workers")
+# A fresh interpreter importing grpc, protobuf and jobsd: generous, because the machine is shared.
+PROCESS_START = 60.0
+
+
+async def health_of(channel: grpc.aio.Channel, service: str = "") -> int:
+    response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    return int(response.status)
+
+
+# ---------------------------------------------------------------- health
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=["overall", "Jobs", "Workers"])
+async def test_health_is_serving_after_start(server: Server, service: str) -> None:
+    assert await bounded(health_of(server.channel, service)) == SERVING
+
+
+async def test_health_of_an_unknown_service_is_not_found(server: Server) -> None:
+    error = await rpc_error(health_of(server.channel, "jobsd.v1.Nope"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_store_gone_means_not_serving_and_unavailable(server: Server, tmp_path: Path) -> None:
+    job = await server.create_kind("import")
+    (tmp_path / "jobsd.db").unlink()  # the database file is deleted under the running server
+    assert await bounded(server.app.probe_health()) is False
+    for service in SERVICES:
+        assert await bounded(health_of(server.channel, service)) == NOT_SERVING
+    error = await rpc_error(server.create_kind("import"))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "jobsd.db" in error.details() and "Traceback" not in error.details()
+    error = await rpc_error(server.cancel(job.id))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_health_loop_notices_a_lost_store_by_itself(server: Server, tmp_path: Path) -> None:
+    updates = health_pb2_grpc.HealthStub(server.channel).Watch(health_pb2.HealthCheckRequest(service=""))
+    assert (await bounded(updates.read())).status == SERVING
+    (tmp_path / "jobsd.db").unlink()
+    # No probe is triggered here: the background loop must find out and push the change to watchers.
+    assert (await bounded(updates.read())).status == NOT_SERVING
+    updates.cancel()
+
+
+async def test_health_recovers_when_the_store_answers_again(server: Server, tmp_path: Path) -> None:
+    db = tmp_path / "jobsd.db"
+    db.rename(tmp_path / "elsewhere.db")  # the file is briefly not where the server expects it
+    assert await bounded(server.app.probe_health()) is False
+    assert await bounded(health_of(server.channel)) == NOT_SERVING
+    assert (await rpc_error(server.create_kind("import"))).code() == grpc.StatusCode.UNAVAILABLE
+    (tmp_path / "elsewhere.db").rename(db)  # the same file is back
+    assert await bounded(server.app.probe_health()) is True
+    assert await bounded(health_of(server.channel)) == SERVING
+    job = await server.create_kind("import")
+    assert (await server.get(job.id)).status == pb.JOB_STATUS_WAITING
+
+
+# ---------------------------------------------------------------- reflection
+
+
+async def reflect(channel: grpc.aio.Channel, request: reflection_pb2.ServerReflectionRequest) -> object:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo()
+    await call.write(request)
+    response = await bounded(call.read())
+    await call.done_writing()
+    return response
+
+
+async def test_reflection_lists_the_services(server: Server) -> None:
+    response = await reflect(server.channel, reflection_pb2.ServerReflectionRequest(list_services=""))
+    names = {s.name for s in response.list_services_response.service}  # type: ignore[attr-defined]
+    assert {"jobsd.v1.Jobs", "jobsd.v1.Workers", "grpc.health.v1.Health"} <= names
+
+
+async def test_reflection_describes_the_jobs_api(server: Server) -> None:
+    response = await reflect(
+        server.channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol="jobsd.v1.Jobs")
+    )
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in response.file_descriptor_response.file_descriptor_proto  # type: ignore[attr-defined]
+    ]
+    jobsd_file = next(f for f in files if f.package == "jobsd.v1")
+    methods = {m.name for s in jobsd_file.service for m in s.method}
+    assert {"CreateJob", "WatchJob", "ClaimJob", "FinishJob"} <= methods
+
+
+# ---------------------------------------------------------------- stop
+
+
+async def test_stop_twice_is_safe_and_the_server_is_gone(server: Server) -> None:
+    await bounded(server.app.stop())
+    await bounded(server.app.stop())
+    error = await rpc_error(server.create_kind("import"))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# ---------------------------------------------------------------- the CLI as a real process
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSD_")}
+    env.update(extra)
+    return env
+
+
+async def test_jobsd_serve_comes_up_answers_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    admin = "jobsd_test-admin-token-for-the-serve-test"
+    log = (tmp_path / "serve.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobsd.cli",
+        "serve",
+        "--grpc-addr",
+        f"127.0.0.1:{port}",
+        "--http-addr",
+        "",
+        "--store",
+        f"sqlite:///{tmp_path}/serve.db",
+        "--executors",
+        "off",
+        env=cli_env(JOBSD_ADMIN_TOKEN=admin),
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), timeout=PROCESS_START)
+            assert await bounded(health_of(channel)) == SERVING
+            workspace = await bounded(
+                pb_grpc.JobsStub(channel).GetWorkspace(
+                    pb.GetWorkspaceRequest(), metadata=(("authorization", f"Bearer {admin}"),)
+                )
+            )
+            assert workspace.name == "default" and "ADMIN" in workspace.scopes
+            job = await bounded(
+                pb_grpc.JobsStub(channel).CreateJob(
+                    pb.CreateJobRequest(kind="query", query_sql="SELECT 1"),
+                    metadata=(("authorization", f"Bearer {admin}"),),
+                )
+            )
+            assert job.status == pb.JOB_STATUS_WAITING
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), timeout=30)
+        assert code == 0, (tmp_path / "serve.log").read_text()[-2000:]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        log.close()
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobsd.cli",
+        *args,
+        env=cli_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=PROCESS_START)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_jobsd_token_create_prints_a_token_that_authenticates(server: Server, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/jobsd.db"  # the running server's own store
+    code, out, err = await run_cli(
+        "token", "create", "--workspace", "default", "--scope", "DATASOURCES:READ:events", "--store", store
+    )
+    assert code == 0, err
+    secret = out.strip()
+    assert secret and "\n" not in secret
+    mine = await server.create_kind("import", target="events")
+    await server.create_kind("import", target="clicks")
+    assert await server.list_ids(token=secret) == [mine.id]  # its scope, not more
+    workspace = await server.jobs.GetWorkspace(pb.GetWorkspaceRequest(), metadata=server.md(secret))
+    assert workspace.id == server.workspace_id and list(workspace.scopes) == ["DATASOURCES:READ:events"]
+
+
+async def test_jobsd_token_create_for_every_workspace(server: Server, tmp_path: Path) -> None:
+    code, out, err = await run_cli(
+        "token", "create", "--all-workspaces", "--scope", "JOBS:EXECUTE", "--store", f"sqlite:///{tmp_path}/jobsd.db"
+    )
+    assert code == 0, err
+    job = await server.create_kind("import")
+    claim = await server.workers.ClaimJob(pb.ClaimJobRequest(worker_id="cli"), metadata=server.md(out.strip()))
+    assert claim.job.id == job.id
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--workspace", "default", "--scope", "SUPERUSER"), "scope"),
+        (("--scope", "ADMIN"), "--workspace"),
+        (("--workspace", "default", "--all-workspaces", "--scope", "ADMIN"), "--workspace"),
+    ],
+    ids=["unknown-scope", "no-workspace", "both-workspace-choices"],
+)
+async def test_jobsd_token_create_refuses_bad_arguments(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    code, out, err = await run_cli("token", "create", *args, "--store", f"sqlite:///{tmp_path}/t.db")
+    assert code != 0 and out == ""
+    assert message in err and "Traceback" not in err
