@@ -113,15 +113,26 @@ def _encode_cursor(*parts: object) -> str:
     return base64.urlsafe_b64encode("|".join(str(p) for p in parts).encode()).decode().rstrip("=")
 
 
-def _decode_cursor(token: str, arity: int) -> list[str]:
+_BAD_TOKEN = "is not a page token this server issued"
+# Cursor times must be real instants (year 1..9999); anything else is a forged or corrupted token.
+_MAX_CURSOR_MICROS = 253_402_300_799_999_999
+
+
+def _decode_cursor(token: str, arity: int) -> tuple[datetime, list[str]]:
+    """(the cursor's instant, the remaining parts) or InvalidArgument naming page_token."""
+    if len(token) > 1024:
+        raise InvalidArgument("page_token", _BAD_TOKEN)
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument("page_token", "is not a page token this server issued") from None
+        raise InvalidArgument("page_token", _BAD_TOKEN) from None
     parts = raw.split("|")
     if len(parts) != arity or not parts[0].lstrip("-").isdigit():
-        raise InvalidArgument("page_token", "is not a page token this server issued")
-    return parts
+        raise InvalidArgument("page_token", _BAD_TOKEN)
+    micros = int(parts[0])
+    if not -62_135_596_800_000_000 <= micros <= _MAX_CURSOR_MICROS:
+        raise InvalidArgument("page_token", _BAD_TOKEN)
+    return from_micros(micros), parts[1:]
 
 
 class JobService:
@@ -190,8 +201,8 @@ class JobService:
         workspace_id = principal.workspace(filters.workspace_id)
         after = None
         if page_token:
-            micros, job_id = _decode_cursor(page_token, 2)
-            after = (from_micros(int(micros)), job_id)
+            when, (job_id,) = _decode_cursor(page_token, 2)
+            after = (when, job_id)
         query = JobQuery(
             scope=principal.read_scope(workspace_id),
             now=self.clock.now(),
@@ -221,10 +232,10 @@ class JobService:
             principal.require_admin()
         after = None
         if page_token:
-            micros, job_id, revision = _decode_cursor(page_token, 3)
-            if not revision.isdigit():
-                raise InvalidArgument("page_token", "is not a page token this server issued")
-            after = (from_micros(int(micros)), job_id, int(revision))
+            when, (job_id, revision) = _decode_cursor(page_token, 3)
+            if not revision.isdigit() or len(revision) > 18:
+                raise InvalidArgument("page_token", _BAD_TOKEN)
+            after = (when, job_id, int(revision))
         entries = await self.store.list_log(
             LogQuery(
                 workspace_id=workspace_id,
@@ -486,6 +497,11 @@ class JobService:
             # Re-read after subscribing so no change can fall between the snapshot and the feed.
             job = await self.get_job(principal, job_id)
             last = since_revision
+            if 0 < last < job.revision:
+                # Resuming: replay the status changes the subscriber missed (jobs_log has each of them), so
+                # status transitions are never dropped; progress in between is coalesced into the snapshot.
+                for missed in await self._missed_status_changes(job, last):
+                    yield WatchEvent("status", missed)
             if job.revision > last:
                 yield WatchEvent("snapshot", job)
                 last = job.revision
@@ -506,6 +522,22 @@ class JobService:
         finally:
             self.metrics.watchers.dec()
             self.hub.unsubscribe(sub)
+
+    async def _missed_status_changes(self, job: Job, since_revision: int) -> list[Job]:
+        entries = await self.store.list_log(LogQuery(workspace_id=job.workspace_id, limit=MAX_PAGE, job_id=job.id))
+        missed = sorted((e for e in entries if since_revision < e.revision < job.revision), key=lambda e: e.revision)
+        return [
+            replace(
+                job,
+                status=JobStatus(e.status),
+                revision=e.revision,
+                status_revision=e.revision,
+                updated_at=e.updated_at,
+                started_at=e.started_at,
+                error=e.error,
+            )
+            for e in missed
+        ]
 
     async def watch_jobs(self, principal: Principal, filters: JobFilters) -> AsyncIterator[WatchEvent]:
         workspace_id = principal.workspace(filters.workspace_id)

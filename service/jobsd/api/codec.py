@@ -142,6 +142,8 @@ def progress_from_pb(msg: pb.ProgressUpdate, field: str = "progress") -> Progres
     processed = None
     if msg.HasField("processed_data"):
         d = msg.processed_data
+        if min(d.read_rows, d.read_bytes, d.written_rows, d.written_bytes) < 0:
+            raise InvalidArgument(f"{field}.processed_data", "must not be negative")
         processed = ProcessedData(d.read_rows, d.read_bytes, d.written_rows, d.written_bytes)
     return Progress(
         progress_percentage=pct,
