@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
+from google.protobuf import json_format
 
 from jobsd.app import JobsdApp
 from jobsd_client import AsyncJobsClient, status_name
@@ -40,7 +41,7 @@ async def test_create_then_get_returns_every_field_the_creator_set(client: Async
     assert fetched.id == created.id and fetched.kind == "import"
     assert fetched.url == "https://example.com/events.csv" and fetched.mode == "replace"
     assert fetched.datasource_ref.name == "events" and fetched.datasource_ref.id
-    assert fetched.datasource["columns"][0]["type"] == "Int32"
+    assert json_format.MessageToDict(fetched.datasource)["columns"] == [{"name": "a", "type": "Int32"}]
     assert dict(fetched.params) == {"format": "csv", "skip": 1.0}
 
 
@@ -209,7 +210,7 @@ async def test_bad_input_is_refused_locally_naming_the_field(client: AsyncJobsCl
         await client.list_jobs(status="finished")
     assert status.value.field == "status"
     with pytest.raises(InvalidArgument) as params:
-        await client.create_job("query", params={"sql": object()})  # type: ignore[dict-item]
+        await client.create_job("query", params={"sql": object()})
     assert params.value.field == "params"
     with pytest.raises(InvalidArgument) as finish:
         await client.finish_job("job", "lease")
@@ -232,7 +233,7 @@ async def test_a_supplied_channel_stays_open_after_the_client_closes(jobsd: Jobs
         async with AsyncJobsClient(jobsd.target, jobsd.admin, channel=channel) as second:
             assert (await second.get_workspace()).name == "default"
     finally:
-        await channel.close()
+        await channel.close(None)
 
 
 async def test_follow_job_resumes_after_a_server_restart(tmp_path: Path, jobsd: Jobsd, client: AsyncJobsClient) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +14,16 @@ import grpc.aio
 import pytest
 
 from jobsd.app import JobsdApp
-from jobsd_client import AsyncJobsClient, JobCancelled, JobContext, JobFailed, Worker, run_until_signalled, status_name
+from jobsd_client import (
+    AsyncJobsClient,
+    Handler,
+    JobCancelled,
+    JobContext,
+    JobFailed,
+    Worker,
+    run_until_signalled,
+    status_name,
+)
 from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client.errors import InvalidArgument, Unauthenticated
 from jobsd_client.worker import MAX_ERROR_CHARS
@@ -21,8 +31,10 @@ from jobsd_client.worker import MAX_ERROR_CHARS
 from .conftest import HEARTBEAT_SECONDS, PATIENCE, Jobsd, create_import, jobsd_settings, running, wait_for_status
 
 
-def make_worker(jobsd: Jobsd, handlers: dict[str, object], **options: object) -> Worker:
-    return Worker(jobsd.target, jobsd.worker, handlers, wait_seconds=1.0, **options)  # type: ignore[arg-type]
+def make_worker(jobsd: Jobsd, handlers: Mapping[str, Handler], *, concurrency: int = 1, worker_id: str = "") -> Worker:
+    return Worker(
+        jobsd.target, jobsd.worker, handlers, worker_id=worker_id or None, concurrency=concurrency, wait_seconds=1.0
+    )
 
 
 async def test_a_job_runs_to_done_and_a_watcher_sees_its_progress(jobsd: Jobsd, client: AsyncJobsClient) -> None:
