@@ -12,6 +12,7 @@ times the average row size of the data source each was scanned from, `written_ro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from jobsd.executors.abortable import Interrupted, run_interruptible
 from jobsd.executors.context import ExecutionContext, JobInput
 from jobsd.executors.dataplane import DataPlane, Session, TableStats
 from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
-from jobsd.executors.sqltext import check_select, sql_failure
+from jobsd.executors.sqltext import check_select, split_qualified_name, sql_failure
 
 __all__ = ["CopyOutcome", "run_copy", "scanned_bytes"]
 
@@ -43,7 +44,8 @@ def _scans(operator: dict[str, Any]) -> Iterator[tuple[str, int]]:
     table = (operator.get("extra_info") or {}).get("Table")
     if table and "rows_scanned" in operator:
         yield str(table), int(operator["rows_scanned"])
-    for child in operator.get("children") or ():
+    # The profile's root lists its plan under "operator"; operators list theirs under "children".
+    for child in (*(operator.get("operator") or ()), *(operator.get("children") or ())):
         yield from _scans(child)
 
 
@@ -54,7 +56,7 @@ def scanned_bytes(session: Session, profile: dict[str, Any]) -> tuple[int, int]:
     average: dict[str, float] = {}
     for table, scanned in _scans(profile):
         if table not in average:
-            parts = table.rsplit(".", 2)
+            parts = split_qualified_name(table)
             stats = session.table_stats(parts[-2], parts[-1]) if len(parts) >= 2 else TableStats(0, 0)
             average[table] = stats.bytes / stats.row_count if stats.row_count else 0.0
         total_bytes += round(scanned * average[table])
@@ -81,7 +83,9 @@ def _copy(session: Session, stopping: threading.Event, job: JobInput, target: st
                 row = session.execute(f"INSERT INTO {source.table_sql} BY NAME SELECT * FROM ({sql})").fetchone()
                 profile = json.loads(session.cursor.get_profiling_information(format="json"))
             finally:
-                session.execute("PRAGMA disable_profiling")
+                # Fails inside a transaction the INSERT aborted; the cursor is closed after this step anyway.
+                with contextlib.suppress(duckdb.Error):
+                    session.execute("PRAGMA disable_profiling")
             after = session.stats(source)
             session.touch(source)
     except duckdb.InterruptException:

@@ -35,7 +35,7 @@ from jobsd.errors import AlreadyExists, InvalidArgument, NotFound
 from jobsd.executors.coltypes import Column, ColumnType, parse_column_type, type_from_duckdb
 from jobsd.executors.errors import ExecutionFailed
 from jobsd.executors.ids import new_datasource_id
-from jobsd.executors.sqltext import NAME_PATTERN, describe_duckdb_error, quote_ident
+from jobsd.executors.sqltext import NAME_PATTERN, describe_duckdb_error, quote_ident, split_qualified_name
 
 __all__ = [
     "INTERNAL_SCHEMA",
@@ -277,7 +277,9 @@ class Session:
             names = self.cursor.get_table_names(sql, qualified=True)
         except duckdb.Error as error:
             raise ExecutionFailed(f"Invalid SQL in {what}: {describe_duckdb_error(error)}") from None
-        outside = sorted(name for name in names if "." in name and name.split(".", 1)[0].strip('"') != workspace)
+        outside = sorted(
+            name for name in names if len(parts := split_qualified_name(name)) > 1 and parts[0] != workspace
+        )
         if outside:
             raise ExecutionFailed(
                 f"Invalid SQL in {what}: it may only read this workspace's data sources, by name "

@@ -41,7 +41,7 @@ from jobsd.executors.sqltext import quote_ident
 
 __all__ = ["BATCH_BYTES", "BATCH_ROWS", "MAX_LINE_ERRORS", "ImportOutcome", "ImportProgress", "ImportRequest", "Loader"]
 
-BATCH_ROWS = 10_000
+BATCH_ROWS = 5_000
 # ASCII record separator: joins a batch's column into one bound string (see Loader._insert_raw).
 _SEPARATOR = "\x1e"
 BATCH_BYTES = 4 * 1024 * 1024

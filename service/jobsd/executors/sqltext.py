@@ -20,6 +20,7 @@ __all__ = [
     "check_select",
     "describe_duckdb_error",
     "quote_ident",
+    "split_qualified_name",
     "sql_failure",
 ]
 
@@ -30,6 +31,14 @@ NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 def quote_ident(name: str) -> str:
     """A DuckDB quoted identifier: any string, embedded quotes doubled."""
     return '"' + name.replace('"', '""') + '"'
+
+
+_NAME_PART = re.compile(r'"((?:[^"]|"")*)"|([^."]+)')
+
+
+def split_qualified_name(name: str) -> list[str]:
+    """`db."my schema".t` -> ["db", "my schema", "t"] (DuckDB writes qualified names like this)."""
+    return [quoted.replace('""', '"') if quoted else plain for quoted, plain in _NAME_PART.findall(name)]
 
 
 def describe_duckdb_error(error: BaseException) -> str:
