@@ -137,7 +137,7 @@ async def test_cancellation_is_streamed_until_the_worker_stops(gw: Gateway) -> N
     assert (rest[-1]["event"], rest[-1]["data"]["status"]) == ("status", "cancelled")
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "9223372036854775808", "27074771407444662812672"])
 async def test_a_bad_last_event_id_is_a_400_naming_it(gw: Gateway, value: str) -> None:
     job = await gw.create("import")
 

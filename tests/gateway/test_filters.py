@@ -154,7 +154,7 @@ async def test_next_link_keeps_the_filters(gw: Gateway) -> None:
     assert pages == [[imports[2]], [imports[1]], [imports[0]]]
 
 
-@pytest.mark.parametrize("value", ["0", "101", "-1", "abc", "1.5"])
+@pytest.mark.parametrize("value", ["0", "101", "-1", "abc", "1.5", ""])
 async def test_a_bad_limit_is_a_400_naming_limit(gw: Gateway, value: str) -> None:
     reply = await gw.get("/v0/jobs", params={"limit": value})
 

@@ -249,6 +249,20 @@ _SCHEMAS: dict[str, Schema] = {
         },
         "additionalProperties": False,
     },
+    "JobEvent": {
+        "type": "object",
+        "description": "One Server-Sent Event (OpenAPI 3.0: the schema of a stream describes each event).",
+        "required": ["event", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": r"^\d+$", "description": "The job's revision"},
+            "event": {"type": "string", "enum": ["snapshot", "status", "progress", "error"]},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"anyOf": [_ref("JobDetail"), _ref("Error")]},
+            },
+        },
+    },
     "Status": {
         "type": "object",
         "required": ["status"],
@@ -268,12 +282,13 @@ def _param(name: str, description: str, schema: Schema | None = None, where: str
     }
 
 
-# ISO 8601 as the reference shows it (`2023-06-15T18:13:25.855Z`), offsets, or a bare date. The pattern admits only
-# real dates (days 01-28), so every value it describes is accepted; anything else is the documented 400.
+# ISO 8601 as the reference shows it (`2023-06-15T18:13:25.855Z`), offsets, or a bare date; empty is ignored. The
+# pattern admits only real dates (days 01-28), so every value it describes is accepted; anything else is the
+# documented 400.
 _ISO_DATE: Schema = {
     "type": "string",
-    "pattern": r"^(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-8])"
-    r"(T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,6})?)?(Z|[+-](0\d|1[0-3]):[0-5]\d)?)?$",
+    "pattern": r"^((19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-8])"
+    r"(T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,6})?)?(Z|[+-](0\d|1[0-3]):[0-5]\d)?)?)?$",
 }
 
 _FILTERS: list[Schema] = [
@@ -288,6 +303,7 @@ _FILTERS: list[Schema] = [
     _param("limit", "Page size, 1-100 (default 100).", {"type": "integer", "minimum": 1, "maximum": 100}),
     _param("page_token", "The page to read, as carried by the `next` link."),
 ]
+_REVISION: Schema = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 _JOB_ID = _param("id", "The job id.", where="path")
 
 
@@ -345,13 +361,14 @@ def openapi_document() -> dict[str, Any]:
             "get": _operation(
                 "The job's changes as Server-Sent Events until it ends",
                 {
-                    "description": "`id: <revision>`, `event: snapshot|status|progress`, `data: <job detail JSON>`",
-                    "content": {"text/event-stream": {"schema": _str()}},
+                    "description": "`id: <revision>`, `event: snapshot|status|progress`, `data: <job detail JSON>`; "
+                    "a failure after the stream opened is `event: error` with an error body",
+                    "content": {"text/event-stream": {"schema": _ref("JobEvent")}},
                 },
                 [
                     _JOB_ID,
-                    _param("Last-Event-ID", "Resume after this revision.", {"type": "integer", "minimum": 0}, "header"),
-                    _param("since_revision", "Resume after this revision.", {"type": "integer", "minimum": 0}),
+                    _param("Last-Event-ID", "Resume after this revision.", _REVISION, "header"),
+                    _param("since_revision", "Resume after this revision.", _REVISION),
                 ],
                 job_op_errors,
             )

@@ -71,9 +71,10 @@ def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
 
 
 def page_size(query: Mapping[str, str]) -> int:
-    """`limit` (1-100); absent means the most a page holds."""
+    """`limit` (1-100); absent means the most a page holds. Unlike the filters, an empty limit is an error: it is
+    this gateway's extension, and a page size nobody can see is better refused than guessed."""
     raw = query.get("limit")
-    if raw is None or raw == "":
+    if raw is None:
         return MAX_PAGE_SIZE
     try:
         value = int(raw)

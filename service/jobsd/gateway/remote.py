@@ -42,7 +42,7 @@ class GrpcJobsApi:
 
     def __init__(self, target: str, *, timeout_seconds: float = _DEFAULT_TIMEOUT_SECONDS) -> None:
         self._channel = grpc.aio.insecure_channel(target)
-        self._jobs: Any = jobs_pb2_grpc.JobsStub(self._channel)  # type: ignore[no-untyped-call]
+        self._jobs: Any = jobs_pb2_grpc.JobsStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._timeout = timeout_seconds
 

@@ -23,11 +23,13 @@ from aiohttp import web
 from jobsd.errors import InvalidArgument, JobsdError
 from jobsd_client._proto import jobs_pb2 as pb
 
-__all__ = ["EventStreamOptions", "since_revision", "stream_job_events"]
+__all__ = ["MAX_REVISION", "EventStreamOptions", "since_revision", "stream_job_events"]
 
 log = logging.getLogger("jobsd.gateway")
 
 _TYPE_PREFIX = "TYPE_"
+# Revisions are int64 on the wire.
+MAX_REVISION = 2**63 - 1
 _UNEXPECTED = "The event stream failed unexpectedly; reconnect with Last-Event-ID to resume"
 
 
@@ -65,8 +67,8 @@ def since_revision(headers: Mapping[str, str], query: Mapping[str, str]) -> int:
             value = int(raw.strip())
         except ValueError:
             value = -1
-        if value < 0:
-            raise InvalidArgument(name, f"must be a revision number (an integer >= 0), got {raw!r}")
+        if not 0 <= value <= MAX_REVISION:
+            raise InvalidArgument(name, f"must be a revision number (an integer from 0 to {MAX_REVISION}), got {raw!r}")
         return value
     return 0
 
