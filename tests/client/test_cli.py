@@ -186,29 +186,27 @@ async def test_create_prints_the_id_and_how_to_follow_it(jobsd: Jobsd, client: A
 
 
 async def test_errors_are_one_clean_line_on_stderr(jobsd: Jobsd) -> None:
-    code, out, err = await jobsctl("ls", target=jobsd.target, token="jobsd_wrong-token")
+    target, admin = jobsd.target, jobsd.admin
+    # Independent invocations, run side by side to keep the test quick.
+    bad_token, missing, bad_url, unreachable, no_token, token_create, bad_date = await asyncio.gather(
+        jobsctl("ls", target=target, token="jobsd_wrong-token"),
+        jobsctl("details", "no-such-job", target=target, token=admin),
+        jobsctl("import", "ftp://example.com/x.csv", "--datasource", "events", target=target, token=admin),
+        jobsctl("ls", target="127.0.0.1:1", token=admin),
+        jobsctl("ls", target=target, token=""),
+        jobsctl("token", "create", target=target, token=admin),
+        jobsctl("ls", "--created-after", "yesterday", target=target, token=admin),
+    )
+    code, out, err = bad_token
     assert (code, out) == (1, "")
     assert err.startswith("error: ") and "token" in err and "Traceback" not in err and err.count("\n") == 1
-
-    code, _, err = await jobsctl("details", "no-such-job", target=jobsd.target, token=jobsd.admin)
-    assert (code, err) == (1, 'error: Job with id "no-such-job" not found\n')
-
-    code, _, err = await jobsctl(
-        "import", "ftp://example.com/x.csv", "--datasource", "events", target=jobsd.target, token=jobsd.admin
-    )
-    assert code == 1 and err.startswith("error: url: ")
-
-    code, _, err = await jobsctl("ls", target="127.0.0.1:1", token=jobsd.admin)
-    assert code == 1 and err.startswith("error: cannot reach jobsd at 127.0.0.1:1")
-
-    code, _, err = await jobsctl("ls", target=jobsd.target, token="")
-    assert (code, err) == (1, "error: no token: pass --token or set JOBSD_TOKEN\n")
-
-    code, _, err = await jobsctl("token", "create", target=jobsd.target, token=jobsd.admin)
-    assert code == 1 and "jobsd token create" in err
-
-    code, _, err = await jobsctl("ls", "--created-after", "yesterday", target=jobsd.target, token=jobsd.admin)
-    assert code == 2 and err.splitlines()[-1] == "error: argument --created-after: invalid ISO 8601 date 'yesterday'"
+    assert missing[0::2] == (1, 'error: Job with id "no-such-job" not found\n')
+    assert bad_url[0] == 1 and bad_url[2].startswith("error: url: ")
+    assert unreachable[0] == 1 and unreachable[2].startswith("error: cannot reach jobsd at 127.0.0.1:1")
+    assert no_token[0::2] == (1, "error: no token: pass --token or set JOBSD_TOKEN\n")
+    assert token_create[0] == 1 and "jobsd token create" in token_create[2]
+    assert bad_date[0] == 2
+    assert bad_date[2].splitlines()[-1] == "error: argument --created-after: invalid ISO 8601 date 'yesterday'"
 
 
 async def test_flags_override_the_environment(jobsd: Jobsd) -> None:
