@@ -373,17 +373,23 @@ class SqliteStore:
     async def list_jobs(self, query: JobQuery) -> list[Job]:
         if query.limit < 1:
             raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
+        statements = self._list_statements(query)
         with self._guard("list jobs"):
             conn = self._open_connection()
-            pages = [conn.execute(sql, params).fetchall() for sql, params in self._list_statements(query)]
-        if len(pages) == 1:
-            rows: Iterator[Any] = iter(pages[0])
-        else:
-            # Narrow scope: one indexed query per readable data source / pipe, merged newest first. A job on both a
-            # readable data source and a readable pipe comes back from two queries; keep it once.
-            merged = heapq.merge(*pages, key=lambda r: (r[0], r[1]), reverse=True)
-            rows = _unique_by_id(merged)
-        return [_job_from_doc(r[2]) for r in islice(rows, query.limit)]
+            if len(statements) == 1:
+                sql, params = statements[0]
+                return [_job_from_doc(r[2]) for r in conn.execute(sql, params).fetchall()]
+            # Narrow scope: one indexed query per readable data source / pipe, merged newest first and read lazily
+            # (a token with many names reads about `limit` rows, not `limit` per name). A job on both a readable
+            # data source and a readable pipe comes back from two queries; keep it once.
+            cursors = [conn.execute(sql, params) for sql, params in statements]
+            try:
+                merged = heapq.merge(*cursors, key=lambda r: (r[0], r[1]), reverse=True)
+                docs = [r[2] for r in islice(_unique_by_id(merged), query.limit)]
+            finally:
+                for cursor in cursors:
+                    cursor.close()
+        return [_job_from_doc(doc) for doc in docs]
 
     def explain_list_jobs(self, query: JobQuery) -> list[list[str]]:
         """EXPLAIN QUERY PLAN of each statement `list_jobs(query)` runs: one list of plan lines per statement."""
