@@ -130,9 +130,10 @@ async def assert_gone(server: Server, job_id: str) -> None:
 async def test_a_job_vanishes_at_exactly_created_plus_48h(server: Server, state: str) -> None:
     job = await server.create_kind("import")
     created = server.clock.now()
-    other = await server.create_kind("import")  # same instant: must vanish together
+    other = await server.create_kind("query", target=None)  # same instant: must vanish together
     if state == "done":
-        claim = await server.claim_job(job.id)
+        claim = await server.claim(kinds=("import",))
+        assert claim.job.id == job.id
         server.clock.advance(timedelta(seconds=20))
         await server.finish(job.id, claim.lease_token, pb.JOB_STATUS_DONE)
     elif state == "cancelled":
