@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -310,3 +311,33 @@ def test_worker_options_are_checked_up_front() -> None:
     with pytest.raises(InvalidArgument) as concurrency:
         Worker("127.0.0.1:1", "t", {"import": lambda ctx: asyncio.sleep(0)}, concurrency=0)
     assert concurrency.value.field == "concurrency"
+
+
+def test_a_worker_built_before_the_event_loop_runs_works(tmp_path: Path) -> None:
+    """`worker = Worker(...)` then `asyncio.run(...)`: the gRPC channel must bind to the loop that runs it."""
+    with socket.socket() as probe:  # a free port to give the server and the worker before either exists
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = asyncio.Event()
+
+    async def handle(ctx: JobContext) -> None:
+        done.set()
+
+    service_token = "jobsd_test-service-token"  # JOBS:CREATE and JOBS:EXECUTE on every workspace
+    app = JobsdApp(jobsd_settings(tmp_path, f"127.0.0.1:{port}").with_changes(service_token=service_token))
+    worker = Worker(f"127.0.0.1:{port}", service_token, {"query": handle}, wait_seconds=1)
+    service_client = AsyncJobsClient(f"127.0.0.1:{port}", service_token, timeout=PATIENCE)
+
+    async def scenario() -> None:
+        await app.start()
+        try:
+            async with running(worker), service_client:
+                workspace_id = await app.workspace_id_of("default")
+                job = await service_client.create_job("query", params={"sql": "select 1"}, workspace_id=workspace_id)
+                async with asyncio.timeout(PATIENCE):
+                    await done.wait()
+                assert (await wait_for_status(service_client, job.id, pb.JOB_STATUS_DONE)).id == job.id
+        finally:
+            await app.stop()
+
+    asyncio.run(scenario())

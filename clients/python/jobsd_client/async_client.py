@@ -51,9 +51,10 @@ class AsyncJobsClient:
         self.target = target
         self.timeout = timeout
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self._jobs: Any = jobs_pb2_grpc.JobsStub(self._channel)
-        self._workers: Any = jobs_pb2_grpc.WorkersStub(self._channel)
+        # Our own channel is made on first use: grpc.aio binds a channel to the event loop running when it is
+        # made, so a client built before `asyncio.run(...)` must not make it in __init__.
+        self._channel: grpc.aio.Channel | None = channel
+        self._stubs: tuple[Any, Any] | None = None
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
 
     async def __aenter__(self) -> AsyncJobsClient:
@@ -66,8 +67,23 @@ class AsyncJobsClient:
 
     async def close(self) -> None:
         """Close the channel if this client created it (a caller-supplied channel stays open). Safe twice."""
-        if self._owns_channel:
+        if self._owns_channel and self._channel is not None:
             await self._channel.close(None)
+
+    @property
+    def _jobs(self) -> Any:
+        return self._connect()[0]
+
+    @property
+    def _workers(self) -> Any:
+        return self._connect()[1]
+
+    def _connect(self) -> tuple[Any, Any]:
+        if self._stubs is None:
+            if self._channel is None:
+                self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            self._stubs = (jobs_pb2_grpc.JobsStub(self._channel), jobs_pb2_grpc.WorkersStub(self._channel))
+        return self._stubs
 
     async def _unary(self, method: Any, request: Any, deadline: float | None = None) -> Any:
         try:
@@ -77,8 +93,8 @@ class AsyncJobsClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
 
-    async def _stream(self, method: Any, request: Any) -> AsyncGenerator[pb.JobEvent, None]:
-        call = method(request, metadata=self._metadata)
+    async def _stream(self, method_name: str, request: Any) -> AsyncGenerator[pb.JobEvent, None]:
+        call = getattr(self._jobs, method_name)(request, metadata=self._metadata)
         try:
             async for event in call:
                 yield cast(pb.JobEvent, event)
@@ -165,7 +181,7 @@ class AsyncJobsClient:
         """The job's events: a SNAPSHOT (or, with `since_revision`, every revision after it), then each change;
         the iteration ends after the terminal state. Leaving early? `aclose()` it (or use `contextlib.aclosing`)
         to end the server-side stream at once rather than when the generator is collected."""
-        return self._stream(self._jobs.WatchJob, pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
+        return self._stream("WatchJob", pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
 
     async def follow_job(
         self, job_id: str, since_revision: int = 0, *, reconnect_seconds: float = 30.0
@@ -209,7 +225,7 @@ class AsyncJobsClient:
         request = req.watch_jobs_request(
             kind=kind, status=status, pipe_id=pipe_id, pipe_name=pipe_name, workspace_id=workspace_id
         )
-        return self._stream(self._jobs.WatchJobs, request)
+        return self._stream("WatchJobs", request)
 
     async def create_job(
         self,
