@@ -9,10 +9,10 @@ import pty
 import sys
 from datetime import timedelta
 
-from jobsd_client import AsyncJobsClient
+from jobsd_client import AsyncJobsClient, JobContext, Worker
 from jobsd_client._proto import jobs_pb2 as pb
 
-from .conftest import PATIENCE, Jobsd, create_import, jobsctl
+from .conftest import PATIENCE, Jobsd, create_import, jobsctl, running
 
 
 async def test_ls_prints_a_table_and_filters(jobsd: Jobsd, client: AsyncJobsClient) -> None:
@@ -254,3 +254,17 @@ async def test_watch_on_a_terminal_redraws_one_line_in_place(
     assert bar.startswith("\r") and bar.endswith("\x1b[K")  # drawn over itself, then cleared to the end
     assert "100.0%" in bar and "done" in bar and "rows 3" in bar and "2.0 kB" in bar
     assert summary == f"Job {job.id} done"
+
+
+async def test_create_with_watch_follows_the_job_to_its_end(jobsd: Jobsd, client: AsyncJobsClient) -> None:
+    async def handle(ctx: JobContext) -> None:
+        ctx.report(statistics={"row_count": 1, "bytes": 8})
+
+    worker = Worker(jobsd.target, jobsd.worker, {"query": handle}, wait_seconds=1)
+    async with running(worker):
+        code, out, err = await jobsctl("query", "--sql", "select 1", "--watch", target=jobsd.target, token=jobsd.admin)
+    lines = out.splitlines()
+    job_id = lines[0].split()[1]
+    assert (code, err) == (0, "")
+    assert lines[0] == f"Job {job_id} (query) created: waiting"
+    assert "done" in lines[-2] and "rows 1" in lines[-2] and lines[-1] == f"Job {job_id} done"
