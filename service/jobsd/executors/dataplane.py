@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -488,6 +488,21 @@ class DataPlane:
         if self._pool is None:
             raise RuntimeError("the data plane is not open")
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._session_call, fn)
+
+    @contextlib.asynccontextmanager
+    async def writes_paused(self) -> AsyncIterator[None]:
+        """Hold every writer at its next write (reads go on): e.g. for a consistent copy of the file."""
+        acquired = asyncio.get_running_loop().run_in_executor(None, self._write_lock.acquire)
+        try:
+            await asyncio.shield(acquired)
+        except asyncio.CancelledError:
+            # The thread still takes the lock: give it back as soon as it has it.
+            acquired.add_done_callback(lambda _: self._write_lock.release())
+            raise
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     async def create_datasource(
         self,
