@@ -24,13 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import random
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -38,7 +37,6 @@ import grpc.aio
 from google.protobuf import json_format
 
 from jobsd_client._proto import jobs_pb2 as pb
-from jobsd_client._requests import to_struct
 from jobsd_client.async_client import AsyncJobsClient
 from jobsd_client.errors import (
     FailedPrecondition,
@@ -49,6 +47,7 @@ from jobsd_client.errors import (
     Unauthenticated,
     Unimplemented,
 )
+from jobsd_client.figures import QUERY_STATUSES, Figures, validate_report
 
 __all__ = [
     "MAX_ERROR_CHARS",
@@ -63,9 +62,6 @@ __all__ = [
 
 _log = logging.getLogger("jobsd_client.worker")
 
-QUERY_STATUSES = frozenset({"waiting", "working", "done", "error", "cancelled"})
-_STATISTICS_KEYS = ("bytes", "row_count")
-_PROCESSED_DATA_KEYS = ("read_rows", "read_bytes", "written_rows", "written_bytes")
 # jobsd refuses longer error messages; a handler's (an SQL engine's, say) is cut to fit rather than refused.
 MAX_ERROR_CHARS = 10_000
 # Used only if a server does not say how often to heartbeat.
@@ -123,96 +119,6 @@ class _Backoff:
         self._attempt = 0
 
 
-def _non_negative_int(field: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument.for_field(field, f"expected an integer, got {value!r}")
-    if value < 0:
-        raise InvalidArgument.for_field(field, f"must not be negative, got {value}")
-    return value
-
-
-def _figures(field: str, value: Mapping[str, int], keys: Sequence[str]) -> dict[str, int]:
-    if not isinstance(value, Mapping):
-        raise InvalidArgument.for_field(field, f"expected a mapping of {', '.join(keys)}")
-    unknown = sorted(set(value) - set(keys))
-    if unknown:
-        raise InvalidArgument.for_field(field, f"unknown key(s) {', '.join(unknown)}; expected {', '.join(keys)}")
-    return {key: _non_negative_int(f"{field}.{key}", figure) for key, figure in value.items()}
-
-
-def _queries(value: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise InvalidArgument.for_field("queries", "expected a list of {query_id, status}")
-    queries = []
-    for index, query in enumerate(value):
-        field = f"queries[{index}]"
-        if not isinstance(query, Mapping):
-            raise InvalidArgument.for_field(field, "expected a mapping with query_id and status")
-        query_id, status = query.get("query_id"), query.get("status")
-        if not isinstance(query_id, str) or not query_id:
-            raise InvalidArgument.for_field(f"{field}.query_id", "must be a non-empty string")
-        if status not in QUERY_STATUSES:
-            raise InvalidArgument.for_field(
-                f"{field}.status", f"must be one of {', '.join(sorted(QUERY_STATUSES))}, got {status!r}"
-            )
-        queries.append({"query_id": query_id, "status": str(status)})
-    return queries
-
-
-class _Figures:
-    """Everything a handler reported, and which parts changed since they were last sent.
-
-    Values are cumulative (statistics and processed_data merge key by key), so a heartbeat lost in transit only
-    has to mark its fields dirty again, and FinishJob can always send the whole picture.
-    """
-
-    def __init__(self) -> None:
-        self._values: dict[str, Any] = {}
-        self._dirty: set[str] = set()
-
-    def merge(self, changes: Mapping[str, Any]) -> None:
-        for name, value in changes.items():
-            if name in ("statistics", "processed_data"):
-                value = {**self._values.get(name, {}), **value}
-            self._values[name] = value
-            self._dirty.add(name)
-
-    def take(self) -> tuple[pb.ProgressUpdate | None, set[str]]:
-        """The changed figures as an update (None if nothing changed); they count as sent until `restore`."""
-        taken, self._dirty = self._dirty, set()
-        return (self._update(taken) if taken else None), taken
-
-    def add_errors(self, errors: Sequence[str]) -> None:
-        self.merge({"errors": [*self._values.get("errors", []), *errors]})
-
-    def restore(self, fields: Iterable[str]) -> None:
-        self._dirty.update(fields)
-
-    def everything(self) -> pb.ProgressUpdate | None:
-        return self._update(set(self._values)) if self._values else None
-
-    def _update(self, fields: set[str]) -> pb.ProgressUpdate:
-        values = self._values
-        update = pb.ProgressUpdate()
-        if "progress_percentage" in fields:
-            update.progress_percentage = values["progress_percentage"]
-        if "queries" in fields:
-            update.queries.extend(pb.QueryProgress(**q) for q in values["queries"])
-        if "statistics" in fields:
-            update.statistics.CopyFrom(pb.Statistics(**values["statistics"]))
-        if "quarantine_rows" in fields:
-            update.quarantine_rows = values["quarantine_rows"]
-        if "invalid_lines" in fields:
-            update.invalid_lines = values["invalid_lines"]
-        if "processed_data" in fields:
-            update.processed_data.CopyFrom(pb.ProcessedData(**values["processed_data"]))
-        if "result" in fields:
-            update.result.CopyFrom(values["result"])
-        if "errors" in fields:
-            update.errors.extend(values["errors"])
-        return update
-
-
 class JobContext:
     """What a handler gets: the claimed job, its inputs, a way to report figures, and the cancel signal."""
 
@@ -234,7 +140,7 @@ class JobContext:
         self._lease_token = lease_token
         self._client = client
         self._heartbeat_interval = heartbeat_interval
-        self._figures = _Figures()
+        self._figures = Figures()
         self._cancel_requested = asyncio.Event()
         # One heartbeat at a time, so figures reach the server in the order they were reported.
         self._heartbeat_lock = asyncio.Lock()
@@ -273,35 +179,18 @@ class JobContext:
 
         Validated as a whole first: a bad figure raises `InvalidArgument` naming it, and nothing is merged.
         """
-        changes: dict[str, Any] = {}
-        if progress_percentage is not None:
-            if (
-                isinstance(progress_percentage, bool)
-                or not isinstance(progress_percentage, int | float)
-                or not math.isfinite(progress_percentage)
-                or not 0 <= progress_percentage <= 100
-            ):
-                raise InvalidArgument.for_field(
-                    "progress_percentage", f"must be a number from 0 to 100, got {progress_percentage!r}"
-                )
-            changes["progress_percentage"] = float(progress_percentage)
-        if queries is not None:
-            changes["queries"] = _queries(queries)
-        if statistics is not None:
-            changes["statistics"] = _figures("statistics", statistics, _STATISTICS_KEYS)
-        if quarantine_rows is not None:
-            changes["quarantine_rows"] = _non_negative_int("quarantine_rows", quarantine_rows)
-        if invalid_lines is not None:
-            changes["invalid_lines"] = _non_negative_int("invalid_lines", invalid_lines)
-        if processed_data is not None:
-            changes["processed_data"] = _figures("processed_data", processed_data, _PROCESSED_DATA_KEYS)
-        if result is not None:
-            changes["result"] = to_struct(result, "result")
-        if errors is not None:
-            if isinstance(errors, str | bytes) or not all(isinstance(e, str) for e in errors):
-                raise InvalidArgument.for_field("errors", "expected a list of strings")
-            changes["errors"] = list(errors)
-        self._figures.merge(changes)
+        self._figures.merge(
+            validate_report(
+                progress_percentage=progress_percentage,
+                queries=queries,
+                statistics=statistics,
+                quarantine_rows=quarantine_rows,
+                invalid_lines=invalid_lines,
+                processed_data=processed_data,
+                result=result,
+                errors=errors,
+            )
+        )
 
     async def flush(self) -> None:
         """Send the pending figures now (also refreshes `cancel_requested`).
