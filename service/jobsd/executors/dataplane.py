@@ -516,7 +516,7 @@ class DataPlane:
     ) -> DataSource:
         validate_datasource_name(name)
         parsed = tuple(c for c in columns if isinstance(c, Column))
-        if len(parsed) != len(columns):
+        if not parsed or len(parsed) != len(columns):
             parsed = parse_columns(columns)
         return await self.run(
             lambda s: s.create(workspace, name, parsed, type=type, description=description, engine=engine)
