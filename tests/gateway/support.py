@@ -97,29 +97,31 @@ class Gateway:
         return await self.app.api.create_job(token or self.admin, pb.CreateJobRequest(kind=kind, **fields))
 
     async def claim(self, kind: str) -> pb.ClaimJobResponse:
-        claimed = await self.workers.ClaimJob(
+        claimed: pb.ClaimJobResponse = await self.workers.ClaimJob(
             pb.ClaimJobRequest(worker_id="gateway-tests", kinds=[kind], wait_seconds=0), metadata=self.md(self.worker)
         )
         assert claimed.HasField("job"), f"no {kind} job to claim"
         return claimed
 
     async def heartbeat(self, claim: pb.ClaimJobResponse, progress: pb.ProgressUpdate) -> pb.HeartbeatResponse:
-        return await self.workers.Heartbeat(
+        response: pb.HeartbeatResponse = await self.workers.Heartbeat(
             pb.HeartbeatRequest(job_id=claim.job.id, lease_token=claim.lease_token, progress=progress),
             metadata=self.md(self.worker),
         )
+        return response
 
     async def finish(
         self,
         claim: pb.ClaimJobResponse,
-        status: int = pb.JOB_STATUS_DONE,
+        status: pb.JobStatus = pb.JOB_STATUS_DONE,
         progress: pb.ProgressUpdate | None = None,
         error: str = "",
     ) -> pb.Job:
         request = pb.FinishJobRequest(job_id=claim.job.id, lease_token=claim.lease_token, status=status, error=error)
         if progress is not None:
             request.progress.CopyFrom(progress)
-        return await self.workers.FinishJob(request, metadata=self.md(self.worker))
+        finished: pb.Job = await self.workers.FinishJob(request, metadata=self.md(self.worker))
+        return finished
 
     async def run(self, kind: str, progress: pb.ProgressUpdate | None = None, **overrides: Any) -> pb.Job:
         """A job of `kind`, created, claimed and finished as done."""

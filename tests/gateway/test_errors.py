@@ -147,7 +147,7 @@ class _ExplodingApi:
 async def test_an_unexpected_exception_is_a_generic_500_and_a_log_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = GatewayServer(_ExplodingApi(), make_settings(tmp_path))  # type: ignore[arg-type]
+    server = GatewayServer(_ExplodingApi(), make_settings(tmp_path))
     port = await server.start()
     try:
         with caplog.at_level(logging.ERROR, logger="jobsd.gateway"):

@@ -16,6 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import positive_data_acceptance
+from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 
 from jobsd_client._proto import jobs_pb2 as pb
@@ -58,6 +59,7 @@ def _fuzz(document: dict[str, Any], base: str, token: str, ids: dict[str, list[s
         case.validate_response(response, excluded_checks=[positive_data_acceptance], headers=headers)
 
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result  # the document itself is valid
         operation = result.ok()
         for mode, examples in _EXAMPLES.items():
 
