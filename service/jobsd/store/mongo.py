@@ -241,7 +241,7 @@ class MongoStore:
                     # A concurrent create took the key first: look again, and answer with its job.
             else:
                 raise Unavailable(f"MongoDB store cannot insert job {job.id}: its idempotency key stays contended")
-        await self._copy_log_rows(job.id, job.revision, outbox)
+        await self._copy_log_rows(job.id, outbox)
         self._publish_own(job)
         return job
 
@@ -296,7 +296,7 @@ class MongoStore:
             return False
         if _running(old) and not _running(new):
             await self._after_write("free its concurrency slot", self._release_slot(old.concurrency_key, old))
-        await self._copy_log_rows(new.id, new.revision, outbox)
+        await self._copy_log_rows(new.id, outbox)
         self._publish_own(new)
         return True
 
@@ -399,11 +399,16 @@ class MongoStore:
         return expired.deleted_count + rows.deleted_count
 
     async def _copy_pending_log_rows(self) -> None:
+        """Copy the outbox of every document still flagged, then clear the flag (only if no write came since)."""
         pending = await self._jobs.find(
             {LOG_PENDING: True}, {"revision": 1, LOG_OUTBOX: 1}, limit=_SWEEP_BATCH
         ).to_list(None)
         for document in pending:
-            await self._copy_log_rows(document["_id"], document["revision"], document[LOG_OUTBOX])
+            await self._insert_log_rows(document[LOG_OUTBOX])
+            await self._jobs.update_one(
+                {"_id": document["_id"], "revision": document["revision"], LOG_PENDING: True},
+                {"$set": {LOG_PENDING: False, LOG_OUTBOX: []}},
+            )
 
     async def _reconcile_slots(self, now: datetime) -> None:
         """Drop slot holders whose claim is over (a process died between its write and freeing the slot)."""
@@ -510,23 +515,22 @@ class MongoStore:
         except PyMongoError as exc:
             _log.warning("MongoDB store could not %s after a write (%s); the sweep will", action, exc)
 
-    async def _copy_log_rows(self, job_id: str, revision: int, rows: list[Document]) -> None:
+    async def _copy_log_rows(self, job_id: str, rows: list[Document]) -> None:
+        """Copy a write's outbox to jobs_log right away. The document stays flagged until the sweep clears the
+        flag: that keeps a second write off the request path, and covers a writer that dies before this copy."""
         if rows:
-            await self._after_write(
-                f"copy the jobs_log rows of job {job_id}", self._copy_outbox(job_id, revision, rows)
-            )
+            await self._after_write(f"copy the jobs_log rows of job {job_id}", self._insert_log_rows(rows))
 
-    async def _copy_outbox(self, job_id: str, revision: int, rows: list[Document]) -> None:
+    async def _insert_log_rows(self, rows: list[Document]) -> None:
+        if not rows:
+            return
         try:
             await self._log.insert_many(rows, ordered=False)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
-            # Rows already copied (by the sweep, or the previous writer) are fine; anything else is not.
+            # Rows already copied (by the writer, the sweep or a later writer) are fine; anything else is not.
             if exc.details.get("writeConcernErrors") or any(e.get("code") != _DUPLICATE_KEY for e in errors):
                 raise
-        await self._jobs.update_one(
-            {"_id": job_id, "revision": revision, LOG_PENDING: True}, {"$set": {LOG_PENDING: False, LOG_OUTBOX: []}}
-        )
 
     @staticmethod
     async def _find(collection: AsyncCollection[Document], plan: FindPlan) -> list[Document]:

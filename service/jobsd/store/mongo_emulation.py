@@ -22,16 +22,19 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, cast
 
 import bson
 import mongomock
 from bson.errors import InvalidDocument
+from mongomock.filtering import filter_applies
 from pymongo import AsyncMongoClient, ReturnDocument
-from pymongo.errors import ServerSelectionTimeoutError
+from pymongo.errors import DuplicateKeyError, ServerSelectionTimeoutError
 
 __all__ = ["EmulatedAsyncMongoClient", "EmulationRefused", "RecordedCall", "sort_problem"]
 
+_DUPLICATE_KEY = 11000
 _UPDATE_OPERATORS = frozenset({"$set", "$unset", "$inc", "$push", "$pull", "$addToSet", "$setOnInsert"})
 _QUERY_OPERATORS = frozenset(
     {"$and", "$or", "$in", "$nin", "$lt", "$lte", "$gt", "$gte", "$eq", "$ne", "$exists", "$size", "$type"}
@@ -123,6 +126,30 @@ def sort_problem(filter_: Mapping[str, Any], sort: Sequence[tuple[str, int]], ke
     return ""
 
 
+def _bson_order(value: Any) -> tuple[int, Any]:
+    """Sort key of a scalar in MongoDB's cross-type order (null < numbers < strings < dates)."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, bool):
+        raise EmulationRefused("the emulation does not sort on booleans")
+    if isinstance(value, int | float):
+        return (1, value)
+    if isinstance(value, str):
+        return (2, value)
+    if isinstance(value, datetime):
+        return (3, value)
+    raise EmulationRefused(f"the emulation sorts on scalars only, not {type(value).__name__}")
+
+
+def _matches(filter_: Mapping[str, Any], document: Mapping[str, Any]) -> bool:
+    """Whether one document matches a filter, by mongomock's matcher."""
+    return bool(filter_applies(filter_, document))  # type: ignore[no-untyped-call]
+
+
+def _field_order(name: str, document: Mapping[str, Any]) -> tuple[int, Any]:
+    return _bson_order(document.get(name))
+
+
 class _EmulatedCursor:
     def __init__(self, documents: list[dict[str, Any]]) -> None:
         self._documents = documents
@@ -205,19 +232,29 @@ class _EmulatedCollection:
         _check_filter(f"{self.name}.find filter", filter_)
         self._check_sorted("find", filter_, sort, hint)
         self._record("find", filter_, sort, hint)
-        cursor = self._sync.find(filter_, projection)
-        if sort:
-            cursor = cursor.sort(list(sort))
-        if limit:
-            cursor = cursor.limit(limit)
-        return list(cursor)
+        if not sort:
+            cursor = self._sync.find(filter_, projection)
+            return list(cursor.limit(limit) if limit else cursor)
+        ids = self._sorted_ids(filter_, sort, limit)
+        by_id = {d["_id"]: d for d in self._sync.find({"_id": {"$in": ids}}, projection)}
+        return [by_id[i] for i in ids]
+
+    def _sorted_ids(self, filter_: Mapping[str, Any], sort: Any, limit: int) -> list[Any]:
+        """The ids of a sorted find, in order. mongomock copies every matching document before it applies a
+        limit, which would make each one-job claim cost a copy of every waiting job."""
+        # Read-only walk over mongomock's stored documents (its find would copy each one first), sorted with
+        # plain Python keys (its own sort goes through a slow generic comparator; the store sorts on scalars).
+        documents: list[dict[str, Any]] = list(self._sync._iter_documents(filter_))
+        for name, direction in reversed(list(sort)):
+            documents.sort(key=partial(_field_order, name), reverse=int(direction) < 0)
+        return [d["_id"] for d in (documents[:limit] if limit else documents)]
 
     async def index_information(self) -> dict[str, Any]:
         await self._enter("index_information", write=False)
         info: dict[str, Any] = self._sync.index_information()
-        for name, seconds in self._client.ttl_indexes(self._sync.database.name, self.name).items():
+        for name, options in self._held_options().items():
             if name in info:
-                info[name] = {**info[name], "expireAfterSeconds": seconds}
+                info[name] = {**info[name], **options}
         return info
 
     async def count_documents(self, filter_: Mapping[str, Any]) -> int:
@@ -233,6 +270,7 @@ class _EmulatedCollection:
     async def insert_one(self, document: Mapping[str, Any]) -> Any:
         await self._enter("insert_one", write=True)
         _check_stored(f"{self.name}.insert_one document", document)
+        self._check_unique(document)
         self._record("insert_one", None)
         return self._sync.insert_one(dict(document))
 
@@ -240,6 +278,7 @@ class _EmulatedCollection:
         await self._enter("insert_many", write=True)
         for document in documents:
             _check_stored(f"{self.name}.insert_many document", document)
+            self._check_unique(document)
         self._record("insert_many", None)
         return self._sync.insert_many([dict(d) for d in documents], ordered=ordered)
 
@@ -249,6 +288,7 @@ class _EmulatedCollection:
         await self._enter("replace_one", write=True)
         _check_filter(f"{self.name}.replace_one filter", filter_)
         _check_stored(f"{self.name}.replace_one replacement", replacement)
+        self._check_unique(replacement)
         self._record("replace_one", filter_)
         return self._sync.replace_one(filter_, dict(replacement), upsert=upsert)
 
@@ -256,6 +296,7 @@ class _EmulatedCollection:
         await self._enter("update_one", write=True)
         _check_filter(f"{self.name}.update_one filter", filter_)
         _check_update(f"{self.name}.update_one update", update)
+        self._check_update_keeps_unique(f"{self.name}.update_one", update)
         self._record("update_one", filter_)
         return self._sync.update_one(filter_, update, upsert=upsert)
 
@@ -263,6 +304,7 @@ class _EmulatedCollection:
         await self._enter("update_many", write=True)
         _check_filter(f"{self.name}.update_many filter", filter_)
         _check_update(f"{self.name}.update_many update", update)
+        self._check_update_keeps_unique(f"{self.name}.update_many", update)
         self._record("update_many", filter_)
         return self._sync.update_many(filter_, update)
 
@@ -280,15 +322,18 @@ class _EmulatedCollection:
         await self._enter("find_one_and_update", write=True)
         _check_filter(f"{self.name}.find_one_and_update filter", filter_)
         _check_update(f"{self.name}.find_one_and_update update", update)
+        self._check_update_keeps_unique(f"{self.name}.find_one_and_update", update)
         self._check_sorted("find_one_and_update", filter_, sort, hint)
         self._record("find_one_and_update", filter_, sort, hint)
+        if sort and not upsert:
+            # Pick the first match by the cheap sorted-ids path, then update it by _id: still one atomic step,
+            # since nothing else runs until this method returns.
+            first = self._sorted_ids(filter_, sort, 1)
+            if not first:
+                return None
+            filter_, sort = {"_id": first[0]}, None
         found: dict[str, Any] | None = self._sync.find_one_and_update(
-            filter_,
-            update,
-            projection,
-            sort=list(sort) if sort else None,
-            upsert=upsert,
-            return_document=return_document,
+            filter_, update, projection, upsert=upsert, return_document=return_document
         )
         return found
 
@@ -300,18 +345,60 @@ class _EmulatedCollection:
 
     async def create_index(self, keys: Sequence[tuple[str, int]], *, name: str, **options: Any) -> str:
         await self._enter("create_index", write=True)
+        held: dict[str, Any] = {}
         # mongomock would expire documents against the wall clock at every read; tests run on a ManualClock, and
         # TTL deletion is not emulated. The option is kept aside and reported by index_information().
-        ttl = options.pop("expireAfterSeconds", None)
+        if "expireAfterSeconds" in options:
+            held["expireAfterSeconds"] = int(options.pop("expireAfterSeconds"))
+        # mongomock checks a unique index by scanning the collection on every write, which made the emulated
+        # suite slow; a partial unique index is checked here instead, only by writes that can break it.
+        if options.get("unique") and "partialFilterExpression" in options:
+            held["unique"] = options.pop("unique")
         created: str = self._sync.create_index(list(keys), name=name, **options)
-        if ttl is not None:
-            self._client.ttl_indexes(self._sync.database.name, self.name)[name] = int(ttl)
+        self._held_options()[name] = held
         return created
 
     async def drop_index(self, name: str) -> None:
         await self._enter("drop_index", write=True)
         self._sync.drop_index(name)
-        self._client.ttl_indexes(self._sync.database.name, self.name).pop(name, None)
+        self._held_options().pop(name, None)
+
+    def _held_options(self) -> dict[str, dict[str, Any]]:
+        return self._client.held_index_options(self._sync.database.name, self.name)
+
+    def _partial_unique_indexes(self) -> list[tuple[str, list[str], Mapping[str, Any]]]:
+        """(name, key fields, partial filter) of the unique indexes this emulation checks itself."""
+        info = self._sync.index_information()
+        return [
+            (name, [f for f, _ in info[name]["key"]], info[name]["partialFilterExpression"])
+            for name, held in self._held_options().items()
+            if held.get("unique") and name in info
+        ]
+
+    def _check_unique(self, document: Mapping[str, Any]) -> None:
+        """DuplicateKeyError, as the server raises it, if `document` would break a partial unique index."""
+        for name, fields, partial_filter in self._partial_unique_indexes():
+            if not _matches(partial_filter, document):
+                continue
+            key = {f: document.get(f) for f in fields}
+            clash = self._sync.find_one(
+                {**key, "$and": [partial_filter], "_id": {"$ne": document.get("_id")}}, {"_id": 1}
+            )
+            if clash is not None:
+                raise DuplicateKeyError(
+                    f"E11000 duplicate key error collection: {self.name} index: {name} dup key: {key}",
+                    _DUPLICATE_KEY,
+                    {"keyPattern": dict.fromkeys(fields, 1), "keyValue": key},
+                )
+
+    def _check_update_keeps_unique(self, what: str, update: Mapping[str, Any]) -> None:
+        """An update may touch a partial unique index only to take documents out of it (e.g. clear the key)."""
+        for name, fields, partial_filter in self._partial_unique_indexes():
+            touched = {f: v for op in update.values() for f, v in op.items() if f in fields or f in partial_filter}
+            if touched and (set(update) - {"$set"} or _matches(partial_filter, touched)):
+                raise EmulationRefused(
+                    f"{what} sets {sorted(touched)}, which the emulation cannot check against {name}"
+                )
 
 
 class _EmulatedAwaitingCursor:
@@ -381,19 +468,19 @@ class EmulatedAsyncMongoClient:
         self.calls: list[RecordedCall] = []
         self.reachable = True
         self.admin = _EmulatedDatabase(self, self._sync.get_database("admin"), {})
-        self._ttl: dict[tuple[str, str], dict[str, int]] = {}
+        self._held: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
 
-    def ttl_indexes(self, database: str, collection: str) -> dict[str, int]:
-        """expireAfterSeconds of the collection's TTL indexes, by index name (kept here, not in mongomock)."""
-        return self._ttl.setdefault((database, collection), {})
+    def held_index_options(self, database: str, collection: str) -> dict[str, dict[str, Any]]:
+        """Index options the emulation keeps out of mongomock (TTL, partial unique), by index name."""
+        return self._held.setdefault((database, collection), {})
 
     def get_database(self, name: str, **options: Any) -> _EmulatedDatabase:
         return _EmulatedDatabase(self, self._sync.get_database(name), options)
 
     async def drop_database(self, name: str) -> None:
         self._sync.drop_database(name)
-        for key in [k for k in self._ttl if k[0] == name]:
-            del self._ttl[key]
+        for key in [k for k in self._held if k[0] == name]:
+            del self._held[key]
 
     async def close(self) -> None:
         """Nothing to release: the data lives as long as this object."""
