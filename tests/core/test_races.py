@@ -276,3 +276,39 @@ async def test_long_poll_claim_wakes_when_a_slot_frees(limited: Server, monkeypa
     await server.finish(first.id, running.lease_token, pb.JOB_STATUS_DONE)
     claim = await bounded(task)
     assert claim.job.id == second.id
+
+
+# ---------------------------------------------------------------- idempotent creates racing
+
+
+async def test_concurrent_creates_with_one_idempotency_key_make_one_job(server: Server) -> None:
+    for round_ in range(10):
+        key = f"nightly-import-{round_}"
+        jobs = await bounded(asyncio.gather(*(server.create_kind("import", idempotency_key=key) for _ in range(10))))
+        assert len({j.id for j in jobs}) == 1, f"round {round_}: duplicates {sorted({j.id for j in jobs})}"
+    ids = await server.list_ids()
+    assert len(ids) == len(set(ids)) == 10
+    for job_id in ids:
+        assert [e.status for e in await server.job_log(job_id)] == ["waiting"]
+
+
+async def test_paging_while_jobs_are_created_and_finished_loses_and_repeats_nothing(server: Server) -> None:
+    existing = []
+    for _ in range(25):
+        existing.append((await server.create_kind("sink", target=None)).id)
+        server.clock.advance(timedelta(microseconds=1))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await server.jobs.ListJobs(
+            pb.ListJobsRequest(page_size=4, page_token=token), metadata=server.md(server.admin)
+        )
+        seen += [j.id for j in page.jobs]
+        # Writers keep going between pages: a new job (newer than every page) and a finished one.
+        await server.create_kind("sink", target=None)
+        claim = await server.claim(kinds=("sink",))
+        await server.finish(claim.job.id, claim.lease_token, pb.JOB_STATUS_DONE)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(existing)), "newest first, each once, none missing"
