@@ -317,6 +317,39 @@ async def test_watch_jobs_honours_every_filter(server: Server) -> None:
     nothing.cancel()
 
 
+async def test_watch_jobs_tells_when_a_job_leaves_the_filter(server: Server) -> None:
+    stream = server.jobs.WatchJobs(pb.WatchJobsRequest(status="waiting"), metadata=server.md(server.admin))
+    assert [e.type for e in await bounded(read_events(stream, 1))] == [SYNCED]
+    job = await server.create_kind("import")
+    assert (await next_event(stream)).job.status == pb.JOB_STATUS_WAITING
+    await server.claim_job(job.id)
+    leaving = await next_event(stream)
+    assert (leaving.type, leaving.job.id, leaving.job.status) == (STATUS, job.id, pb.JOB_STATUS_WORKING)
+    stream.cancel()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: WatchJobs(status=waiting) keeps sending PROGRESS of a job after it left the filter (it is now "
+    "working): a job stays in `sent` until it is terminal, and `accepts` lets every change of a job in `sent` through",
+)
+async def test_watch_jobs_sends_nothing_more_about_a_job_that_left_the_filter(server: Server) -> None:
+    stream = server.jobs.WatchJobs(pb.WatchJobsRequest(status="waiting"), metadata=server.md(server.admin))
+    assert [e.type for e in await bounded(read_events(stream, 1))] == [SYNCED]
+    job = await server.create_kind("import")
+    await next_event(stream)
+    claim = await server.claim_job(job.id)
+    await next_event(stream)  # it left the filter
+    await server.heartbeat(job.id, claim.lease_token, pb.ProgressUpdate(progress_percentage=3))
+    await server.finish(job.id, claim.lease_token, pb.JOB_STATUS_DONE)
+    newcomer = await server.create_kind("import")
+    event = await next_event(stream)
+    assert (event.job.id, event.job.status) == (newcomer.id, pb.JOB_STATUS_WAITING), (
+        f"got {pb.JobEvent.Type.Name(event.type)} of a {pb.JobStatus.Name(event.job.status)} job"
+    )
+    stream.cancel()
+
+
 @pytest.mark.parametrize("scope", ["DATASOURCES:READ:events", "PIPES:READ:by_day"])
 async def test_watch_jobs_with_a_narrow_token_sees_only_its_jobs(server: Server, scope: str) -> None:
     mine = await server.create_kind("populateview", target="events", pipe_name="by_day")
