@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -153,3 +154,19 @@ async def test_unknown_data_sources_fail_every_kind_that_reads_one(plane: DataPl
     with pytest.raises(ExecutionFailed, match="Table with name ghost does not exist"):
         await run_query(RecordingContext(make_job("query", params={"sql": "SELECT * FROM ghost"})), plane)
     assert await plane.list_datasources(workspace=WORKSPACE) == []
+
+
+async def test_query_results_are_dropped_once_older_than_the_window(plane: DataPlane, clock: Any) -> None:
+    await seed(plane)
+    old = RecordingContext(make_job("query", datasource=None, params={"sql": "SELECT 1 AS one"}))
+    await run_query(old, plane)
+    clock.advance(timedelta(hours=47))
+    recent = RecordingContext(make_job("query", datasource=None, params={"sql": "SELECT 2 AS two"}))
+    await run_query(recent, plane)
+    clock.advance(timedelta(hours=2))
+
+    assert await plane.prune_results(clock.now() - timedelta(hours=48)) == 1
+    tables = await plane.query(
+        "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE '_query_%'", workspace=WORKSPACE
+    )
+    assert tables == [(recent.figures["result"]["table"],)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import socket
@@ -290,3 +291,12 @@ async def test_gzip_files_are_decompressed_and_progress_counts_bytes(plane: Data
     assert percentages == sorted(percentages)
     assert percentages[-1] == 100.0
     assert any(0 < p < 100 for p in percentages), "progress should move before the end"
+
+
+async def test_concurrent_imports_into_one_data_source_all_land(plane: DataPlane, files: FileServer) -> None:
+    await create_events(plane)
+    url = files.write("events.csv", EVENTS_CSV)
+    contexts = [RecordingContext(make_job("import", url=url)) for _ in range(4)]
+    await asyncio.gather(*(run_import(ctx, plane) for ctx in contexts))
+    assert (await plane.stats("events", workspace=WORKSPACE)).row_count == 4 * 5
+    assert await rows(plane, "SELECT count(*) FROM events_quarantine") == [(4 * 3,)]

@@ -2,8 +2,9 @@
 
 Job fields: params `sql` (one SELECT; `query_sql` is used when params.sql is absent). The result is stored as table
 `_query_<job id hex>` in the workspace's schema (not a data source: it does not appear in the list, and its name
-cannot be taken by one). Figures: `statistics` = rows returned and the result's size in bytes (the same uncompressed
-measure as data sources), `result` = {"table", "columns": [{name, type}], "row_count", "preview": first rows}.
+cannot be taken by one), for as long as the job is visible (the runner prunes older results). Figures:
+`statistics` = rows returned and the result's size in bytes (the same uncompressed measure as data sources),
+`result` = {"table", "columns": [{name, type}], "row_count", "preview": first rows}.
 A worker shutdown interrupts the query; it is not cancellable by users while working (SPEC §4).
 """
 
@@ -64,6 +65,7 @@ def _query(session: Session, stopping: threading.Event, job: JobInput, sql: str)
         raise Interrupted from None
     except duckdb.Error as error:
         raise sql_failure(error, "params.sql") from None
+    session.record_result(job.workspace, name)
     stats = session.table_stats(job.workspace, name)
     columns = [
         {"name": column, "type": type_from_duckdb(duck, nullable).name}

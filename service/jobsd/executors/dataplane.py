@@ -54,6 +54,8 @@ INTERNAL_SCHEMA = "_jobsd"
 STAGING_SCHEMA = "_jobsd_staging"
 QUARANTINE_SUFFIX = "_quarantine"
 _REGISTRY = f"{quote_ident(INTERNAL_SCHEMA)}.datasources"
+# Background-query results: kept for as long as their jobs are visible, then pruned.
+_RESULTS = f"{quote_ident(INTERNAL_SCHEMA)}.results"
 
 # Bytes per value of fixed-width DuckDB types; `stats` counts text by its UTF-8 length and anything else by the
 # length of its text form. This is the uncompressed size of the data, which is what `statistics.bytes` reports.
@@ -415,6 +417,12 @@ class Session:
     def stats(self, source: DataSource) -> TableStats:
         return self.table_stats(source.workspace, source.name)
 
+    def record_result(self, workspace: str, table: str) -> None:
+        """Remember a query-result table so `DataPlane.prune_results` can drop it once its job is gone."""
+        with self.writing():
+            self.execute(f"DELETE FROM {_RESULTS} WHERE workspace = ? AND name = ?", [workspace, table])
+            self.execute(f"INSERT INTO {_RESULTS} VALUES (?, ?, ?)", [workspace, table, to_micros(self.clock.now())])
+
     def staging_table(self, label: str) -> str:
         """A fresh staging-table name (quoted, schema-qualified) for one job step."""
         return f"{quote_ident(STAGING_SCHEMA)}.{quote_ident(label)}"
@@ -460,6 +468,7 @@ class DataPlane:
         conn = duckdb.connect(str(self.path), config={"enable_external_access": False})
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(INTERNAL_SCHEMA)}")
         conn.execute(f"CREATE TABLE IF NOT EXISTS {_REGISTRY} (workspace VARCHAR, name VARCHAR, meta VARCHAR)")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {_RESULTS} (workspace VARCHAR, name VARCHAR, created_at BIGINT)")
         # Staging tables of a process that died mid-job: nothing references them any more.
         conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(STAGING_SCHEMA)} CASCADE")
         conn.execute(f"CREATE SCHEMA {quote_ident(STAGING_SCHEMA)}")
@@ -503,6 +512,21 @@ class DataPlane:
             yield
         finally:
             self._write_lock.release()
+
+    async def prune_results(self, older_than: datetime) -> int:
+        """Drop query-result tables created before `older_than`; how many were dropped."""
+
+        def prune(session: Session) -> int:
+            with session.writing():
+                stale = session.execute(
+                    f"SELECT workspace, name FROM {_RESULTS} WHERE created_at < ?", [to_micros(older_than)]
+                ).fetchall()
+                for workspace, name in stale:
+                    session.execute(f"DROP TABLE IF EXISTS {quote_ident(workspace)}.{quote_ident(name)}")
+                session.execute(f"DELETE FROM {_RESULTS} WHERE created_at < ?", [to_micros(older_than)])
+            return len(stale)
+
+        return await self.run(prune)
 
     async def create_datasource(
         self,

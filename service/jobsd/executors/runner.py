@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -37,6 +38,7 @@ __all__ = ["DATAPLANE_FILE", "ExecutorRunner", "data_dir_for"]
 _log = logging.getLogger("jobsd.executors")
 DATAPLANE_FILE = "dataplane.duckdb"
 _SQLITE_PREFIX = "sqlite:///"
+_PRUNE_EVERY_SECONDS = 3600.0
 
 Executor = Callable[[ExecutionContext], Awaitable[None]]
 
@@ -97,6 +99,7 @@ class ExecutorRunner:
         self._http: aiohttp.ClientSession | None = None
         self._worker: Worker | None = None
         self._task: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._stopped = False
 
     def handlers(self) -> Mapping[str, Handler]:
@@ -140,6 +143,7 @@ class ExecutorRunner:
             wait_seconds=self._wait_seconds,
         )
         self._task = asyncio.create_task(self._run(self._worker), name="jobsd-executors")
+        self._pruner = asyncio.create_task(self._prune_results_forever(), name="jobsd-executors-prune")
         _log.info("executors running against %s, data plane %s", self.target, self.dataplane.path)
 
     async def _run(self, worker: Worker) -> None:
@@ -151,6 +155,18 @@ class ExecutorRunner:
             # A fatal refusal (bad token or scope): the executors stop, jobsd keeps serving and says why.
             _log.exception("executors stopped: the worker could not run against %s", self.target)
 
+    async def _prune_results_forever(self) -> None:
+        """Query results live as long as their jobs are visible (the retention window), then are dropped."""
+        retention = timedelta(hours=self.settings.retention_hours)
+        while True:
+            try:
+                dropped = await self.dataplane.prune_results(self.clock.now() - retention)
+                if dropped:
+                    _log.info("dropped %d query results older than %s", dropped, retention)
+            except Exception:
+                _log.exception("could not prune query results")
+            await asyncio.sleep(_PRUNE_EVERY_SECONDS)
+
     async def stop(self) -> None:
         """Stop claiming, let running jobs finish within the grace period (then release them), close the plane."""
         if self._stopped:
@@ -158,6 +174,10 @@ class ExecutorRunner:
         self._stopped = True
         if self._worker is not None:
             await self._worker.stop(grace=self.settings.grace_seconds)
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
