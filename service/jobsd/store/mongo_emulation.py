@@ -179,10 +179,17 @@ class _EmulatedCollection:
 
     # -- the checks every call passes
 
-    async def _enter(self, operation: str, *, write: bool) -> None:
+    async def _enter(self, operation: str, *, write: bool, data: bool = True) -> None:
+        """Every call: a turn of the event loop, injected faults, and (for data, not index metadata) the concern
+        the store must use."""
         await asyncio.sleep(0)  # let other coroutines run between operations, as a network round trip does
         if not self._client.reachable:
             raise ServerSelectionTimeoutError("emulated MongoDB server is unreachable (set by the test)")
+        fault = self._client.take_fault(self.name, operation)
+        if fault is not None:
+            raise fault
+        if not data:
+            return
         concern = self._options.get("write_concern" if write else "read_concern")
         level = getattr(concern, "document", {}).get("w") if write else getattr(concern, "level", None)
         if level != "majority":
@@ -250,7 +257,7 @@ class _EmulatedCollection:
         return [d["_id"] for d in (documents[:limit] if limit else documents)]
 
     async def index_information(self) -> dict[str, Any]:
-        await self._enter("index_information", write=False)
+        await self._enter("index_information", write=False, data=False)
         info: dict[str, Any] = self._sync.index_information()
         for name, options in self._held_options().items():
             if name in info:
@@ -344,7 +351,7 @@ class _EmulatedCollection:
         return self._sync.delete_many(filter_)
 
     async def create_index(self, keys: Sequence[tuple[str, int]], *, name: str, **options: Any) -> str:
-        await self._enter("create_index", write=True)
+        await self._enter("create_index", write=True, data=False)
         held: dict[str, Any] = {}
         # mongomock would expire documents against the wall clock at every read; tests run on a ManualClock, and
         # TTL deletion is not emulated. The option is kept aside and reported by index_information().
@@ -359,7 +366,7 @@ class _EmulatedCollection:
         return created
 
     async def drop_index(self, name: str) -> None:
-        await self._enter("drop_index", write=True)
+        await self._enter("drop_index", write=True, data=False)
         self._sync.drop_index(name)
         self._held_options().pop(name, None)
 
@@ -460,7 +467,8 @@ class EmulatedAsyncMongoClient:
     """The emulated client. Share one instance between several `MongoStore`s to emulate replicas of one database.
 
     `calls` records every collection call (collection, operation, filter, sort, hint) for tests to inspect;
-    `reachable = False` makes every call fail as an unreachable server does (ServerSelectionTimeoutError).
+    `reachable = False` makes every call fail as an unreachable server does (ServerSelectionTimeoutError);
+    `fail_next()` makes one call fail.
     """
 
     def __init__(self) -> None:
@@ -469,6 +477,19 @@ class EmulatedAsyncMongoClient:
         self.reachable = True
         self.admin = _EmulatedDatabase(self, self._sync.get_database("admin"), {})
         self._held: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self._faults: dict[tuple[str, str], Exception] = {}
+
+    def fail_next(self, collection: str, operation: str, error: Exception) -> None:
+        """Make the next `operation` on `collection` raise `error` (a lost connection, say) instead of running."""
+        self._faults[(collection, operation)] = error
+
+    def take_fault(self, collection: str, operation: str) -> Exception | None:
+        return self._faults.pop((collection, operation), None)
+
+    def raw_database(self, name: str) -> Any:
+        """The emulated server's data as a synchronous mongomock database, for tests to set up or inspect what a
+        crashed process would leave behind. Bypasses every check above."""
+        return self._sync.get_database(name)
 
     def held_index_options(self, database: str, collection: str) -> dict[str, dict[str, Any]]:
         """Index options the emulation keeps out of mongomock (TTL, partial unique), by index name."""
