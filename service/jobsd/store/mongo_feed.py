@@ -208,6 +208,10 @@ class ChangeStreamPump:
                 return True
             _log.warning("the jobs change stream failed (%s); resuming it", exc)
             return False
+        except Exception:  # a bug must not end the feed of every watcher of this process for good
+            _log.exception("the jobs change stream failed unexpectedly; resuming it")
+            await asyncio.sleep(self._retry_delay)
+            return False
         # Iteration ended without an error: the stream was closed under us. Resume where it stopped.
         return False
 
