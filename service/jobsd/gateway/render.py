@@ -80,11 +80,13 @@ def _optional(message: Any, field: str) -> str | None:
     return str(getattr(message, field)) if message.HasField(field) else None
 
 
-def _datasource_ref(job: pb.Job) -> JsonObject | None:
+def _datasource_ref(job: pb.Job, full: JsonObject | None = None) -> JsonObject | None:
     """`{id, name}` for the list; from the typed ref, falling back to the full object's keys."""
-    full = plain_struct(job.datasource)
-    ds_id = job.datasource_ref.id or full.get("id")
-    name = job.datasource_ref.name or full.get("name")
+    ds_id: str | None = job.datasource_ref.id
+    name: str | None = job.datasource_ref.name
+    if not (ds_id and name):
+        full = plain_struct(job.datasource) if full is None else full
+        ds_id, name = ds_id or full.get("id"), name or full.get("name")
     if not ds_id and not name:
         return None
     return {"id": ds_id or "", "name": name or ""}
@@ -92,10 +94,10 @@ def _datasource_ref(job: pb.Job) -> JsonObject | None:
 
 def _datasource_full(job: pb.Job) -> JsonObject | None:
     """The full data-source object the creator supplied, with `id` and `name` first as in the reference."""
-    ref = _datasource_ref(job)
+    full = plain_struct(job.datasource)
+    ref = _datasource_ref(job, full)
     if ref is None:
         return None
-    full = plain_struct(job.datasource)
     return {**ref, **{k: v for k, v in full.items() if k not in ("id", "name")}}
 
 
