@@ -1,0 +1,206 @@
+"""Against a real MongoDB replica set (JOBSD_TEST_MONGODB_URI; not collected without it): query plans, and two
+jobsd processes sharing one database (claims, limits, and watch across them through the change stream)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from contract.factories import T0, claim_request, move, new_job, new_workspace_id
+from pymongo import AsyncMongoClient
+
+from jobsd.domain.auth import ReadScope
+from jobsd.domain.model import Job
+from jobsd.domain.states import Action
+from jobsd.store.base import ChangeEvent, JobChanged, JobQuery, LogQuery
+from jobsd.store.mongo import MongoStore
+from jobsd.store.mongo_queries import FindPlan, claim_plan, lapsed_plan, list_plans, log_plan
+
+from .test_emulated_queries import QUERIES
+
+pytestmark = pytest.mark.mongo
+NOW = T0 + timedelta(minutes=1)
+Document = dict[str, Any]
+
+
+@pytest.fixture
+async def replicas(real_database: tuple[str, str]) -> AsyncIterator[tuple[MongoStore, MongoStore]]:
+    """Two stores with their own clients on one database: two jobsd processes, as far as the server can tell."""
+    uri, name = real_database
+    stores = (MongoStore(uri, database=name), MongoStore(uri, database=name))
+    for store in stores:
+        await store.open()
+    yield stores
+    for store in stores:
+        await store.close()
+
+
+@pytest.fixture
+async def database(real_database: tuple[str, str]) -> AsyncIterator[Any]:
+    uri, name = real_database
+    client: AsyncMongoClient[Document] = AsyncMongoClient(uri, serverSelectionTimeoutMS=5_000)
+    yield client.get_database(name)
+    await client.close()
+
+
+def stages(explained: Mapping[str, Any]) -> list[str]:
+    """Every stage name of the winning plan (classic or slot-based engine, replica set or sharded)."""
+    names: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            if isinstance(node.get("stage"), str):
+                names.append(node["stage"])
+            for key, value in node.items():
+                if key != "rejectedPlans":
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(explained["queryPlanner"]["winningPlan"])
+    return names
+
+
+def assert_index_walk(plan_stages: list[str], what: str) -> None:
+    assert "IXSCAN" in plan_stages, (what, plan_stages)
+    assert "COLLSCAN" not in plan_stages, (what, plan_stages)
+    assert "SORT" not in plan_stages, (what, plan_stages)
+
+
+async def explain_find(collection: Any, plan: FindPlan) -> list[str]:
+    cursor = collection.find(plan.filter, sort=list(plan.sort), limit=plan.limit, hint=plan.hint)
+    return stages(await cursor.explain())
+
+
+async def explain_claim(database: Any, plan: FindPlan) -> list[str]:
+    command = {
+        "findAndModify": "jobs",
+        "query": plan.filter,
+        "sort": dict(plan.sort),
+        "update": {"$set": {"claim_lock": "explain"}},
+        "hint": plan.hint,
+    }
+    return stages(await database.command("explain", command, verbosity="queryPlanner"))
+
+
+async def seed(store: MongoStore, ws: str) -> None:
+    for i in range(40):
+        await store.insert_job(
+            new_job(
+                ws,
+                kind=("copy", "import", "populateview")[i % 3],
+                datasource_name=f"ds{i % 4}",
+                pipe_name=f"p{i % 5}",
+                created_at=T0 + timedelta(seconds=i),
+            )
+        )
+
+
+async def test_every_list_query_is_an_index_walk_without_an_in_memory_sort(
+    replicas: tuple[MongoStore, MongoStore], database: Any
+) -> None:
+    await seed(replicas[0], "ws-queries")
+    for name, query in QUERIES.items():
+        for plan in list_plans(query):
+            assert_index_walk(await explain_find(database.jobs, plan), name)
+
+
+async def test_claim_lease_and_log_queries_are_index_walks_without_an_in_memory_sort(
+    replicas: tuple[MongoStore, MongoStore], database: Any
+) -> None:
+    await seed(replicas[0], "ws-queries")
+    for kinds in ((), ("copy",)):
+        plan = claim_plan(claim_request(NOW, kinds=kinds), ["ws-queries:copy:ds1"], NOW)
+        assert_index_walk(await explain_claim(database, plan), f"claim {kinds}")
+    # Several kinds: the index yields each kind in order and the server merges them (SORT_MERGE, not SORT).
+    several = await explain_claim(database, claim_plan(claim_request(NOW, kinds=("copy", "import")), [], NOW))
+    assert_index_walk(several, "claim of two kinds")
+    assert_index_walk(await explain_find(database.jobs, lapsed_plan(NOW, 100)), "lapsed leases")
+    for query in (LogQuery(workspace_id="ws-queries", limit=100), LogQuery("ws-queries", 100, job_id="j")):
+        assert_index_walk(await explain_find(database.jobs_log, log_plan(query)), f"log {query}")
+
+
+async def test_ttl_index_expires_jobs_at_expires_at(replicas: tuple[MongoStore, MongoStore], database: Any) -> None:
+    info = await database.jobs.index_information()
+    assert info["jobs_expiry"]["expireAfterSeconds"] == 0
+
+
+async def test_two_processes_claiming_at_once_never_share_a_job_and_hold_the_limits(
+    replicas: tuple[MongoStore, MongoStore],
+) -> None:
+    ws = new_workspace_id()
+    jobs = [
+        await replicas[i % 2].insert_job(
+            new_job(ws, kind="copy", datasource_name=f"t{i % 3}", created_at=T0 + timedelta(seconds=i))
+        )
+        for i in range(60)
+    ]
+
+    async def worker(store: MongoStore, name: str) -> list[Job]:
+        mine: list[Job] = []
+        request = claim_request(NOW, workspace_id=ws, limit_for=lambda kind: 3, worker=name)
+        while (job := await store.claim_next(request)) is not None:
+            mine.append(job)
+        return mine
+
+    results = await asyncio.gather(*(worker(replicas[n % 2], f"w{n}") for n in range(12)))
+    claimed = [job for mine in results for job in mine]
+    assert Counter(j.id for j in claimed).most_common(1)[0][1] == 1
+    assert Counter(j.datasource_name for j in claimed) == {"t0": 3, "t1": 3, "t2": 3}
+    for target in ("t0", "t1", "t2"):
+        oldest = [j.id for j in jobs if j.datasource_name == target][:3]
+        assert sorted(j.id for j in claimed if j.datasource_name == target) == sorted(oldest)
+
+    # Without limits, every job is claimed exactly once across both processes.
+    rest = await asyncio.gather(
+        *(
+            replicas[n % 2].claim_next(claim_request(NOW, workspace_id=ws, worker=f"x{n}"))
+            for n in range(len(jobs) - len(claimed) + 5)
+        )
+    )
+    taken = [j.id for j in claimed] + [j.id for j in rest if j is not None]
+    assert sorted(taken) == sorted(j.id for j in jobs)
+
+
+async def next_change(feed: AsyncIterator[ChangeEvent]) -> ChangeEvent:
+    return await asyncio.wait_for(anext(feed), timeout=15)
+
+
+async def test_a_write_through_one_process_reaches_the_other_processes_watchers(
+    replicas: tuple[MongoStore, MongoStore],
+) -> None:
+    writer, watcher = replicas
+    assert not watcher.publishes_locally
+    feed = watcher.changes()
+    ws = new_workspace_id()
+    waiting = await writer.insert_job(new_job(ws))
+    claimed = await writer.claim_next(claim_request(NOW, workspace_id=ws))
+    assert claimed is not None
+    done = move(claimed, Action.FINISH_DONE, NOW + timedelta(seconds=5))
+    assert await writer.compare_and_set(claimed, done)
+    received = [await next_change(feed) for _ in range(3)]
+    assert received == [JobChanged(waiting), JobChanged(claimed), JobChanged(done)]
+    # Bookkeeping writes (claim locks, log flags) are not job changes: nothing else arrives.
+    await writer.purge(NOW, NOW - timedelta(days=30))
+    extra = await writer.insert_job(new_job(ws, created_at=NOW))
+    assert await next_change(feed) == JobChanged(extra)
+
+
+async def test_list_pages_and_log_read_the_same_on_the_real_server(replicas: tuple[MongoStore, MongoStore]) -> None:
+    store = replicas[0]
+    ws = new_workspace_id()
+    await seed(store, ws)
+    query = JobQuery(scope=ReadScope(ws, everything=True), now=NOW, limit=15)
+    pages: list[Job] = []
+    page = await store.list_jobs(query)
+    while page:
+        pages += page
+        page = await store.list_jobs(JobQuery(query.scope, NOW, 15, after=(page[-1].created_at, page[-1].id)))
+    assert [j.created_at for j in pages] == sorted((j.created_at for j in pages), reverse=True)
+    assert len({j.id for j in pages}) == 40
+    assert len(await store.list_log(LogQuery(workspace_id=ws, limit=100))) == 40
