@@ -496,6 +496,10 @@ class JobService:
         try:
             # Re-read after subscribing so no change can fall between the snapshot and the feed.
             job = await self.get_job(principal, job_id)
+            if since_revision > job.revision:
+                raise InvalidArgument(
+                    "since_revision", f"is ahead of the job: {since_revision} > its revision {job.revision}"
+                )
             last = since_revision
             if 0 < last < job.revision:
                 # Resuming: replay the status changes the subscriber missed (jobs_log has each of them), so
@@ -576,10 +580,13 @@ class JobService:
                 if change is None:
                     yield WatchEvent("synced", None)
                     continue
+                still_matches = filters.matches(change)
+                if not still_matches and change.id not in sent:
+                    continue  # queued while it was tracked, but its leaving event has been sent already
                 if change.revision <= sent.get(change.id, 0):
                     continue
-                if change.status.is_terminal:
-                    sent.pop(change.id, None)
+                if change.status.is_terminal or not still_matches:
+                    sent.pop(change.id, None)  # one last event says it left; nothing more about it
                 else:
                     sent[change.id] = change.revision
                 yield WatchEvent("status" if change.status_revision == change.revision else "progress", change)
@@ -609,8 +616,13 @@ class JobService:
         return recovered
 
     async def sweep_retention(self) -> int:
+        """Purge expired jobs and old log rows, and end the watch streams of jobs that are gone."""
         now = self.clock.now()
-        return await self.store.purge(now, now - self.log_retention)
+        purged = await self.store.purge(now, now - self.log_retention)
+        for job_id in self.hub.watched_job_ids():
+            if await self.store.get_job(job_id, now) is None:
+                self.hub.close_job(job_id, NotFound(f'Job with id "{job_id}" not found'))
+        return purged
 
 
 def _new_query_id(now: datetime) -> str:

@@ -151,6 +151,14 @@ class WatchHub:
             if not subs:
                 del self._by_job[sub.job_id]
 
+    def watched_job_ids(self) -> list[str]:
+        return list(self._by_job)
+
+    def close_job(self, job_id: str, error: JobsdError) -> None:
+        """End every stream on this job with `error` (the job left the retention window)."""
+        for sub in tuple(self._by_job.get(job_id, ())):
+            sub.close(error)
+
     def publish(self, job: Job) -> None:
         for sub in tuple(self._by_job.get(job.id, ())):
             sub.offer(job)

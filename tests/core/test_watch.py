@@ -173,13 +173,6 @@ async def test_resume_after_missed_status_changes_delivers_each_of_them(server: 
     assert code == grpc.StatusCode.OK
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: WatchJob(since_revision) ahead of the job's revision is accepted; every later change up to that "
-    "revision is skipped, including the terminal one, so the stream never ends (service.watch_job: the "
-    "`change.revision <= last: continue` runs before the terminal check). Expected INVALID_ARGUMENT since_revision "
-    "(or at least the stream reaching the terminal state)",
-)
 async def test_resume_from_a_revision_the_job_never_had_is_refused_or_ends(server: Server) -> None:
     job = await server.create_kind("import")
     stream = server.watch(job.id, since=job.revision + 10)
@@ -347,11 +340,6 @@ async def test_watch_jobs_tells_when_a_job_leaves_the_filter(server: Server) -> 
     stream.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: WatchJobs(status=waiting) keeps sending PROGRESS of a job after it left the filter (it is now "
-    "working): a job stays in `sent` until it is terminal, and `accepts` lets every change of a job in `sent` through",
-)
 async def test_watch_jobs_sends_nothing_more_about_a_job_that_left_the_filter(server: Server) -> None:
     stream = server.jobs.WatchJobs(pb.WatchJobsRequest(status="waiting"), metadata=server.md(server.admin))
     assert [e.type for e in await bounded(read_events(stream, 1))] == [SYNCED]
@@ -422,12 +410,6 @@ async def test_watch_with_a_narrow_token_of_another_datasource_is_permission_den
     stream.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a WatchJob stream on a job that expires (48 h, never claimed) and is purged by sweep_retention "
-    "never ends: the purge publishes nothing on the change feed, so the subscriber waits forever on a job the API "
-    "says does not exist (SPEC §8: gone from the API, watch included, at that instant)",
-)
 async def test_watch_of_a_job_that_expires_and_is_purged_ends(server: Server) -> None:
     job = await server.create_kind("import")
     stream = server.watch(job.id)
