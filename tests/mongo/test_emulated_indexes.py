@@ -62,14 +62,13 @@ async def test_log_workspace_and_token_collections_have_their_indexes(
         ("job_id", 1),
         ("revision", 1),
     ]
-    assert log["jobs_log_ttl"]["key"] == [("updated_at", 1)]
-    assert log["jobs_log_ttl"]["expireAfterSeconds"] == int(timedelta(days=30).total_seconds())
+    assert "jobs_log_ttl" not in log  # no retention given: purge alone deletes old rows
     workspaces = await indexes(emulated_client, "workspaces")
     assert workspaces["workspaces_by_name"]["key"] == [("name", 1)]
     assert workspaces["workspaces_by_name"]["unique"] is True
 
 
-async def test_opening_again_changes_nothing_and_a_new_log_retention_updates_the_ttl(
+async def test_opening_again_changes_nothing_and_the_log_retention_sets_the_log_ttl(
     emulated_client: EmulatedAsyncMongoClient, emulated_store: MongoStore
 ) -> None:
     before = await indexes(emulated_client, "jobs")
@@ -78,9 +77,12 @@ async def test_opening_again_changes_nothing_and_a_new_log_retention_updates_the
     assert await indexes(emulated_client, "jobs") == before
     await again.close()
 
-    shorter = MongoStore(
-        "mongodb://emulated.invalid/jobsd", client=emulated_client.as_client(), log_retention=timedelta(days=7)
-    )
-    await shorter.open()
-    assert (await indexes(emulated_client, "jobs_log"))["jobs_log_ttl"]["expireAfterSeconds"] == 7 * 86_400
-    await shorter.close()
+    for days in (30, 7):
+        configured = MongoStore(
+            "mongodb://emulated.invalid/jobsd", client=emulated_client.as_client(), log_retention=timedelta(days=days)
+        )
+        await configured.open()
+        ttl = (await indexes(emulated_client, "jobs_log"))["jobs_log_ttl"]
+        assert ttl["key"] == [("updated_at", 1)]
+        assert ttl["expireAfterSeconds"] == days * 86_400
+        await configured.close()

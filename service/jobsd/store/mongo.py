@@ -130,6 +130,8 @@ class MongoStore:
     """`jobsd.store.base.JobStore` on MongoDB. Create, `await open()`, use, `await close()`.
 
     `client`: an already-built client (tests pass the in-process emulation); the store then does not close it.
+    `log_retention`: JOBSD_LOG_RETENTION_DAYS, for a TTL index on jobs_log. Without it the store creates none
+    (a TTL shorter than the configured retention would lose rows) and `purge` alone deletes old rows.
     """
 
     def __init__(
@@ -138,7 +140,7 @@ class MongoStore:
         *,
         database: str | None = None,
         client: AsyncMongoClient[Document] | None = None,
-        log_retention: timedelta = timedelta(days=30),
+        log_retention: timedelta | None = None,
         feed_capacity: int = DEFAULT_FEED_CAPACITY,
     ) -> None:
         self._owns_client = client is None

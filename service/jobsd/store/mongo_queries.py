@@ -83,8 +83,13 @@ LOG_BY_JOB: Final = "jobs_log_by_job"
 LOG_TTL: Final = "jobs_log_ttl"
 
 
-def collection_indexes(log_retention: timedelta) -> dict[str, tuple[IndexSpec, ...]]:
-    """Every index `MongoStore.open()` creates, per collection (the `_id` index is implicit)."""
+def collection_indexes(log_retention: timedelta | None) -> dict[str, tuple[IndexSpec, ...]]:
+    """Every index `MongoStore.open()` creates, per collection (the `_id` index is implicit). Without a log
+    retention there is no TTL on jobs_log (`purge` alone enforces the retention it is given)."""
+    log_ttl: tuple[IndexSpec, ...] = ()
+    if log_retention is not None:
+        seconds = max(1, int(log_retention.total_seconds()))
+        log_ttl = (IndexSpec(LOG_TTL, (("updated_at", 1),), {"expireAfterSeconds": seconds}),)
     return {
         JOBS: (
             _list_index(_BY_WORKSPACE),
@@ -113,9 +118,7 @@ def collection_indexes(log_retention: timedelta) -> dict[str, tuple[IndexSpec, .
             IndexSpec(LOG_BY_WORKSPACE, (("workspace_id", 1), ("updated_at_us", 1), ("job_id", 1), ("revision", 1))),
             IndexSpec(LOG_BY_JOB, (("workspace_id", 1), ("job_id", 1), ("updated_at_us", 1), ("revision", 1))),
             # JOBSD_LOG_RETENTION_DAYS; `purge` also deletes explicitly, so a late TTL monitor changes nothing.
-            IndexSpec(
-                LOG_TTL, (("updated_at", 1),), {"expireAfterSeconds": max(1, int(log_retention.total_seconds()))}
-            ),
+            *log_ttl,
         ),
         WORKSPACES: (IndexSpec("workspaces_by_name", (("name", 1),), {"unique": True}),),
         TOKENS: (),
