@@ -84,14 +84,10 @@ class JobsdApp:
         await self._start_grpc()
         self._spawn(self._sweep_loop, "jobsd-sweeper")
         self._spawn(self._health_loop, "jobsd-health")
-        if self.settings.http_addr:
-            from jobsd.gateway.server import GatewayServer
-
-            extra_routes = None
-            self._gateway = GatewayServer(self.api, self.settings, self.metrics.registry, extra_routes=extra_routes)
-            self.http_port = await self._gateway.start()
         if self.settings.executors:
             await self._start_executors()
+        if self.settings.http_addr:
+            await self._start_gateway()
 
     async def _start_grpc(self) -> None:
         server = grpc.aio.server(
@@ -120,8 +116,26 @@ class JobsdApp:
         from jobsd.executors.runner import ExecutorRunner
 
         token = await self.create_token(None, [JOBS_EXECUTE], name="internal-executors")
-        self.executors = ExecutorRunner(self.settings, f"127.0.0.1:{self.grpc_port}", token)
+        self.executors = ExecutorRunner(self.settings, f"127.0.0.1:{self.grpc_port}", token, clock=self.clock)
         await self.executors.start()
+
+    async def _start_gateway(self) -> None:
+        from aiohttp import web
+
+        from jobsd.gateway.server import GatewayServer
+
+        extra_routes: Callable[[web.Application], None] | None = None
+        if self.executors is not None:
+            from jobsd.executors.datasources_http import add_routes
+
+            dataplane = self.executors.dataplane
+
+            def extra_routes(app: web.Application) -> None:
+                # The data plane lives in this process, so its data-source endpoints share the gateway.
+                add_routes(app, dataplane, self.service.authenticate)
+
+        self._gateway = GatewayServer(self.api, self.settings, self.metrics.registry, extra_routes=extra_routes)
+        self.http_port = await self._gateway.start()
 
     async def stop(self) -> None:
         if self._stopped or not self._started:
