@@ -73,11 +73,9 @@ def _banner(settings: Settings, app: JobsdApp) -> str:
         lines += [
             f"  .venv/bin/jobsctl import file://{sample} --datasource events --watch",
             "  .venv/bin/jobsctl populate --pipe events_by_day --source events --datasource events_by_day \\",
-            "      --sql 'SELECT date, count() AS n FROM events GROUP BY date' --partition-by date --watch",
+            '      --sql "$(cat examples/events_by_day.sql)" --partition-by date --watch',
         ]
-    lines += [
-        "  .venv/bin/jobsctl ls",
-    ]
+    lines += ["  .venv/bin/jobsctl ls"]
     if http:
         lines.append(f'  curl -H "Authorization: Bearer $JOBSD_TOKEN" {http}/v0/jobs')
     lines.append("")
