@@ -143,6 +143,7 @@ class JobsdApp:
             return
         self._stopped = True
         await self._set_serving(False)
+        self.service.close()
         if self.executors is not None:
             with contextlib.suppress(Exception):
                 await self.executors.stop()

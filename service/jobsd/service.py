@@ -153,8 +153,14 @@ class JobService:
         self.metrics = metrics
         self.log_retention = log_retention
         self._queue_changed = asyncio.Event()
+        self._closing = False
         self._token_cache: dict[str, tuple[float, Principal]] = {}
         hub.add_listener(self._on_change)
+
+    def close(self) -> None:
+        """Shutting down: long-polling claims return empty at once instead of holding the grace period."""
+        self._closing = True
+        self._wake_claimers()
 
     # ------------------------------------------------------------------ auth
 
@@ -357,7 +363,12 @@ class JobService:
     def _on_change(self, job: Job) -> None:
         # A new waiting job, or a slot freed by a job leaving working: wake the long-polling claimers.
         if job.status is JobStatus.WAITING or job.status.is_terminal:
-            self._queue_changed.set()
+            self._wake_claimers()
+
+    def _wake_claimers(self) -> None:
+        # Each generation is its own Event: set it for everyone waiting on it, hand out a fresh one.
+        changed, self._queue_changed = self._queue_changed, asyncio.Event()
+        changed.set()
 
     async def claim_job(
         self,
@@ -385,14 +396,15 @@ class JobService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         while True:
-            self._queue_changed.clear()
+            # Taken before the attempt, so a change during it wakes us at once (no lost wake-ups).
+            changed = self._queue_changed
             claim = await self._claim_once(worker_id, kinds, workspace)
             remaining = deadline - loop.time()
-            if claim is not None or remaining <= 0:
+            if claim is not None or remaining <= 0 or self._closing:
                 return claim
             # Wake on a local change; re-check at least every second for other replicas' writes.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue_changed.wait(), timeout=min(remaining, 1.0))
+                await asyncio.wait_for(changed.wait(), timeout=min(remaining, 1.0))
 
     async def _claim_once(self, worker_id: str, kinds: Collection[str], workspace_id: str | None) -> Claim | None:
         now = self.clock.now()

@@ -122,6 +122,21 @@ async def test_stop_twice_is_safe_and_the_server_is_gone(server: Server) -> None
     assert error.code() == grpc.StatusCode.UNAVAILABLE
 
 
+async def test_stop_answers_a_long_polling_claim_at_once_instead_of_holding_the_grace(server: Server) -> None:
+    # grace_seconds is 0.5 in tests; the claim asks to wait 30 s. Without the shutdown wake-up the claim would be
+    # cut off by the grace period with UNAVAILABLE instead of answering "nothing to claim".
+    claim = asyncio.ensure_future(server.claim(wait=30))
+
+    async def parked() -> None:  # the claimer is waiting on the queue (a condition, not a fixed delay)
+        while not server.app.service._queue_changed._waiters:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.01)
+
+    await bounded(parked())
+    await bounded(server.app.stop())
+    response = await bounded(claim)
+    assert not response.HasField("job")
+
+
 # ---------------------------------------------------------------- the CLI as a real process
 
 
