@@ -128,7 +128,7 @@ async def test_stop_answers_a_long_polling_claim_at_once_instead_of_holding_the_
     claim = asyncio.ensure_future(server.claim(wait=30))
 
     async def parked() -> None:  # the claimer is waiting on the queue (a condition, not a fixed delay)
-        while not server.app.service._queue_changed._waiters:  # type: ignore[attr-defined]
+        while not server.app.service._queue_changed._waiters:  # type: ignore[attr-defined]  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     await bounded(parked())
