@@ -10,7 +10,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
@@ -21,7 +20,7 @@ from typing import Literal
 
 from jobsd.domain.auth import Principal, hash_token
 from jobsd.domain.clock import Clock, from_micros, to_micros
-from jobsd.domain.model import KNOWN_KINDS, Job, JobStatus, LogEntry, Progress, Workspace
+from jobsd.domain.model import KNOWN_KINDS, Job, JobStatus, LogEntry, Progress, Workspace, datasource_id_for
 from jobsd.domain.rules import QueueRules, concurrency_key
 from jobsd.domain.states import Action, apply_progress, transition
 from jobsd.domain.validation import NewJob, validate_new_job
@@ -273,9 +272,8 @@ class JobService:
         job_id = str(uuid.uuid4())
         datasource = dict(valid.datasource) if valid.datasource is not None else None
         if datasource is not None and not datasource.get("id"):
-            # A stable id per (workspace, name) when the creator does not know the data source's id.
-            digest = hashlib.sha256(f"{workspace_id}/{datasource['name']}".encode()).hexdigest()[:32]
-            datasource["id"] = f"t_{digest}"
+            # A stable id per (workspace, name) when the creator does not know it; the data plane uses the same.
+            datasource["id"] = datasource_id_for(workspace_id, str(datasource["name"]))
         query_id = valid.query_id
         if query_id is None and valid.kind in ("populateview", "copy", "query"):
             query_id = _new_query_id(now)

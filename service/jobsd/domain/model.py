@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "Statistics",
     "TokenRecord",
     "Workspace",
+    "datasource_id_for",
 ]
 
 
@@ -210,3 +212,8 @@ class TokenRecord:
     workspace_id: str | None
     scopes: tuple[str, ...]
     created_at: datetime
+
+
+def datasource_id_for(workspace_id: str, name: str) -> str:
+    """The stable Tinybird-style id (`t_<32 hex>`) of a data source: the same in jobs and in the data plane."""
+    return "t_" + hashlib.sha256(f"{workspace_id}/{name}".encode()).hexdigest()[:32]

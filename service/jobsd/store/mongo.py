@@ -292,7 +292,9 @@ class MongoStore:
         outbox = log_outbox_for(old, new)
         with self._reachable("update a job"):
             result = await self._jobs.replace_one(
-                {"_id": old.id, "revision": old.revision, **also}, job_document(new, outbox)
+                # workspace_id: on a cluster sharded by it, the write goes to one shard instead of all.
+                {"_id": old.id, "workspace_id": old.workspace_id, "revision": old.revision, **also},
+                job_document(new, outbox),
             )
         if result.matched_count == 0:
             return False
@@ -322,12 +324,12 @@ class MongoStore:
                 try:
                     claimed = request.claim(job)
                 except BaseException:
-                    await self._unlock(job.id, nonce)
+                    await self._unlock(job, nonce)
                     raise
                 holder = _slot_holder(job.id, claimed.lease_token or nonce)
                 if not await self._reserve_slot(job.concurrency_key, job.kind, holder, request.limit_for(job.kind)):
                     full_keys.add(job.concurrency_key)
-                    await self._unlock(job.id, nonce)
+                    await self._unlock(job, nonce)
                     continue
                 if await self._write(job, claimed, {CLAIM_LOCK: nonce}):
                     return claimed
@@ -367,9 +369,10 @@ class MongoStore:
         holder = _slot_holder(job.id, job.lease_token) if job.lease_token else {"job": job.id}
         await self._slots.update_one({"_id": key}, {"$pull": {"holders": holder}})
 
-    async def _unlock(self, job_id: str, nonce: str) -> None:
+    async def _unlock(self, job: Job, nonce: str) -> None:
         await self._jobs.update_one(
-            {"_id": job_id, CLAIM_LOCK: nonce}, {"$set": {CLAIM_LOCK: None, CLAIM_LOCK_UNTIL: None}}
+            {"_id": job.id, "workspace_id": job.workspace_id, CLAIM_LOCK: nonce},
+            {"$set": {CLAIM_LOCK: None, CLAIM_LOCK_UNTIL: None}},
         )
 
     async def lapsed_leases(self, now: datetime, limit: int) -> list[Job]:
@@ -403,12 +406,17 @@ class MongoStore:
     async def _copy_pending_log_rows(self) -> None:
         """Copy the outbox of every document still flagged, then clear the flag (only if no write came since)."""
         pending = await self._jobs.find(
-            {LOG_PENDING: True}, {"revision": 1, LOG_OUTBOX: 1}, limit=_SWEEP_BATCH
+            {LOG_PENDING: True}, {"workspace_id": 1, "revision": 1, LOG_OUTBOX: 1}, limit=_SWEEP_BATCH
         ).to_list(None)
         for document in pending:
             await self._insert_log_rows(document[LOG_OUTBOX])
             await self._jobs.update_one(
-                {"_id": document["_id"], "revision": document["revision"], LOG_PENDING: True},
+                {
+                    "_id": document["_id"],
+                    "workspace_id": document["workspace_id"],
+                    "revision": document["revision"],
+                    LOG_PENDING: True,
+                },
                 {"$set": {LOG_PENDING: False, LOG_OUTBOX: []}},
             )
 
