@@ -6,6 +6,7 @@ gateway inside `jobsd serve` calls it directly, so both edges share one decode/e
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from jobsd.api.codec import (
@@ -32,15 +33,35 @@ _EVENT_TYPES = {
 }
 
 
-def _event_to_pb(event: WatchEvent) -> pb.JobEvent:
-    if event.job is None:
-        return pb.JobEvent(type=_EVENT_TYPES[event.type])
-    return pb.JobEvent(type=_EVENT_TYPES[event.type], job=job_to_pb(event.job), revision=event.job.revision)
+class _EventEncoder:
+    """Encodes watch events, converting each (job, revision) once however many streams carry it.
+
+    One update fanned out to 10,000 WatchJob streams would otherwise build 10,000 identical messages. Bounded:
+    it remembers only the most recent revisions, never anything that grows with the store.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._capacity = capacity
+        self._recent: OrderedDict[tuple[str, int, str], pb.JobEvent] = OrderedDict()
+
+    def encode(self, event: WatchEvent) -> pb.JobEvent:
+        if event.job is None:
+            return pb.JobEvent(type=_EVENT_TYPES[event.type])
+        key = (event.job.id, event.job.revision, event.type)
+        cached = self._recent.get(key)
+        if cached is None:
+            job = event.job
+            cached = pb.JobEvent(type=_EVENT_TYPES[event.type], job=job_to_pb(job), revision=job.revision)
+            self._recent[key] = cached
+            if len(self._recent) > self._capacity:
+                self._recent.popitem(last=False)
+        return cached
 
 
 class LocalJobsApi:
     def __init__(self, service: JobService) -> None:
         self.service = service
+        self._events = _EventEncoder()
 
     async def list_jobs(self, token: str | None, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
         principal = await self.service.authenticate(token)
@@ -110,7 +131,7 @@ class LocalJobsApi:
     async def watch_job(self, token: str | None, request: pb.WatchJobRequest) -> AsyncIterator[pb.JobEvent]:
         principal = await self.service.authenticate(token)
         async for event in self.service.watch_job(principal, request.job_id, request.since_revision):
-            yield _event_to_pb(event)
+            yield self._events.encode(event)
 
     async def watch_jobs(self, token: str | None, request: pb.WatchJobsRequest) -> AsyncIterator[pb.JobEvent]:
         principal = await self.service.authenticate(token)
@@ -122,7 +143,7 @@ class LocalJobsApi:
             pipe_name=request.pipe_name or None,
         )
         async for event in self.service.watch_jobs(principal, filters):
-            yield _event_to_pb(event)
+            yield self._events.encode(event)
 
     async def ready(self) -> bool:
         try:
