@@ -15,7 +15,7 @@ from pymongo.errors import AutoReconnect, OperationFailure
 from jobsd.domain.model import Job
 from jobsd.store.base import ChangeEvent, FeedReset, JobChanged
 from jobsd.store.mongo_codec import job_document, job_from_document
-from jobsd.store.mongo_feed import ChangeStream, ChangeStreamPump
+from jobsd.store.mongo_feed import ChangeFanout, ChangeStream, ChangeStreamPump
 
 HISTORY_LOST = OperationFailure("Resume of change stream was not possible", code=286)
 NOT_A_REPLICA_SET = OperationFailure("The $changeStream stage is only supported on replica sets", code=40573)
@@ -173,3 +173,15 @@ async def test_stopping_closes_the_stream(jobs: list[Job]) -> None:
     await published.next()
     await pump.stop()
     assert streams[0].closed
+
+
+async def test_a_subscriber_gets_no_stream_event_of_a_write_acknowledged_before_it_subscribed(
+    jobs: list[Job],
+) -> None:
+    fanout = ChangeFanout()
+    feed = fanout.subscribe(since=5)
+    fanout.publish(JobChanged(jobs[0]), acknowledged=5)  # written and acknowledged here before subscribing
+    fanout.publish(JobChanged(jobs[1]), acknowledged=6)  # acknowledged after
+    fanout.publish(JobChanged(jobs[2]))  # written by another process: no number
+    fanout.close()
+    assert [event async for event in feed] == [JobChanged(jobs[1]), JobChanged(jobs[2])]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -101,6 +102,7 @@ _MAJORITY_WRITES: Final = WriteConcern("majority", wtimeout=10_000)
 _MAJORITY_READS: Final = ReadConcern("majority")
 _SWEEP_BATCH: Final = 1_000
 _INSERT_ATTEMPTS: Final = 5
+_ACKNOWLEDGED_KEPT: Final = 65_536
 # Server codes that mean "not the primary / shutting down": the caller may retry against the new primary.
 _NOT_WRITABLE: Final = frozenset({91, 189, 10107, 11600, 11602, 13435, 13436})
 _DUPLICATE_KEY: Final = 11000
@@ -163,7 +165,11 @@ class MongoStore:
         self._tokens: AsyncCollection[Document] = db.get_collection(TOKENS)
         self._log_retention = log_retention
         self._fanout = ChangeFanout(feed_capacity)
-        self._pump = ChangeStreamPump(self._open_change_stream, self._fanout.publish, job_from_document)
+        self._pump = ChangeStreamPump(self._open_change_stream, self._publish_streamed, job_from_document)
+        # Numbers of this process's acknowledged writes by (job id, revision), the latest few only: lets a new
+        # subscriber skip stream events of writes acknowledged before it subscribed.
+        self._writes_acknowledged = 0
+        self._acknowledged: OrderedDict[tuple[str, int], int] = OrderedDict()
         # True when the server has no change streams: the store then publishes its own writes.
         self._local_feed = False
         self._open = False
@@ -452,7 +458,7 @@ class MongoStore:
         """Every job write committed after this call returns, from any replica (this process's only, when the
         server has no change streams). Ends when closed (`aclose()`) or when the store closes."""
         self._check_open()
-        return self._fanout.subscribe()
+        return self._fanout.subscribe(since=self._writes_acknowledged)
 
     async def _open_change_stream(self, resume_after: Mapping[str, Any] | None) -> ChangeStream:
         # Only inserts and whole-document replaces are job writes. Their events carry the document exactly as
@@ -462,8 +468,17 @@ class MongoStore:
         return await self._jobs.watch(pipeline, resume_after=resume_after)
 
     def _publish_own(self, job: Job) -> None:
+        """After every acknowledged job write: number it, and publish it ourselves if there is no stream."""
+        self._writes_acknowledged += 1
+        self._acknowledged[(job.id, job.revision)] = self._writes_acknowledged
+        if len(self._acknowledged) > _ACKNOWLEDGED_KEPT:
+            self._acknowledged.popitem(last=False)
         if self._local_feed:
             self._fanout.publish(JobChanged(job))
+
+    def _publish_streamed(self, event: ChangeEvent) -> None:
+        number = self._acknowledged.get((event.job.id, event.job.revision)) if isinstance(event, JobChanged) else None
+        self._fanout.publish(event, number)
 
     # -- workspaces and tokens
 

@@ -56,17 +56,22 @@ def _history_lost(exc: BaseException) -> bool:
 
 class FeedSubscription:
     """One subscriber. Registered when created, so every event published after `changes()` returns reaches it,
-    even before its first `__anext__` (a watcher subscribes, then reads its snapshot, without a gap)."""
+    even before its first `__anext__` (a watcher subscribes, then reads its snapshot, without a gap).
 
-    def __init__(self, fanout: ChangeFanout, capacity: int) -> None:
+    `since`: the store's count of acknowledged writes when it subscribed. A change stream delivers a write some
+    time after it was acknowledged; an event for a write this process saw acknowledged before subscribing
+    (number <= since) is from before "now" and is not delivered."""
+
+    def __init__(self, fanout: ChangeFanout, capacity: int, since: int) -> None:
         self._fanout = fanout
         self._capacity = capacity
+        self._since = since
         # None marks the end of the feed (the subscriber closed, or the store did).
         self._queue: asyncio.Queue[ChangeEvent | None] = asyncio.Queue()
         self._closed = False
 
-    def offer(self, event: ChangeEvent) -> None:
-        if self._closed:
+    def offer(self, event: ChangeEvent, acknowledged: int | None = None) -> None:
+        if self._closed or (acknowledged is not None and acknowledged <= self._since):
             return
         if self._queue.qsize() >= self._capacity:
             while not self._queue.empty():
@@ -102,17 +107,18 @@ class ChangeFanout:
         self._capacity = capacity
         self._subscriptions: set[FeedSubscription] = set()
 
-    def subscribe(self) -> FeedSubscription:
-        subscription = FeedSubscription(self, self._capacity)
+    def subscribe(self, since: int = 0) -> FeedSubscription:
+        subscription = FeedSubscription(self, self._capacity, since)
         self._subscriptions.add(subscription)
         return subscription
 
     def discard(self, subscription: FeedSubscription) -> None:
         self._subscriptions.discard(subscription)
 
-    def publish(self, event: ChangeEvent) -> None:
+    def publish(self, event: ChangeEvent, acknowledged: int | None = None) -> None:
+        """`acknowledged`: the number of the write, if this process wrote it (see FeedSubscription)."""
         for subscription in list(self._subscriptions):
-            subscription.offer(event)
+            subscription.offer(event, acknowledged)
 
     def close(self) -> None:
         for subscription in list(self._subscriptions):
