@@ -486,7 +486,8 @@ class MongoStore:
         if not name.strip():
             raise InvalidArgument("name", "a workspace name must not be empty")
         self._check_open()
-        created = {"_id": str(uuid.uuid4()), "name": name, "created_at": now, "created_at_us": micros(now)}
+        # An upsert copies the filter's equality fields (`name`) into the document it inserts.
+        created = {"_id": str(uuid.uuid4()), "created_at": now, "created_at_us": micros(now)}
         with self._reachable("create a workspace"):
             try:
                 found = await self._workspaces.find_one_and_update(
