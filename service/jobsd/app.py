@@ -54,7 +54,7 @@ class JobsdApp:
     def __init__(self, settings: Settings, *, clock: Clock | None = None, store: JobStore | None = None) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.store: JobStore = store or open_store(settings.store)
+        self.store: JobStore = store or open_store(settings.store, log_retention=settings.log_retention)
         self.metrics = Metrics()
         self.hub = WatchHub(self.store, capacity=settings.watch_buffer, max_subscribers=settings.max_watch_streams)
         self.service = JobService(

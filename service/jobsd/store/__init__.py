@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from datetime import timedelta
 from typing import cast
 
 from jobsd.errors import InvalidArgument
@@ -15,7 +16,7 @@ _SQLITE_PREFIX = "sqlite:///"
 _MONGO_PREFIXES = ("mongodb://", "mongodb+srv://")
 
 
-def open_store(url: str) -> JobStore:
+def open_store(url: str, *, log_retention: timedelta | None = None) -> JobStore:
     """The backend for `url` (JOBSD_STORE), not yet opened: the caller awaits `open()` (and later `close()`).
 
     `sqlite:///relative/path.db` or `sqlite:////absolute/path.db` (three slashes, then the path, as SQLAlchemy
@@ -32,7 +33,8 @@ def open_store(url: str) -> JobStore:
     if url.startswith(_MONGO_PREFIXES):
         # Imported only when asked for, so the embedded store never pays for the MongoDB driver.
         mongo = importlib.import_module("jobsd.store.mongo")
-        return cast(JobStore, mongo.MongoStore(url))
+        # log_retention also sets the TTL index of jobs_log (purge deletes old rows either way).
+        return cast(JobStore, mongo.MongoStore(url, log_retention=log_retention))
     shown = url if "@" not in url else url.split("://", 1)[0] + "://…"  # never echo credentials
     raise InvalidArgument(
         "store",
