@@ -132,7 +132,8 @@ async def drive(
 ) -> LoadResult:
     """`phase.concurrency` loops each awaiting `call(i)` back to back: warm up, then measure for `phase.seconds`.
 
-    Only calls that start and end inside the measured window count (latency and rate). Errors are counted and
+    The calls that complete inside the measured window count (rate, and their latency; the warm-up keeps the
+    load steady before the window opens, so a call that started in it is a steady-state call). Errors are counted and
     the first is kept; a benchmark whose calls fail reports it rather than a fast rate of failures.
     """
     loop_time = time.perf_counter
@@ -162,7 +163,7 @@ async def drive(
                     return
                 continue
             t1 = loop_time()
-            if t0 >= window_start and t1 <= window_end:
+            if window_start <= t1 <= window_end:
                 latencies.append(t1 - t0)
 
     async def cpu_sampler() -> None:
