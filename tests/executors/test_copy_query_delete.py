@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
+from jobsd.domain.clock import ManualClock
+from jobsd.domain.model import datasource_id_for
 from jobsd.executors.background_query import run_query
 from jobsd.executors.copy_data import run_copy
-from jobsd.executors.dataplane import DataPlane
+from jobsd.executors.dataplane import DataPlane, TableStats
 from jobsd.executors.delete_data import run_delete
 from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
 
@@ -48,6 +50,9 @@ async def test_copy_appends_and_replaces_with_measured_processed_data(plane: Dat
         "written_bytes": written_bytes,
     }
     assert first.figures["statistics"] == {"bytes": written_bytes, "row_count": ROWS // 2}
+    odd = await plane.get_datasource("odd", workspace=WORKSPACE)
+    assert first.figures["result"] == {"datasource": odd.job_json(TableStats(written_bytes, ROWS // 2))}
+    assert (odd.id, odd.type) == (datasource_id_for(WORKSPACE, "odd"), "query")
 
     again = RecordingContext(make_job("copy", datasource="odd", query_sql=sql, mode="append"))
     await run_copy(again, plane)
@@ -59,6 +64,7 @@ async def test_copy_appends_and_replaces_with_measured_processed_data(plane: Dat
     )
     await run_copy(replace, plane)
     assert replace.figures["statistics"] == {"bytes": 9, "row_count": 1}
+    assert replace.figures["result"]["datasource"]["statistics"] == {"bytes": 9, "row_count": 1}
     assert await plane.query("SELECT id, kind FROM odd", workspace=WORKSPACE) == [(1, "z")]
 
 
@@ -121,13 +127,17 @@ async def test_a_query_with_bad_sql_fails_naming_the_problem(plane: DataPlane) -
     )
 
 
-async def test_delete_data_removes_the_matching_rows(plane: DataPlane) -> None:
+async def test_delete_data_removes_the_matching_rows(plane: DataPlane, clock: ManualClock) -> None:
     await seed(plane)
+    clock.advance(timedelta(seconds=30))
     ctx = RecordingContext(make_job("delete_data", params={"delete_condition": "kind = 'bb' AND id < 10"}))
     await run_delete(ctx, plane)
 
-    assert ctx.figures["result"] == {"rows_affected": 5}
-    assert ctx.figures["statistics"] == {"bytes": EVENTS_BYTES - 5 * 10, "row_count": ROWS - 5}
+    after = TableStats(bytes=EVENTS_BYTES - 5 * 10, row_count=ROWS - 5)
+    assert ctx.figures["statistics"] == {"bytes": after.bytes, "row_count": after.row_count}
+    events = await plane.get_datasource("events", workspace=WORKSPACE)
+    assert ctx.figures["result"] == {"rows_affected": 5, "datasource": events.job_json(after)}
+    assert events.updated_at == clock.now() != events.created_at
 
 
 @pytest.mark.parametrize(

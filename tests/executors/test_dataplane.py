@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 
 from jobsd.domain.clock import ManualClock
+from jobsd.domain.model import datasource_id_for
 from jobsd.errors import AlreadyExists, InvalidArgument, NotFound
-from jobsd.executors.dataplane import STAGING_SCHEMA, DataPlane
+from jobsd.executors.copy_data import run_copy
+from jobsd.executors.dataplane import STAGING_SCHEMA, DataPlane, TableStats
 from jobsd.executors.import_data import run_import
+from jobsd.executors.populate_view import run_populate
 from jobsd.executors.runner import ExecutorRunner, data_dir_for
 from jobsd.settings import Settings
 
@@ -50,12 +53,48 @@ async def test_a_data_source_renders_the_reference_metadata_shape(plane: DataPla
         "type",
         "columns",
     ]
-    assert shown["id"].startswith("t_") and len(shown["id"]) == 34
+    assert shown["id"] == datasource_id_for(WORKSPACE, "events")
     assert shown["created_at"] == clock.now().strftime("%Y-%m-%d %H:%M:%S.%f")
     assert shown["engine"] == {"engine": "MergeTree", "partition_key": "", "sorting_key": "day"}
     assert shown["last_commit"] == {"content_sha": "", "status": "changed", "path": ""}
     assert shown["columns"] == [{"name": "day", "type": "Date"}, {"name": "n", "type": "Nullable(Int64)"}]
     assert shown["statistics"] is None
+
+
+async def test_the_job_object_is_the_reference_shape_with_statistics_and_no_columns(plane: DataPlane) -> None:
+    created = await plane.create_datasource("events", [("a", "Int64")], workspace=WORKSPACE)
+
+    shown = created.job_json(TableStats(bytes=16, row_count=2))
+
+    full = created.to_json(TableStats(bytes=16, row_count=2))
+    assert shown == {k: v for k, v in full.items() if k != "columns"}
+    assert list(shown)[-2:] == ["type", "statistics"]
+    assert shown["statistics"] == {"bytes": 16, "row_count": 2}
+    assert created.job_json()["statistics"] is None
+
+
+async def test_every_data_source_the_plane_creates_has_the_id_jobs_carry(
+    plane: DataPlane, files: FileServer, clock: ManualClock
+) -> None:
+    """Created over the API, by an import, a copy or a populate: one id per (workspace, name), the service's."""
+    await plane.create_datasource("declared", [("a", "Int64")], workspace=WORKSPACE)
+    await plane.create_datasource("declared", [("a", "Int64")], workspace=OTHER_WORKSPACE)
+    url = files.write("imported.csv", "a\n1\n2\n")
+    await run_import(RecordingContext(make_job("import", datasource="imported", url=url)), plane)
+    await run_copy(
+        RecordingContext(make_job("copy", datasource="copied", params={"sql": "SELECT a FROM imported"})), plane
+    )
+    populate = make_job(
+        "populateview", datasource="populated", params={"sql": "SELECT a FROM copied", "source": "copied"}
+    )
+    await run_populate(RecordingContext(populate), plane, clock=clock)
+
+    sources = await plane.list_datasources(workspace=WORKSPACE)
+    assert {s.name: s.id for s in sources} == {
+        name: datasource_id_for(WORKSPACE, name) for name in ("copied", "declared", "imported", "populated")
+    }
+    other = await plane.get_datasource("declared", workspace=OTHER_WORKSPACE)
+    assert other.id == datasource_id_for(OTHER_WORKSPACE, "declared") != datasource_id_for(WORKSPACE, "declared")
 
 
 async def test_data_sources_persist_and_stay_per_workspace(tmp_path: Path, clock: ManualClock) -> None:

@@ -6,11 +6,14 @@ import asyncio
 import gzip
 import json
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from jobsd.executors.dataplane import DataPlane
+from jobsd.domain.clock import ManualClock
+from jobsd.domain.model import datasource_id_for
+from jobsd.executors.dataplane import DataPlane, TableStats
 from jobsd.executors.errors import ExecutionFailed
 from jobsd.executors.import_data import run_import
 
@@ -83,7 +86,39 @@ async def test_csv_with_good_quarantined_and_invalid_lines_gives_exact_figures(
     assert 'column "amount": missing value' in str(quarantined[2][2])
     assert {import_id for *_, import_id in quarantined} == {ctx.job.id}
     source = await plane.get_datasource("events", workspace=WORKSPACE)
-    assert ctx.figures["result"] == {"datasource": {"id": source.id, "name": "events"}}
+    assert ctx.figures["result"] == {"datasource": source.job_json(TableStats(bytes=GOOD_BYTES, row_count=5))}
+
+
+async def test_the_import_reports_the_target_object_as_it_is_after_the_work(
+    plane: DataPlane, files: FileServer, clock: ManualClock
+) -> None:
+    await create_events(plane)
+    before = await plane.get_datasource("events", workspace=WORKSPACE)
+    clock.advance(timedelta(minutes=3))
+    ctx = await run(plane, url=files.write("events.csv", EVENTS_CSV))
+
+    reported = ctx.figures["result"]["datasource"]
+    assert reported["id"] == before.id == datasource_id_for(WORKSPACE, "events")
+    assert reported["name"] == "events"
+    assert reported["created_at"] == before.job_json()["created_at"]
+    assert reported["updated_at"] == clock.now().strftime("%Y-%m-%d %H:%M:%S.%f") != reported["created_at"]
+    assert reported["statistics"] == ctx.figures["statistics"] == {"bytes": GOOD_BYTES, "row_count": 5}
+    assert reported["headers"] == {"cached_delimiter": ","}
+    assert "columns" not in reported
+
+
+async def test_a_data_source_an_import_creates_is_described_as_csv_with_the_service_id(
+    plane: DataPlane, files: FileServer
+) -> None:
+    ctx = await run(plane, datasource="fresh", url=files.write("fresh.csv", "a;b\n1;x\n"))
+
+    reported = ctx.figures["result"]["datasource"]
+    assert (reported["id"], reported["type"], reported["headers"]) == (
+        datasource_id_for(WORKSPACE, "fresh"),
+        "csv",
+        {"cached_delimiter": ";"},
+    )
+    assert reported["statistics"] == {"bytes": 9, "row_count": 1}
 
 
 async def test_ndjson_with_quarantined_and_invalid_lines(plane: DataPlane, files: FileServer) -> None:

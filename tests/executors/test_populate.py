@@ -57,6 +57,8 @@ async def test_one_query_per_partition_each_reported_done_and_progress_reaches_1
     assert rows == [(ROWS_PER_DAY,)] * DAYS
     target = await plane.get_datasource("daily", workspace=WORKSPACE)
     assert [c.name for c in target.columns] == ["day", "n", "total"]
+    stats = await plane.stats("daily", workspace=WORKSPACE)
+    assert ctx.figures["result"] == {"written_rows": DAYS, "datasource": target.job_json(stats)}
 
 
 async def test_without_partition_by_it_is_one_query(plane: DataPlane, clock: Any) -> None:
@@ -84,6 +86,10 @@ async def test_cancel_between_partitions_keeps_the_finished_ones(plane: DataPlan
 
     assert [q["status"] for q in ctx.figures["queries"]] == ["done", "waiting", "waiting", "waiting"]
     assert ctx.figures["progress_percentage"] == 25.0
+    # The finished partition stays, so the target changed: its figures and object are reported as they are now.
+    assert ctx.figures["statistics"]["row_count"] == 1
+    assert ctx.figures["result"]["written_rows"] == 1
+    assert ctx.figures["result"]["datasource"]["statistics"] == ctx.figures["statistics"]
     assert await plane.query("SELECT day, n FROM daily", workspace=WORKSPACE) == [
         (await plane.query("SELECT min(day) FROM events", workspace=WORKSPACE))[0] + (ROWS_PER_DAY,)
     ]

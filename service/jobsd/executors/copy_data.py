@@ -7,7 +7,8 @@ interrupts the running statement (DuckDB rolls it back) and the job ends CANCELL
 
 `processed_data` is measured: `read_rows` = rows the query scanned (DuckDB's profiler), `read_bytes` = those rows
 times the average row size of the data source each was scanned from, `written_rows` = rows inserted,
-`written_bytes` = the growth of the target (for replace: its new size). `statistics` = the target's bytes and rows.
+`written_bytes` = the growth of the target (for replace: its new size). `statistics` = the target's bytes and rows;
+`result.datasource` = the target's full metadata object after the copy (the job detail's `datasource`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import duckdb
 
 from jobsd.executors.abortable import Interrupted, run_interruptible
 from jobsd.executors.context import ExecutionContext, JobInput
-from jobsd.executors.dataplane import DataPlane, Session, TableStats
+from jobsd.executors.dataplane import DataPlane, DataSource, Session, TableStats
 from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
 from jobsd.executors.sqltext import check_select, split_qualified_name, sql_failure
 
@@ -37,6 +38,7 @@ class CopyOutcome:
     written_rows: int
     written_bytes: int
     statistics: TableStats
+    datasource: DataSource  # the target, as it is after the copy
 
 
 def _scans(operator: dict[str, Any]) -> Iterator[tuple[str, int]]:
@@ -87,7 +89,7 @@ def _copy(session: Session, stopping: threading.Event, job: JobInput, target: st
                 with contextlib.suppress(duckdb.Error):
                     session.execute("PRAGMA disable_profiling")
             after = session.stats(source)
-            session.touch(source)
+            source = session.touch(source)
     except duckdb.InterruptException:
         raise Interrupted from None
     except duckdb.Error as error:
@@ -99,6 +101,7 @@ def _copy(session: Session, stopping: threading.Event, job: JobInput, target: st
         written_rows=int(row[0]) if row else 0,
         written_bytes=max(0, after.bytes - before.bytes),
         statistics=after,
+        datasource=source,
     )
 
 
@@ -126,4 +129,5 @@ async def run_copy(ctx: ExecutionContext, plane: DataPlane) -> None:
             "written_bytes": outcome.written_bytes,
         },
         statistics={"bytes": outcome.statistics.bytes, "row_count": outcome.statistics.row_count},
+        result={"datasource": outcome.datasource.job_json(outcome.statistics)},
     )

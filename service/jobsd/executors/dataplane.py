@@ -31,10 +31,10 @@ from typing import Any, TypeVar
 import duckdb
 
 from jobsd.domain.clock import Clock, SystemClock, from_micros, to_micros
+from jobsd.domain.model import datasource_id_for
 from jobsd.errors import AlreadyExists, InvalidArgument, NotFound
 from jobsd.executors.coltypes import Column, ColumnType, parse_column_type, type_from_duckdb
 from jobsd.executors.errors import ExecutionFailed
-from jobsd.executors.ids import new_datasource_id
 from jobsd.executors.sqltext import NAME_PATTERN, describe_duckdb_error, quote_ident, split_qualified_name
 
 __all__ = [
@@ -92,6 +92,10 @@ class TableStats:
     row_count: int
 
 
+def _statistics_json(statistics: TableStats | None) -> dict[str, int] | None:
+    return None if statistics is None else {"bytes": statistics.bytes, "row_count": statistics.row_count}
+
+
 @dataclass(frozen=True, slots=True)
 class DataSource:
     """A registered data source and the Tinybird-style metadata object its jobs render."""
@@ -116,8 +120,12 @@ class DataSource:
     def quarantine_name(self) -> str:
         return self.name + QUARANTINE_SUFFIX
 
-    def to_json(self, statistics: TableStats | None = None) -> dict[str, Any]:
-        """The object as the reference's job detail shows it under "datasource", plus columns and statistics."""
+    def job_json(self, statistics: TableStats | None = None) -> dict[str, Any]:
+        """The object as the reference's job detail shows it under "datasource", plus its statistics.
+
+        What the executors report as `result.datasource` once a job has changed the data source (the gateway renders
+        it as the detail's `datasource`); the columns are left to `to_json`, so a job stays small.
+        """
         return {
             "id": self.id,
             "name": self.name,
@@ -140,11 +148,14 @@ class DataSource:
             "last_commit": {"content_sha": "", "status": "changed", "path": ""},
             "errors_discarded_at": None,
             "type": self.type,
-            "columns": [column.to_json() for column in self.columns],
-            "statistics": None
-            if statistics is None
-            else {"bytes": statistics.bytes, "row_count": statistics.row_count},
+            "statistics": _statistics_json(statistics),
         }
+
+    def to_json(self, statistics: TableStats | None = None) -> dict[str, Any]:
+        """`job_json` plus the columns: what `GET /v0/datasources/{name}` answers."""
+        shown = self.job_json(statistics)
+        statistics_json = shown.pop("statistics")
+        return {**shown, "columns": [column.to_json() for column in self.columns], "statistics": statistics_json}
 
     def _registry_json(self) -> str:
         return json.dumps(
@@ -366,7 +377,8 @@ class Session:
         source = DataSource(
             workspace=workspace,
             name=name,
-            id=new_datasource_id(),
+            # The id jobs on this data source carry too (the service derives it the same way).
+            id=datasource_id_for(workspace, name),
             columns=columns,
             created_at=now,
             updated_at=now,

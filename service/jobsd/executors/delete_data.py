@@ -3,7 +3,7 @@
 Job fields: `datasource.name` and params `delete_condition` (an SQL boolean over the data source's columns, e.g.
 `country = 'ES' AND day < DATE '2024-01-01'`). The condition is checked to stay one expression of one DELETE of
 this data source (no `1=1); DROP ...`). One transaction: a bad condition changes nothing. Figures: `statistics` of
-the data source after, `result.rows_affected` = rows deleted.
+the data source after, `result.rows_affected` = rows deleted, `result.datasource` = its full metadata object after.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 import duckdb
 
 from jobsd.executors.context import ExecutionContext, JobInput
-from jobsd.executors.dataplane import DataPlane, Session, TableStats
+from jobsd.executors.dataplane import DataPlane, DataSource, Session, TableStats
 from jobsd.executors.errors import ExecutionFailed
 from jobsd.executors.sqltext import check_delete_condition, sql_failure
 
 __all__ = ["run_delete"]
 
 
-def _delete(session: Session, job: JobInput, name: str, condition: str) -> tuple[int, TableStats]:
+def _delete(session: Session, job: JobInput, name: str, condition: str) -> tuple[int, DataSource, TableStats]:
     session.use_workspace(job.workspace)
     source = session.find(job.workspace, name)
     if source is None:
@@ -28,19 +28,19 @@ def _delete(session: Session, job: JobInput, name: str, condition: str) -> tuple
     try:
         with session.writing():
             row = session.execute(statement).fetchone()
-            session.touch(source)
+            source = session.touch(source)
     except duckdb.Error as error:
         raise sql_failure(error, "delete_condition") from None
-    return (int(row[0]) if row else 0), session.stats(source)
+    return (int(row[0]) if row else 0), source, session.stats(source)
 
 
 async def run_delete(ctx: ExecutionContext, plane: DataPlane) -> None:
     job = JobInput.of(ctx)
     name = job.require_datasource()
     condition = job.text_param("delete_condition", required=True)
-    deleted, stats = await plane.run(lambda session: _delete(session, job, name, condition))
+    deleted, source, stats = await plane.run(lambda session: _delete(session, job, name, condition))
     ctx.report(
         progress_percentage=100.0,
         statistics={"bytes": stats.bytes, "row_count": stats.row_count},
-        result={"rows_affected": deleted},
+        result={"rows_affected": deleted, "datasource": source.job_json(stats)},
     )

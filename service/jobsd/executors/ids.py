@@ -1,19 +1,17 @@
-"""Identifiers the executors hand out: data-source ids (`t_<32 hex>`) and query ids (ULIDs, 26 characters)."""
+"""Identifiers the executors hand out: query ids (ULIDs, 26 characters).
+
+Data-source ids are not random: `jobsd.domain.model.datasource_id_for(workspace_id, name)`, shared with the service.
+"""
 
 from __future__ import annotations
 
 import secrets
-import uuid
 
 from jobsd.domain.clock import Clock, to_micros
 
-__all__ = ["new_datasource_id", "new_query_id"]
+__all__ = ["new_query_id"]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_datasource_id() -> str:
-    return "t_" + uuid.uuid4().hex
 
 
 def new_query_id(clock: Clock) -> str:

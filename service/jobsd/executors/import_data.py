@@ -6,7 +6,8 @@ guessed from the header). The file is streamed and loaded batch by batch (see `l
 quarantine and invalid lines, `records` for what an invalid line is, `inference` for the schema of a new data
 source). Figures: `progress_percentage` by bytes while it runs (when the size is known), `quarantine_rows`,
 `invalid_lines`, `errors`, `processed_data` (records read, bytes transferred, rows and bytes written), and on
-success `statistics` = bytes and rows of the whole data source, plus `result.datasource` = {id, name}.
+success `statistics` = bytes and rows of the whole data source, plus `result.datasource` = the data source's full
+metadata object as it is after the import (`DataSource.job_json`: what the job detail renders as `datasource`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def _report_outcome(ctx: ExecutionContext, outcome: ImportOutcome) -> None:
             "written_bytes": outcome.written_bytes,
         },
         errors=outcome.errors or None,
-        result={"datasource": {"id": outcome.datasource.id, "name": outcome.datasource.name}},
+        result={"datasource": outcome.datasource.job_json(outcome.statistics)},
     )
 
 

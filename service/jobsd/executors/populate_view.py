@@ -12,6 +12,9 @@ same name shadows the table. `progress_percentage` = done / total * 100 as they 
 Cancellable between partitions: after each partition the executor flushes its figures (which also refreshes the
 cancel flag), and when a cancel was requested it stops with the finished partitions kept in the target, the
 remaining queries left "waiting" (as the reference shows them while cancelling), and the job ends CANCELLED.
+
+When partitions were written (done, or cancelled after some): `statistics` of the target, `result.written_rows`, and
+`result.datasource` = the target's full metadata object as it is then (the job detail's `datasource`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import duckdb
 
 from jobsd.domain.clock import Clock
 from jobsd.executors.context import ExecutionContext, JobInput
-from jobsd.executors.dataplane import DataPlane, Session, TableStats, validate_datasource_name
+from jobsd.executors.dataplane import DataPlane, DataSource, Session, TableStats, validate_datasource_name
 from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
 from jobsd.executors.ids import new_query_id
 from jobsd.executors.sqltext import check_expression, check_select, quote_ident, sql_failure
@@ -122,8 +125,20 @@ def _run_partition(session: Session, plan: _Plan, index: int) -> int:
     return int(row[0]) if row else 0
 
 
-def _target_stats(session: Session, plan: _Plan) -> TableStats:
-    return session.stats(session.get(plan.workspace, plan.target))
+def _target_now(session: Session, plan: _Plan) -> tuple[DataSource, TableStats]:
+    target = session.get(plan.workspace, plan.target)
+    return target, session.stats(target)
+
+
+def _report_target(
+    ctx: ExecutionContext, target: DataSource, stats: TableStats, written: int, progress: float | None = None
+) -> None:
+    """Statistics and the target's full metadata object (`result.datasource`), as they are now."""
+    ctx.report(
+        progress_percentage=progress,
+        statistics={"bytes": stats.bytes, "row_count": stats.row_count},
+        result={"written_rows": written, "datasource": target.job_json(stats)},
+    )
 
 
 async def run_populate(ctx: ExecutionContext, plane: DataPlane, *, clock: Clock) -> None:
@@ -143,6 +158,8 @@ async def run_populate(ctx: ExecutionContext, plane: DataPlane, *, clock: Clock)
         written = 0
         for index, query in enumerate(queries):
             if ctx.cancel_requested:
+                if index:  # the finished partitions stay: the target changed
+                    _report_target(ctx, *await plane.run(lambda session: _target_now(session, plan)), written)
                 raise ExecutionCancelled
             query["status"] = "working"
             ctx.report(queries=queries)
@@ -155,12 +172,7 @@ async def run_populate(ctx: ExecutionContext, plane: DataPlane, *, clock: Clock)
             query["status"] = "done"
             ctx.report(queries=queries, progress_percentage=100.0 * (index + 1) / len(queries))
             await ctx.flush()
-        stats = await plane.run(lambda session: _target_stats(session, plan))
-        ctx.report(
-            progress_percentage=100.0,
-            statistics={"bytes": stats.bytes, "row_count": stats.row_count},
-            result={"written_rows": written},
-        )
+        _report_target(ctx, *await plane.run(lambda session: _target_now(session, plan)), written, 100.0)
     finally:
         if plan.partitions_table:
             await plane.run(lambda session: session.drop_table(plan.partitions_table))

@@ -80,24 +80,48 @@ def _optional(message: Any, field: str) -> str | None:
     return str(getattr(message, field)) if message.HasField(field) else None
 
 
-def _datasource_ref(job: pb.Job, full: JsonObject | None = None) -> JsonObject | None:
-    """`{id, name}` for the list; from the typed ref, falling back to the full object's keys."""
-    ds_id: str | None = job.datasource_ref.id
-    name: str | None = job.datasource_ref.name
+def _reported_datasource(job: pb.Job) -> struct_pb2.Struct | None:
+    """`result.datasource`: the target's full object as the worker found it after the work (the executors report it)."""
+    if "datasource" not in job.result.fields:
+        return None
+    value = job.result.fields["datasource"]
+    return value.struct_value if value.WhichOneof("kind") == "struct_value" else None
+
+
+def _text_field(struct: struct_pb2.Struct, key: str) -> str:
+    if key not in struct.fields:
+        return ""
+    value = struct.fields[key]
+    return value.string_value if value.WhichOneof("kind") == "string_value" else ""
+
+
+def _datasource_ref(job: pb.Job, reported: struct_pb2.Struct | None = None) -> JsonObject | None:
+    """`{id, name}`: what the worker reported, else the typed ref, else the creator's object."""
+    if reported is None:
+        reported = _reported_datasource(job)
+    ds_id = name = ""
+    if reported is not None:
+        ds_id, name = _text_field(reported, "id"), _text_field(reported, "name")
+    ds_id, name = ds_id or job.datasource_ref.id, name or job.datasource_ref.name
     if not (ds_id and name):
-        full = plain_struct(job.datasource) if full is None else full
-        ds_id, name = ds_id or full.get("id"), name or full.get("name")
+        ds_id, name = ds_id or _text_field(job.datasource, "id"), name or _text_field(job.datasource, "name")
     if not ds_id and not name:
         return None
-    return {"id": ds_id or "", "name": name or ""}
+    return {"id": ds_id, "name": name}
 
 
 def _datasource_full(job: pb.Job) -> JsonObject | None:
-    """The full data-source object the creator supplied, with `id` and `name` first as in the reference."""
-    full = plain_struct(job.datasource)
-    ref = _datasource_ref(job, full)
+    """The detail's `datasource`, with `id` and `name` first as in the reference.
+
+    The object the worker reported in `result.datasource` once the job ran (the data plane's full metadata, with
+    current statistics and updated_at), else the object the creator supplied; never merged, so the detail shows one
+    data source as one party described it.
+    """
+    reported = _reported_datasource(job)
+    ref = _datasource_ref(job, reported)
     if ref is None:
         return None
+    full = plain_struct(reported if reported is not None else job.datasource)
     return {**ref, **{k: v for k, v in full.items() if k not in ("id", "name")}}
 
 
