@@ -1,9 +1,9 @@
-"""The text jobsctl shows: progress line, sizes, tables."""
+"""The text jobsctl shows: progress line, sizes, tables, details, data sources."""
 
 from __future__ import annotations
 
 from jobsd_client._proto import jobs_pb2 as pb
-from jobsd_client.render import human_bytes, jobs_table, progress_line
+from jobsd_client.render import datasource_text, datasources_table, details_text, human_bytes, jobs_table, progress_line
 
 
 def test_progress_line_shows_status_percentage_queries_rows_and_bytes() -> None:
@@ -51,3 +51,41 @@ def test_jobs_table_aligns_columns_and_falls_back_to_the_datasource_struct() -> 
         ["ccc", "query", "waiting", "-", "-"],
     ]
     assert lines[1].index("import") == lines[0].index("KIND")  # columns line up under their headers
+
+
+def test_details_leave_the_data_source_object_to_datasource_show() -> None:
+    job = pb.Job(id="j", kind="delete_data", status=pb.JOB_STATUS_DONE)
+    job.result.update({"rows_affected": 2, "datasource": {"id": "t_1", "name": "events", "cluster": "default"}})
+    result_lines = [line for line in details_text(job).splitlines() if line.startswith("result:")]
+    assert [line.split(":", 1)[1].strip() for line in result_lines] == ['{"rows_affected": 2}']
+
+    only_datasource = pb.Job(id="j", kind="import")
+    only_datasource.result.update({"datasource": {"id": "t_1", "name": "events"}})
+    assert "result:" not in details_text(only_datasource)
+
+
+def test_data_sources_render_from_partial_or_odd_json() -> None:
+    """The REST JSON is read defensively: missing or mistyped fields show as "-", never a crash."""
+    full = {
+        "name": "events",
+        "id": "t_1",
+        "type": "csv",
+        "updated_at": "2026-06-01 12:00:00.123456",
+        "statistics": {"row_count": 1234, "bytes": 2_500_000},
+    }
+    odd = {"name": "odd", "statistics": {"row_count": True, "bytes": "many"}, "columns": "not a list"}
+    header, first, second = datasources_table([full, odd]).splitlines()
+    assert header.split() == ["NAME", "ID", "TYPE", "ROWS", "BYTES", "UPDATED_AT"]
+    assert first.split() == ["events", "t_1", "csv", "1,234", "2.5", "MB", "2026-06-01", "12:00:00"]
+    assert second.split() == ["odd", "-", "-", "-", "-", "-"]
+
+    shown = dict(line.split(":", 1) for line in datasource_text(odd).splitlines())
+    assert {k: v.strip() for k, v in shown.items()} == {
+        "name": "odd",
+        "id": "-",
+        "type": "-",
+        "created_at": "-",
+        "updated_at": "-",
+        "rows": "-",
+        "bytes": "-",
+    }

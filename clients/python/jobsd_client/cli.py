@@ -3,10 +3,14 @@
     jobsctl ls --status working
     jobsctl import https://example.com/events.csv --datasource events
     jobsctl watch <job id>
+    jobsctl datasource create events --schema "date DateTime, user_id Int64" --engine-sorting-key date
+    jobsctl datasource ls
 
-Target and token come from `--target`/`--token` or `JOBSD_TARGET`/`JOBSD_TOKEN`. `--json` on any command prints
-the job(s) as JSON instead of text. Failures print `error: <message>` on stderr and exit 1 (usage mistakes exit
-2, as argparse conventionally does); `watch` also exits 1 when the job ends in error or cancelled.
+Target and token come from `--target`/`--token` or `JOBSD_TARGET`/`JOBSD_TOKEN`; the `datasource` commands talk to
+the REST gateway instead, at `--http-target` or `JOBSD_HTTP_TARGET` (default http://127.0.0.1:8080). `--json` on
+any command prints the job(s), or the gateway's data-source JSON, instead of text. Failures print
+`error: <message>` on stderr and exit 1 (usage mistakes exit 2, as argparse conventionally does); `watch` also exits
+1 when the job ends in error or cancelled.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from google.protobuf.message import Message
 from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client.async_client import AsyncJobsClient
 from jobsd_client.convert import STATUS_NAMES, TERMINAL_STATUSES, message_to_dict, status_name
+from jobsd_client.datasources import DEFAULT_HTTP_TARGET, DataSourcesClient, DataSourcesError
 from jobsd_client.errors import JobsdClientError, Unauthenticated, Unavailable
-from jobsd_client.render import details_text, jobs_table, log_table, progress_line
+from jobsd_client.render import datasource_text, datasources_table, details_text, jobs_table, log_table, progress_line
 
-__all__ = ["DEFAULT_TARGET", "CliError", "build_parser", "main"]
+__all__ = ["DEFAULT_HTTP_TARGET", "DEFAULT_TARGET", "CliError", "build_parser", "main"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _MODES = ("append", "replace")
@@ -73,6 +78,12 @@ def _connection_options(*, in_subcommand: bool) -> _Parser:
 
     options = _Parser(add_help=False)
     options.add_argument("--target", default=default(None), help=f"HOST:PORT (env JOBSD_TARGET; {DEFAULT_TARGET})")
+    options.add_argument(
+        "--http-target",
+        default=default(None),
+        metavar="URL",
+        help=f"the REST gateway, for `datasource` (env JOBSD_HTTP_TARGET; {DEFAULT_HTTP_TARGET})",
+    )
     options.add_argument("--token", default=default(None), help="bearer token (env JOBSD_TOKEN)")
     options.add_argument(
         "--workspace",
@@ -151,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = creating("query", "run SQL in the background and keep its result")
     query.add_argument("--sql", required=True)
+
+    datasource = command("datasource", "create, list and show data sources (over the REST gateway)")
+    actions = datasource.add_subparsers(dest="datasource_command", metavar="ACTION", required=True)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, help=help_text, description=help_text, parents=common)
+
+    ds_create = action("create", "create an empty data source with a schema")
+    ds_create.add_argument("name", metavar="NAME")
+    ds_create.add_argument(
+        "--schema", required=True, help='columns as "name Type, ...", e.g. "date DateTime, user_id Int64, event String"'
+    )
+    ds_create.add_argument("--engine-sorting-key", metavar="EXPR", help='e.g. "date, user_id"')
+    ds_create.add_argument("--engine-partition-key", metavar="EXPR", help='e.g. "toYear(date)"')
+    ds_create.add_argument("--description")
+    action("ls", "list the workspace's data sources with their rows and bytes")
+    action("show", "show a data source: id, engine, statistics, columns").add_argument("name", metavar="NAME")
 
     token = command("token", "tokens are created on the server host (see `jobsd token create`)")
     token.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -373,6 +401,46 @@ _COMMANDS: dict[str, _Command] = {
 }
 
 
+# ------------------------------------------------------------------ data sources (REST)
+
+
+def _datasource(client: DataSourcesClient, args: argparse.Namespace, out: TextIO) -> int:
+    if args.datasource_command == "create":
+        created = client.create(
+            args.name,
+            args.schema,
+            sorting_key=args.engine_sorting_key,
+            partition_key=args.engine_partition_key,
+            description=args.description,
+        )
+        if args.json:
+            _print_json(created, out)
+        else:
+            out.write(f"Data source {created.get('name', args.name)} created ({created.get('id', '-')})\n")
+        return 0
+    if args.datasource_command == "ls":
+        sources = client.list()
+        if args.json:
+            _print_json({"datasources": sources}, out)
+        elif sources:
+            out.write(datasources_table(sources) + "\n")
+        else:
+            out.write("No data sources found.\n")
+        return 0
+    source = client.get(args.name)
+    if args.json:
+        _print_json(source, out)
+    else:
+        out.write(datasource_text(source) + "\n")
+    return 0
+
+
+def _describe_rest(exc: DataSourcesError) -> str:
+    if exc.status in (401, 403) and exc.message == "invalid authentication token":
+        return f"{exc.message} (check --token or JOBSD_TOKEN)"
+    return exc.message
+
+
 # ------------------------------------------------------------------ entry point
 
 
@@ -407,7 +475,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, enviro
         sys.stderr.write("error: no token: pass --token or set JOBSD_TOKEN\n")
         return 1
     try:
+        if args.command == "datasource":
+            http_target = args.http_target or env.get("JOBSD_HTTP_TARGET") or DEFAULT_HTTP_TARGET
+            rest = DataSourcesClient(http_target, token, workspace_id=args.workspace, timeout=args.timeout)
+            return _datasource(rest, args, out)
         return asyncio.run(_run(args, target, token, out))
+    except DataSourcesError as exc:
+        sys.stderr.write(f"error: {_describe_rest(exc)}\n")
     except JobsdClientError as exc:
         sys.stderr.write(f"error: {_describe(exc, target)}\n")
     except CliError as exc:

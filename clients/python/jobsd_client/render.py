@@ -1,4 +1,5 @@
-"""How `jobsctl` shows jobs to a person: the `ls` table, the `details` listing, the `watch` progress line.
+"""How `jobsctl` shows jobs to a person: the `ls` table, the `details` listing, the `watch` progress line; and data
+sources (`datasource ls` / `show`) from the REST gateway's JSON.
 
 Pure functions from messages to text, so they are tested without a terminal.
 """
@@ -6,8 +7,9 @@ Pure functions from messages to text, so they are tested without a terminal.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -17,7 +19,10 @@ from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client.convert import from_timestamp, status_name
 
 __all__ = [
+    "DATASOURCE_COLUMNS",
     "LIST_COLUMNS",
+    "datasource_text",
+    "datasources_table",
     "details_text",
     "human_bytes",
     "job_figures",
@@ -29,6 +34,7 @@ __all__ = [
 ]
 
 LIST_COLUMNS = ("id", "kind", "status", "created_at", "datasource")
+DATASOURCE_COLUMNS = ("name", "id", "type", "rows", "bytes", "updated_at")
 
 
 def time_text(stamp: Timestamp, *, micros: bool = False) -> str:
@@ -114,8 +120,20 @@ def progress_line(job: pb.Job, width: int = 100, *, ascii_only: bool = False) ->
     return line[: max(width - 1, 0)] + ellipsis
 
 
-def _struct_json(message: Message) -> str:
-    return json.dumps(json_format.MessageToDict(message), sort_keys=True)
+def _whole_numbers(value: Any) -> Any:
+    """Struct numbers are doubles: show the integral ones as integers (rows 2, not 2.0)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
+def _struct_json(message: Message, *, leave_out: str = "") -> str:
+    plain = {k: v for k, v in json_format.MessageToDict(message).items() if k != leave_out}
+    return json.dumps(_whole_numbers(plain), sort_keys=True) if plain else ""
 
 
 def details_text(job: pb.Job) -> str:
@@ -154,12 +172,87 @@ def details_text(job: pb.Job) -> str:
         lines.append(("errors", error))
     if job.params.fields:
         lines.append(("params", _struct_json(job.params)))
-    if job.result.fields:
-        lines.append(("result", _struct_json(job.result)))
+    # The data source's full object (result.datasource) is `jobsctl datasource show`'s business, not a details line.
+    result = _struct_json(job.result, leave_out="datasource")
+    if result:
+        lines.append(("result", result))
     lines.append(("revision", str(job.revision)))
     if job.attempt:
         lines.append(("attempt", str(job.attempt)))
     if job.HasField("worker_id"):
         lines.append(("worker_id", job.worker_id))
+    width = max(len(name) for name, _ in lines) + 1
+    return "\n".join(f"{(name + ':').ljust(width)}  {value}" for name, value in lines)
+
+
+# ------------------------------------------------------------------ data sources (REST JSON)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) and value else "-"
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _statistics(source: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    stats = source.get("statistics")
+    if not isinstance(stats, Mapping):
+        return None, None
+    return _whole(stats.get("row_count")), _whole(stats.get("bytes"))
+
+
+def _seconds(stamp: Any) -> str:
+    """`2024-07-22 11:47:58.207606` -> `2024-07-22 11:47:58` (the `ls` tables show whole seconds)."""
+    return stamp.split(".", 1)[0] if isinstance(stamp, str) and stamp else "-"
+
+
+def datasources_table(sources: Sequence[Mapping[str, Any]]) -> str:
+    """`jobsctl datasource ls`: one row per data source, from `GET /v0/datasources`."""
+    rows = []
+    for source in sources:
+        count, size = _statistics(source)
+        rows.append(
+            [
+                _text(source.get("name")),
+                _text(source.get("id")),
+                _text(source.get("type")),
+                f"{count:,}" if count is not None else "-",
+                human_bytes(size) if size is not None else "-",
+                _seconds(source.get("updated_at")),
+            ]
+        )
+    return table(DATASOURCE_COLUMNS, rows)
+
+
+def datasource_text(source: Mapping[str, Any]) -> str:
+    """`jobsctl datasource show`: the object of `GET /v0/datasources/{name}`, one `name: value` per line."""
+    lines: list[tuple[str, str]] = [
+        ("name", _text(source.get("name"))),
+        ("id", _text(source.get("id"))),
+        ("type", _text(source.get("type"))),
+        ("created_at", _text(source.get("created_at"))),
+        ("updated_at", _text(source.get("updated_at"))),
+    ]
+    engine = source.get("engine")
+    if isinstance(engine, Mapping):
+        lines.append(("engine", _text(engine.get("engine"))))
+        for key in ("sorting_key", "partition_key"):
+            if engine.get(key):
+                lines.append((key, str(engine[key])))
+    if source.get("description"):
+        lines.append(("description", str(source["description"])))
+    headers = source.get("headers")
+    if isinstance(headers, Mapping):
+        lines.extend((str(key), str(value)) for key, value in headers.items())
+    count, size = _statistics(source)
+    lines.append(("rows", f"{count:,}" if count is not None else "-"))
+    lines.append(("bytes", human_bytes(size) if size is not None else "-"))
+    columns = source.get("columns")
+    if isinstance(columns, Sequence) and not isinstance(columns, str):
+        for column in columns:
+            if isinstance(column, Mapping):
+                lines.append(("column", f"{_text(column.get('name'))}  {_text(column.get('type'))}"))
     width = max(len(name) for name, _ in lines) + 1
     return "\n".join(f"{(name + ':').ljust(width)}  {value}" for name, value in lines)
