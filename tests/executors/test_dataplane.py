@@ -97,6 +97,22 @@ async def test_every_data_source_the_plane_creates_has_the_id_jobs_carry(
     assert other.id == datasource_id_for(OTHER_WORKSPACE, "declared") != datasource_id_for(WORKSPACE, "declared")
 
 
+async def test_a_data_source_registered_with_another_id_reads_back_with_the_derived_one(plane: DataPlane) -> None:
+    """Data planes written before ids were derived stored random ones: those are not what jobs carry."""
+    await plane.create_datasource("events", [("a", "Int64")], workspace=WORKSPACE)
+
+    def register_old_id(session: Any) -> None:
+        with session.writing():
+            session.execute(
+                'UPDATE _jobsd.datasources SET meta = json_merge_patch(meta, \'{"id": "t_0123456789abcdef"}\')'
+            )
+
+    await plane.run(register_old_id)
+    stored = await plane.query("SELECT meta->>'id' FROM _jobsd.datasources", workspace=WORKSPACE)
+    assert stored == [("t_0123456789abcdef",)]
+    assert (await plane.get_datasource("events", workspace=WORKSPACE)).id == datasource_id_for(WORKSPACE, "events")
+
+
 async def test_data_sources_persist_and_stay_per_workspace(tmp_path: Path, clock: ManualClock) -> None:
     path = tmp_path / "plane.duckdb"
     async with DataPlane(path, clock=clock) as plane:

@@ -178,7 +178,8 @@ class DataSource:
         return cls(
             workspace=workspace,
             name=name,
-            id=meta["id"],
+            # Derived, not read: a data source registered before ids were derived gets the id its jobs carry.
+            id=datasource_id_for(workspace, name),
             columns=columns,
             created_at=from_micros(int(meta["created_at"])),
             updated_at=from_micros(int(meta["updated_at"])),
