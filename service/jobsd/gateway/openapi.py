@@ -55,7 +55,10 @@ _SCHEMAS: dict[str, Schema] = {
         "required": ["id", "name"],
         "properties": {"id": _str(), "name": _str()},
         "additionalProperties": True,
-        "description": "The full data-source object: as the executor reported it after the job ran (result.datasource), else as the job was created with.",
+        "description": (
+            "The full data-source object: as the executor reported it after the job ran (result.datasource), "
+            "else as the job was created with."
+        ),
     },
     "JobListItem": {
         "type": "object",
