@@ -405,7 +405,7 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
-def write(figs: list[Figure], run: Run, meta: Meta, out: Path) -> None:
+def write(figs: list[Figure], run: Run, meta: Meta, out: Path, stem: str = "latest") -> None:
     rows = _rows(figs)
     header = _header(meta)
     missed = [f.label for f in figs if f.status == "MISSED"]
@@ -436,7 +436,7 @@ def write(figs: list[Figure], run: Run, meta: Meta, out: Path) -> None:
         *notes,
         *(f"- {n}" for n in run.notes),
         "",
-        "![ratios](latest.svg)",
+        f"![ratios]({stem}.svg)",
         "",
     ]
     rows_by_filter = run.values.get("list_rows")
@@ -451,16 +451,16 @@ def write(figs: list[Figure], run: Run, meta: Meta, out: Path) -> None:
             small_cell = f"{other[0]:.2f} / {other[1]:.2f}" if other else "-"
             md.append(f"| {name} | {p50:.2f} / {p99:.2f} | {small_cell} |")
         md.append("")
-    (out / "latest.md").write_text("\n".join(md))
-    (out / "latest.json").write_text(json.dumps({f.name: f.as_json() for f in figs}, indent=2) + "\n")
-    (out / "latest.svg").write_text(svg(figs, header[0]))
-    print(f"wrote {out / 'latest.md'}, latest.json, latest.svg")
+    (out / f"{stem}.md").write_text("\n".join(md))
+    (out / f"{stem}.json").write_text(json.dumps({f.name: f.as_json() for f in figs}, indent=2) + "\n")
+    (out / f"{stem}.svg").write_text(svg(figs, header[0]))
+    print(f"wrote {out / stem}.md, {stem}.json, {stem}.svg")
 
 
 def svg(figs: list[Figure], title: str) -> str:
     """A horizontal bar per figure: its ratio, the target as a tick, green when met, red when missed."""
     shown = [f for f in figs if f.ratio is not None]
-    bar_h, gap, left, width, top = 22, 10, 300, 520, 50
+    bar_h, gap, left, width, top = 22, 10, 380, 520, 50
     height = top + len(shown) * (bar_h + gap) + 40
     scale_max = max([2.2] + [min(f.ratio or 0, 10.0) * 1.1 for f in shown])
 
