@@ -494,7 +494,8 @@ def svg(figs: list[Figure], title: str) -> str:
                         'stroke="black" stroke-width="2"/>'
                     )
         label = f"{ratio:.3g}x {'' if f.status == 'info' else f.status}"
-        parts.append(f'<text x="{x(ratio) + 6:.1f}" y="{y + 15}">{html.escape(label)}</text>')
+        label_x = max(x(ratio), x(f.target) if f.target is not None and abs(x(f.target) - x(ratio)) < 60 else 0)
+        parts.append(f'<text x="{label_x + 6:.1f}" y="{y + 15}">{html.escape(label)}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
