@@ -352,9 +352,8 @@ class JobService:
             idempotency_key=None,
             request_id=None,
         )
-        return await self.create_job(
-            Principal(principal.token_name, principal.workspace_id, principal.scopes | {"JOBS:CREATE"}), spec
-        )
+        # check_write above demands the same scopes create does.
+        return await self.create_job(principal, spec)
 
     # ------------------------------------------------------------------ workers
 
