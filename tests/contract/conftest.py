@@ -1,5 +1,8 @@
 """The `store` fixture: every contract test runs once per backend.
 
+Every backend is built with the app's job encoder and wrapped in `wire.WireChecked`, so each job a test reads is
+also read as a record whose stored wire bytes must decode to that job.
+
 Backends (and their test ids):
 - `sqlite`: a real SQLite file in tmp_path, always.
 - `mongo-emulated`: an in-process MongoDB emulation, when tests/contract/mongo_backends.py exists.
@@ -25,6 +28,8 @@ import pytest
 
 from jobsd.store.base import JobStore
 from jobsd.store.sqlite import SqliteStore
+
+from .wire import WireChecked, encode_job
 
 REAL_MONGO_ENV = "JOBSD_TEST_MONGODB_URI"
 
@@ -61,10 +66,10 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if missing:
         pytest.skip(f"{backend} cannot provide {', '.join(sorted(missing))}")
     if backend == "sqlite":
-        sqlite_store = SqliteStore(tmp_path / "contract" / "jobsd.db")
+        sqlite_store = SqliteStore(tmp_path / "contract" / "jobsd.db", encoder=encode_job)
         await sqlite_store.open()
         try:
-            yield sqlite_store
+            yield WireChecked(sqlite_store)  # type: ignore[misc]
         finally:
             await sqlite_store.close()
         return
@@ -72,5 +77,5 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     factory: Callable[[], AbstractAsyncContextManager[Any]] = (
         _MONGO.emulated_mongo_store if backend == "mongo-emulated" else _MONGO.real_mongo_store
     )
-    async with factory() as mongo_store:
-        yield mongo_store
+    async with factory(encoder=encode_job) as mongo_store:
+        yield WireChecked(mongo_store)

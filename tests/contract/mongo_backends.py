@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from pymongo import AsyncMongoClient
 
+from jobsd.store.base import JobEncoder
 from jobsd.store.mongo import MongoStore
 from jobsd.store.mongo_emulation import EmulatedAsyncMongoClient
 
@@ -22,9 +23,10 @@ EMULATED_LACKS: frozenset[str] = frozenset({"cross_process_feed", "ttl", "explai
 
 
 @asynccontextmanager
-async def emulated_mongo_store() -> AsyncIterator[MongoStore]:
+async def emulated_mongo_store(encoder: JobEncoder | None = None) -> AsyncIterator[MongoStore]:
     """An opened MongoStore on a fresh in-process emulation."""
-    store = MongoStore("mongodb://emulated.invalid/jobsd", client=EmulatedAsyncMongoClient().as_client())
+    client = EmulatedAsyncMongoClient().as_client()
+    store = MongoStore("mongodb://emulated.invalid/jobsd", client=client, encoder=encoder)
     await store.open()
     try:
         yield store
@@ -33,11 +35,11 @@ async def emulated_mongo_store() -> AsyncIterator[MongoStore]:
 
 
 @asynccontextmanager
-async def real_mongo_store() -> AsyncIterator[MongoStore]:
+async def real_mongo_store(encoder: JobEncoder | None = None) -> AsyncIterator[MongoStore]:
     """An opened MongoStore on a fresh database of the server at JOBSD_TEST_MONGODB_URI, dropped afterwards."""
     uri = os.environ[REAL_MONGO_ENV]
     database = f"jobsd_test_{uuid.uuid4().hex[:12]}"
-    store = MongoStore(uri, database=database)
+    store = MongoStore(uri, database=database, encoder=encoder)
     await store.open()
     try:
         yield store

@@ -24,6 +24,7 @@ from jobsd.store.base import FeedReset, JobChanged, JobQuery, LogQuery
 from jobsd.store.sqlite import PURGE_BATCH, SqliteStore
 
 from .factories import RETENTION, T0, claim_request, move, new_job, new_workspace_id
+from .wire import assert_record_of, encode_job
 
 
 @pytest.fixture
@@ -279,3 +280,31 @@ async def test_an_old_version_that_is_not_what_the_store_holds_loses(sqlite_stor
     assert not await sqlite_store.compare_and_set(forged, move(forged, Action.CANCEL, T0))
     assert await sqlite_store.get_job(waiting.id, T0) == waiting
     assert await sqlite_store.compare_and_set(waiting, move(waiting, Action.CANCEL, T0))
+
+
+async def test_a_file_of_schema_version_1_gains_the_wire_column_and_answers_its_old_rows(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    old = SqliteStore(path)  # no encoder: rows without wire bytes, as version 1 wrote them
+    await old.open()
+    ws = new_workspace_id()
+    jobs = [await old.insert_job(new_job(ws, datasource_name="events")) for _ in range(3)]
+    await old.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE jobs DROP COLUMN wire")
+        conn.execute("PRAGMA user_version=1")
+    conn.close()
+    store = SqliteStore(path, encoder=encode_job)
+    await store.open()
+    try:
+        assert_record_of(await store.get_record(jobs[0].id, T0), jobs[0])
+        records = await store.list_records(JobQuery(scope=ReadScope(ws, everything=True), now=T0, limit=10))
+        for record, job in zip(records, sorted(jobs, key=lambda j: j.id, reverse=True), strict=True):
+            assert_record_of(record, job)
+        moved = move(jobs[1], Action.CLAIM, T0)
+        assert await store.compare_and_set(jobs[1], moved)
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+            assert conn.execute("SELECT wire IS NOT NULL FROM jobs WHERE id = ?", (moved.id,)).fetchone()[0] == 1
+        conn.close()
+    finally:
+        await store.close()

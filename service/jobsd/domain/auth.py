@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Protocol
 
 from jobsd.domain.model import Job, TokenRecord
 from jobsd.errors import InvalidArgument, PermissionDenied
@@ -17,6 +18,7 @@ __all__ = [
     "NO_ACCESS",
     "Principal",
     "ReadScope",
+    "Readable",
     "hash_token",
     "new_token_secret",
     "validate_scope",
@@ -57,6 +59,19 @@ def validate_scope(scope: str) -> str:
     )
 
 
+class Readable(Protocol):
+    """What read authorisation looks at: a `Job`, or the store's light `JobRecord` of one."""
+
+    @property
+    def workspace_id(self) -> str: ...
+
+    @property
+    def datasource_name(self) -> str | None: ...
+
+    @property
+    def pipe_name(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ReadScope:
     """What a principal may read in one workspace: everything, or only jobs on these data sources / pipes."""
@@ -66,7 +81,7 @@ class ReadScope:
     datasource_names: frozenset[str] = frozenset()
     pipe_names: frozenset[str] = frozenset()
 
-    def allows(self, job: Job) -> bool:
+    def allows(self, job: Readable) -> bool:
         if job.workspace_id != self.workspace_id:
             return False
         if self.everything:
@@ -111,7 +126,7 @@ class Principal:
             )
         return ReadScope(workspace_id, everything=False, datasource_names=ds, pipe_names=pipes)
 
-    def check_read(self, job: Job) -> None:
+    def check_read(self, job: Readable) -> None:
         if self.workspace_id is not None and job.workspace_id != self.workspace_id:
             raise PermissionDenied(NO_ACCESS)
         try:

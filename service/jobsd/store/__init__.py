@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import cast
 
 from jobsd.errors import InvalidArgument
-from jobsd.store.base import JobStore
+from jobsd.store.base import JobEncoder, JobStore
 from jobsd.store.sqlite import SqliteStore
 
 __all__ = ["SqliteStore", "open_store"]
@@ -16,11 +16,12 @@ _SQLITE_PREFIX = "sqlite:///"
 _MONGO_PREFIXES = ("mongodb://", "mongodb+srv://")
 
 
-def open_store(url: str, *, log_retention: timedelta | None = None) -> JobStore:
+def open_store(url: str, *, log_retention: timedelta | None = None, encoder: JobEncoder | None = None) -> JobStore:
     """The backend for `url` (JOBSD_STORE), not yet opened: the caller awaits `open()` (and later `close()`).
 
     `sqlite:///relative/path.db` or `sqlite:////absolute/path.db` (three slashes, then the path, as SQLAlchemy
-    spells it); `mongodb://...` or `mongodb+srv://...` for MongoDB.
+    spells it); `mongodb://...` or `mongodb+srv://...` for MongoDB. `encoder` makes the wire bytes every job write
+    stores for the record reads (see jobsd.store.base); the app passes the API's message serialiser.
     """
     url = url.strip()
     if url.startswith(_SQLITE_PREFIX):
@@ -29,12 +30,12 @@ def open_store(url: str, *, log_retention: timedelta | None = None) -> JobStore:
             raise InvalidArgument("store", f"{url!r} names no database file; expected sqlite:///path/to/jobsd.db")
         if path == ":memory:" or path.startswith("file:"):
             raise InvalidArgument("store", f"{url!r} is not a file path; the embedded store needs a durable file")
-        return SqliteStore(path)
+        return SqliteStore(path, encoder=encoder)
     if url.startswith(_MONGO_PREFIXES):
         # Imported only when asked for, so the embedded store never pays for the MongoDB driver.
         mongo = importlib.import_module("jobsd.store.mongo")
         # log_retention also sets the TTL index of jobs_log (purge deletes old rows either way).
-        return cast(JobStore, mongo.MongoStore(url, log_retention=log_retention))
+        return cast(JobStore, mongo.MongoStore(url, log_retention=log_retention, encoder=encoder))
     shown = url if "@" not in url else url.split("://", 1)[0] + "://…"  # never echo credentials
     raise InvalidArgument(
         "store",

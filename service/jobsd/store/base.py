@@ -7,6 +7,11 @@ Rules every backend keeps:
 - `claim_next` is atomic: FIFO by created_at among waiting, visible jobs of the requested kinds, skipping jobs whose
   concurrency key already has `limit_for(kind)` jobs running; no job is ever claimed twice.
 - Every committed job write is published on `changes()` (in-process for SQLite, change streams for MongoDB).
+- Every job write also stores the job's `wire` form, made by the encoder the store was built with (the API layer
+  passes one that serialises the `jobsd.v1.Job` message), in the same atomic write: the read paths
+  (`get_record`, `list_records`) answer from those bytes without building a `Job` per row. The store never
+  looks inside them; `is_cancellable` and the other derived fields depend on the stored job alone, so bytes made
+  at write time stay exact until the next write.
 """
 
 from __future__ import annotations
@@ -17,9 +22,45 @@ from datetime import datetime
 from typing import Protocol
 
 from jobsd.domain.auth import ReadScope
+from jobsd.domain.clock import from_micros
 from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
 
-__all__ = ["ChangeEvent", "ClaimRequest", "FeedReset", "JobChanged", "JobQuery", "JobStore", "LogQuery"]
+__all__ = [
+    "ChangeEvent",
+    "ClaimRequest",
+    "FeedReset",
+    "JobChanged",
+    "JobEncoder",
+    "JobQuery",
+    "JobRecord",
+    "JobStore",
+    "LogQuery",
+    "missing_encoder",
+]
+
+# Job -> its wire form (the API layer's serialised message); the store keeps the bytes, never interprets them.
+JobEncoder = Callable[[Job], bytes]
+
+
+def missing_encoder(job: Job) -> bytes:
+    """The encoder of a store built without one: its writes work, its record reads cannot."""
+    raise RuntimeError(f"this store was built without a job encoder, so it cannot answer job {job.id} as bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as the read paths need it: the fields authorisation looks at, and the encoded job (`wire`)."""
+
+    id: str
+    workspace_id: str
+    created_at_us: int
+    datasource_name: str | None
+    pipe_name: str | None
+    wire: bytes
+
+    @property
+    def created_at(self) -> datetime:
+        return from_micros(self.created_at_us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +140,12 @@ class JobStore(Protocol):
         """The job if it exists and is visible at `now`."""
 
     async def list_jobs(self, query: JobQuery) -> list[Job]: ...
+
+    async def get_record(self, job_id: str, now: datetime) -> JobRecord | None:
+        """`get_job` as a light record carrying the job's stored wire bytes."""
+
+    async def list_records(self, query: JobQuery) -> list[JobRecord]:
+        """`list_jobs` as light records carrying each job's stored wire bytes (same jobs, same order)."""
 
     async def compare_and_set(self, old: Job, new: Job) -> bool:
         """Write `new` iff the stored revision is still `old.revision`; False if it moved on or vanished."""

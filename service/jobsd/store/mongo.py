@@ -52,12 +52,22 @@ from pymongo.read_concern import ReadConcern
 
 from jobsd.domain.model import RUNNING_STATUSES, Job, LogEntry, TokenRecord, Workspace
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
-from jobsd.store.base import ChangeEvent, ClaimRequest, JobChanged, JobQuery, LogQuery
+from jobsd.store.base import (
+    ChangeEvent,
+    ClaimRequest,
+    JobChanged,
+    JobEncoder,
+    JobQuery,
+    JobRecord,
+    LogQuery,
+    missing_encoder,
+)
 from jobsd.store.mongo_codec import (
     CLAIM_LOCK,
     CLAIM_LOCK_UNTIL,
     LOG_OUTBOX,
     LOG_PENDING,
+    WIRE,
     ceil_to_millis,
     floor_to_millis,
     job_document,
@@ -144,7 +154,10 @@ class MongoStore:
         client: AsyncMongoClient[Document] | None = None,
         log_retention: timedelta | None = None,
         feed_capacity: int = DEFAULT_FEED_CAPACITY,
+        encoder: JobEncoder | None = None,
     ) -> None:
+        # Job -> wire bytes, stored in the job document by every write (see jobsd.store.base).
+        self._encoder = encoder
         self._owns_client = client is None
         if client is None:
             options: dict[str, Any] = {"tz_aware": True}
@@ -233,7 +246,7 @@ class MongoStore:
     async def insert_job(self, job: Job) -> Job:
         self._check_open()
         outbox = log_outbox_for(None, job)
-        document = job_document(job, outbox)
+        document = job_document(job, outbox, self._wire(job))
         with self._reachable("insert a job"):
             for _ in range(_INSERT_ATTEMPTS):
                 if job.idempotency_key is not None:
@@ -270,6 +283,53 @@ class MongoStore:
             found = await self._jobs.find_one({"_id": job_id, "$and": [visible_at(now)]})
         return None if found is None else job_from_document(found)
 
+    def _wire(self, job: Job) -> bytes | None:
+        return None if self._encoder is None else self._encoder(job)
+
+    def _record(self, doc: Document) -> JobRecord:
+        wire = doc.get(WIRE)
+        if wire is None:  # written before the store kept wire bytes: read the whole job and encode it
+            raise _NeedsWholeDocument
+        get = doc.get
+        return JobRecord(
+            doc["_id"], doc["workspace_id"], doc["created_at_us"], get("datasource_name"), get("pipe_name"), wire
+        )
+
+    async def _records(self, documents: list[Document]) -> list[JobRecord]:
+        records: list[JobRecord] = []
+        for doc in documents:
+            try:
+                records.append(self._record(doc))
+            except _NeedsWholeDocument:
+                whole = await self._jobs.find_one({"_id": doc["_id"]})
+                if whole is None:
+                    continue
+                job = job_from_document(whole)
+                wire = (self._encoder or missing_encoder)(job)
+                created = whole["created_at_us"]
+                records.append(JobRecord(job.id, job.workspace_id, created, job.datasource_name, job.pipe_name, wire))
+        return records
+
+    async def get_record(self, job_id: str, now: datetime) -> JobRecord | None:
+        self._check_open()
+        with self._reachable("read a job"):
+            found = await self._jobs.find_one({"_id": job_id, "$and": [visible_at(now)]}, _RECORD_FIELDS)
+            if found is None:
+                return None
+            records = await self._records([found])
+        return records[0] if records else None
+
+    async def list_records(self, query: JobQuery) -> list[JobRecord]:
+        if query.limit < 1:
+            raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
+        self._check_open()
+        with self._reachable("list jobs"):
+            pages = [await self._find(self._jobs, plan, _RECORD_FIELDS) for plan in list_plans(query)]
+            if len(pages) == 1:
+                return await self._records(pages[0])
+            merged = merge(*pages, key=lambda d: (d["created_at_us"], d["_id"]), reverse=True)
+            return await self._records(list(islice(_unique(merged), query.limit)))
+
     async def list_jobs(self, query: JobQuery) -> list[Job]:
         if query.limit < 1:
             raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
@@ -300,7 +360,7 @@ class MongoStore:
             result = await self._jobs.replace_one(
                 # workspace_id: on a cluster sharded by it, the write goes to one shard instead of all.
                 {"_id": old.id, "workspace_id": old.workspace_id, "revision": old.revision, **also},
-                job_document(new, outbox),
+                job_document(new, outbox, self._wire(new)),
             )
         if result.matched_count == 0:
             return False
@@ -559,9 +619,19 @@ class MongoStore:
                 raise
 
     @staticmethod
-    async def _find(collection: AsyncCollection[Document], plan: FindPlan) -> list[Document]:
-        cursor = collection.find(plan.filter, sort=list(plan.sort), limit=plan.limit, hint=plan.hint)
+    async def _find(
+        collection: AsyncCollection[Document], plan: FindPlan, projection: Mapping[str, int] | None = None
+    ) -> list[Document]:
+        cursor = collection.find(plan.filter, projection, sort=list(plan.sort), limit=plan.limit, hint=plan.hint)
         return await cursor.to_list(None)
+
+
+class _NeedsWholeDocument(Exception):
+    """A job document without wire bytes (written before the store kept them)."""
+
+
+# What a JobRecord reads of a job document.
+_RECORD_FIELDS: Final = {"_id": 1, "workspace_id": 1, "created_at_us": 1, "datasource_name": 1, "pipe_name": 1, WIRE: 1}
 
 
 def _holds(job: Document | None, holder: Document, now_us: int) -> bool:

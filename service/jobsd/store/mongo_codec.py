@@ -29,6 +29,7 @@ __all__ = [
     "LOG_OUTBOX",
     "LOG_PENDING",
     "TIME_FIELDS",
+    "WIRE",
     "ceil_to_millis",
     "floor_to_millis",
     "job_document",
@@ -55,7 +56,9 @@ CLAIM_LOCK_UNTIL: Final = "claim_lock_until_us"
 # LOG_PENDING is true until they are copied, so a writer that dies in between loses nothing (the sweep copies them).
 LOG_OUTBOX: Final = "log_outbox"
 LOG_PENDING: Final = "log_pending"
-_BOOKKEEPING: Final = frozenset({"_id", CLAIM_LOCK, CLAIM_LOCK_UNTIL, LOG_OUTBOX, LOG_PENDING})
+# The job's wire form (the store's encoder's bytes, BSON binary), written with the job in the same replace.
+WIRE: Final = "wire"
+_BOOKKEEPING: Final = frozenset({"_id", CLAIM_LOCK, CLAIM_LOCK_UNTIL, LOG_OUTBOX, LOG_PENDING, WIRE})
 _MILLI: Final = timedelta(milliseconds=1)
 
 
@@ -88,8 +91,8 @@ def log_document_id(job_id: str, revision: int) -> str:
     return f"{job_id}:{revision}"
 
 
-def job_document(job: Job, outbox: list[dict[str, Any]]) -> dict[str, Any]:
-    """The whole stored document of `job`, with these jobs_log rows still to be copied."""
+def job_document(job: Job, outbox: list[dict[str, Any]], wire: bytes | None = None) -> dict[str, Any]:
+    """The whole stored document of `job`, with these jobs_log rows still to be copied, and its wire form."""
     plain = job_to_plain(job)
     doc: dict[str, Any] = {"_id": plain.pop("id")}
     for name, value in plain.items():
@@ -105,6 +108,7 @@ def job_document(job: Job, outbox: list[dict[str, Any]]) -> dict[str, Any]:
     doc[CLAIM_LOCK_UNTIL] = None
     doc[LOG_OUTBOX] = outbox
     doc[LOG_PENDING] = bool(outbox)
+    doc[WIRE] = wire
     return doc
 
 

@@ -10,9 +10,10 @@ Durability: WAL with `synchronous=NORMAL` writes every commit to the WAL file be
 acknowledged write survives a crash of the process (kill -9); it may be lost only on an OS crash or power loss.
 
 Layout: table `jobs` keeps the indexed columns next to `doc`, the JSON of `job_to_plain(job)` (datetimes as integer
-microseconds). Every list filter is one index led by workspace_id that already yields newest-first order, so a page
-costs the same whether the store holds a thousand jobs or a million (tests/contract/test_sqlite_specific.py checks
-the plans).
+microseconds), and `wire`, the job as the store's encoder made it (the serialised API message), written with `doc`
+in every write so GetJob/ListJobs answer from bytes (`get_record`, `list_records`). Every list filter is one
+index led by workspace_id that already yields newest-first order, so a page costs the same whether the store holds
+a thousand jobs or a million (tests/contract/test_sqlite_specific.py checks the plans).
 """
 
 from __future__ import annotations
@@ -34,11 +35,23 @@ from jobsd.domain.clock import from_micros, to_micros
 from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
 from jobsd.domain.serial import job_from_plain, job_to_plain, log_entry_for
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
-from jobsd.store.base import ChangeEvent, ClaimRequest, FeedReset, JobChanged, JobQuery, LogQuery
+from jobsd.store.base import (
+    ChangeEvent,
+    ClaimRequest,
+    FeedReset,
+    JobChanged,
+    JobEncoder,
+    JobQuery,
+    JobRecord,
+    LogQuery,
+    missing_encoder,
+)
 
 __all__ = ["SqliteStore"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+# Version 1 had no `wire` column: opening such a file adds it; rows written before answer by encoding `doc`.
+_OLDER_VERSIONS: Final = (1,)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -55,7 +68,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     concurrency_key TEXT NOT NULL,
     idempotency_key TEXT,
     revision INTEGER NOT NULL,
-    doc TEXT NOT NULL
+    doc TEXT NOT NULL,
+    wire BLOB
 );
 -- One index per list filter, each led by workspace_id and ending in (created_at, id): the index order is the
 -- page order, so no list query sorts.
@@ -131,7 +145,9 @@ _INDEXED_COLUMNS: Final = (
     "concurrency_key",
     "revision",
 )
-_JOB_COLUMNS: Final = ", ".join((*_INDEXED_COLUMNS, "doc"))
+_JOB_COLUMNS: Final = ", ".join((*_INDEXED_COLUMNS, "doc", "wire"))
+# What the read paths select for a JobRecord (after created_at, id, which order the merged pages).
+_RECORD_COLUMNS: Final = "created_at, id, workspace_id, datasource_name, pipe_name, wire"
 _REVISION: Final = _INDEXED_COLUMNS.index("revision")
 _LOG_COLUMNS: Final = (
     "job_id, revision, job_type, status, error, workspace_id, request_id, pipe_id, datasource_id, created_at, "
@@ -174,9 +190,9 @@ def _time(value: int | None) -> datetime | None:
     return None if value is None else from_micros(value)
 
 
-def _job_row(job: Job) -> tuple[Any, ...]:
+def _job_row(job: Job, wire: bytes | None) -> tuple[Any, ...]:
     """The values of _JOB_COLUMNS for `job`."""
-    return (*_indexed_values(job), _encode_json(job_to_plain(job)))
+    return (*_indexed_values(job), _encode_json(job_to_plain(job)), wire)
 
 
 def _indexed_values(job: Job) -> tuple[Any, ...]:
@@ -260,9 +276,17 @@ class SqliteStore:
     """`jobsd.store.base.JobStore` on one SQLite file. Create, `await open()`, use, `await close()`."""
 
     def __init__(
-        self, path: str | Path, *, feed_capacity: int = DEFAULT_FEED_CAPACITY, busy_timeout_ms: int = 5_000
+        self,
+        path: str | Path,
+        *,
+        feed_capacity: int = DEFAULT_FEED_CAPACITY,
+        busy_timeout_ms: int = 5_000,
+        encoder: JobEncoder | None = None,
     ) -> None:
         self._path = Path(path)
+        # Job -> wire bytes, stored beside `doc` by every write. Without one, writes store no wire and the record
+        # reads raise (tests of other behaviour build stores without one).
+        self._encoder = encoder
         self._feed_capacity = feed_capacity
         # How long a write waits for another process's write lock before the call fails as Unavailable.
         self._busy_timeout_ms = busy_timeout_ms
@@ -299,13 +323,15 @@ class SqliteStore:
             conn.execute("PRAGMA cache_size=-32768")
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, *_OLDER_VERSIONS, SCHEMA_VERSION):
                 raise sqlite3.OperationalError(
                     f"schema version {version} is not supported (this jobsd knows {SCHEMA_VERSION})"
                 )
             conn.execute("BEGIN IMMEDIATE")
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
+            if "wire" not in {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}:
+                conn.execute("ALTER TABLE jobs ADD COLUMN wire BLOB")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
             stat = os.stat(self._path)
@@ -334,8 +360,11 @@ class SqliteStore:
 
     # -- jobs
 
+    def _wire(self, job: Job) -> bytes | None:
+        return None if self._encoder is None else self._encoder(job)
+
     async def insert_job(self, job: Job) -> Job:
-        row = _job_row(job)
+        row = _job_row(job, self._wire(job))
         log = log_entry_for(job)
         with self._write("insert a job") as conn:
             if job.idempotency_key is not None:
@@ -370,6 +399,44 @@ class SqliteStore:
             )
         return None if row is None else _job_from_doc(row[0])
 
+    async def get_record(self, job_id: str, now: datetime) -> JobRecord | None:
+        with self._guard("read a job"):
+            conn = self._open_connection()
+            row = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM jobs WHERE id = ? AND {_VISIBLE}", (job_id, to_micros(now))
+            ).fetchone()
+            if row is None:
+                return None
+            wire = row[5] if row[5] is not None else self._wire_of_doc(conn, row[1])
+            return JobRecord(row[1], row[2], row[0], row[3], row[4], wire)
+
+    async def list_records(self, query: JobQuery) -> list[JobRecord]:
+        if query.limit < 1:
+            raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
+        statements = self._list_statements(query, _RECORD_COLUMNS)
+        with self._guard("list jobs"):
+            conn = self._open_connection()
+            if len(statements) == 1:
+                sql, params = statements[0]
+                rows = conn.execute(sql, params).fetchall()
+            else:
+                cursors = [conn.execute(sql, params) for sql, params in statements]
+                try:
+                    merged = heapq.merge(*cursors, key=lambda r: (r[0], r[1]), reverse=True)
+                    rows = list(islice(_unique_by_id(merged), query.limit))
+                finally:
+                    for cursor in cursors:
+                        cursor.close()
+            return [
+                JobRecord(r[1], r[2], r[0], r[3], r[4], r[5] if r[5] is not None else self._wire_of_doc(conn, r[1]))
+                for r in rows
+            ]
+
+    def _wire_of_doc(self, conn: sqlite3.Connection, job_id: str) -> bytes:
+        """The wire of a row written before the store kept one (schema version 1): encoded from its doc."""
+        row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return (self._encoder or missing_encoder)(_job_from_doc(row[0]))
+
     async def list_jobs(self, query: JobQuery) -> list[Job]:
         if query.limit < 1:
             raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
@@ -400,7 +467,7 @@ class SqliteStore:
                 for sql, params in self._list_statements(query)
             ]
 
-    def _list_statements(self, query: JobQuery) -> list[tuple[str, list[Any]]]:
+    def _list_statements(self, query: JobQuery, columns: str = "created_at, id, doc") -> list[tuple[str, list[Any]]]:
         where = ["workspace_id = ?", _VISIBLE]
         params: list[Any] = [query.scope.workspace_id, to_micros(query.now)]
         index = "jobs_by_workspace"
@@ -425,7 +492,7 @@ class SqliteStore:
         def select(index_name: str, extra: str | None, extra_params: Sequence[Any]) -> tuple[str, list[Any]]:
             clauses = [*where, extra] if extra else where
             sql = (
-                f"SELECT created_at, id, doc FROM jobs INDEXED BY {index_name} WHERE {' AND '.join(clauses)} "
+                f"SELECT {columns} FROM jobs INDEXED BY {index_name} WHERE {' AND '.join(clauses)} "
                 "ORDER BY created_at DESC, id DESC LIMIT ?"
             )
             return sql, [*params, *extra_params, query.limit]
@@ -448,9 +515,10 @@ class SqliteStore:
                 "job.revision", f"the new revision ({new.revision}) must be greater than the old ({old.revision})"
             )
         doc = _encode_json(job_to_plain(new))
+        wire = self._wire(new)
         log = log_entry_for(new) if new.status is not old.status else None
         with self._write("update a job") as conn:
-            written = self._write_if_revision(conn, old, new, doc)
+            written = self._write_if_revision(conn, old, new, doc, wire)
             if written and log is not None:
                 self._append_log(conn, log)
         if written:
@@ -468,7 +536,8 @@ class SqliteStore:
                 return None
             job = _job_from_doc(chosen)
             claimed = request.claim(job)
-            if not self._write_if_revision(conn, job, claimed, _encode_json(job_to_plain(claimed))):
+            doc = _encode_json(job_to_plain(claimed))
+            if not self._write_if_revision(conn, job, claimed, doc, self._wire(claimed)):
                 # Impossible while we hold the write lock; refuse rather than hand out a job twice.
                 raise Unavailable(f"SQLite store {self._path}: job {job.id} changed during its claim")
             if claimed.status is not job.status:
@@ -714,7 +783,7 @@ class SqliteStore:
             conn.execute("COMMIT")
 
     @staticmethod
-    def _write_if_revision(conn: sqlite3.Connection, old: Job, new: Job, doc: str) -> bool:
+    def _write_if_revision(conn: sqlite3.Connection, old: Job, new: Job, doc: str, wire: bytes | None) -> bool:
         """Write `new` over `old` iff the stored row is still `old`: same revision, same indexed values.
 
         Only the indexed columns that differ are assigned: SQLite then rewrites only the indexes on those columns,
@@ -726,10 +795,10 @@ class SqliteStore:
         assigned = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b or i == _REVISION]
         compared = [i for i in range(len(before)) if i not in assigned]
         sql = (
-            f"UPDATE jobs SET {''.join(f'{_INDEXED_COLUMNS[i]} = ?, ' for i in assigned)}doc = ? "
+            f"UPDATE jobs SET {''.join(f'{_INDEXED_COLUMNS[i]} = ?, ' for i in assigned)}doc = ?, wire = ? "
             f"WHERE id = ? AND revision = ?{''.join(f' AND {_INDEXED_COLUMNS[i]} IS ?' for i in compared)}"
         )
-        params = (*(after[i] for i in assigned), doc, old.id, old.revision, *(before[i] for i in compared))
+        params = (*(after[i] for i in assigned), doc, wire, old.id, old.revision, *(before[i] for i in compared))
         return conn.execute(sql, params).rowcount == 1
 
     @staticmethod
