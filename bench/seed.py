@@ -2,9 +2,11 @@
 
 The store opens the file (so its schema and indexes exist), then one plain sqlite3 connection inserts rows in
 large transactions with durability off (seeding is not a service write; a crash just means seed again). Each row
-is what `SqliteStore.insert_job` would write for the same job: the indexed columns and the JSON `doc` made by
-`job_to_plain` (datetimes as integer microseconds). `verify()` reads a sample back through `SqliteStore` and the
-domain decoder, so a change of the store's layout makes the bench fail loudly rather than measure garbage.
+is what `SqliteStore.insert_job` would write for the same job: the indexed columns, the JSON `doc` made by
+`job_to_plain` (datetimes as integer microseconds) and the `wire` bytes the app's encoder makes (`job_to_pb`; built
+once per template and status, then only the per-row fields set). `verify()` reads a sample back through
+`SqliteStore` and the domain decoder, and compares each wire with a fresh encoding, so a change of the store's
+layout makes the bench fail loudly rather than measure garbage.
 
 The jobs spread over a few workspaces, every kind, 40 pipes and data sources per workspace and a realistic mix of
 statuses (mostly done), with `created_at` uniform over the last 46 h, so every ListJobs filter has full pages
@@ -25,12 +27,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from jobsd.api.codec import JobWireCodec, job_to_pb
 from jobsd.domain.auth import ADMIN, JOBS_CREATE, JOBS_EXECUTE, hash_token
 from jobsd.domain.clock import to_micros
 from jobsd.domain.model import Job, JobStatus, TokenRecord
 from jobsd.domain.rules import concurrency_key
-from jobsd.domain.serial import job_to_plain
+from jobsd.domain.serial import job_from_plain, job_to_plain
 from jobsd.store.sqlite import _JOB_COLUMNS, SqliteStore
+from jobsd_client._proto import jobs_pb2 as pb
 
 __all__ = ["ADMIN_TOKEN", "SERVICE_TOKEN", "SeedInfo", "count_jobs", "sample", "seed_to", "verify"]
 
@@ -130,6 +134,26 @@ def _template(workspace_id: str, kind: str, pipe: int) -> dict[str, Any]:
 
 
 _TEMPLATES: dict[tuple[str, str, int], dict[str, Any]] = {}
+# Serialised pb.Job per (workspace, kind, pipe, status): the fields every row of that key shares.
+_WIRES: dict[tuple[str, str, int, str], bytes] = {}
+
+
+def _wire(key: tuple[str, str, int, str], plain: dict[str, Any]) -> bytes:
+    """What `job_to_pb(job).SerializeToString()` gives for this row: the key's shared message, per-row fields set."""
+    shared = _WIRES.get(key)
+    if shared is None:
+        shared = _WIRES[key] = job_to_pb(job_from_plain(plain)).SerializeToString()
+    msg = pb.Job.FromString(shared)
+    msg.id = plain["id"]
+    msg.created_at.FromMicroseconds(plain["created_at"])
+    msg.updated_at.FromMicroseconds(plain["updated_at"])
+    if plain["started_at"] is None:
+        msg.ClearField("started_at")
+    else:
+        msg.started_at.FromMicroseconds(plain["started_at"])
+    if plain.get("import_id") is not None:
+        msg.import_id = plain["import_id"]
+    return msg.SerializeToString()
 
 
 def _batch(task: tuple[int, list[str], int]) -> list[tuple[Any, ...]]:
@@ -140,11 +164,15 @@ def _batch(task: tuple[int, list[str], int]) -> list[tuple[Any, ...]]:
             for kind in KINDS:
                 for p in range(PIPES_PER_WORKSPACE):
                     _TEMPLATES[(ws, kind, p)] = _template(ws, kind, p)
-    return _rows(random.Random(seed), ws_ids, _TEMPLATES, count)
+    return _rows(random.Random(seed), ws_ids, _TEMPLATES, count, _wire)
 
 
 def _rows(
-    rng: random.Random, ws_ids: list[str], templates: dict[tuple[str, str, int], dict[str, Any]], count: int
+    rng: random.Random,
+    ws_ids: list[str],
+    templates: dict[tuple[str, str, int], dict[str, Any]],
+    count: int,
+    wire: Any,
 ) -> list[tuple[Any, ...]]:
     now = to_micros(datetime.now(UTC))
     spread = int(SPREAD.total_seconds() * 1_000_000)
@@ -197,6 +225,7 @@ def _rows(
                 plain["concurrency_key"],
                 plain["revision"],
                 dumps(plain),
+                wire((ws, kind, pipe, status.value), plain),
             )
         )
     return rows
@@ -214,7 +243,7 @@ def seed_to(path: Path, target: int, *, seed: int = 7, progress: bool = True) ->
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-1048576")  # 1 GiB: the random-id primary key stays in memory
     columns = ", ".join(c.strip() for c in _JOB_COLUMNS.split(","))
-    sql = f"INSERT INTO jobs (id, idempotency_key, {columns}) VALUES ({', '.join('?' * 14)})"
+    sql = f"INSERT INTO jobs (id, idempotency_key, {columns}) VALUES ({', '.join('?' * 15)})"
     started = time.perf_counter()
     added = 0
     # Bulk load without the secondary indexes, then let the store rebuild them (a sort per index is much faster
@@ -277,14 +306,18 @@ def verify(path: Path, job_ids: list[str]) -> None:
     """Read seeded jobs back through the real store: the bench's rows must be what jobsd itself would read."""
 
     async def check() -> None:
-        store = SqliteStore(path)
+        encode = JobWireCodec()
+        store = SqliteStore(path, encoder=encode)
         await store.open()
         try:
             now = datetime.now(UTC)
             for job_id in job_ids:
                 job = await store.get_job(job_id, now)
-                if job is None:
+                record = await store.get_record(job_id, now)
+                if job is None or record is None:
                     raise RuntimeError(f"seeded job {job_id} is not readable through SqliteStore")
+                if pb.Job.FromString(record.wire) != encode.message(job):
+                    raise RuntimeError(f"seeded job {job_id}: its wire bytes are not what jobsd would store")
         finally:
             await store.close()
 

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from jobsd.api.codec import JobWireCodec
 from jobsd.api.local import LocalJobsApi, LocalWorkersApi
 from jobsd.domain.auth import ADMIN, JOBS_CREATE, JOBS_EXECUTE, hash_token, new_token_secret, validate_scope
 from jobsd.domain.clock import Clock, SystemClock
@@ -54,14 +55,18 @@ class JobsdApp:
     def __init__(self, settings: Settings, *, clock: Clock | None = None, store: JobStore | None = None) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.store: JobStore = store or open_store(settings.store, log_retention=settings.log_retention)
+        # Every job write stores the job's serialised message too; reads and write responses reuse those bytes.
+        self.codec = JobWireCodec()
+        self.store: JobStore = store or open_store(
+            settings.store, log_retention=settings.log_retention, encoder=self.codec
+        )
         self.metrics = Metrics()
         self.hub = WatchHub(self.store, capacity=settings.watch_buffer, max_subscribers=settings.max_watch_streams)
         self.service = JobService(
             self.store, self.clock, settings.rules, self.hub, self.metrics, log_retention=settings.log_retention
         )
-        self.api = LocalJobsApi(self.service)
-        self.workers_api = LocalWorkersApi(self.service)
+        self.api = LocalJobsApi(self.service, self.codec)
+        self.workers_api = LocalWorkersApi(self.service, self.codec)
         self.grpc_port = 0
         self.http_port: int | None = None
         self.executors: Any = None

@@ -26,7 +26,7 @@ from jobsd.domain.states import Action, apply_progress, transition
 from jobsd.domain.validation import NewJob, validate_new_job
 from jobsd.errors import FailedPrecondition, InvalidArgument, NotFound, StaleLease, Unauthenticated
 from jobsd.metrics import Metrics
-from jobsd.store.base import ClaimRequest, JobQuery, JobStore, LogQuery
+from jobsd.store.base import ClaimRequest, JobQuery, JobRecord, JobStore, LogQuery
 from jobsd.watch import WatchHub
 
 __all__ = ["Claim", "HeartbeatResult", "JobFilters", "JobService", "LogFilters", "WatchEvent"]
@@ -199,9 +199,40 @@ class JobService:
         principal.check_read(job)
         return job
 
+    async def get_job_record(self, principal: Principal, job_id: str) -> JobRecord:
+        """`get_job` as the store's light record: authorised on its fields, the job itself as wire bytes."""
+        record = await self.store.get_record(_require_id(job_id), self.clock.now())
+        if record is None:
+            raise NotFound(f'Job with id "{job_id}" not found')
+        principal.check_read(record)
+        return record
+
     async def list_jobs(
         self, principal: Principal, filters: JobFilters, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Job], str]:
+        limit, query = self._list_query(principal, filters, page_size, page_token)
+        jobs = await self.store.list_jobs(query)
+        if len(jobs) <= limit:
+            return jobs, ""
+        jobs = jobs[:limit]
+        last = jobs[-1]
+        return jobs, _encode_cursor(to_micros(last.created_at), last.id)
+
+    async def list_job_records(
+        self, principal: Principal, filters: JobFilters, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[JobRecord], str]:
+        """`list_jobs` as the store's light records (the store applied the read scope)."""
+        limit, query = self._list_query(principal, filters, page_size, page_token)
+        records = await self.store.list_records(query)
+        if len(records) <= limit:
+            return records, ""
+        records = records[:limit]
+        last = records[-1]
+        return records, _encode_cursor(last.created_at_us, last.id)
+
+    def _list_query(
+        self, principal: Principal, filters: JobFilters, page_size: int, page_token: str
+    ) -> tuple[int, JobQuery]:
         limit = _page_size(page_size)
         workspace_id = principal.workspace(filters.workspace_id)
         after = None
@@ -220,12 +251,7 @@ class JobService:
             created_before=filters.created_before,
             after=after,
         )
-        jobs = await self.store.list_jobs(query)
-        if len(jobs) <= limit:
-            return jobs, ""
-        jobs = jobs[:limit]
-        last = jobs[-1]
-        return jobs, _encode_cursor(to_micros(last.created_at), last.id)
+        return limit, query
 
     async def list_log(
         self, principal: Principal, filters: LogFilters, page_size: int = 0, page_token: str = ""

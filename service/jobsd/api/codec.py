@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +17,9 @@ from jobsd_client._proto import jobs_pb2 as pb
 __all__ = [
     "STATUS_FROM_PB",
     "STATUS_TO_PB",
+    "JobWireCodec",
     "job_to_pb",
+    "list_response_bytes",
     "log_to_pb",
     "progress_from_pb",
     "struct_to_dict",
@@ -184,3 +187,56 @@ def workspace_to_pb(ws: Workspace, scopes: frozenset[str], token_name: str) -> p
     return pb.Workspace(
         id=ws.id, name=ws.name, scopes=sorted(scopes), token_name=token_name, created_at=_ts(ws.created_at)
     )
+
+
+class JobWireCodec:
+    """Job -> serialised `pb.Job`: the encoder the store is built with (every job write stores these bytes).
+
+    It remembers the bytes of the last few jobs it encoded, by object identity (holding the job, so an identity
+    cannot be reused while remembered): a write's response then reuses the bytes the store just wrote instead of
+    building the message again. Bounded, so nothing grows with the store.
+    """
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._capacity = capacity
+        self._recent: OrderedDict[int, tuple[Job, bytes]] = OrderedDict()
+
+    def __call__(self, job: Job) -> bytes:
+        hit = self._recent.get(id(job))
+        if hit is not None and hit[0] is job:
+            return hit[1]
+        wire = job_to_pb(job).SerializeToString()
+        self._recent[id(job)] = (job, wire)
+        if len(self._recent) > self._capacity:
+            self._recent.popitem(last=False)
+        return wire
+
+    def message(self, job: Job) -> pb.Job:
+        """The job as a message, parsed from its (usually already made) bytes."""
+        return pb.Job.FromString(self(job))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def list_response_bytes(wires: list[bytes], next_page_token: str) -> bytes:
+    """A serialised `ListJobsResponse` of these serialised jobs: field 1 (`jobs`) repeated, then field 2."""
+    parts: list[bytes] = []
+    for wire in wires:
+        size = len(wire)
+        if size < 0x80:
+            parts.append(b"\x0a" + bytes((size,)) + wire)
+        elif size < 0x4000:
+            parts.append(b"\x0a" + bytes(((size & 0x7F) | 0x80, size >> 7)) + wire)
+        else:
+            parts.append(b"\x0a" + _varint(size) + wire)
+    if next_page_token:
+        token = next_page_token.encode()
+        parts.append(b"\x12" + _varint(len(token)) + token)
+    return b"".join(parts)

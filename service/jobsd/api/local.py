@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 
 from jobsd.api.codec import (
     STATUS_FROM_PB,
+    JobWireCodec,
     job_to_pb,
+    list_response_bytes,
     log_to_pb,
     progress_from_pb,
     struct_to_dict,
@@ -59,8 +61,11 @@ class _EventEncoder:
 
 
 class LocalJobsApi:
-    def __init__(self, service: JobService) -> None:
+    """`codec`: the encoder the service's store was built with (a write's response reuses the bytes it made)."""
+
+    def __init__(self, service: JobService, codec: JobWireCodec | None = None) -> None:
         self.service = service
+        self._codec = codec or JobWireCodec()
         self._events = _EventEncoder()
 
     async def list_jobs(self, token: str | None, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
@@ -74,16 +79,19 @@ class LocalJobsApi:
             created_after=time_from_pb(request, "created_after"),
             created_before=time_from_pb(request, "created_before"),
         )
-        jobs, next_token = await self.service.list_jobs(principal, filters, request.page_size, request.page_token)
-        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs], next_page_token=next_token)
+        records, next_token = await self.service.list_job_records(
+            principal, filters, request.page_size, request.page_token
+        )
+        # The stored bytes of each job, framed as the response's repeated field and parsed once (in C).
+        return pb.ListJobsResponse.FromString(list_response_bytes([r.wire for r in records], next_token))
 
     async def get_job(self, token: str | None, request: pb.GetJobRequest) -> pb.Job:
         principal = await self.service.authenticate(token)
-        return job_to_pb(await self.service.get_job(principal, request.job_id))
+        return pb.Job.FromString((await self.service.get_job_record(principal, request.job_id)).wire)
 
     async def cancel_job(self, token: str | None, request: pb.CancelJobRequest) -> pb.Job:
         principal = await self.service.authenticate(token)
-        return job_to_pb(await self.service.cancel_job(principal, request.job_id))
+        return self._codec.message(await self.service.cancel_job(principal, request.job_id))
 
     async def create_job(self, token: str | None, request: pb.CreateJobRequest) -> pb.Job:
         principal = await self.service.authenticate(token)
@@ -101,11 +109,11 @@ class LocalJobsApi:
             idempotency_key=request.idempotency_key or None,
             request_id=request.request_id or None,
         )
-        return job_to_pb(await self.service.create_job(principal, spec))
+        return self._codec.message(await self.service.create_job(principal, spec))
 
     async def retry_job(self, token: str | None, request: pb.RetryJobRequest) -> pb.Job:
         principal = await self.service.authenticate(token)
-        return job_to_pb(await self.service.retry_job(principal, request.job_id))
+        return self._codec.message(await self.service.retry_job(principal, request.job_id))
 
     async def list_jobs_log(self, token: str | None, request: pb.ListJobsLogRequest) -> pb.ListJobsLogResponse:
         principal = await self.service.authenticate(token)
@@ -156,8 +164,9 @@ class LocalJobsApi:
 class LocalWorkersApi:
     """The Workers service in-process (claim, heartbeat, finish)."""
 
-    def __init__(self, service: JobService) -> None:
+    def __init__(self, service: JobService, codec: JobWireCodec | None = None) -> None:
         self.service = service
+        self._codec = codec or JobWireCodec()
 
     async def claim_job(self, token: str | None, request: pb.ClaimJobRequest) -> pb.ClaimJobResponse:
         principal = await self.service.authenticate(token)
@@ -167,7 +176,7 @@ class LocalWorkersApi:
         if claim is None:
             return pb.ClaimJobResponse()
         response = pb.ClaimJobResponse(
-            job=job_to_pb(claim.job),
+            job=self._codec.message(claim.job),
             lease_token=claim.lease_token,
             heartbeat_interval_seconds=claim.heartbeat_interval.total_seconds(),
         )
@@ -195,4 +204,4 @@ class LocalWorkersApi:
             progress_from_pb(request.progress),
             release=request.release,
         )
-        return job_to_pb(job)
+        return self._codec.message(job)
