@@ -23,7 +23,7 @@ from jobsd.domain.auth import ADMIN, JOBS_CREATE, JOBS_EXECUTE, hash_token, new_
 from jobsd.domain.clock import Clock, SystemClock
 from jobsd.domain.model import TokenRecord
 from jobsd.errors import InvalidArgument, JobsdError
-from jobsd.grpc_edge.servicers import JobsServicer, WorkersServicer
+from jobsd.grpc_edge.servicers import JobsServicer, WorkersServicer, add_servicer
 from jobsd.metrics import Metrics
 from jobsd.service import JobService
 from jobsd.settings import Settings
@@ -31,7 +31,6 @@ from jobsd.store import open_store
 from jobsd.store.base import JobStore
 from jobsd.watch import WatchHub
 from jobsd_client._proto import jobs_pb2 as pb
-from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
 
 __all__ = ["JobsdApp", "split_addr"]
 
@@ -102,8 +101,8 @@ class JobsdApp:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_JobsServicer_to_server(JobsServicer(self.api, self.metrics), server)
-        pb_grpc.add_WorkersServicer_to_server(WorkersServicer(self.workers_api, self.metrics), server)
+        add_servicer(server, "Jobs", JobsServicer(self.api, self.metrics))
+        add_servicer(server, "Workers", WorkersServicer(self.workers_api, self.metrics))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -225,17 +225,18 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+# The tag and length of field 1 (length-delimited) for every length up to 16 KiB; longer ones are computed.
+_FIELD_1_HEADERS = tuple(b"\x0a" + _varint(size) for size in range(0x4000))
+
+
 def list_response_bytes(wires: list[bytes], next_page_token: str) -> bytes:
     """A serialised `ListJobsResponse` of these serialised jobs: field 1 (`jobs`) repeated, then field 2."""
+    headers = _FIELD_1_HEADERS
     parts: list[bytes] = []
     for wire in wires:
         size = len(wire)
-        if size < 0x80:
-            parts.append(b"\x0a" + bytes((size,)) + wire)
-        elif size < 0x4000:
-            parts.append(b"\x0a" + bytes(((size & 0x7F) | 0x80, size >> 7)) + wire)
-        else:
-            parts.append(b"\x0a" + _varint(size) + wire)
+        parts.append(headers[size] if size < 0x4000 else b"\x0a" + _varint(size))
+        parts.append(wire)
     if next_page_token:
         token = next_page_token.encode()
         parts.append(b"\x12" + _varint(len(token)) + token)

@@ -20,6 +20,7 @@ from jobsd.api.codec import (
     time_from_pb,
     workspace_to_pb,
 )
+from jobsd.domain.clock import to_micros
 from jobsd.domain.validation import NewJob
 from jobsd.errors import JobsdError
 from jobsd.service import JobFilters, JobService, LogFilters, WatchEvent
@@ -69,6 +70,11 @@ class LocalJobsApi:
         self._events = _EventEncoder()
 
     async def list_jobs(self, token: str | None, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
+        return pb.ListJobsResponse.FromString(await self.list_jobs_wire(token, request))
+
+    async def list_jobs_wire(self, token: str | None, request: pb.ListJobsRequest) -> bytes:
+        """The serialised ListJobsResponse: the stored bytes of each job, framed as the repeated field (the gRPC edge
+        sends them as they are; `list_jobs` parses them once, in C)."""
         principal = await self.service.authenticate(token)
         filters = JobFilters(
             workspace_id=request.workspace_id or None,
@@ -82,18 +88,25 @@ class LocalJobsApi:
         records, next_token = await self.service.list_job_records(
             principal, filters, request.page_size, request.page_token
         )
-        # The stored bytes of each job, framed as the response's repeated field and parsed once (in C).
-        return pb.ListJobsResponse.FromString(list_response_bytes([r.wire for r in records], next_token))
+        return list_response_bytes([r.wire for r in records], next_token)
 
     async def get_job(self, token: str | None, request: pb.GetJobRequest) -> pb.Job:
+        return pb.Job.FromString(await self.get_job_wire(token, request))
+
+    async def get_job_wire(self, token: str | None, request: pb.GetJobRequest) -> bytes:
+        """The serialised Job, as the store keeps it."""
         principal = await self.service.authenticate(token)
-        return pb.Job.FromString((await self.service.get_job_record(principal, request.job_id)).wire)
+        return (await self.service.get_job_record(principal, request.job_id)).wire
 
     async def cancel_job(self, token: str | None, request: pb.CancelJobRequest) -> pb.Job:
         principal = await self.service.authenticate(token)
         return self._codec.message(await self.service.cancel_job(principal, request.job_id))
 
     async def create_job(self, token: str | None, request: pb.CreateJobRequest) -> pb.Job:
+        return pb.Job.FromString(await self.create_job_wire(token, request))
+
+    async def create_job_wire(self, token: str | None, request: pb.CreateJobRequest) -> bytes:
+        """The serialised created Job: the bytes the store's write made."""
         principal = await self.service.authenticate(token)
         spec = NewJob(
             kind=request.kind,
@@ -109,7 +122,7 @@ class LocalJobsApi:
             idempotency_key=request.idempotency_key or None,
             request_id=request.request_id or None,
         )
-        return self._codec.message(await self.service.create_job(principal, spec))
+        return self._codec(await self.service.create_job(principal, spec))
 
     async def retry_job(self, token: str | None, request: pb.RetryJobRequest) -> pb.Job:
         principal = await self.service.authenticate(token)
@@ -169,19 +182,22 @@ class LocalWorkersApi:
         self._codec = codec or JobWireCodec()
 
     async def claim_job(self, token: str | None, request: pb.ClaimJobRequest) -> pb.ClaimJobResponse:
+        return pb.ClaimJobResponse.FromString(await self.claim_job_wire(token, request))
+
+    async def claim_job_wire(self, token: str | None, request: pb.ClaimJobRequest) -> bytes:
+        """The serialised ClaimJobResponse, its job being the bytes the claim's write made."""
         principal = await self.service.authenticate(token)
         claim = await self.service.claim_job(
             principal, request.worker_id, tuple(request.kinds), request.wait_seconds, request.workspace_id or None
         )
         if claim is None:
-            return pb.ClaimJobResponse()
+            return b""
         response = pb.ClaimJobResponse(
-            job=self._codec.message(claim.job),
-            lease_token=claim.lease_token,
-            heartbeat_interval_seconds=claim.heartbeat_interval.total_seconds(),
+            lease_token=claim.lease_token, heartbeat_interval_seconds=claim.heartbeat_interval.total_seconds()
         )
-        response.lease_expires_at.FromDatetime(claim.lease_expires_at)
-        return response
+        response.lease_expires_at.FromMicroseconds(to_micros(claim.lease_expires_at))
+        # Serialised messages concatenate as a merge: the rest of the response, then field 1 (job) as stored.
+        return response.SerializeToString() + list_response_bytes([self._codec(claim.job)], "")
 
     async def heartbeat(self, token: str | None, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         principal = await self.service.authenticate(token)
@@ -193,6 +209,10 @@ class LocalWorkersApi:
         return response
 
     async def finish_job(self, token: str | None, request: pb.FinishJobRequest) -> pb.Job:
+        return pb.Job.FromString(await self.finish_job_wire(token, request))
+
+    async def finish_job_wire(self, token: str | None, request: pb.FinishJobRequest) -> bytes:
+        """The serialised finished Job: the bytes the store's write made."""
         principal = await self.service.authenticate(token)
         status = STATUS_FROM_PB.get(request.status)
         job = await self.service.finish_job(
@@ -204,4 +224,4 @@ class LocalWorkersApi:
             progress_from_pb(request.progress),
             release=request.release,
         )
-        return self._codec.message(job)
+        return self._codec(job)

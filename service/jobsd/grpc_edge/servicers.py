@@ -1,5 +1,9 @@
 """gRPC servicers for jobsd.v1 Jobs and Workers: a shim over LocalJobsApi / LocalWorkersApi.
 
+The hot methods answer with the serialised response (`bytes`: the stored job bytes, framed) instead of a message,
+so no message is built only to be serialised again; `add_servicer` registers the services with a serializer that
+sends bytes as they are and serialises messages as usual.
+
 Errors are mapped here, once: a JobsdError becomes its own status code and message (InvalidArgument also sends
 the field in trailing metadata); anything else is logged and becomes INTERNAL with no stack trace on the wire.
 """
@@ -12,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message_factory
 
 from jobsd.api.local import LocalJobsApi, LocalWorkersApi
 from jobsd.errors import FIELD_METADATA_KEY, JobsdError
@@ -19,7 +24,7 @@ from jobsd.metrics import Metrics
 from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
 
-__all__ = ["JobsServicer", "WorkersServicer", "bearer_token"]
+__all__ = ["JobsServicer", "WorkersServicer", "add_servicer", "bearer_token"]
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
@@ -83,22 +88,49 @@ class _Edge:
             await stream.aclose()  # type: ignore[attr-defined]
 
 
+def _serializer(message_class: Any) -> Callable[[Any], bytes]:
+    serialize = message_class.SerializeToString
+
+    def serialized(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return serialized
+
+
+def add_servicer(server: grpc.aio.Server, service_name: str, servicer: object) -> None:
+    """Register `servicer` for the jobsd.v1 service `service_name` (what the generated add_*_to_server does), with
+    a response serializer that passes already serialised responses (`bytes`) through."""
+    service = pb.DESCRIPTOR.services_by_name[service_name]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
+            response_serializer=_serializer(message_factory.GetMessageClass(method.output_type)),
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    register = getattr(server, "add_registered_method_handlers", None)
+    if register is not None:
+        register(service.full_name, handlers)
+
+
 class JobsServicer(_Edge, pb_grpc.JobsServicer):
     def __init__(self, api: LocalJobsApi, metrics: Metrics) -> None:
         super().__init__(metrics)
         self._api = api
 
-    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
-        return await self._unary("ListJobs", self._api.list_jobs, request, context)
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> bytes:
+        return await self._unary("ListJobs", self._api.list_jobs_wire, request, context)
 
-    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:
-        return await self._unary("GetJob", self._api.get_job, request, context)
+    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> bytes:
+        return await self._unary("GetJob", self._api.get_job_wire, request, context)
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.Job:
         return await self._unary("CancelJob", self._api.cancel_job, request, context)
 
-    async def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> pb.Job:
-        return await self._unary("CreateJob", self._api.create_job, request, context)
+    async def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> bytes:
+        return await self._unary("CreateJob", self._api.create_job_wire, request, context)
 
     async def RetryJob(self, request: pb.RetryJobRequest, context: Any) -> pb.Job:
         return await self._unary("RetryJob", self._api.retry_job, request, context)
@@ -123,11 +155,11 @@ class WorkersServicer(_Edge, pb_grpc.WorkersServicer):
         super().__init__(metrics)
         self._api = api
 
-    async def ClaimJob(self, request: pb.ClaimJobRequest, context: Any) -> pb.ClaimJobResponse:
-        return await self._unary("ClaimJob", self._api.claim_job, request, context)
+    async def ClaimJob(self, request: pb.ClaimJobRequest, context: Any) -> bytes:
+        return await self._unary("ClaimJob", self._api.claim_job_wire, request, context)
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
         return await self._unary("Heartbeat", self._api.heartbeat, request, context)
 
-    async def FinishJob(self, request: pb.FinishJobRequest, context: Any) -> pb.Job:
-        return await self._unary("FinishJob", self._api.finish_job, request, context)
+    async def FinishJob(self, request: pb.FinishJobRequest, context: Any) -> bytes:
+        return await self._unary("FinishJob", self._api.finish_job_wire, request, context)
