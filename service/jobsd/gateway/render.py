@@ -8,7 +8,7 @@ lower-case status names.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC
+from time import gmtime
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -33,13 +33,16 @@ _STATUS_PREFIX = "JOB_STATUS_"
 _MAX_EXACT_INT = 2**53
 
 JsonObject = dict[str, Any]
+_TIME_TEXT = "%d-%02d-%02d %02d:%02d:%02d.%06d"
 
 
 def timestamp_text(ts: timestamp_pb2.Timestamp, present: bool = True) -> str | None:
     """`2024-07-22 11:47:58.207606` (UTC, no zone), or None when the field is unset."""
     if not present:
         return None
-    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # gmtime and %-formatting: the same text as ToDatetime(...).strftime(...) at a fraction of the cost.
+    t = gmtime(ts.seconds)
+    return _TIME_TEXT % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, ts.nanos // 1000)
 
 
 def _optional_ts(message: Any, field: str) -> str | None:
