@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["Metrics"]
@@ -32,3 +34,23 @@ class Metrics:
         )
         self.watchers = Gauge("jobsd_watchers", "Open watch streams", registry=self.registry)
         self.lease_lapses = Counter("jobsd_lease_lapses", "Leases recovered by the sweeper", registry=self.registry)
+        # Labelled children by label values: `labels()` is a lock and a dict lookup per call, on every RPC and
+        # every job write. Bounded by the label values that exist (methods x codes, kinds x statuses).
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, values: tuple[str, ...]) -> Any:
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def transition(self, kind: str, status: str) -> None:
+        """One job status change written."""
+        self._child(self.transitions, (kind, status)).inc()
+
+    def rpc(self, method: str, code: str, seconds: float) -> None:
+        self._child(self.rpc_latency, (method, code)).observe(seconds)
+
+    def queued(self, kind: str, seconds: float) -> None:
+        self._child(self.queue_wait, (kind,)).observe(seconds)

@@ -69,7 +69,7 @@ class _Edge:
             await _abort(context, exc, method)
             raise  # unreachable: abort raises
         finally:
-            self._metrics.rpc_latency.labels(method, code).observe(time.perf_counter() - started)
+            self._metrics.rpc(method, code, time.perf_counter() - started)
 
     async def _stream(
         self,

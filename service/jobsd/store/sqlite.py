@@ -23,6 +23,7 @@ import heapq
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
@@ -164,6 +165,8 @@ _FILTER_INDEXES: Final = (
 # slot. It bounds the time one claim holds the event loop and the write lock (the walk is an index-only scan of
 # microseconds per row); a worker that finds nothing simply polls again once running jobs finish.
 CLAIM_SCAN_LIMIT: Final = 5_000
+# How long a look at the database file (still there, still the same file) vouches for it before a write looks again.
+FILE_CHECK_INTERVAL: Final = 0.05
 # Rows deleted per transaction by `purge`, which yields to the event loop between batches.
 PURGE_BATCH: Final = 2_000
 # Events buffered per change-feed subscriber; past it the subscriber gets one FeedReset instead of the backlog.
@@ -293,6 +296,8 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         # (st_dev, st_ino) of the file we opened: writes into a file that was deleted or replaced would be lost.
         self._file_identity: tuple[int, int] | None = None
+        # Until when (time.monotonic) the last look at the file vouches for it (see _check_file).
+        self._file_ok_until = 0.0
         self._subscribers: set[_FeedSubscription] = set()
 
     @property
@@ -350,7 +355,7 @@ class SqliteStore:
             conn.close()
 
     async def ping(self) -> None:
-        self._check_file()
+        self._check_file(always=True)
         with self._guard("answer a health check"):
             conn = self._open_connection()
             conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
@@ -749,15 +754,23 @@ class SqliteStore:
             raise Unavailable(f"SQLite store {self._path} is not open")
         return self._conn
 
-    def _check_file(self) -> None:
-        """Unavailable if the database file was removed or replaced under us (writes would silently be lost)."""
+    def _check_file(self, *, always: bool = False) -> None:
+        """Unavailable if the database file was removed or replaced under us (writes would silently be lost).
+
+        Writes look at the file at most every FILE_CHECK_INTERVAL after a check that found it in place (a stat per
+        write was a visible share of a job's lifecycle); a health check always looks, and after a failed check every
+        write looks again until the file is back."""
         self._open_connection()
+        if not always and time.monotonic() < self._file_ok_until:
+            return
+        self._file_ok_until = 0.0
         try:
             stat = os.stat(self._path)
         except OSError:
             raise Unavailable(f"SQLite store {self._path}: the database file is gone") from None
         if (stat.st_dev, stat.st_ino) != self._file_identity:
             raise Unavailable(f"SQLite store {self._path}: the database file was replaced; restart jobsd")
+        self._file_ok_until = time.monotonic() + FILE_CHECK_INTERVAL
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[None]:
