@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -21,10 +22,10 @@ from typing import Literal
 from jobsd.domain.auth import Principal, hash_token
 from jobsd.domain.clock import Clock, from_micros, to_micros
 from jobsd.domain.model import KNOWN_KINDS, Job, JobStatus, LogEntry, Progress, Workspace, datasource_id_for
-from jobsd.domain.rules import QueueRules, concurrency_key
+from jobsd.domain.rules import QueueRules, concurrency_key, is_visible
 from jobsd.domain.states import Action, apply_progress, transition
 from jobsd.domain.validation import NewJob, validate_new_job
-from jobsd.errors import FailedPrecondition, InvalidArgument, NotFound, StaleLease, Unauthenticated
+from jobsd.errors import FailedPrecondition, InvalidArgument, JobsdError, NotFound, StaleLease, Unauthenticated
 from jobsd.metrics import Metrics
 from jobsd.store.base import ClaimRequest, JobQuery, JobRecord, JobStore, LogQuery
 from jobsd.watch import WatchHub
@@ -38,6 +39,8 @@ MAX_WAIT_SECONDS = 60.0
 MAX_ID_LENGTH = 128
 # WatchJobs opens with at most this many active jobs before SYNCED.
 MAX_WATCH_SNAPSHOT = 10_000
+# Jobs this process wrote last, by id (see JobService._move).
+WRITTEN_KEPT = 1_024
 INVALID_TOKEN = "invalid authentication token"
 
 
@@ -154,7 +157,18 @@ class JobService:
         self._queue_changed = asyncio.Event()
         self._closing = False
         self._token_cache: dict[str, tuple[float, Principal]] = {}
+        # The last job this process wrote, per id, for the most recent WRITTEN_KEPT ids: a heartbeat or finish
+        # decides on it instead of reading the job back. Only a first guess: the compare-and-set refuses it if the
+        # store moved on (another process wrote), and the move is then decided again on what the store holds.
+        self._written: OrderedDict[str, Job] = OrderedDict()
         hub.add_listener(self._on_change)
+
+    def _remember(self, job: Job) -> None:
+        written = self._written
+        written[job.id] = job
+        written.move_to_end(job.id)
+        if len(written) > WRITTEN_KEPT:
+            written.popitem(last=False)
 
     def close(self) -> None:
         """Shutting down: long-polling claims return empty at once instead of holding the grace period."""
@@ -328,7 +342,8 @@ class JobService:
         )
         stored = await self.store.insert_job(job)
         if stored.id == job.id:
-            self.metrics.transitions.labels(job.kind, job.status.value).inc()
+            self._remember(stored)
+            self.metrics.transition(job.kind, job.status.value)
         return stored
 
     async def _move(
@@ -337,19 +352,35 @@ class JobService:
         decide: Callable[[Job], Job],
         check: Callable[[Job], Awaitable[None] | None] | None = None,
     ) -> Job:
-        """Read, decide, compare-and-set; on a lost race re-read and decide again."""
+        """Read, decide, compare-and-set; on a lost race re-read and decide again.
+
+        The first attempt starts from the job as this process last wrote it, if it did recently (no read); if that
+        copy is refused by the check, the decision or the compare-and-set, the next attempts read the store."""
+        remembered = self._written.get(job_id)
         for _ in range(50):
-            job = await self._visible(job_id)
-            if check is not None:
-                pending = check(job)
-                if pending is not None:
-                    await pending
-            new = decide(job)
+            if remembered is not None and is_visible(remembered, self.clock.now()):
+                job, fresh = remembered, False
+            else:
+                job, fresh = await self._visible(job_id), True
+            remembered = None
+            try:
+                if check is not None:
+                    pending = check(job)
+                    if pending is not None:
+                        await pending
+                new = decide(job)
+            except JobsdError:
+                if fresh:
+                    raise
+                continue  # decided on an old copy: decide again on the stored job
             if new is job:
-                return job
+                if fresh:
+                    return job
+                continue
             if await self.store.compare_and_set(job, new):
+                self._remember(new)
                 if new.status is not job.status:
-                    self.metrics.transitions.labels(new.kind, new.status.value).inc()
+                    self.metrics.transition(new.kind, new.status.value)
                 return new
         raise FailedPrecondition(f"Job {job_id} is changing too fast; try again")
 
@@ -452,8 +483,9 @@ class JobService:
         )
         if job is None:
             return None
-        self.metrics.transitions.labels(job.kind, job.status.value).inc()
-        self.metrics.queue_wait.labels(job.kind).observe(max(0.0, (now - job.created_at).total_seconds()))
+        self._remember(job)
+        self.metrics.transition(job.kind, job.status.value)
+        self.metrics.queued(job.kind, max(0.0, (now - job.created_at).total_seconds()))
         return Claim(job, lease_token, lease_expires_at, self.rules.heartbeat_interval)
 
     def _check_lease(self, principal: Principal, lease_token: str) -> Callable[[Job], None]:
@@ -646,7 +678,7 @@ class JobService:
             if await self.store.compare_and_set(job, new):
                 recovered += 1
                 self.metrics.lease_lapses.inc()
-                self.metrics.transitions.labels(new.kind, new.status.value).inc()
+                self.metrics.transition(new.kind, new.status.value)
                 log.info("lease lapsed", extra={"job_id": job.id, "new_status": new.status.value})
         return recovered
 
