@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from jobsd.domain.clock import utc
+from jobsd.domain.clock import to_micros
 from jobsd.domain.model import Job, JobStatus, LogEntry, ProcessedData, Progress, QueryProgress, Statistics, Workspace
 from jobsd.errors import InvalidArgument
 from jobsd_client._proto import jobs_pb2 as pb
@@ -39,8 +39,9 @@ STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
 
 
 def _ts(value: datetime) -> timestamp_pb2.Timestamp:
+    # From integer microseconds: FromDatetime goes through utctimetuple/timegm, several times slower.
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(utc(value))
+    ts.FromMicroseconds(to_micros(value))
     return ts
 
 
