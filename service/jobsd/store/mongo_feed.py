@@ -6,9 +6,9 @@ a primary failover. When the token can no longer be resumed (it fell off the opl
 the stream was invalidated) it restarts from now and publishes `FeedReset`, telling subscribers to re-read the
 current state instead of silently missing events.
 
-`ChangeFanout` hands each event to every subscription (the gRPC watch hub subscribes once per process). Each
-subscription buffers a bounded number of events; one that falls that far behind loses its backlog and gets a
-single `FeedReset`, so a stalled consumer never grows the server's memory or slows the pump.
+`ChangeFanout` (jobsd.store.feed, shared with the SQLite store, re-exported here) hands each event to every
+subscription, with bounded per-subscriber buffers that degrade to `FeedReset`, filtered by the acknowledged-write
+number the MongoDB store passes.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from jobsd.domain.model import Job
 from jobsd.store.base import ChangeEvent, FeedReset, JobChanged
+from jobsd.store.feed import DEFAULT_FEED_CAPACITY, ChangeFanout, FeedSubscription
 
 __all__ = [
     "CHANGE_STREAM_UNSUPPORTED",
@@ -36,7 +37,6 @@ __all__ = [
 
 _log = logging.getLogger("jobsd.store.mongo")
 
-DEFAULT_FEED_CAPACITY: Final = 16_384
 # Server error codes: change streams need a replica set (standalone mongod answers 40573).
 CHANGE_STREAM_UNSUPPORTED: Final = frozenset({40573})
 # The resume token is gone: ChangeStreamHistoryLost (286), ChangeStreamFatalError (280, "resume token not found").
@@ -52,77 +52,6 @@ def change_streams_unsupported(exc: BaseException) -> bool:
 
 def _history_lost(exc: BaseException) -> bool:
     return isinstance(exc, OperationFailure) and exc.code in _HISTORY_LOST
-
-
-class FeedSubscription:
-    """One subscriber. Registered when created, so every event published after `changes()` returns reaches it,
-    even before its first `__anext__` (a watcher subscribes, then reads its snapshot, without a gap).
-
-    `since`: the store's count of acknowledged writes when it subscribed. A change stream delivers a write some
-    time after it was acknowledged; an event for a write this process saw acknowledged before subscribing
-    (number <= since) is from before "now" and is not delivered."""
-
-    def __init__(self, fanout: ChangeFanout, capacity: int, since: int) -> None:
-        self._fanout = fanout
-        self._capacity = capacity
-        self._since = since
-        # None marks the end of the feed (the subscriber closed, or the store did).
-        self._queue: asyncio.Queue[ChangeEvent | None] = asyncio.Queue()
-        self._closed = False
-
-    def offer(self, event: ChangeEvent, acknowledged: int | None = None) -> None:
-        if self._closed or (acknowledged is not None and acknowledged <= self._since):
-            return
-        if self._queue.qsize() >= self._capacity:
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            event = FeedReset()
-        self._queue.put_nowait(event)
-
-    def end(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._fanout.discard(self)
-            self._queue.put_nowait(None)
-
-    def __aiter__(self) -> FeedSubscription:
-        return self
-
-    async def __anext__(self) -> ChangeEvent:
-        if self._closed and self._queue.empty():
-            raise StopAsyncIteration
-        event = await self._queue.get()
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    async def aclose(self) -> None:
-        self.end()
-
-
-class ChangeFanout:
-    """Every published event to every current subscription, in publication order."""
-
-    def __init__(self, capacity: int = DEFAULT_FEED_CAPACITY) -> None:
-        self._capacity = capacity
-        self._subscriptions: set[FeedSubscription] = set()
-
-    def subscribe(self, since: int = 0) -> FeedSubscription:
-        subscription = FeedSubscription(self, self._capacity, since)
-        self._subscriptions.add(subscription)
-        return subscription
-
-    def discard(self, subscription: FeedSubscription) -> None:
-        self._subscriptions.discard(subscription)
-
-    def publish(self, event: ChangeEvent, acknowledged: int | None = None) -> None:
-        """`acknowledged`: the number of the write, if this process wrote it (see FeedSubscription)."""
-        for subscription in list(self._subscriptions):
-            subscription.offer(event, acknowledged)
-
-    def close(self) -> None:
-        for subscription in list(self._subscriptions):
-            subscription.end()
 
 
 class ChangeStream(Protocol):

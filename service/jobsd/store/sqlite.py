@@ -39,7 +39,6 @@ from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import (
     ChangeEvent,
     ClaimRequest,
-    FeedReset,
     JobChanged,
     JobEncoder,
     JobQuery,
@@ -47,6 +46,7 @@ from jobsd.store.base import (
     LogQuery,
     missing_encoder,
 )
+from jobsd.store.feed import DEFAULT_FEED_CAPACITY, ChangeFanout
 
 __all__ = ["SqliteStore"]
 
@@ -169,8 +169,6 @@ CLAIM_SCAN_LIMIT: Final = 5_000
 FILE_CHECK_INTERVAL: Final = 0.05
 # Rows deleted per transaction by `purge`, which yields to the event loop between batches.
 PURGE_BATCH: Final = 2_000
-# Events buffered per change-feed subscriber; past it the subscriber gets one FeedReset instead of the backlog.
-DEFAULT_FEED_CAPACITY: Final = 16_384
 
 
 def _encode_json(value: Any) -> str:
@@ -228,53 +226,6 @@ def _job_from_doc(doc: str) -> Job:
     return job_from_plain(json.loads(doc))
 
 
-class _FeedSubscription:
-    """One subscriber of the in-process change feed.
-
-    It is registered when it is created, i.e. when `SqliteStore.changes()` returns: every write committed after
-    that is delivered, even before the first `__anext__`. That lets a watcher subscribe, then read a snapshot,
-    without a gap. The buffer is bounded: a subscriber that falls `capacity` events behind loses its backlog and
-    receives one `FeedReset` (it must re-read), so a stalled consumer never grows the server's memory.
-    """
-
-    def __init__(self, subscribers: set[_FeedSubscription], capacity: int) -> None:
-        self._subscribers = subscribers
-        self._capacity = capacity
-        # None marks the end of the feed (the subscriber closed, or the store did).
-        self._queue: asyncio.Queue[ChangeEvent | None] = asyncio.Queue()
-        self._closed = False
-        subscribers.add(self)
-
-    def offer(self, event: ChangeEvent) -> None:
-        if self._closed:
-            return
-        if self._queue.qsize() >= self._capacity:
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            event = FeedReset()
-        self._queue.put_nowait(event)
-
-    def end(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._subscribers.discard(self)
-            self._queue.put_nowait(None)
-
-    def __aiter__(self) -> _FeedSubscription:
-        return self
-
-    async def __anext__(self) -> ChangeEvent:
-        if self._closed and self._queue.empty():
-            raise StopAsyncIteration
-        event = await self._queue.get()
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    async def aclose(self) -> None:
-        self.end()
-
-
 class SqliteStore:
     """`jobsd.store.base.JobStore` on one SQLite file. Create, `await open()`, use, `await close()`."""
 
@@ -290,7 +241,6 @@ class SqliteStore:
         # Job -> wire bytes, stored beside `doc` by every write. Without one, writes store no wire and the record
         # reads raise (tests of other behaviour build stores without one).
         self._encoder = encoder
-        self._feed_capacity = feed_capacity
         # How long a write waits for another process's write lock before the call fails as Unavailable.
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
@@ -298,7 +248,8 @@ class SqliteStore:
         self._file_identity: tuple[int, int] | None = None
         # Until when (time.monotonic) the last look at the file vouches for it (see _check_file).
         self._file_ok_until = 0.0
-        self._subscribers: set[_FeedSubscription] = set()
+        # The in-process change feed: every committed job write, in commit order.
+        self._feed = ChangeFanout(feed_capacity)
 
     @property
     def path(self) -> Path:
@@ -348,8 +299,7 @@ class SqliteStore:
         self._file_identity = (stat.st_dev, stat.st_ino)
 
     async def close(self) -> None:
-        for subscription in list(self._subscribers):
-            subscription.end()
+        self._feed.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -689,7 +639,7 @@ class SqliteStore:
         """Every job write committed after this call returns (registration happens here, not at the first
         `__anext__`). The iterator ends when it is closed (`aclose()`) or the store is."""
         self._open_connection()
-        return _FeedSubscription(self._subscribers, self._feed_capacity)
+        return self._feed.subscribe()
 
     # -- workspaces and tokens
 
@@ -836,6 +786,4 @@ class SqliteStore:
         )
 
     def _publish(self, job: Job) -> None:
-        event = JobChanged(job)
-        for subscription in list(self._subscribers):
-            subscription.offer(event)
+        self._feed.publish(JobChanged(job))
