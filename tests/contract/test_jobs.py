@@ -9,7 +9,8 @@ from datetime import timedelta
 from jobsd.domain.auth import ReadScope
 from jobsd.domain.model import JobStatus, ProcessedData, QueryProgress, Statistics
 from jobsd.domain.states import Action
-from jobsd.store.base import JobQuery, JobStore
+from jobsd.errors import AlreadyExists
+from jobsd.store.base import JobQuery, JobStore, LogQuery
 
 from .factories import RETENTION, T0, USEC, move, new_job, new_workspace_id
 
@@ -155,3 +156,24 @@ async def test_racing_writes_on_one_revision_have_exactly_one_winner(store: JobS
         assert sorted(outcomes) == [False, True]
         winner = cancelling if outcomes[0] else done
         assert await store.get_job(working.id, now) == winner
+
+
+async def test_a_failing_write_among_concurrent_writes_fails_alone(store: JobStore) -> None:
+    # Concurrent writes may share one commit (SQLite's group commit): a write refused for its own reasons (here a
+    # duplicate id) must not take the writes around it down with it.
+    ws = new_workspace_id()
+    first = await store.insert_job(new_job(ws))
+    jobs = [new_job(ws, created_at=T0 + i * USEC) for i in range(6)]
+    duplicate = replace(first, kind="copy")
+    outcomes = await asyncio.gather(
+        *(store.insert_job(job) for job in jobs[:3]),
+        store.insert_job(duplicate),
+        *(store.insert_job(job) for job in jobs[3:]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[3], AlreadyExists)
+    assert [o for i, o in enumerate(outcomes) if i != 3] == jobs
+    for job in [first, *jobs]:
+        assert await store.get_job(job.id, T0) == job
+    logged = await store.list_log(LogQuery(workspace_id=ws, limit=100))
+    assert sorted(e.job_id for e in logged) == sorted(j.id for j in [first, *jobs])

@@ -308,3 +308,135 @@ async def test_a_file_of_schema_version_1_gains_the_wire_column_and_answers_its_
         conn.close()
     finally:
         await store.close()
+
+
+_CONCURRENT_CRASHING_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys, uuid
+    from datetime import UTC, datetime, timedelta
+    from jobsd.domain.model import Job, JobStatus
+    from jobsd.store.sqlite import SqliteStore
+
+    async def main() -> None:
+        store = SqliteStore(sys.argv[1])
+        await store.open()
+        t0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+        async def write() -> None:
+            job = Job(
+                id=str(uuid.uuid4()), workspace_id="ws", kind="import", status=JobStatus.WAITING,
+                created_at=t0, updated_at=t0, revision=1, status_revision=1, concurrency_key="ws:import",
+                expires_at=t0 + timedelta(hours=48),
+            )
+            await store.insert_job(job)
+            print("acked", job.id, flush=True)  # acknowledged: the write's group has committed
+
+        await asyncio.gather(*(write() for _ in range(int(sys.argv[2]))))
+        print("groups", store.groups_committed, flush=True)
+        sys.stdin.read()  # never closes the store: the parent kills this process mid-life
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_concurrent_writes_share_a_commit_and_every_acknowledged_one_survives_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "crash" / "jobsd.db"
+    count = 40
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _CONCURRENT_CRASHING_WRITER, str(path), str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        acked = [writer.stdout.readline().split() for _ in range(count)]
+        groups = writer.stdout.readline().split()
+        assert all(line[0] == "acked" for line in acked), acked
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=30)
+    assert writer.returncode == -signal.SIGKILL
+    # All 40 writes were made while the first one's commit was pending: one transaction, one commit.
+    assert groups == ["groups", "1"]
+
+    async def reopen() -> list[str]:
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            return [job.id for _, job_id in acked if (job := await store.get_job(job_id, T0)) is not None]
+        finally:
+            await store.close()
+
+    assert asyncio.run(reopen()) == [job_id for _, job_id in acked]
+
+
+async def test_writes_in_one_group_see_each_other_in_serial_order(sqlite_store: SqliteStore) -> None:
+    ws = new_workspace_id()
+    feed = sqlite_store.changes()
+    before = sqlite_store.groups_committed
+    job = new_job(ws)
+    # One insert and two claims race in one group: the first claim sees the (uncommitted) insert and takes the
+    # job; the second sees the first claim's write and finds nothing. Events follow the same order.
+    inserted, first, second = await asyncio.gather(
+        sqlite_store.insert_job(job),
+        sqlite_store.claim_next(claim_request(T0, workspace_id=ws, worker="a")),
+        sqlite_store.claim_next(claim_request(T0, workspace_id=ws, worker="b")),
+    )
+    assert sqlite_store.groups_committed == before + 1
+    assert inserted == job and first is not None and first.id == job.id and second is None
+    assert [await anext(feed), await anext(feed)] == [JobChanged(job), JobChanged(first)]
+    assert await sqlite_store.get_job(job.id, T0) == first
+
+
+async def test_a_refused_write_in_a_group_does_not_fail_the_others(sqlite_store: SqliteStore) -> None:
+    ws = new_workspace_id()
+    existing = await sqlite_store.insert_job(new_job(ws))
+    feed = sqlite_store.changes()
+    before = sqlite_store.groups_committed
+    jobs = [new_job(ws, created_at=T0 + timedelta(microseconds=i)) for i in range(4)]
+    outcomes = await asyncio.gather(
+        sqlite_store.insert_job(jobs[0]),
+        sqlite_store.insert_job(jobs[1]),
+        sqlite_store.insert_job(replace(existing, kind="copy")),  # duplicate id: rolled back to its savepoint
+        sqlite_store.compare_and_set(existing, replace(existing, revision=1)),  # refused before any statement
+        sqlite_store.insert_job(jobs[2]),
+        sqlite_store.insert_job(jobs[3]),
+        return_exceptions=True,
+    )
+    assert sqlite_store.groups_committed == before + 1
+    assert isinstance(outcomes[2], AlreadyExists) and isinstance(outcomes[3], InvalidArgument)
+    assert [outcomes[0], outcomes[1], outcomes[4], outcomes[5]] == jobs
+    assert [await anext(feed) for _ in jobs] == [JobChanged(job) for job in jobs]
+    assert await sqlite_store.get_job(existing.id, T0) == existing
+    assert len(await sqlite_store.list_log(LogQuery(workspace_id=ws, limit=10))) == 5
+
+
+async def test_a_failed_commit_fails_every_write_of_its_group_as_unavailable(
+    sqlite_store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = new_workspace_id()
+    kept = await sqlite_store.insert_job(new_job(ws))
+    feed = sqlite_store.changes()
+
+    def failing_commit(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(sqlite_store, "_commit", failing_commit)
+    jobs = [new_job(ws, created_at=T0 + timedelta(microseconds=i)) for i in range(3)]
+    outcomes = await asyncio.gather(
+        *(sqlite_store.insert_job(job) for job in jobs),
+        sqlite_store.compare_and_set(kept, move(kept, Action.CANCEL, T0)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, Unavailable) and "disk I/O error" in str(o) for o in outcomes), outcomes
+    monkeypatch.undo()
+    # The whole group was rolled back and nobody was told of it; the store works again once commits do.
+    for job in jobs:
+        assert await sqlite_store.get_job(job.id, T0) is None
+    assert await sqlite_store.get_job(kept.id, T0) == kept
+    assert len(await sqlite_store.list_log(LogQuery(workspace_id=ws, limit=10))) == 1
+    later = await sqlite_store.insert_job(new_job(ws))
+    assert await anext(feed) == JobChanged(later)
+    await sqlite_store.ping()
