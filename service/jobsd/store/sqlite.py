@@ -6,25 +6,8 @@ would let two coroutines interleave inside a transaction. Running synchronously 
 respect to the other coroutines of the process; `BEGIN IMMEDIATE` makes it atomic with respect to other processes
 that open the same file (e.g. `jobsd token create` next to a running server).
 
-Durability: WAL with `synchronous=NORMAL` writes every commit to the WAL file before COMMIT returns, so an
+Durability: WAL with `synchronous=NORMAL` writes every commit to the WAL file before the call returns, so an
 acknowledged write survives a crash of the process (kill -9); it may be lost only on an OS crash or power loss.
-
-Group commit: a commit costs far more than a job's statements (its WAL pages), so the writes that arrive while a
-commit is pending share one transaction. The first write of a group says BEGIN IMMEDIATE and schedules the
-group's COMMIT on the event loop (`call_soon`: after the coroutines already runnable have had their turn); every
-write runs its statements at once, synchronously, inside the open transaction under its own SAVEPOINT, then waits
-for that COMMIT. Only after COMMIT returns are the group's change events published (in write order) and its
-writers resumed, so no write is acknowledged, and no watcher told of it, before the commit that contains it: the
-kill -9 promise holds for every acknowledged write. Writes still run one after another on the one connection, so
-compare-and-set and claims see the group's earlier writes: the serial order is the order the statements ran.
-A write whose own statements fail (a duplicate id, a refused value) rolls back to its savepoint and fails alone;
-a failed COMMIT rolls the whole group back and fails every write in it with `Unavailable`.
-
-Reads run on the same connection, so a read may see a write of this process that is not yet acknowledged (its
-group's COMMIT is pending). That is accepted: such a write can no longer be undone by anything but a failed
-COMMIT, and a failed COMMIT means the file cannot be written at all, which fails every write of the group (and
-the store's health) as `Unavailable`; otherwise the read is just slightly ahead of the writer's acknowledgement,
-as it would be had the read come a moment later.
 
 Layout: table `jobs` keeps the indexed columns next to `doc`, the JSON of `job_to_plain(job)` (datetimes as integer
 microseconds), and `wire`, the job as the store's encoder made it (the serialised API message), written with `doc`
@@ -43,7 +26,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
@@ -243,16 +226,6 @@ def _job_from_doc(doc: str) -> Job:
     return job_from_plain(json.loads(doc))
 
 
-class _Group:
-    """The writes sharing one pending transaction: their waiters and, in write order, the jobs they wrote."""
-
-    __slots__ = ("jobs", "waiters")
-
-    def __init__(self) -> None:
-        self.waiters: list[asyncio.Future[None]] = []
-        self.jobs: list[Job] = []
-
-
 class SqliteStore:
     """`jobsd.store.base.JobStore` on one SQLite file. Create, `await open()`, use, `await close()`."""
 
@@ -275,10 +248,6 @@ class SqliteStore:
         self._file_identity: tuple[int, int] | None = None
         # Until when (time.monotonic) the last look at the file vouches for it (see _check_file).
         self._file_ok_until = 0.0
-        # The writes whose transaction is open and whose COMMIT is scheduled (see "Group commit" above).
-        self._group: _Group | None = None
-        # How many groups were committed (tests look at it to see writes share a commit).
-        self.groups_committed = 0
         # The in-process change feed: every committed job write, in commit order.
         self._feed = ChangeFanout(feed_capacity)
 
@@ -330,9 +299,6 @@ class SqliteStore:
         self._file_identity = (stat.st_dev, stat.st_ino)
 
     async def close(self) -> None:
-        if self._group is not None:
-            # Writes already made are committed (and acknowledged) rather than dropped with the connection.
-            self._commit_group(self._group)
         self._feed.close()
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -344,10 +310,8 @@ class SqliteStore:
             conn = self._open_connection()
             conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
             # Taking the write lock proves the file can be written now (no other process is stuck holding it).
-            # A pending group already holds it.
-            if self._group is None:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
 
     # -- jobs
 
@@ -358,32 +322,27 @@ class SqliteStore:
         row = _job_row(job, self._wire(job))
         log = log_entry_for(job)
         with self._write("insert a job") as conn:
-            existing = None
             if job.idempotency_key is not None:
                 existing = conn.execute(
                     f"SELECT doc FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND {_VISIBLE}",
                     (job.workspace_id, job.idempotency_key, to_micros(job.created_at)),
                 ).fetchone()
-                if existing is None:
-                    # A job that is no longer visible keeps no claim on its key.
-                    conn.execute(
-                        "UPDATE jobs SET idempotency_key = NULL WHERE workspace_id = ? AND idempotency_key = ?",
-                        (job.workspace_id, job.idempotency_key),
-                    )
-            if existing is None:
-                try:
-                    conn.execute(
-                        f"INSERT INTO jobs (id, idempotency_key, {_JOB_COLUMNS}) VALUES (?, ?{', ?' * len(row)})",
-                        (job.id, job.idempotency_key, *row),
-                    )
-                except sqlite3.IntegrityError:
-                    raise AlreadyExists(f"Job with id {job.id!r} already exists") from None
-                self._append_log(conn, log)
-        if existing is not None:
-            # The job with this key may be a write of the pending group: answer it once it is committed.
-            await self._committed()
-            return _job_from_doc(existing[0])
-        await self._committed(job)
+                if existing is not None:
+                    return _job_from_doc(existing[0])
+                # A job that is no longer visible keeps no claim on its key.
+                conn.execute(
+                    "UPDATE jobs SET idempotency_key = NULL WHERE workspace_id = ? AND idempotency_key = ?",
+                    (job.workspace_id, job.idempotency_key),
+                )
+            try:
+                conn.execute(
+                    f"INSERT INTO jobs (id, idempotency_key, {_JOB_COLUMNS}) VALUES (?, ?{', ?' * len(row)})",
+                    (job.id, job.idempotency_key, *row),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"Job with id {job.id!r} already exists") from None
+            self._append_log(conn, log)
+        self._publish(job)
         return job
 
     async def get_job(self, job_id: str, now: datetime) -> Job | None:
@@ -517,8 +476,8 @@ class SqliteStore:
             written = self._write_if_revision(conn, old, new, doc, wire)
             if written and log is not None:
                 self._append_log(conn, log)
-        # A lost compare-and-set also waits: its answer may rest on a write of the pending group.
-        await (self._committed(new) if written else self._committed())
+        if written:
+            self._publish(new)
         return written
 
     async def claim_next(self, request: ClaimRequest) -> Job | None:
@@ -528,17 +487,17 @@ class SqliteStore:
         now = to_micros(request.now)
         with self._write("claim a job") as conn:
             chosen = self._choose_claimable(conn, request, now)
-            claimed = None
-            if chosen is not None:
-                job = _job_from_doc(chosen)
-                claimed = request.claim(job)
-                doc = _encode_json(job_to_plain(claimed))
-                if not self._write_if_revision(conn, job, claimed, doc, self._wire(claimed)):
-                    # Impossible while we hold the write lock; refuse rather than hand out a job twice.
-                    raise Unavailable(f"SQLite store {self._path}: job {job.id} changed during its claim")
-                if claimed.status is not job.status:
-                    self._append_log(conn, log_entry_for(claimed))
-        await (self._committed() if claimed is None else self._committed(claimed))
+            if chosen is None:
+                return None
+            job = _job_from_doc(chosen)
+            claimed = request.claim(job)
+            doc = _encode_json(job_to_plain(claimed))
+            if not self._write_if_revision(conn, job, claimed, doc, self._wire(claimed)):
+                # Impossible while we hold the write lock; refuse rather than hand out a job twice.
+                raise Unavailable(f"SQLite store {self._path}: job {job.id} changed during its claim")
+            if claimed.status is not job.status:
+                self._append_log(conn, log_entry_for(claimed))
+        self._publish(claimed)
         return claimed
 
     def _choose_claimable(self, conn: sqlite3.Connection, request: ClaimRequest, now: int) -> str | None:
@@ -614,12 +573,11 @@ class SqliteStore:
             while True:
                 with self._write("purge expired rows") as conn:
                     count = conn.execute(sql, (bound, PURGE_BATCH)).rowcount
-                # Waiting for each batch's commit also lets RPCs run between batches: a large purge must not
-                # freeze the server.
-                await self._committed()
                 deleted += count
                 if count < PURGE_BATCH:
                     break
+                # Let RPCs run between batches: a large purge must not freeze the server.
+                await asyncio.sleep(0)
         return deleted
 
     # -- jobs_log
@@ -694,7 +652,6 @@ class SqliteStore:
                 (str(uuid.uuid4()), name, to_micros(now)),
             )
             row = conn.execute("SELECT id, name, created_at FROM workspaces WHERE name = ?", (name,)).fetchone()
-        await self._committed()
         return Workspace(id=row[0], name=row[1], created_at=from_micros(row[2]))
 
     async def get_workspace(self, workspace_id: str) -> Workspace | None:
@@ -719,7 +676,6 @@ class SqliteStore:
                     to_micros(record.created_at),
                 ),
             )
-        await self._committed()
 
     async def get_token(self, token_hash: str) -> TokenRecord | None:
         with self._guard("read a token"):
@@ -776,89 +732,18 @@ class SqliteStore:
 
     @contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
-        """One write inside the pending group's transaction (opened here if there is none), under a savepoint that
-        is rolled back if the body raises, so a refused write changes nothing and leaves the group's other writes
-        alone. The caller then awaits `_committed()` (with no await in between, so it joins this write's group)."""
+        """One write transaction; rolled back if the body raises (so a refused write changes nothing)."""
         self._check_file()
         with self._guard(action):
             conn = self._open_connection()
-            group = self._group
-            if group is None:
-                conn.execute("BEGIN IMMEDIATE")
-                group = self._group = _Group()
-                asyncio.get_running_loop().call_soon(self._commit_group, group)
-            conn.execute("SAVEPOINT write")
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
-            except BaseException as exc:
-                self._undo_write(conn, group, exc)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("RELEASE write")
-
-    def _undo_write(self, conn: sqlite3.Connection, group: _Group, cause: BaseException) -> None:
-        """Roll back one failed write of `group`; if that is impossible, the whole group fails."""
-        try:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK TO write")
-                conn.execute("RELEASE write")
-                return
-        except sqlite3.Error as exc:
-            cause = exc
-        # SQLite rolled the transaction back by itself (e.g. on an I/O error) or cannot undo the savepoint: the
-        # group's earlier writes are gone or doubtful, so none of them may be acknowledged.
-        self._fail_group(group, cause)
-
-    async def _committed(self, *jobs: Job) -> None:
-        """Wait until the COMMIT of the group holding the write just made; `jobs` (what it wrote) are published
-        right after that COMMIT, before the writer resumes."""
-        group = self._group
-        if group is None:
-            # The group failed while this write was being made (see _undo_write): it is not durable.
-            raise Unavailable(f"SQLite store {self._path} cannot commit: the transaction was rolled back")
-        waiter = asyncio.get_running_loop().create_future()
-        group.waiters.append(waiter)
-        group.jobs.extend(jobs)
-        await waiter
-
-    def _commit_group(self, group: _Group) -> None:
-        if self._group is not group:
-            return  # already committed (by close) or failed
-        self._group = None
-        conn = self._conn
-        try:
-            if conn is None:
-                raise sqlite3.OperationalError("the store was closed")
-            self._commit(conn)
-        except sqlite3.Error as exc:
-            self._group = group  # _fail_group rolls back the transaction this group holds
-            self._fail_group(group, exc)
-            return
-        self.groups_committed += 1
-        for job in group.jobs:
-            self._publish(job)
-        for waiter in group.waiters:
-            if not waiter.done():  # a writer cancelled while waiting: its write is committed all the same
-                waiter.set_result(None)
-
-    def _commit(self, conn: sqlite3.Connection) -> None:
-        """COMMIT (a method of its own so a test can make it fail)."""
-        conn.execute("COMMIT")
-
-    def _fail_group(self, group: _Group, cause: BaseException) -> None:
-        """Roll the group's transaction back and fail every write in it as Unavailable."""
-        if self._group is group:
-            self._group = None
-        conn = self._conn
-        if conn is not None and conn.in_transaction:
-            # If even ROLLBACK fails there is nothing more to undo with: the writes are failed below either way.
-            with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        error = Unavailable(f"SQLite store {self._path} cannot commit: {cause}")
-        for waiter in group.waiters:
-            if not waiter.done():
-                waiter.set_exception(error)
-        group.waiters.clear()
-        group.jobs.clear()
+            conn.execute("COMMIT")
 
     @staticmethod
     def _write_if_revision(conn: sqlite3.Connection, old: Job, new: Job, doc: str, wire: bytes | None) -> bool:
