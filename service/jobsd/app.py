@@ -26,13 +26,13 @@ from jobsd.errors import InvalidArgument, JobsdError
 from jobsd.grpc_edge.servicers import JobsServicer, WorkersServicer, add_servicer
 from jobsd.metrics import Metrics
 from jobsd.service import JobService
-from jobsd.settings import Settings
+from jobsd.settings import Settings, split_addr
 from jobsd.store import open_store
 from jobsd.store.base import JobStore
 from jobsd.watch import WatchHub
 from jobsd_client._proto import jobs_pb2 as pb
 
-__all__ = ["JobsdApp", "split_addr"]
+__all__ = ["JobsdApp"]
 
 log = logging.getLogger(__name__)
 _SERVICE_NAMES = (
@@ -41,13 +41,6 @@ _SERVICE_NAMES = (
 )
 # Retention purges are cheap but need not run on every lease sweep.
 _PURGE_EVERY_SWEEPS = 10
-
-
-def split_addr(name: str, addr: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise InvalidArgument(name, f"expected HOST:PORT, got {addr!r}")
-    return host.strip("[]"), int(port)
 
 
 class JobsdApp:
@@ -72,6 +65,8 @@ class JobsdApp:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._gateway: Any = None
+        self._metrics_server: Any = None
+        self.metrics_port: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._stopped = False
@@ -92,6 +87,11 @@ class JobsdApp:
             await self._start_executors()
         if self.settings.http_addr:
             await self._start_gateway()
+        if self.settings.metrics_addr:
+            from jobsd.metrics_http import MetricsServer
+
+            self._metrics_server = MetricsServer(self.metrics.registry, self.settings.metrics_addr)
+            self.metrics_port = await self._metrics_server.start()
 
     async def _start_grpc(self) -> None:
         server = grpc.aio.server(
@@ -153,6 +153,8 @@ class JobsdApp:
                 await self.executors.stop()
         if self._gateway is not None:
             await self._gateway.stop()
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
         # Close watch streams so they end with a status instead of hanging the grace period.
         await self.hub.stop()
         if self._server is not None:

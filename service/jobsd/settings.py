@@ -12,7 +12,7 @@ from typing import Any
 from jobsd.domain.rules import DEFAULT_KIND_LIMITS, QueueRules
 from jobsd.errors import InvalidArgument
 
-__all__ = ["Settings", "add_arguments", "settings_from"]
+__all__ = ["Settings", "add_arguments", "settings_from", "split_addr"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,8 @@ class Settings:
     grpc_addr: str = "127.0.0.1:50051"
     # Empty disables the REST gateway.
     http_addr: str = "127.0.0.1:8080"
+    # A bare /metrics listener for processes without the gateway (the gateway serves /metrics too); empty: none.
+    metrics_addr: str = ""
     store: str = "sqlite:///.jobsd/jobsd.db"
     # Base of job_url; empty means the request's own origin.
     public_url: str = ""
@@ -59,6 +61,14 @@ class Settings:
         return replace(self, **changes)
 
 
+def split_addr(name: str, addr: str) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:8080`) -> (host, port); port 0 asks for an ephemeral one."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise InvalidArgument(name, f"expected HOST:PORT, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
 def _bool(name: str, raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "on", "yes"):
@@ -92,6 +102,7 @@ def _limits(name: str, raw: str) -> dict[str, int]:
 _FIELDS: dict[str, tuple[str, Any]] = {
     "grpc_addr": ("JOBSD_GRPC_ADDR", None),
     "http_addr": ("JOBSD_HTTP_ADDR", None),
+    "metrics_addr": ("JOBSD_METRICS_ADDR", None),
     "store": ("JOBSD_STORE", None),
     "public_url": ("JOBSD_PUBLIC_URL", None),
     "admin_token": ("JOBSD_ADMIN_TOKEN", None),

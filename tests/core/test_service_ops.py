@@ -10,16 +10,18 @@ import socket
 import sys
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from jobsd.app import JobsdApp
 from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
 
-from .conftest import Server, bounded, rpc_error
+from .conftest import Server, bounded, make_settings, rpc_error
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -253,3 +255,21 @@ async def test_jobsd_token_create_refuses_bad_arguments(tmp_path: Path, args: tu
     code, out, err = await run_cli("token", "create", *args, "--store", f"sqlite:///{tmp_path}/t.db")
     assert code != 0 and out == ""
     assert message in err and "Traceback" not in err
+
+
+async def test_a_replica_without_the_gateway_serves_metrics_on_its_own_listener(tmp_path: Path) -> None:
+    app = JobsdApp(make_settings(tmp_path, metrics_addr="127.0.0.1:0"))
+    await app.start()
+    try:
+        assert app.http_port is None and app.metrics_port
+        token = await app.create_token("default", ["ADMIN"], "admin")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            await pb_grpc.JobsStub(channel).ListJobs(
+                pb.ListJobsRequest(), metadata=(("authorization", f"Bearer {token}"),)
+            )
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{app.metrics_port}/metrics") as resp:
+            body = await resp.text()
+        assert resp.status == 200
+        assert 'jobsd_rpc_seconds_count{code="OK",method="ListJobs"} 1.0' in body
+    finally:
+        await app.stop()

@@ -11,12 +11,11 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry
 
 from jobsd.api.base import JobsApi
-from jobsd.errors import InvalidArgument
 from jobsd.gateway.errors import MAX_REQUEST_BYTES, error_middleware
 from jobsd.gateway.handlers import JobsRoutes
 from jobsd.gateway.metrics import GatewayMetrics, metrics_middleware
 from jobsd.gateway.sse import EventStreamOptions
-from jobsd.settings import Settings
+from jobsd.settings import Settings, split_addr
 
 __all__ = ["GatewayServer", "parse_http_addr"]
 
@@ -30,10 +29,7 @@ MAX_FIELD_BYTES = 8190
 
 def parse_http_addr(addr: str) -> tuple[str, int]:
     """`host:port` (IPv6 as `[::1]:8080`) -> (host, port); port 0 asks for an ephemeral one."""
-    host, sep, port_text = addr.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise InvalidArgument("http_addr", f"expected HOST:PORT, got {addr!r}")
-    return host.strip("[]"), int(port_text)
+    return split_addr("http_addr", addr)
 
 
 def _body_limit(max_bytes: int) -> Middleware:
