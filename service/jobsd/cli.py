@@ -134,10 +134,18 @@ async def _worker(args: argparse.Namespace) -> int:
     settings = settings_from(os.environ, {"data_dir": args.data_dir})
     runner = ExecutorRunner(settings, args.grpc_target, args.token)
     await runner.start()
+    signalled = asyncio.create_task(_until_signalled())
+    worker_ended = asyncio.create_task(runner.wait())
     try:
-        await _until_signalled()
+        await asyncio.wait({signalled, worker_ended}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for task in (signalled, worker_ended):
+            task.cancel()
+        await asyncio.gather(signalled, worker_ended, return_exceptions=True)
         await runner.stop()
+    if runner.failure is not None:
+        print(f"error: {runner.failure}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -273,3 +273,20 @@ async def test_a_replica_without_the_gateway_serves_metrics_on_its_own_listener(
         assert 'jobsd_rpc_seconds_count{code="OK",method="ListJobs"} 1.0' in body
     finally:
         await app.stop()
+
+
+async def test_jobsd_worker_with_a_token_that_cannot_execute_exits_1_and_says_why(
+    server: Server, tmp_path: Path
+) -> None:
+    # server.admin is ADMIN of one workspace: no JOBS:EXECUTE, so the executors cannot claim anything.
+    code, _, err = await run_cli(
+        "worker",
+        "--grpc-target",
+        f"127.0.0.1:{server.app.grpc_port}",
+        "--token",
+        server.admin,
+        "--data-dir",
+        str(tmp_path / "data"),
+    )
+    assert code == 1
+    assert "error: The token lacks the JOBS:EXECUTE scope that workers need" in err

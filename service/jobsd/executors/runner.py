@@ -101,6 +101,8 @@ class ExecutorRunner:
         self._task: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._stopped = False
+        # The fatal error that stopped the worker (a bad token or scope), if one did.
+        self.failure: Exception | None = None
 
     def handlers(self) -> Mapping[str, Handler]:
         plane = self.dataplane
@@ -151,9 +153,15 @@ class ExecutorRunner:
             await worker.run()
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             # A fatal refusal (bad token or scope): the executors stop, jobsd keeps serving and says why.
+            self.failure = exc
             _log.exception("executors stopped: the worker could not run against %s", self.target)
+
+    async def wait(self) -> None:
+        """Until the worker stops by itself (see `failure`) — `jobsd worker` exits then instead of idling."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
     async def _prune_results_forever(self) -> None:
         """Query results live as long as their jobs are visible (the retention window), then are dropped."""
