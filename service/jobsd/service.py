@@ -7,8 +7,6 @@ nothing of gRPC, HTTP or the store's technology.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import time
@@ -17,28 +15,26 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Literal
 
 from jobsd.domain.auth import Principal, hash_token
-from jobsd.domain.clock import Clock, from_micros, to_micros
+from jobsd.domain.clock import Clock, to_micros
 from jobsd.domain.model import KNOWN_KINDS, Job, JobStatus, LogEntry, Progress, Workspace, datasource_id_for
 from jobsd.domain.rules import QueueRules, concurrency_key, is_visible
 from jobsd.domain.states import Action, apply_progress, transition
 from jobsd.domain.validation import NewJob, validate_new_job
 from jobsd.errors import FailedPrecondition, InvalidArgument, JobsdError, NotFound, StaleLease, Unauthenticated
 from jobsd.metrics import Metrics
+from jobsd.paging import checked_page_size, decode_cursor, encode_cursor
 from jobsd.store.base import ClaimRequest, JobQuery, JobRecord, JobStore, LogQuery
 from jobsd.watch import WatchHub
+from jobsd.watching import JobWatches, WatchEvent
 
 __all__ = ["Claim", "HeartbeatResult", "JobFilters", "JobService", "LogFilters", "WatchEvent"]
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE = 100
 MAX_WAIT_SECONDS = 60.0
 MAX_ID_LENGTH = 128
-# WatchJobs opens with at most this many active jobs before SYNCED.
-MAX_WATCH_SNAPSHOT = 10_000
 # Jobs this process wrote last, by id (see JobService._move).
 WRITTEN_KEPT = 1_024
 INVALID_TOKEN = "invalid authentication token"
@@ -75,12 +71,6 @@ class LogFilters:
 
 
 @dataclass(frozen=True, slots=True)
-class WatchEvent:
-    type: Literal["snapshot", "status", "progress", "synced"]
-    job: Job | None
-
-
-@dataclass(frozen=True, slots=True)
 class Claim:
     job: Job
     lease_token: str
@@ -103,40 +93,6 @@ def _require_id(job_id: str) -> str:
     return job_id
 
 
-def _page_size(value: int, field: str = "page_size") -> int:
-    if value == 0:
-        return MAX_PAGE
-    if not 1 <= value <= MAX_PAGE:
-        raise InvalidArgument(field, f"must be between 1 and {MAX_PAGE}, got {value}")
-    return value
-
-
-def _encode_cursor(*parts: object) -> str:
-    return base64.urlsafe_b64encode("|".join(str(p) for p in parts).encode()).decode().rstrip("=")
-
-
-_BAD_TOKEN = "is not a page token this server issued"
-# Cursor times must be real instants (year 1..9999); anything else is a forged or corrupted token.
-_MAX_CURSOR_MICROS = 253_402_300_799_999_999
-
-
-def _decode_cursor(token: str, arity: int) -> tuple[datetime, list[str]]:
-    """(the cursor's instant, the remaining parts) or InvalidArgument naming page_token."""
-    if len(token) > 1024:
-        raise InvalidArgument("page_token", _BAD_TOKEN)
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument("page_token", _BAD_TOKEN) from None
-    parts = raw.split("|")
-    if len(parts) != arity or not parts[0].lstrip("-").isdigit():
-        raise InvalidArgument("page_token", _BAD_TOKEN)
-    micros = int(parts[0])
-    if not -62_135_596_800_000_000 <= micros <= _MAX_CURSOR_MICROS:
-        raise InvalidArgument("page_token", _BAD_TOKEN)
-    return from_micros(micros), parts[1:]
-
-
 class JobService:
     def __init__(
         self,
@@ -157,6 +113,7 @@ class JobService:
         self._queue_changed = asyncio.Event()
         self._closing = False
         self._token_cache: dict[str, tuple[float, Principal]] = {}
+        self._watches = JobWatches(self)
         # The last job this process wrote, per id, for the most recent WRITTEN_KEPT ids: a heartbeat or finish
         # decides on it instead of reading the job back. Only a first guess: the compare-and-set refuses it if the
         # store moved on (another process wrote), and the move is then decided again on what the store holds.
@@ -230,7 +187,7 @@ class JobService:
             return jobs, ""
         jobs = jobs[:limit]
         last = jobs[-1]
-        return jobs, _encode_cursor(to_micros(last.created_at), last.id)
+        return jobs, encode_cursor(to_micros(last.created_at), last.id)
 
     async def list_job_records(
         self, principal: Principal, filters: JobFilters, page_size: int = 0, page_token: str = ""
@@ -242,16 +199,16 @@ class JobService:
             return records, ""
         records = records[:limit]
         last = records[-1]
-        return records, _encode_cursor(last.created_at_us, last.id)
+        return records, encode_cursor(last.created_at_us, last.id)
 
     def _list_query(
         self, principal: Principal, filters: JobFilters, page_size: int, page_token: str
     ) -> tuple[int, JobQuery]:
-        limit = _page_size(page_size)
+        limit = checked_page_size(page_size)
         workspace_id = principal.workspace(filters.workspace_id)
         after = None
         if page_token:
-            when, (job_id,) = _decode_cursor(page_token, 2)
+            when, (job_id,) = decode_cursor(page_token, 2)
             after = (when, job_id)
         query = JobQuery(
             scope=principal.read_scope(workspace_id),
@@ -270,16 +227,16 @@ class JobService:
     async def list_log(
         self, principal: Principal, filters: LogFilters, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[LogEntry], str]:
-        limit = _page_size(page_size)
+        limit = checked_page_size(page_size)
         workspace_id = principal.workspace(filters.workspace_id)
         principal.read_scope(workspace_id)
         if not principal.read_scope(workspace_id).everything:
             principal.require_admin()
         after = None
         if page_token:
-            when, (job_id, revision) = _decode_cursor(page_token, 3)
+            when, (job_id, revision) = decode_cursor(page_token, 3)
             if not revision.isdigit() or len(revision) > 18:
-                raise InvalidArgument("page_token", _BAD_TOKEN)
+                raise InvalidArgument("page_token", "is not a page token this server issued")
             after = (when, job_id, int(revision))
         entries = await self.store.list_log(
             LogQuery(
@@ -298,7 +255,7 @@ class JobService:
             return entries, ""
         entries = entries[:limit]
         last = entries[-1]
-        return entries, _encode_cursor(to_micros(last.updated_at), last.job_id, last.revision)
+        return entries, encode_cursor(to_micros(last.updated_at), last.job_id, last.revision)
 
     # ------------------------------------------------------------------ writes
 
@@ -552,114 +509,13 @@ class JobService:
 
         return await self._move(job_id, decide, check)
 
-    # ------------------------------------------------------------------ watch
+    # ------------------------------------------------------------------ watch (jobsd.watching)
 
-    async def watch_job(self, principal: Principal, job_id: str, since_revision: int = 0) -> AsyncIterator[WatchEvent]:
-        if since_revision < 0:
-            raise InvalidArgument("since_revision", "must not be negative")
-        job = await self.get_job(principal, job_id)  # authorise before subscribing
-        sub = self.hub.subscribe(lambda _job: True, job_id=job.id)
-        self.metrics.watchers.inc()
-        try:
-            # Re-read after subscribing so no change can fall between the snapshot and the feed.
-            job = await self.get_job(principal, job_id)
-            if since_revision > job.revision:
-                raise InvalidArgument(
-                    "since_revision", f"is ahead of the job: {since_revision} > its revision {job.revision}"
-                )
-            last = since_revision
-            if 0 < last < job.revision:
-                # Resuming: replay the status changes the subscriber missed (jobs_log has each of them), so
-                # status transitions are never dropped; progress in between is coalesced into the snapshot.
-                for missed in await self._missed_status_changes(job, last):
-                    yield WatchEvent("status", missed)
-            if job.revision > last:
-                yield WatchEvent("snapshot", job)
-                last = job.revision
-            if job.status.is_terminal:
-                return
-            async for change in sub.events():
-                if change is None:  # the feed was reset: re-read
-                    change = await self.get_job(principal, job_id)
-                    kind: Literal["snapshot", "status", "progress"] = "snapshot"
-                else:
-                    kind = "status" if change.status_revision == change.revision else "progress"
-                if change.revision <= last:
-                    continue
-                last = change.revision
-                yield WatchEvent(kind, change)
-                if change.status.is_terminal:
-                    return
-        finally:
-            self.metrics.watchers.dec()
-            self.hub.unsubscribe(sub)
+    def watch_job(self, principal: Principal, job_id: str, since_revision: int = 0) -> AsyncIterator[WatchEvent]:
+        return self._watches.watch_job(principal, job_id, since_revision)
 
-    async def _missed_status_changes(self, job: Job, since_revision: int) -> list[Job]:
-        entries = await self.store.list_log(LogQuery(workspace_id=job.workspace_id, limit=MAX_PAGE, job_id=job.id))
-        missed = sorted((e for e in entries if since_revision < e.revision < job.revision), key=lambda e: e.revision)
-        return [
-            replace(
-                job,
-                status=JobStatus(e.status),
-                revision=e.revision,
-                status_revision=e.revision,
-                updated_at=e.updated_at,
-                started_at=e.started_at,
-                error=e.error,
-            )
-            for e in missed
-        ]
-
-    async def watch_jobs(self, principal: Principal, filters: JobFilters) -> AsyncIterator[WatchEvent]:
-        workspace_id = principal.workspace(filters.workspace_id)
-        scope = principal.read_scope(workspace_id)
-        sent: dict[str, int] = {}
-
-        def accepts(job: Job) -> bool:
-            return scope.allows(job) and (filters.matches(job) or job.id in sent)
-
-        sub = self.hub.subscribe(accepts)
-        self.metrics.watchers.inc()
-        try:
-            after: tuple[datetime, str] | None = None
-            while len(sent) < MAX_WATCH_SNAPSHOT:
-                page = await self.store.list_jobs(
-                    JobQuery(
-                        scope=scope,
-                        now=self.clock.now(),
-                        limit=MAX_PAGE,
-                        kind=filters.kind or None,
-                        status=filters.status or None,
-                        pipe_id=filters.pipe_id or None,
-                        pipe_name=filters.pipe_name or None,
-                        after=after,
-                        only_active=True,
-                    )
-                )
-                for job in page:
-                    sent[job.id] = job.revision
-                    yield WatchEvent("snapshot", job)
-                if len(page) < MAX_PAGE:
-                    break
-                after = (page[-1].created_at, page[-1].id)
-            yield WatchEvent("synced", None)
-            async for change in sub.events():
-                if change is None:
-                    yield WatchEvent("synced", None)
-                    continue
-                still_matches = filters.matches(change)
-                if not still_matches and change.id not in sent:
-                    continue  # queued while it was tracked, but its leaving event has been sent already
-                if change.revision <= sent.get(change.id, 0):
-                    continue
-                if change.status.is_terminal or not still_matches:
-                    sent.pop(change.id, None)  # one last event says it left; nothing more about it
-                else:
-                    sent[change.id] = change.revision
-                yield WatchEvent("status" if change.status_revision == change.revision else "progress", change)
-        finally:
-            self.metrics.watchers.dec()
-            self.hub.unsubscribe(sub)
+    def watch_jobs(self, principal: Principal, filters: JobFilters) -> AsyncIterator[WatchEvent]:
+        return self._watches.watch_jobs(principal, filters)
 
     # ------------------------------------------------------------------ sweeps
 

@@ -1,0 +1,148 @@
+"""The watch streams (SPEC §6 Watch): WatchJob and WatchJobs over the process's WatchHub.
+
+A stream subscribes first and reads the store after, so no change falls between its snapshot and the feed; it
+replays missed status changes from jobs_log on resume, and closes after the terminal state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal
+
+from jobsd.domain.auth import Principal
+from jobsd.domain.model import Job, JobStatus
+from jobsd.errors import InvalidArgument
+from jobsd.paging import MAX_PAGE
+from jobsd.store.base import JobQuery, LogQuery
+
+if TYPE_CHECKING:
+    from jobsd.service import JobFilters, JobService
+
+__all__ = ["MAX_WATCH_SNAPSHOT", "JobWatches", "WatchEvent"]
+
+# WatchJobs opens with at most this many active jobs before SYNCED.
+MAX_WATCH_SNAPSHOT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: Literal["snapshot", "status", "progress", "synced"]
+    job: Job | None
+
+
+class JobWatches:
+    """The watch streams of one JobService."""
+
+    def __init__(self, service: JobService) -> None:
+        self._service = service
+
+    async def watch_job(self, principal: Principal, job_id: str, since_revision: int = 0) -> AsyncIterator[WatchEvent]:
+        if since_revision < 0:
+            raise InvalidArgument("since_revision", "must not be negative")
+        job = await self._service.get_job(principal, job_id)  # authorise before subscribing
+        sub = self._service.hub.subscribe(lambda _job: True, job_id=job.id)
+        self._service.metrics.watchers.inc()
+        try:
+            # Re-read after subscribing so no change can fall between the snapshot and the feed.
+            job = await self._service.get_job(principal, job_id)
+            if since_revision > job.revision:
+                raise InvalidArgument(
+                    "since_revision", f"is ahead of the job: {since_revision} > its revision {job.revision}"
+                )
+            last = since_revision
+            if 0 < last < job.revision:
+                # Resuming: replay the status changes the subscriber missed (jobs_log has each of them), so
+                # status transitions are never dropped; progress in between is coalesced into the snapshot.
+                for missed in await self._missed_status_changes(job, last):
+                    yield WatchEvent("status", missed)
+            if job.revision > last:
+                yield WatchEvent("snapshot", job)
+                last = job.revision
+            if job.status.is_terminal:
+                return
+            async for change in sub.events():
+                if change is None:  # the feed was reset: re-read
+                    change = await self._service.get_job(principal, job_id)
+                    kind: Literal["snapshot", "status", "progress"] = "snapshot"
+                else:
+                    kind = "status" if change.status_revision == change.revision else "progress"
+                if change.revision <= last:
+                    continue
+                last = change.revision
+                yield WatchEvent(kind, change)
+                if change.status.is_terminal:
+                    return
+        finally:
+            self._service.metrics.watchers.dec()
+            self._service.hub.unsubscribe(sub)
+
+    async def _missed_status_changes(self, job: Job, since_revision: int) -> list[Job]:
+        entries = await self._service.store.list_log(
+            LogQuery(workspace_id=job.workspace_id, limit=MAX_PAGE, job_id=job.id)
+        )
+        missed = sorted((e for e in entries if since_revision < e.revision < job.revision), key=lambda e: e.revision)
+        return [
+            replace(
+                job,
+                status=JobStatus(e.status),
+                revision=e.revision,
+                status_revision=e.revision,
+                updated_at=e.updated_at,
+                started_at=e.started_at,
+                error=e.error,
+            )
+            for e in missed
+        ]
+
+    async def watch_jobs(self, principal: Principal, filters: JobFilters) -> AsyncIterator[WatchEvent]:
+        workspace_id = principal.workspace(filters.workspace_id)
+        scope = principal.read_scope(workspace_id)
+        sent: dict[str, int] = {}
+
+        def accepts(job: Job) -> bool:
+            return scope.allows(job) and (filters.matches(job) or job.id in sent)
+
+        sub = self._service.hub.subscribe(accepts)
+        self._service.metrics.watchers.inc()
+        try:
+            after: tuple[datetime, str] | None = None
+            while len(sent) < MAX_WATCH_SNAPSHOT:
+                page = await self._service.store.list_jobs(
+                    JobQuery(
+                        scope=scope,
+                        now=self._service.clock.now(),
+                        limit=MAX_PAGE,
+                        kind=filters.kind or None,
+                        status=filters.status or None,
+                        pipe_id=filters.pipe_id or None,
+                        pipe_name=filters.pipe_name or None,
+                        after=after,
+                        only_active=True,
+                    )
+                )
+                for job in page:
+                    sent[job.id] = job.revision
+                    yield WatchEvent("snapshot", job)
+                if len(page) < MAX_PAGE:
+                    break
+                after = (page[-1].created_at, page[-1].id)
+            yield WatchEvent("synced", None)
+            async for change in sub.events():
+                if change is None:
+                    yield WatchEvent("synced", None)
+                    continue
+                still_matches = filters.matches(change)
+                if not still_matches and change.id not in sent:
+                    continue  # queued while it was tracked, but its leaving event has been sent already
+                if change.revision <= sent.get(change.id, 0):
+                    continue
+                if change.status.is_terminal or not still_matches:
+                    sent.pop(change.id, None)  # one last event says it left; nothing more about it
+                else:
+                    sent[change.id] = change.revision
+                yield WatchEvent("status" if change.status_revision == change.revision else "progress", change)
+        finally:
+            self._service.metrics.watchers.dec()
+            self._service.hub.unsubscribe(sub)
