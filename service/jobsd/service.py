@@ -178,21 +178,10 @@ class JobService:
         principal.check_read(record)
         return record
 
-    async def list_jobs(
-        self, principal: Principal, filters: JobFilters, page_size: int = 0, page_token: str = ""
-    ) -> tuple[list[Job], str]:
-        limit, query = self._list_query(principal, filters, page_size, page_token)
-        jobs = await self.store.list_jobs(query)
-        if len(jobs) <= limit:
-            return jobs, ""
-        jobs = jobs[:limit]
-        last = jobs[-1]
-        return jobs, encode_cursor(to_micros(last.created_at), last.id)
-
     async def list_job_records(
         self, principal: Principal, filters: JobFilters, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[JobRecord], str]:
-        """`list_jobs` as the store's light records (the store applied the read scope)."""
+        """A page of jobs as the store's light records, newest first (the store applied the read scope)."""
         limit, query = self._list_query(principal, filters, page_size, page_token)
         records = await self.store.list_records(query)
         if len(records) <= limit:
