@@ -32,7 +32,7 @@ from bench import report
 from bench.load import LoadResult, Phase, channels, close_all, drive, fanout, merge, percentile
 from bench.procs import ServerProcess
 from bench.seed import ADMIN_TOKEN, SERVICE_TOKEN, count_jobs, sample, seed_to, verify
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 __all__ = ["main"]
 

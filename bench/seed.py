@@ -32,9 +32,9 @@ from jobsd.domain.auth import ADMIN, JOBS_CREATE, JOBS_EXECUTE, hash_token
 from jobsd.domain.clock import to_micros
 from jobsd.domain.model import Job, JobStatus, TokenRecord
 from jobsd.domain.rules import concurrency_key
-from jobsd.domain.serial import job_from_plain, job_to_plain
-from jobsd.store.sqlite import _JOB_COLUMNS, SqliteStore
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd.store.plain import job_from_plain, job_to_plain
+from jobsd.store.sqlite.store import _JOB_COLUMNS, SqliteStore
+from jobsd_client import pb
 
 __all__ = ["ADMIN_TOKEN", "SERVICE_TOKEN", "SeedInfo", "count_jobs", "sample", "seed_to", "verify"]
 

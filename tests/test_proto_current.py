@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMITTED = ROOT / "clients" / "python" / "jobsd_client" / "_proto"
+COMMITTED = ROOT / "clients" / "python" / "jobsd_client" / "pb"
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:

@@ -19,18 +19,18 @@ from grpc_reflection.v1alpha import reflection
 
 from jobsd.api.codec import JobWireCodec
 from jobsd.api.local import LocalJobsApi, LocalWorkersApi
+from jobsd.api.servicers import JobsServicer, WorkersServicer, add_servicer
 from jobsd.domain.auth import ADMIN, JOBS_CREATE, JOBS_EXECUTE, hash_token, new_token_secret, validate_scope
 from jobsd.domain.clock import Clock, SystemClock
 from jobsd.domain.model import TokenRecord
 from jobsd.errors import InvalidArgument, JobsdError
-from jobsd.grpc_edge.servicers import JobsServicer, WorkersServicer, add_servicer
 from jobsd.metrics import Metrics
-from jobsd.service import JobService
+from jobsd.service.hub import WatchHub
+from jobsd.service.jobs import JobService
 from jobsd.settings import Settings, split_addr
 from jobsd.store import open_store
 from jobsd.store.base import JobStore
-from jobsd.watch import WatchHub
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 __all__ = ["JobsdApp"]
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from jobsd.app import JobsdApp
 from jobsd.errors import JobsdError
-from jobsd.logs import configure_logging
+from jobsd.log_config import configure_logging
 from jobsd.settings import Settings, add_arguments, settings_from
 
 __all__ = ["main"]

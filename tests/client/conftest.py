@@ -20,8 +20,7 @@ import pytest
 from jobsd.app import JobsdApp
 from jobsd.domain.clock import ManualClock
 from jobsd.settings import Settings
-from jobsd_client import AsyncJobsClient, Worker
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import AsyncJobsClient, Worker, pb
 
 LEASE_SECONDS = 0.6
 HEARTBEAT_SECONDS = LEASE_SECONDS / 3

@@ -12,8 +12,7 @@ import pytest
 from google.protobuf import json_format
 
 from jobsd.app import JobsdApp
-from jobsd_client import AsyncJobsClient, status_name
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import AsyncJobsClient, pb, status_name
 from jobsd_client.errors import (
     FailedPrecondition,
     InvalidArgument,

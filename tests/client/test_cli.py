@@ -9,8 +9,7 @@ import pty
 import sys
 from datetime import timedelta
 
-from jobsd_client import AsyncJobsClient, JobContext, Worker
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import AsyncJobsClient, JobContext, Worker, pb
 
 from .conftest import PATIENCE, Jobsd, create_import, jobsctl, running
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 from jobsd_client.render import datasource_text, datasources_table, details_text, human_bytes, jobs_table, progress_line
 
 

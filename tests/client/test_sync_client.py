@@ -9,8 +9,7 @@ from typing import TypeVar
 
 import pytest
 
-from jobsd_client import JobsClient, status_name
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import JobsClient, pb, status_name
 from jobsd_client.errors import InvalidArgument, NotFound, Unauthenticated
 
 from .conftest import PATIENCE, Jobsd

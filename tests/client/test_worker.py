@@ -22,10 +22,10 @@ from jobsd_client import (
     JobContext,
     JobFailed,
     Worker,
+    pb,
     run_until_signalled,
     status_name,
 )
-from jobsd_client._proto import jobs_pb2 as pb
 from jobsd_client.errors import InvalidArgument, Unauthenticated
 from jobsd_client.worker import MAX_ERROR_CHARS
 

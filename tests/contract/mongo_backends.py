@@ -12,12 +12,12 @@ from pymongo import AsyncMongoClient
 
 from jobsd.store.base import JobEncoder
 from jobsd.store.mongo import MongoStore
-from jobsd.store.mongo_emulation import EmulatedAsyncMongoClient
+from tests.support.mongo_emulation import EmulatedAsyncMongoClient
 
 __all__ = ["EMULATED_LACKS", "REAL_MONGO_ENV", "emulated_mongo_store", "real_mongo_store"]
 
 REAL_MONGO_ENV = "JOBSD_TEST_MONGODB_URI"
-# What the emulation cannot do (see jobsd.store.mongo_emulation): tests marked with these are skipped for it.
+# What the emulation cannot do (see tests.support.mongo_emulation): tests marked with these are skipped for it.
 # Its change feed is the store's standalone fallback: this process's own writes, published in-process.
 EMULATED_LACKS: frozenset[str] = frozenset({"cross_process_feed", "ttl", "explain"})
 

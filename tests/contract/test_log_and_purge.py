@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 
 from jobsd.domain.model import Job, LogEntry, Progress
-from jobsd.domain.serial import log_entry_for
 from jobsd.domain.states import Action, apply_progress
 from jobsd.store.base import JobStore, LogQuery
+from jobsd.store.plain import log_entry_for
 
 from .factories import RETENTION, T0, claim_request, move, new_job, new_workspace_id
 

@@ -52,7 +52,7 @@ def test_a_refused_url_never_echoes_its_password() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("jobsd.store.mongo") is None, reason="jobsd.store.mongo not written yet")
 async def test_a_mongodb_url_gets_the_mongodb_store() -> None:
-    from jobsd.store.mongo import MongoStore  # type: ignore[import-not-found,unused-ignore]
+    from jobsd.store.mongo.store import MongoStore  # type: ignore[import-not-found,unused-ignore]
 
     store = open_store("mongodb://127.0.0.1:1/jobsd")  # not opened: nothing connects
     assert isinstance(store, MongoStore)

@@ -21,7 +21,7 @@ from jobsd.domain.auth import ReadScope
 from jobsd.domain.states import Action
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import FeedReset, JobChanged, JobQuery, LogQuery
-from jobsd.store.sqlite import PURGE_BATCH, SqliteStore
+from jobsd.store.sqlite.store import PURGE_BATCH, SqliteStore
 
 from .factories import RETENTION, T0, claim_request, move, new_job, new_workspace_id
 from .wire import assert_record_of, encode_job

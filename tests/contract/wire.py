@@ -13,7 +13,7 @@ from typing import Any
 from jobsd.api.codec import job_to_pb
 from jobsd.domain.model import Job
 from jobsd.store.base import ClaimRequest, JobQuery, JobRecord, JobStore
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 __all__ = ["WireChecked", "assert_record_of", "encode_job"]
 

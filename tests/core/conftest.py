@@ -16,8 +16,8 @@ import pytest
 from jobsd.app import JobsdApp
 from jobsd.domain.clock import ManualClock
 from jobsd.settings import Settings
-from jobsd_client._proto import jobs_pb2 as pb
-from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
+from jobsd_client import pb
+from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .conftest import Server, bounded, read_events
 

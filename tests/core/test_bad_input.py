@@ -13,7 +13,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .conftest import Server, error_field, rpc_error
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 import grpc
 import pytest
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .conftest import Server, bounded, read_events, rpc_error
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .conftest import Server, read_events
 

@@ -15,7 +15,7 @@ import pytest
 from jobsd.domain.clock import ManualClock
 from jobsd.domain.model import RUNNING_STATUSES, Job
 from jobsd.store.base import ClaimRequest, FeedReset, JobChanged
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .conftest import Server, bounded, make_settings, running_server
 

@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from jobsd.app import JobsdApp
-from jobsd_client._proto import jobs_pb2 as pb
-from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
+from jobsd_client import pb
+from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 
 from .conftest import Server, bounded, make_settings, rpc_error
 

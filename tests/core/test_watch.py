@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from jobsd.domain.clock import ManualClock
-from jobsd_client._proto import jobs_pb2 as pb
-from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
+from jobsd_client import pb
+from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 
 from .conftest import Server, bounded, make_settings, read_events, rpc_error, running_server
 

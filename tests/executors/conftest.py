@@ -15,7 +15,7 @@ from google.protobuf import json_format, struct_pb2
 
 from jobsd.domain.clock import ManualClock
 from jobsd.executors.dataplane import DataPlane
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 WORKSPACE = "8f7d2c1e-0000-4000-8000-000000000001"
 

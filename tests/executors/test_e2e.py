@@ -20,8 +20,8 @@ from jobsd.app import JobsdApp
 from jobsd.executors.datasources_http import add_routes
 from jobsd.gateway.server import GatewayServer
 from jobsd.settings import Settings
-from jobsd_client._proto import jobs_pb2 as pb
-from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
+from jobsd_client import pb
+from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 
 from .conftest import FileServer, struct
 from .test_import import EVENTS_CSV, EVENTS_SCHEMA, GOOD_BYTES

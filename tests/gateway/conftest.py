@@ -15,11 +15,11 @@ import aiohttp
 import grpc
 import pytest
 
+from jobsd.api.remote import GrpcJobsApi
 from jobsd.app import JobsdApp
 from jobsd.domain.clock import ManualClock
-from jobsd.gateway.remote import GrpcJobsApi
 from jobsd.gateway.server import GatewayServer
-from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
+from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 
 from .support import Gateway, make_settings
 

@@ -18,8 +18,8 @@ from google.protobuf import struct_pb2
 from jobsd.app import JobsdApp
 from jobsd.domain.clock import ManualClock
 from jobsd.settings import Settings
-from jobsd_client._proto import jobs_pb2 as pb
-from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
+from jobsd_client import pb
+from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$")

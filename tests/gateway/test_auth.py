@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .support import INVALID_TOKEN, NO_ACCESS, Gateway
 

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from jobsd.domain.model import datasource_id_for
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .support import Gateway, load_golden
 from .test_golden import shape

@@ -7,7 +7,7 @@ them). Run against the in-process gateway and the standalone one over gRPC.
 
 from __future__ import annotations
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .support import Gateway, struct
 

@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from jobsd.api.remote import GrpcJobsApi
 from jobsd.app import JobsdApp
-from jobsd.gateway.remote import GrpcJobsApi
 from jobsd.gateway.server import GatewayServer
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .support import Gateway, make_settings
 

@@ -16,7 +16,7 @@ import pytest
 
 from jobsd.app import JobsdApp
 from jobsd.gateway.server import GatewayServer
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .support import Gateway, make_settings
 

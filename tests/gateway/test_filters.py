@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .support import INVALID_TOKEN, Gateway
 

@@ -19,7 +19,7 @@ from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .support import Gateway
 

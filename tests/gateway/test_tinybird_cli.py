@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 from .support import Gateway
 

@@ -15,7 +15,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from jobsd.store.mongo import MongoStore
-from jobsd.store.mongo_emulation import EmulatedAsyncMongoClient
+from tests.support.mongo_emulation import EmulatedAsyncMongoClient
 
 REAL_MONGO_ENV = "JOBSD_TEST_MONGODB_URI"
 

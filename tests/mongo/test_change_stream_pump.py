@@ -9,13 +9,13 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from contract.factories import new_job, new_workspace_id
 from pymongo.errors import AutoReconnect, OperationFailure
 
 from jobsd.domain.model import Job
 from jobsd.store.base import ChangeEvent, FeedReset, JobChanged
-from jobsd.store.mongo_codec import job_document, job_from_document
-from jobsd.store.mongo_feed import ChangeFanout, ChangeStream, ChangeStreamPump
+from jobsd.store.mongo.codec import job_document, job_from_document
+from jobsd.store.mongo.feed import ChangeFanout, ChangeStream, ChangeStreamPump
+from tests.contract.factories import new_job, new_workspace_id
 
 HISTORY_LOST = OperationFailure("Resume of change stream was not possible", code=286)
 NOT_A_REPLICA_SET = OperationFailure("The $changeStream stage is only supported on replica sets", code=40573)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from jobsd.store.mongo import MongoStore
-from jobsd.store.mongo_emulation import EmulatedAsyncMongoClient
+from tests.support.mongo_emulation import EmulatedAsyncMongoClient
 
 LIST_ORDER = [("created_at_us", 1), ("_id", 1)]
 

@@ -9,14 +9,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from contract.factories import T0, claim_request, move, new_job, new_workspace_id
 
 from jobsd.domain.auth import ReadScope
 from jobsd.domain.states import Action
 from jobsd.store.base import JobQuery, LogQuery
 from jobsd.store.mongo import MongoStore
-from jobsd.store.mongo_emulation import EmulatedAsyncMongoClient, sort_problem
-from jobsd.store.mongo_queries import claim_plan, collection_indexes, lapsed_plan, list_plans, log_plan, visible_at
+from jobsd.store.mongo.queries import claim_plan, collection_indexes, lapsed_plan, list_plans, log_plan, visible_at
+from tests.contract.factories import T0, claim_request, move, new_job, new_workspace_id
+from tests.support.mongo_emulation import EmulatedAsyncMongoClient, sort_problem
 
 NOW = T0 + timedelta(minutes=1)
 WS = "ws-queries"

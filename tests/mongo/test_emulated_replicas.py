@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from contract.factories import RETENTION, T0, claim_request, move, new_job, new_workspace_id
 from pymongo.errors import AutoReconnect
 
 from jobsd.domain.clock import to_micros
@@ -18,8 +17,9 @@ from jobsd.domain.model import Job, JobStatus
 from jobsd.domain.states import Action
 from jobsd.errors import InvalidArgument, Unavailable
 from jobsd.store.base import JobChanged, LogQuery
-from jobsd.store.mongo import CLAIM_LOCK_TTL, MongoStore, database_from_uri
-from jobsd.store.mongo_emulation import EmulatedAsyncMongoClient
+from jobsd.store.mongo.store import CLAIM_LOCK_TTL, MongoStore, database_from_uri
+from tests.contract.factories import RETENTION, T0, claim_request, move, new_job, new_workspace_id
+from tests.support.mongo_emulation import EmulatedAsyncMongoClient
 
 NOW = T0 + timedelta(minutes=1)
 

@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from contract.factories import T0, claim_request, move, new_job, new_workspace_id
 from pymongo import AsyncMongoClient
 
 from jobsd.domain.auth import ReadScope
@@ -18,7 +17,8 @@ from jobsd.domain.model import Job
 from jobsd.domain.states import Action
 from jobsd.store.base import ChangeEvent, JobChanged, JobQuery, LogQuery
 from jobsd.store.mongo import MongoStore
-from jobsd.store.mongo_queries import FindPlan, claim_plan, lapsed_plan, list_plans, log_plan
+from jobsd.store.mongo.queries import FindPlan, claim_plan, lapsed_plan, list_plans, log_plan
+from tests.contract.factories import T0, claim_request, move, new_job, new_workspace_id
 
 from .test_emulated_queries import QUERIES
 

@@ -11,7 +11,7 @@ Messages are the generated protobuf classes (`from jobsd_client import pb`); err
 This package never imports the server package `jobsd`.
 """
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 from jobsd_client.async_client import AsyncJobsClient
 from jobsd_client.convert import STATUS_NAMES, TERMINAL_STATUSES, message_to_dict, status_name, status_value
 from jobsd_client.errors import (

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf.struct_pb2 import Struct
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 from jobsd_client.convert import status_name, status_value, to_timestamp
 from jobsd_client.errors import InvalidArgument
 

@@ -16,9 +16,9 @@ import grpc
 import grpc.aio
 
 from jobsd_client import _requests as req
-from jobsd_client._proto import jobs_pb2 as pb
-from jobsd_client._proto import jobs_pb2_grpc
+from jobsd_client import pb
 from jobsd_client.errors import Unavailable, error_from_rpc
+from jobsd_client.pb import jobs_pb2_grpc
 
 __all__ = ["CHANNEL_OPTIONS", "DEFAULT_TIMEOUT", "AsyncJobsClient"]
 

@@ -27,7 +27,7 @@ from typing import Any, NoReturn, TextIO
 
 from google.protobuf.message import Message
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 from jobsd_client.async_client import AsyncJobsClient
 from jobsd_client.convert import STATUS_NAMES, TERMINAL_STATUSES, message_to_dict, status_name
 from jobsd_client.datasources import DEFAULT_HTTP_TARGET, DataSourcesClient, DataSourcesError

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 from jobsd_client.convert import from_timestamp, status_name
 
 __all__ = [

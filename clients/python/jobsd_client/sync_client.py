@@ -16,10 +16,10 @@ from typing import Any, cast
 import grpc
 
 from jobsd_client import _requests as req
-from jobsd_client._proto import jobs_pb2 as pb
-from jobsd_client._proto import jobs_pb2_grpc
+from jobsd_client import pb
 from jobsd_client.async_client import CHANNEL_OPTIONS, DEFAULT_TIMEOUT
 from jobsd_client.errors import error_from_rpc
+from jobsd_client.pb import jobs_pb2_grpc
 
 __all__ = ["JobsClient"]
 

@@ -36,7 +36,7 @@ import grpc
 import grpc.aio
 from google.protobuf import json_format
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 from jobsd_client.async_client import AsyncJobsClient
 from jobsd_client.errors import (
     FailedPrecondition,

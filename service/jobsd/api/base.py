@@ -1,7 +1,7 @@
 """`JobsApi`: the jobsd.v1 Jobs API as one small Python interface, keyed by the caller's bearer token.
 
 Two implementations: `jobsd.api.local.LocalJobsApi` calls the domain service in-process (used by the gRPC
-servicers and by the gateway inside `jobsd serve`), and `jobsd.gateway.remote.GrpcJobsApi` calls a remote
+servicers and by the gateway inside `jobsd serve`), and `jobsd.api.remote.GrpcJobsApi` calls a remote
 jobsd over a gRPC channel (the standalone gateway). Both raise `jobsd.errors.JobsdError` subclasses.
 `token` is the raw bearer secret, or None when the caller sent none.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 __all__ = ["JobsApi"]
 

@@ -12,7 +12,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from jobsd.domain.clock import to_micros
 from jobsd.domain.model import Job, JobStatus, LogEntry, ProcessedData, Progress, QueryProgress, Statistics, Workspace
 from jobsd.errors import InvalidArgument
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 __all__ = [
     "STATUS_FROM_PB",

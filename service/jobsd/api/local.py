@@ -23,8 +23,8 @@ from jobsd.api.codec import (
 from jobsd.domain.clock import to_micros
 from jobsd.domain.validation import NewJob
 from jobsd.errors import JobsdError
-from jobsd.service import JobFilters, JobService, LogFilters, WatchEvent
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd.service.jobs import JobFilters, JobService, LogFilters, WatchEvent
+from jobsd_client import pb
 
 __all__ = ["LocalJobsApi", "LocalWorkersApi"]
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from jobsd.errors import InvalidArgument
 from jobsd.executors.dataplane import validate_datasource_name
 from jobsd.executors.errors import ExecutionFailed
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 __all__ = ["ExecutionContext", "JobInput"]
 

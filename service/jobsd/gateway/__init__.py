@@ -4,7 +4,7 @@
 `run_standalone` is `jobsd gateway --grpc-target`.
 """
 
-from jobsd.gateway.remote import GrpcJobsApi
+from jobsd.api.remote import GrpcJobsApi
 from jobsd.gateway.server import GatewayServer
 from jobsd.gateway.standalone import run_standalone
 

@@ -18,7 +18,7 @@ from jobsd.gateway.errors import documentation_for, error_response
 from jobsd.gateway.metrics import GatewayMetrics
 from jobsd.gateway.openapi import openapi_document
 from jobsd.gateway.sse import EventStreamOptions, since_revision, stream_job_events
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 __all__ = ["JobsRoutes"]
 

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, time
 from google.protobuf import timestamp_pb2
 
 from jobsd.errors import InvalidArgument
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 __all__ = [
     "MAX_PAGE_SIZE",

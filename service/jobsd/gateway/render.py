@@ -13,7 +13,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 __all__ = [
     "JOBS_LOG_COLUMNS",

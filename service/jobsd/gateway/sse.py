@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from jobsd.errors import InvalidArgument, JobsdError
-from jobsd_client._proto import jobs_pb2 as pb
+from jobsd_client import pb
 
 __all__ = ["MAX_REVISION", "EventStreamOptions", "since_revision", "stream_job_events"]
 

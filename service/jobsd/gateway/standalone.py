@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import prometheus_client
 
-from jobsd.gateway.remote import GrpcJobsApi
+from jobsd.api.remote import GrpcJobsApi
 from jobsd.gateway.server import GatewayServer
 from jobsd.settings import Settings
 

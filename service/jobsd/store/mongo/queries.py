@@ -18,7 +18,7 @@ from typing import Any, Final
 from jobsd.domain.clock import to_micros
 from jobsd.domain.model import RUNNING_STATUSES, TERMINAL_STATUSES, JobStatus
 from jobsd.store.base import ClaimRequest, JobQuery, LogQuery
-from jobsd.store.mongo_codec import CLAIM_LOCK_UNTIL, LOG_PENDING, micros
+from jobsd.store.mongo.codec import CLAIM_LOCK_UNTIL, LOG_PENDING, micros
 
 __all__ = [
     "ACTIVE_STATUSES",

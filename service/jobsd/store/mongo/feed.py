@@ -6,7 +6,7 @@ a primary failover. When the token can no longer be resumed (it fell off the opl
 the stream was invalidated) it restarts from now and publishes `FeedReset`, telling subscribers to re-read the
 current state instead of silently missing events.
 
-`ChangeFanout` (jobsd.store.feed, shared with the SQLite store, re-exported here) hands each event to every
+`ChangeFanout` (jobsd.store.fanout, shared with the SQLite store, re-exported here) hands each event to every
 subscription, with bounded per-subscriber buffers that degrade to `FeedReset`, filtered by the acknowledged-write
 number the MongoDB store passes.
 """
@@ -23,7 +23,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from jobsd.domain.model import Job
 from jobsd.store.base import ChangeEvent, FeedReset, JobChanged
-from jobsd.store.feed import DEFAULT_FEED_CAPACITY, ChangeFanout, FeedSubscription
+from jobsd.store.fanout import DEFAULT_FEED_CAPACITY, ChangeFanout, FeedSubscription
 
 __all__ = [
     "CHANGE_STREAM_UNSUPPORTED",

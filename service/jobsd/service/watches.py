@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Literal
 from jobsd.domain.auth import Principal
 from jobsd.domain.model import Job, JobStatus
 from jobsd.errors import InvalidArgument
-from jobsd.paging import MAX_PAGE
+from jobsd.service.paging import MAX_PAGE
 from jobsd.store.base import JobQuery, LogQuery
 
 if TYPE_CHECKING:
-    from jobsd.service import JobFilters, JobService
+    from jobsd.service.jobs import JobFilters, JobService
 
 __all__ = ["MAX_WATCH_SNAPSHOT", "JobWatches", "WatchEvent"]
 

@@ -24,10 +24,10 @@ from jobsd.domain.states import Action, apply_progress, transition
 from jobsd.domain.validation import NewJob, validate_new_job
 from jobsd.errors import FailedPrecondition, InvalidArgument, JobsdError, NotFound, StaleLease, Unauthenticated
 from jobsd.metrics import Metrics
-from jobsd.paging import checked_page_size, decode_cursor, encode_cursor
+from jobsd.service.hub import WatchHub
+from jobsd.service.paging import checked_page_size, decode_cursor, encode_cursor
+from jobsd.service.watches import JobWatches, WatchEvent
 from jobsd.store.base import ClaimRequest, JobQuery, JobRecord, JobStore, LogQuery
-from jobsd.watch import WatchHub
-from jobsd.watching import JobWatches, WatchEvent
 
 __all__ = ["Claim", "HeartbeatResult", "JobFilters", "JobService", "LogFilters", "WatchEvent"]
 
@@ -498,7 +498,7 @@ class JobService:
 
         return await self._move(job_id, decide, check)
 
-    # ------------------------------------------------------------------ watch (jobsd.watching)
+    # ------------------------------------------------------------------ watch (jobsd.service.watches)
 
     def watch_job(self, principal: Principal, job_id: str, since_revision: int = 0) -> AsyncIterator[WatchEvent]:
         return self._watches.watch_job(principal, job_id, since_revision)

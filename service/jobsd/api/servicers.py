@@ -21,8 +21,8 @@ from google.protobuf import message_factory
 from jobsd.api.local import LocalJobsApi, LocalWorkersApi
 from jobsd.errors import FIELD_METADATA_KEY, JobsdError
 from jobsd.metrics import Metrics
-from jobsd_client._proto import jobs_pb2 as pb
-from jobsd_client._proto import jobs_pb2_grpc as pb_grpc
+from jobsd_client import pb
+from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 
 __all__ = ["JobsServicer", "WorkersServicer", "add_servicer", "bearer_token"]
 

@@ -62,7 +62,7 @@ from jobsd.store.base import (
     LogQuery,
     missing_encoder,
 )
-from jobsd.store.mongo_codec import (
+from jobsd.store.mongo.codec import (
     CLAIM_LOCK,
     CLAIM_LOCK_UNTIL,
     LOG_OUTBOX,
@@ -79,8 +79,8 @@ from jobsd.store.mongo_codec import (
     token_from_document,
     workspace_from_document,
 )
-from jobsd.store.mongo_feed import DEFAULT_FEED_CAPACITY, ChangeFanout, ChangeStream, ChangeStreamPump
-from jobsd.store.mongo_queries import (
+from jobsd.store.mongo.feed import DEFAULT_FEED_CAPACITY, ChangeFanout, ChangeStream, ChangeStreamPump
+from jobsd.store.mongo.queries import (
     JOBS,
     JOBS_LOG,
     SLOTS,

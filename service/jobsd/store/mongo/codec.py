@@ -20,8 +20,8 @@ from typing import Any, Final
 
 from jobsd.domain.clock import from_micros, to_micros
 from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
-from jobsd.domain.serial import job_from_plain, job_to_plain, log_entry_for
 from jobsd.errors import InvalidArgument
+from jobsd.store.plain import job_from_plain, job_to_plain, log_entry_for
 
 __all__ = [
     "CLAIM_LOCK",

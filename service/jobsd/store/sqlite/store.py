@@ -34,7 +34,6 @@ from typing import Any, Final
 
 from jobsd.domain.clock import from_micros, to_micros
 from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
-from jobsd.domain.serial import job_from_plain, job_to_plain, log_entry_for
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import (
     ChangeEvent,
@@ -46,7 +45,8 @@ from jobsd.store.base import (
     LogQuery,
     missing_encoder,
 )
-from jobsd.store.feed import DEFAULT_FEED_CAPACITY, ChangeFanout
+from jobsd.store.fanout import DEFAULT_FEED_CAPACITY, ChangeFanout
+from jobsd.store.plain import job_from_plain, job_to_plain, log_entry_for
 
 __all__ = ["SqliteStore"]
 

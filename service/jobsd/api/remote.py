@@ -13,8 +13,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jobsd.errors import FIELD_METADATA_KEY, JobsdError, Unavailable, error_from_grpc
-from jobsd_client._proto import jobs_pb2 as pb
-from jobsd_client._proto import jobs_pb2_grpc
+from jobsd_client import pb
+from jobsd_client.pb import jobs_pb2_grpc
 
 __all__ = ["GrpcJobsApi", "translate_rpc_error"]
 

@@ -1,1 +1,0 @@
-"""The gRPC edge: servicers that decode metadata, call the in-process API and map errors once."""

@@ -1,0 +1,8 @@
+"""The domain service layer: `JobService` (the one service every edge calls), its watch streams, the change
+fan-out to watchers (`WatchHub`) and page tokens. It knows nothing of gRPC, HTTP or the store's technology."""
+
+from jobsd.service.hub import WatchHub
+from jobsd.service.jobs import Claim, HeartbeatResult, JobFilters, JobService, LogFilters
+from jobsd.service.watches import WatchEvent
+
+__all__ = ["Claim", "HeartbeatResult", "JobFilters", "JobService", "LogFilters", "WatchEvent", "WatchHub"]
