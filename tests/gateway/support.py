@@ -5,6 +5,7 @@ Jobs are moved through their life by the Workers RPCs with a worker token, exact
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -25,6 +26,8 @@ GOLDEN_DIR = Path(__file__).parent / "golden"
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$")
 NO_ACCESS = "The token you have provided doesn't have access to this resource"
 INVALID_TOKEN = "invalid authentication token"
+# Stream reads are bounded only so that a broken stream fails the test instead of hanging it.
+READ_TIMEOUT = 10.0
 
 # What a job of each kind is created with unless a test says otherwise.
 DEFAULT_FIELDS: dict[str, dict[str, Any]] = {
@@ -168,6 +171,25 @@ class Gateway:
         reply = await self.get("/v0/jobs", token=token, params=params)
         assert reply.status == 200, reply.body
         return [item["id"] for item in reply.body["jobs"]]
+
+
+async def read_event(response: aiohttp.ClientResponse) -> dict[str, Any] | None:
+    """The next Server-Sent Event as {"id", "event", "data"} (data parsed), or None at the end of the stream."""
+    fields: dict[str, Any] = {}
+    while True:
+        line = await asyncio.wait_for(response.content.readline(), READ_TIMEOUT)
+        if not line:
+            return None
+        text = line.decode().rstrip("\n")
+        if text == "":
+            if fields:
+                fields["data"] = json.loads(fields["data"])
+                return fields
+            continue
+        if text.startswith(":"):  # a keep-alive comment
+            continue
+        name, _, value = text.partition(": ")
+        fields[name] = value
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -7,9 +7,7 @@ waits for the event the previous action caused.
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -18,28 +16,7 @@ from jobsd.app import JobsdApp
 from jobsd.gateway.server import GatewayServer
 from jobsd_client import pb
 
-from .support import Gateway, make_settings
-
-_READ_TIMEOUT = 10.0
-
-
-async def read_event(response: aiohttp.ClientResponse) -> dict[str, Any] | None:
-    """The next event as {"id", "event", "data"} (data parsed), or None at the end of the stream."""
-    fields: dict[str, Any] = {}
-    while True:
-        line = await asyncio.wait_for(response.content.readline(), _READ_TIMEOUT)
-        if not line:
-            return None
-        text = line.decode().rstrip("\n")
-        if text == "":
-            if fields:
-                fields["data"] = json.loads(fields["data"])
-                return fields
-            continue
-        if text.startswith(":"):  # a keep-alive comment
-            continue
-        name, _, value = text.partition(": ")
-        fields[name] = value
+from .support import READ_TIMEOUT, Gateway, make_settings, read_event
 
 
 def _auth(gw: Gateway) -> dict[str, str]:
@@ -162,7 +139,7 @@ async def test_stopping_the_gateway_closes_open_streams(app: JobsdApp, tmp_path:
         snapshot = await read_event(stream)
         stopping = asyncio.ensure_future(server.stop())
         end = await read_event(stream)
-        await asyncio.wait_for(stopping, _READ_TIMEOUT)
+        await asyncio.wait_for(stopping, READ_TIMEOUT)
 
     assert snapshot is not None and snapshot["data"]["status"] == "waiting"
     assert end is None

@@ -61,6 +61,8 @@ def _fuzz(document: dict[str, Any], base: str, token: str, ids: dict[str, list[s
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result  # the document itself is valid
         operation = result.ok()
+        if operation.path == "/v0/jobs/events":
+            continue  # the live list stream stays open until the client leaves: tests/gateway/test_jobs_events.py
         for mode, examples in _EXAMPLES.items():
 
             @settings(

@@ -49,6 +49,7 @@ async def test_openapi_describes_exactly_the_gateway_endpoints(gw: Gateway) -> N
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {
         "/v0/jobs",
+        "/v0/jobs/events",
         "/v0/jobs/{id}",
         "/v0/jobs/{id}/cancel",
         "/v0/jobs/{id}/retry",

@@ -49,12 +49,16 @@ class _EventEncoder:
 
     def encode(self, event: WatchEvent) -> pb.JobEvent:
         if event.job is None:
-            return pb.JobEvent(type=_EVENT_TYPES[event.type])
+            marker = pb.JobEvent(type=_EVENT_TYPES[event.type])
+            if event.synced_at is not None:
+                marker.resume_after.FromMicroseconds(to_micros(event.synced_at))
+            return marker
         key = (event.job.id, event.job.revision, event.type)
         cached = self._recent.get(key)
         if cached is None:
             job = event.job
             cached = pb.JobEvent(type=_EVENT_TYPES[event.type], job=job_to_pb(job), revision=job.revision)
+            cached.resume_after.FromMicroseconds(to_micros(job.updated_at))
             self._recent[key] = cached
             if len(self._recent) > self._capacity:
                 self._recent.popitem(last=False)
@@ -162,8 +166,11 @@ class LocalJobsApi:
             status=request.status or None,
             pipe_id=request.pipe_id or None,
             pipe_name=request.pipe_name or None,
+            created_after=time_from_pb(request, "created_after"),
+            created_before=time_from_pb(request, "created_before"),
         )
-        async for event in self.service.watch_jobs(principal, filters):
+        changed_since = time_from_pb(request, "changed_since")
+        async for event in self.service.watch_jobs(principal, filters, changed_since):
             yield self._events.encode(event)
 
     async def ready(self) -> bool:

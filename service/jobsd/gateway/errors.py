@@ -28,6 +28,7 @@ _DOCS_BY_ROUTE: dict[str, str] = {
     "get_job": f"{DOCS_JOBS_API}#get-v0-jobs-job_id",
     "cancel_job": f"{DOCS_JOBS_API}#post-v0-jobs-job_id-cancel",
     "retry_job": f"{DOCS_JOBS_API}#post-v0-jobs-job_id-retry",
+    "jobs_events": f"{DOCS_JOBS_API}#get-v0-jobs-events",
     "job_events": f"{DOCS_JOBS_API}#get-v0-jobs-job_id-events",
     "jobs_log": "https://www.tinybird.co/docs/monitoring/service-datasources#tinybird-jobs-log",
     "workspace_v0": _DOCS_AUTH,

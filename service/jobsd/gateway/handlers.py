@@ -17,7 +17,7 @@ from jobsd.gateway import params, render
 from jobsd.gateway.errors import documentation_for, error_response
 from jobsd.gateway.metrics import GatewayMetrics
 from jobsd.gateway.openapi import openapi_document
-from jobsd.gateway.sse import EventStreamOptions, since_revision, stream_job_events
+from jobsd.gateway.sse import EventStreamOptions, ResumeCursor, resume_point, since_revision, stream_job_events
 from jobsd_client import pb
 
 __all__ = ["JobsRoutes"]
@@ -58,6 +58,7 @@ class JobsRoutes:
         router = app.router
         router.add_get("/v0/jobs", self.list_jobs, name="list_jobs")
         router.add_get("/v0/jobs/", self.list_jobs, name="list_jobs_slash")
+        router.add_get("/v0/jobs/events", self.jobs_events, name="jobs_events")  # before /v0/jobs/{id}
         router.add_get("/v0/jobs/{id}", self.get_job, name="get_job")
         router.add_post("/v0/jobs/{id}/cancel", self.cancel_job, name="cancel_job")
         router.add_post("/v0/jobs/{id}/retry", self.retry_job, name="retry_job")
@@ -152,6 +153,25 @@ class JobsRoutes:
                 closing=self._closing,
                 options=self._stream_options,
                 documentation=documentation_for(request, 200),
+            )
+        finally:
+            self._metrics.open_streams.dec()
+
+    async def jobs_events(self, request: web.Request) -> web.StreamResponse:
+        resume_from = resume_point(request.headers)
+        watch = params.watch_jobs_request(request.query, resume_from)
+        events = self._api.watch_jobs(_token(request), watch)
+        base = self._base_url(request)
+        self._metrics.open_streams.inc()
+        try:
+            return await stream_job_events(
+                request,
+                events,
+                render=lambda job: render.job_list_event(job, base),
+                closing=self._closing,
+                options=self._stream_options,
+                documentation=documentation_for(request, 200),
+                event_id=ResumeCursor(resume_from),
             )
         finally:
             self._metrics.open_streams.dec()

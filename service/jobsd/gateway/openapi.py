@@ -37,6 +37,20 @@ def _str() -> Schema:
     return {"type": "string"}
 
 
+_LIST_ITEM_REQUIRED = ["id", "kind", "status", "created_at", "updated_at", "is_cancellable", "job_url", "datasource"]
+_LIST_ITEM_PROPERTIES: dict[str, Schema] = {
+    "id": _str(),
+    "kind": _str(),
+    "status": _STATUS,
+    "created_at": _TIMESTAMP,
+    "updated_at": _TIMESTAMP,
+    "is_cancellable": {"type": "boolean"},
+    "job_url": _str(),
+    "datasource": _nullable(_ref("DataSourceRef")),
+    "pipe_id": _str(),
+    "pipe_name": _str(),
+}
+
 _SCHEMAS: dict[str, Schema] = {
     "Error": {
         "type": "object",
@@ -62,28 +76,8 @@ _SCHEMAS: dict[str, Schema] = {
     },
     "JobListItem": {
         "type": "object",
-        "required": [
-            "id",
-            "kind",
-            "status",
-            "created_at",
-            "updated_at",
-            "is_cancellable",
-            "job_url",
-            "datasource",
-        ],
-        "properties": {
-            "id": _str(),
-            "kind": _str(),
-            "status": _STATUS,
-            "created_at": _TIMESTAMP,
-            "updated_at": _TIMESTAMP,
-            "is_cancellable": {"type": "boolean"},
-            "job_url": _str(),
-            "datasource": _nullable(_ref("DataSourceRef")),
-            "pipe_id": _str(),
-            "pipe_name": _str(),
-        },
+        "required": _LIST_ITEM_REQUIRED,
+        "properties": _LIST_ITEM_PROPERTIES,
         "additionalProperties": False,
     },
     "Statistics": {
@@ -266,6 +260,37 @@ _SCHEMAS: dict[str, Schema] = {
             },
         },
     },
+    "JobListEventData": {
+        "type": "object",
+        "description": "A list item, plus the job's progress and revision (what a live list shows and orders by).",
+        "required": [*_LIST_ITEM_REQUIRED, "progress_percentage", "revision"],
+        "properties": {
+            **_LIST_ITEM_PROPERTIES,
+            "progress_percentage": {"type": "number", "minimum": 0, "maximum": 100},
+            "revision": _int(),
+        },
+        "additionalProperties": False,
+    },
+    "JobListEvent": {
+        "type": "object",
+        "description": "One Server-Sent Event of the list stream.",
+        "required": ["event", "data"],
+        "properties": {
+            "id": {
+                "type": "string",
+                "pattern": r"^\d+$",
+                "description": "A resume point: send it back as `Last-Event-ID` to resume",
+            },
+            "event": {"type": "string", "enum": ["snapshot", "synced", "status", "progress", "error"]},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {
+                    "anyOf": [_ref("JobListEventData"), {"type": "object", "maxProperties": 0}, _ref("Error")]
+                },
+            },
+        },
+    },
     "Status": {
         "type": "object",
         "required": ["status"],
@@ -345,6 +370,24 @@ def openapi_document() -> dict[str, Any]:
         "/v0/jobs": {
             "get": _operation(
                 "Jobs of the last 48 h, newest first", _json("JobList", "A page of jobs"), _FILTERS, _COMMON_ERRORS
+            )
+        },
+        "/v0/jobs/events": {
+            "get": _operation(
+                "Live: the matching jobs and their changes as Server-Sent Events (the REST face of WatchJobs)",
+                {
+                    "description": "`event: snapshot` for each matching job not yet finished, `event: synced`, then "
+                    "`event: status|progress` for each change of a matching job (a job that stops matching gets one "
+                    "last event); `data:` is a list item with `progress_percentage` and `revision`. The stream stays "
+                    "open until the client leaves; `Last-Event-ID` resumes, also sending (before `synced`) the jobs "
+                    "whose status changed while the client was away",
+                    "content": {"text/event-stream": {"schema": _ref("JobListEvent")}},
+                },
+                [
+                    *_FILTERS[:6],
+                    _param("Last-Event-ID", "Resume from this event of an earlier stream.", _REVISION, "header"),
+                ],
+                _COMMON_ERRORS,
             )
         },
         "/v0/jobs/{id}": {

@@ -22,6 +22,7 @@ __all__ = [
     "list_jobs_request",
     "page_size",
     "parse_bound",
+    "watch_jobs_request",
 ]
 
 MAX_PAGE_SIZE = 100
@@ -111,6 +112,21 @@ def list_jobs_request(query: Mapping[str, str]) -> pb.ListJobsRequest:
         page_token=_text(query, "page_token"),
         **_window(query),
     )
+
+
+def watch_jobs_request(query: Mapping[str, str], changed_since_micros: int) -> pb.WatchJobsRequest:
+    """`GET /v0/jobs/events`: the filters of /v0/jobs (no page); `changed_since_micros` (0: none) resumes."""
+    request = pb.WatchJobsRequest(
+        workspace_id=_text(query, "workspace_id"),
+        kind=_text(query, "kind"),
+        status=_text(query, "status"),
+        pipe_id=_text(query, "pipe_id"),
+        pipe_name=_text(query, "pipe_name"),
+        **_window(query),
+    )
+    if changed_since_micros:
+        request.changed_since.FromMicroseconds(changed_since_micros)
+    return request
 
 
 def jobs_log_request(query: Mapping[str, str]) -> pb.ListJobsLogRequest:

@@ -18,6 +18,7 @@ from jobsd_client import pb
 __all__ = [
     "JOBS_LOG_COLUMNS",
     "job_detail",
+    "job_list_event",
     "job_list_item",
     "log_entry_row",
     "plain_struct",
@@ -148,6 +149,15 @@ def job_list_item(job: pb.Job, base_url: str) -> JsonObject:
         if job.HasField(field):
             item[field] = getattr(job, field)
     return item
+
+
+def job_list_event(job: pb.Job, base_url: str) -> JsonObject:
+    """The `data:` of a `GET /v0/jobs/events` event: the list item, plus what a live list shows and orders by."""
+    return {
+        **job_list_item(job, base_url),
+        "progress_percentage": float(job.progress_percentage),
+        "revision": job.revision,
+    }
 
 
 def _statistics(job: pb.Job) -> JsonObject | None:

@@ -1,8 +1,14 @@
-"""`GET /v0/jobs/{id}/events`: the job's revisions as Server-Sent Events (the REST face of `WatchJob`).
+"""Server-Sent Events: `GET /v0/jobs/{id}/events` (the REST face of `WatchJob`) and `GET /v0/jobs/events` (of
+`WatchJobs`).
 
-Each event is `id: <revision>`, `event: snapshot|status|progress`, `data: <the job detail JSON>`, so a browser's
-EventSource resumes after a reconnect by itself (it sends `Last-Event-ID`, which becomes `since_revision`).
-The stream ends after the terminal state, or when the gateway stops.
+A job's stream: each event is `id: <revision>`, `event: snapshot|status|progress`, `data: <the job detail JSON>`,
+so a client resumes after a reconnect by sending `Last-Event-ID`, which becomes `since_revision`. It ends after
+the terminal state, or when the gateway stops.
+
+The list's stream: `event: snapshot` for each matching active job, `event: synced`, then `status`/`progress`
+events of the matching jobs; `id:` is a resume point (integer microseconds, see `ResumeCursor`) that comes back
+as `Last-Event-ID` and becomes `WatchJobsRequest.changed_since`. It ends only when the client leaves or the
+gateway stops.
 
 The watch is read by a pump task into a one-slot queue: the handler can then wait on "next event", "gateway
 closing" and "time for a keep-alive" at once, and a slow HTTP reader pushes back on the watch (whose own buffer
@@ -23,7 +29,15 @@ from aiohttp import web
 from jobsd.errors import InvalidArgument, JobsdError
 from jobsd_client import pb
 
-__all__ = ["MAX_REVISION", "EventStreamOptions", "since_revision", "stream_job_events"]
+__all__ = [
+    "MAX_REVISION",
+    "EventStreamOptions",
+    "ResumeCursor",
+    "resume_point",
+    "revision_id",
+    "since_revision",
+    "stream_job_events",
+]
 
 log = logging.getLogger("jobsd.gateway")
 
@@ -58,19 +72,52 @@ class EventStreamOptions:
         self.open_grace_seconds = open_grace_seconds
 
 
+def _event_number(name: str, raw: str, what: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_REVISION:
+        raise InvalidArgument(name, f"must be {what} (an integer from 0 to {MAX_REVISION}), got {raw!r}")
+    return value
+
+
 def since_revision(headers: Mapping[str, str], query: Mapping[str, str]) -> int:
     """`Last-Event-ID` (what EventSource sends on reconnect), else `?since_revision=`; 0 opens with a snapshot."""
     for name, raw in (("Last-Event-ID", headers.get("Last-Event-ID")), ("since_revision", query.get("since_revision"))):
         if raw is None or raw.strip() == "":
             continue
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            value = -1
-        if not 0 <= value <= MAX_REVISION:
-            raise InvalidArgument(name, f"must be a revision number (an integer from 0 to {MAX_REVISION}), got {raw!r}")
-        return value
+        return _event_number(name, raw, "a revision number")
     return 0
+
+
+def resume_point(headers: Mapping[str, str]) -> int:
+    """The list stream's `Last-Event-ID`: a resume point this gateway sent as `id:`; 0 when absent."""
+    raw = headers.get("Last-Event-ID")
+    if raw is None or raw.strip() == "":
+        return 0
+    return _event_number("Last-Event-ID", raw, "the id of an event of this stream")
+
+
+class ResumeCursor:
+    """The list stream's event ids: the greatest `resume_after` delivered so far, in integer microseconds.
+
+    `resume_after` is the job's updated_at on job events and the snapshot's time on SYNCED; a progress event of a
+    job whose status changed long ago must not move the resume point back, hence the maximum.
+    """
+
+    def __init__(self, start: int = 0) -> None:
+        self.value = start
+
+    def __call__(self, event: pb.JobEvent) -> int | None:
+        if event.HasField("resume_after"):
+            self.value = max(self.value, event.resume_after.ToMicroseconds())
+        return self.value or None
+
+
+def revision_id(event: pb.JobEvent) -> int | None:
+    """A job stream's event id: the revision."""
+    return event.revision
 
 
 async def _pump(events: AsyncIterator[pb.JobEvent], queue: asyncio.Queue[object]) -> None:
@@ -117,8 +164,12 @@ async def stream_job_events(
     closing: asyncio.Event,
     options: EventStreamOptions,
     documentation: str,
+    event_id: Callable[[pb.JobEvent], int | None] = revision_id,
 ) -> web.StreamResponse:
-    """Relay `events` to the client until the watch ends, the client leaves, or the gateway closes."""
+    """Relay `events` to the client until the watch ends, the client leaves, or the gateway closes.
+
+    `render` turns an event's job into its `data:`; an event without a job (SYNCED) carries `{}`.
+    """
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
     pump = asyncio.create_task(_pump(events, queue))
     try:
@@ -138,7 +189,8 @@ async def stream_job_events(
                 if item is _IDLE:
                     await response.write(b": keep-alive\n\n")
                 elif isinstance(item, pb.JobEvent):
-                    await response.write(_frame(item.revision, _event_name(item), render(item.job)))
+                    data = render(item.job) if item.HasField("job") else {}
+                    await response.write(_frame(event_id(item), _event_name(item), data))
                 elif isinstance(item, Exception):
                     if isinstance(item, JobsdError):
                         message = item.message

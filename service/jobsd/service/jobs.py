@@ -51,11 +51,15 @@ class JobFilters:
     created_before: datetime | None = None
 
     def matches(self, job: Job) -> bool:
+        return (self.status is None or job.status.value == self.status) and self.matches_all_but_status(job)
+
+    def matches_all_but_status(self, job: Job) -> bool:
         return (
             (self.kind is None or job.kind == self.kind)
-            and (self.status is None or job.status.value == self.status)
             and (self.pipe_id is None or job.pipe_id == self.pipe_id)
             and (self.pipe_name is None or job.pipe_name == self.pipe_name)
+            and (self.created_after is None or job.created_at >= self.created_after)
+            and (self.created_before is None or job.created_at <= self.created_before)
         )
 
 
@@ -218,9 +222,12 @@ class JobService:
     ) -> tuple[list[LogEntry], str]:
         limit = checked_page_size(page_size)
         workspace_id = principal.workspace(filters.workspace_id)
-        principal.read_scope(workspace_id)
         if not principal.read_scope(workspace_id).everything:
-            principal.require_admin()
+            if filters.job_id:
+                # One job's status changes are part of what its reader sees (the timeline on its page).
+                await self.get_job_record(principal, filters.job_id)
+            else:
+                principal.require_admin()
         after = None
         if page_token:
             when, (job_id, revision) = decode_cursor(page_token, 3)
@@ -503,8 +510,10 @@ class JobService:
     def watch_job(self, principal: Principal, job_id: str, since_revision: int = 0) -> AsyncIterator[WatchEvent]:
         return self._watches.watch_job(principal, job_id, since_revision)
 
-    def watch_jobs(self, principal: Principal, filters: JobFilters) -> AsyncIterator[WatchEvent]:
-        return self._watches.watch_jobs(principal, filters)
+    def watch_jobs(
+        self, principal: Principal, filters: JobFilters, changed_since: datetime | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        return self._watches.watch_jobs(principal, filters, changed_since)
 
     # ------------------------------------------------------------------ sweeps
 

@@ -6,12 +6,12 @@ replays missed status changes from jobs_log on resume, and closes after the term
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
-from jobsd.domain.auth import Principal
+from jobsd.domain.auth import Principal, ReadScope
 from jobsd.domain.model import Job, JobStatus
 from jobsd.errors import InvalidArgument
 from jobsd.service.paging import MAX_PAGE
@@ -20,16 +20,23 @@ from jobsd.store.base import JobQuery, LogQuery
 if TYPE_CHECKING:
     from jobsd.service.jobs import JobFilters, JobService
 
-__all__ = ["MAX_WATCH_SNAPSHOT", "JobWatches", "WatchEvent"]
+__all__ = ["MAX_WATCH_SNAPSHOT", "RESUME_OVERLAP", "JobWatches", "WatchEvent"]
 
-# WatchJobs opens with at most this many active jobs before SYNCED.
+# WatchJobs opens with at most this many active jobs before SYNCED (and replays at most this many on resume).
 MAX_WATCH_SNAPSHOT = 10_000
+# How far before `changed_since` a resumed WatchJobs looks again. Status changes are stamped by the clock of the
+# process that wrote them and published in commit order, so two writers (two replicas, or two writes in flight in
+# one process) can publish slightly out of time order. Replaying a little more is harmless: a client keeps the
+# highest revision of each job.
+RESUME_OVERLAP = timedelta(seconds=5)
 
 
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
     type: Literal["snapshot", "status", "progress", "synced"]
     job: Job | None
+    # SYNCED only: the time the opening snapshot was read (where a later stream resumes from).
+    synced_at: datetime | None = None
 
 
 class JobWatches:
@@ -78,6 +85,48 @@ class JobWatches:
             self._service.metrics.watchers.dec()
             self._service.hub.unsubscribe(sub)
 
+    async def _changed_since(
+        self, scope: ReadScope, filters: JobFilters, since: datetime, snapshot: Collection[str]
+    ) -> list[Job]:
+        """The jobs (current state) whose status changed at or after `since`, matching `filters` but for the status,
+        readable by `scope` and not in the opening `snapshot`; oldest change first. jobs_log has every status change,
+        newest first, so the walk stops at the first row older than `since`."""
+        now = self._service.clock.now()
+        seen: set[str] = set()
+        changed: list[Job] = []
+        after: tuple[datetime, str, int] | None = None
+        while True:
+            entries = await self._service.store.list_log(
+                LogQuery(
+                    workspace_id=scope.workspace_id,
+                    limit=MAX_PAGE,
+                    kind=filters.kind or None,
+                    pipe_id=filters.pipe_id or None,
+                    created_after=filters.created_after,
+                    created_before=filters.created_before,
+                    after=after,
+                )
+            )
+            for entry in entries:
+                if entry.updated_at < since:
+                    return changed[::-1]
+                if entry.job_id in seen or entry.job_id in snapshot:
+                    continue
+                seen.add(entry.job_id)
+                if len(seen) > MAX_WATCH_SNAPSHOT:
+                    raise InvalidArgument(
+                        "changed_since",
+                        f"is too far back: more than {MAX_WATCH_SNAPSHOT} jobs changed since; "
+                        "open the stream without it and list the jobs again",
+                    )
+                job = await self._service.store.get_job(entry.job_id, now)
+                if job is not None and scope.allows(job) and filters.matches_all_but_status(job):
+                    changed.append(job)
+            if len(entries) < MAX_PAGE:
+                return changed[::-1]
+            last = entries[-1]
+            after = (last.updated_at, last.job_id, last.revision)
+
     async def _missed_status_changes(self, job: Job, since_revision: int) -> list[Job]:
         entries = await self._service.store.list_log(
             LogQuery(workspace_id=job.workspace_id, limit=MAX_PAGE, job_id=job.id)
@@ -96,7 +145,9 @@ class JobWatches:
             for e in missed
         ]
 
-    async def watch_jobs(self, principal: Principal, filters: JobFilters) -> AsyncIterator[WatchEvent]:
+    async def watch_jobs(
+        self, principal: Principal, filters: JobFilters, changed_since: datetime | None = None
+    ) -> AsyncIterator[WatchEvent]:
         workspace_id = principal.workspace(filters.workspace_id)
         scope = principal.read_scope(workspace_id)
         sent: dict[str, int] = {}
@@ -107,6 +158,7 @@ class JobWatches:
         sub = self._service.hub.subscribe(accepts)
         self._service.metrics.watchers.inc()
         try:
+            synced_at = self._service.clock.now()
             after: tuple[datetime, str] | None = None
             while len(sent) < MAX_WATCH_SNAPSHOT:
                 page = await self._service.store.list_jobs(
@@ -118,6 +170,8 @@ class JobWatches:
                         status=filters.status or None,
                         pipe_id=filters.pipe_id or None,
                         pipe_name=filters.pipe_name or None,
+                        created_after=filters.created_after,
+                        created_before=filters.created_before,
                         after=after,
                         only_active=True,
                     )
@@ -128,7 +182,12 @@ class JobWatches:
                 if len(page) < MAX_PAGE:
                     break
                 after = (page[-1].created_at, page[-1].id)
-            yield WatchEvent("synced", None)
+            if changed_since is not None:
+                for job in await self._changed_since(scope, filters, changed_since - RESUME_OVERLAP, sent):
+                    if filters.matches(job) and not job.status.is_terminal:
+                        sent[job.id] = job.revision  # created after the snapshot was read: follow it from now on
+                    yield WatchEvent("status", job)
+            yield WatchEvent("synced", None, synced_at=synced_at)
             async for change in sub.events():
                 if change is None:
                     yield WatchEvent("synced", None)

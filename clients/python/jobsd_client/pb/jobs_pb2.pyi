@@ -186,21 +186,27 @@ class WatchJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., since_revision: _Optional[int] = ...) -> None: ...
 
 class WatchJobsRequest(_message.Message):
-    __slots__ = ("workspace_id", "kind", "status", "pipe_id", "pipe_name")
+    __slots__ = ("workspace_id", "kind", "status", "pipe_id", "pipe_name", "created_after", "created_before", "changed_since")
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PIPE_ID_FIELD_NUMBER: _ClassVar[int]
     PIPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_SINCE_FIELD_NUMBER: _ClassVar[int]
     workspace_id: str
     kind: str
     status: str
     pipe_id: str
     pipe_name: str
-    def __init__(self, workspace_id: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., pipe_id: _Optional[str] = ..., pipe_name: _Optional[str] = ...) -> None: ...
+    created_after: _timestamp_pb2.Timestamp
+    created_before: _timestamp_pb2.Timestamp
+    changed_since: _timestamp_pb2.Timestamp
+    def __init__(self, workspace_id: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., pipe_id: _Optional[str] = ..., pipe_name: _Optional[str] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., changed_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("type", "job", "revision")
+    __slots__ = ("type", "job", "revision", "resume_after")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[JobEvent.Type]
@@ -216,10 +222,12 @@ class JobEvent(_message.Message):
     TYPE_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
     type: JobEvent.Type
     job: Job
     revision: int
-    def __init__(self, type: _Optional[_Union[JobEvent.Type, str]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    resume_after: _timestamp_pb2.Timestamp
+    def __init__(self, type: _Optional[_Union[JobEvent.Type, str]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., revision: _Optional[int] = ..., resume_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("workspace_id", "kind", "datasource", "pipe_id", "pipe_name", "query_id", "query_sql", "mode", "url", "params", "idempotency_key", "request_id")
