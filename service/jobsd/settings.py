@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,15 @@ class Settings:
     # Where the executors keep their DuckDB data plane; empty: next to the SQLite file, or ./.jobsd.
     data_dir: str = ""
     executor_concurrency: int = 4
+    # Workspace files of the data plane kept open at once (least recently used idle ones are closed).
+    dataplane_max_open_workspaces: int = 16
+    # file:// imports read only under this directory; empty: file imports are off.
+    import_file_root: str = ""
+    # CIDR networks imports may fetch from although they are not public (loopback, private, link-local...).
+    import_allow_networks: tuple[str, ...] = ()
+    import_max_redirects: int = 5
+    # Nesting depth of any JSON input: REST bodies, NDJSON lines, Struct fields.
+    max_json_depth: int = 64
     max_watch_streams: int = 20_000
     watch_buffer: int = 256
     max_request_bytes: int = 4 * 1024 * 1024
@@ -98,6 +108,16 @@ def _limits(name: str, raw: str) -> dict[str, int]:
     return limits
 
 
+def _networks(name: str, raw: str) -> tuple[str, ...]:
+    networks: list[str] = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise InvalidArgument(name, f"expected CIDR networks such as 10.0.0.0/8 or ::1/128, got {part!r}") from None
+    return tuple(networks)
+
+
 # setting name -> (environment variable, parser)
 _FIELDS: dict[str, tuple[str, Any]] = {
     "grpc_addr": ("JOBSD_GRPC_ADDR", None),
@@ -116,6 +136,11 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "sweep_interval_seconds": ("JOBSD_SWEEP_INTERVAL_SECONDS", lambda n, r: _number(n, r, float, 0.01)),
     "data_dir": ("JOBSD_DATA_DIR", None),
     "executor_concurrency": ("JOBSD_EXECUTOR_CONCURRENCY", lambda n, r: _number(n, r, int, 1)),
+    "dataplane_max_open_workspaces": ("JOBSD_DATAPLANE_MAX_OPEN_WORKSPACES", lambda n, r: _number(n, r, int, 1)),
+    "import_file_root": ("JOBSD_IMPORT_FILE_ROOT", None),
+    "import_allow_networks": ("JOBSD_IMPORT_ALLOW_NETWORKS", _networks),
+    "import_max_redirects": ("JOBSD_IMPORT_MAX_REDIRECTS", lambda n, r: _number(n, r, int, 0)),
+    "max_json_depth": ("JOBSD_MAX_JSON_DEPTH", lambda n, r: _number(n, r, int, 1)),
     "max_watch_streams": ("JOBSD_MAX_WATCH_STREAMS", lambda n, r: _number(n, r, int, 1)),
     "grace_seconds": ("JOBSD_GRACE_SECONDS", lambda n, r: _number(n, r, float, 0)),
     "log_level": ("JOBSD_LOG_LEVEL", None),

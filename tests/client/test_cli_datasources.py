@@ -58,6 +58,8 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         executors=True,
         data_dir=str(tmp_path / "data"),
         grace_seconds=1.0,
+        # The CSV is served on 127.0.0.1, which imports refuse unless the operator allows it.
+        import_allow_networks=("127.0.0.1/32",),
     )
     app = JobsdApp(settings, clock=None)
     await app.start()

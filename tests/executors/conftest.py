@@ -1,5 +1,8 @@
 """Fixtures of the executor tests: a real data plane in tmp_path, a real HTTP file server on 127.0.0.1, and a
-recording stand-in for the worker SDK's JobContext (the executors only see its Protocol)."""
+recording stand-in for the worker SDK's JobContext (the executors only see its Protocol).
+
+Imports refuse loopback addresses by default; these tests fetch from 127.0.0.1, so they opt in with `LOCAL`, the
+policy an operator would get from JOBSD_IMPORT_ALLOW_NETWORKS=127.0.0.1/32."""
 
 from __future__ import annotations
 
@@ -15,9 +18,11 @@ from google.protobuf import json_format, struct_pb2
 
 from jobsd.domain.clock import ManualClock
 from jobsd.executors.dataplane import DataPlane
+from jobsd.executors.outbound import ImportPolicy
 from jobsd_client import pb
 
 WORKSPACE = "8f7d2c1e-0000-4000-8000-000000000001"
+LOCAL = ImportPolicy.build(allow_networks=["127.0.0.1/32"])
 
 
 def struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct:
@@ -116,7 +121,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 async def plane(tmp_path: Path, clock: ManualClock) -> AsyncIterator[DataPlane]:
-    async with DataPlane(tmp_path / "data" / "plane.duckdb", clock=clock) as opened:
+    async with DataPlane(tmp_path / "data" / "dataplane", clock=clock) as opened:
         yield opened
 
 

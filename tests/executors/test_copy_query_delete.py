@@ -24,13 +24,12 @@ async def seed(plane: DataPlane) -> None:
     await plane.create_datasource("events", [("id", "Int64"), ("kind", "String")], workspace=WORKSPACE)
 
     def insert(session: Any) -> None:
-        session.use_workspace(WORKSPACE)
         # kind is 'a' or 'bb': 8 + 1 or 8 + 2 bytes a row.
         session.execute(
             f"INSERT INTO events SELECT i, CASE WHEN i % 2 = 0 THEN 'a' ELSE 'bb' END FROM range({ROWS}) t(i)"
         )
 
-    await plane.run(insert)
+    await plane.run(WORKSPACE, insert)
 
 
 EVENTS_BYTES = ROWS * 8 + (ROWS // 2) * 1 + (ROWS // 2) * 2

@@ -19,7 +19,7 @@ from jobsd.executors.populate_view import run_populate
 from jobsd.executors.runner import ExecutorRunner, data_dir_for
 from jobsd.settings import Settings
 
-from .conftest import WORKSPACE, FileServer, RecordingContext, make_job
+from .conftest import LOCAL, WORKSPACE, FileServer, RecordingContext, make_job
 
 OTHER_WORKSPACE = "8f7d2c1e-0000-4000-8000-000000000002"
 
@@ -80,7 +80,7 @@ async def test_every_data_source_the_plane_creates_has_the_id_jobs_carry(
     await plane.create_datasource("declared", [("a", "Int64")], workspace=WORKSPACE)
     await plane.create_datasource("declared", [("a", "Int64")], workspace=OTHER_WORKSPACE)
     url = files.write("imported.csv", "a\n1\n2\n")
-    await run_import(RecordingContext(make_job("import", datasource="imported", url=url)), plane)
+    await run_import(RecordingContext(make_job("import", datasource="imported", url=url)), plane, policy=LOCAL)
     await run_copy(
         RecordingContext(make_job("copy", datasource="copied", params={"sql": "SELECT a FROM imported"})), plane
     )
@@ -107,14 +107,14 @@ async def test_a_data_source_registered_with_another_id_reads_back_with_the_deri
                 'UPDATE _jobsd.datasources SET meta = json_merge_patch(meta, \'{"id": "t_0123456789abcdef"}\')'
             )
 
-    await plane.run(register_old_id)
+    await plane.run(WORKSPACE, register_old_id)
     stored = await plane.query("SELECT meta->>'id' FROM _jobsd.datasources", workspace=WORKSPACE)
     assert stored == [("t_0123456789abcdef",)]
     assert (await plane.get_datasource("events", workspace=WORKSPACE)).id == datasource_id_for(WORKSPACE, "events")
 
 
 async def test_data_sources_persist_and_stay_per_workspace(tmp_path: Path, clock: ManualClock) -> None:
-    path = tmp_path / "plane.duckdb"
+    path = tmp_path / "dataplane"
     async with DataPlane(path, clock=clock) as plane:
         first = await plane.create_datasource("events", [("a", "Int64")], workspace=WORKSPACE)
         await plane.create_datasource("events", [("b", "String")], workspace=OTHER_WORKSPACE)
@@ -131,10 +131,9 @@ async def test_stats_count_rows_and_value_bytes(plane: DataPlane) -> None:
     await plane.create_datasource("t", [("n", "Int32"), ("s", "Nullable(String)"), ("d", "Date")], workspace=WORKSPACE)
 
     def insert(session: Any) -> None:
-        session.use_workspace(WORKSPACE)
         session.execute("INSERT INTO t VALUES (1, 'abc', DATE '2024-01-01'), (2, NULL, DATE '2024-01-02')")
 
-    await plane.run(insert)
+    await plane.run(WORKSPACE, insert)
     stats = await plane.stats("t", workspace=WORKSPACE)
     assert (stats.row_count, stats.bytes) == (2, 2 * (4 + 4) + 3)
 
@@ -181,7 +180,7 @@ async def test_a_name_is_created_once(plane: DataPlane) -> None:
 async def test_writes_update_the_metadata_time(plane: DataPlane, clock: ManualClock, files: FileServer) -> None:
     created = await plane.create_datasource("events", [("a", "Int64")], workspace=WORKSPACE)
     clock.advance(timedelta(minutes=5))
-    await run_import(RecordingContext(make_job("import", url=files.write("a.csv", "a\n1\n"))), plane)
+    await run_import(RecordingContext(make_job("import", url=files.write("a.csv", "a\n1\n"))), plane, policy=LOCAL)
     changed = await plane.get_datasource("events", workspace=WORKSPACE)
     assert changed.created_at == created.created_at
     assert changed.updated_at == created.created_at + timedelta(minutes=5)
@@ -194,7 +193,7 @@ async def test_an_import_stopped_by_a_worker_shutdown_leaves_nothing_behind(
     url = files.write("numbers.csv", body)
     started = asyncio.Event()
     ctx = RecordingContext(make_job("import", datasource="numbers", url=url), on_report=lambda *_: started.set())
-    task = asyncio.create_task(run_import(ctx, plane))
+    task = asyncio.create_task(run_import(ctx, plane, policy=LOCAL))
     await started.wait()  # the first batch is loaded: the import is mid-file
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -215,7 +214,7 @@ def test_the_data_directory_follows_the_settings(tmp_path: Path) -> None:
 
 async def test_a_runner_stops_safely_twice_and_keeps_its_plane_closed(tmp_path: Path) -> None:
     runner = ExecutorRunner(Settings(data_dir=str(tmp_path)), "127.0.0.1:1", "token", wait_seconds=0.1)
-    assert runner.dataplane.path == tmp_path / "dataplane.duckdb"
+    assert runner.dataplane.root == tmp_path / "dataplane"
     await runner.start()
     await runner.stop()
     await runner.stop()

@@ -81,6 +81,8 @@ async def jobsd(tmp_path: Path, files: FileServer) -> AsyncIterator[Jobsd]:
         executors=True,
         data_dir=str(tmp_path / "data"),
         grace_seconds=2.0,
+        # The file server is on 127.0.0.1, which imports refuse unless the operator allows it.
+        import_allow_networks=("127.0.0.1/32",),
     )
     app = JobsdApp(settings, clock=None)
     await app.start()
@@ -159,7 +161,7 @@ async def test_a_populate_reports_every_partition_and_reaches_100(jobsd: Jobsd, 
 async def test_cancelling_a_populate_midway_keeps_the_finished_partitions(jobsd: Jobsd, files: FileServer) -> None:
     await import_days(jobsd, files)
     plane = jobsd.app.executors.dataplane
-    async with plane.writes_paused():
+    async with plane.writes_paused(await jobsd.workspace_id()):
         created = await jobsd.create(
             "populateview", "daily", query_sql=POPULATE_SQL, params={"source": "events", "partition_by": "day"}
         )

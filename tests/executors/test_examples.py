@@ -7,6 +7,7 @@ from typing import Any
 
 from jobsd.executors.dataplane import DataPlane
 from jobsd.executors.import_data import run_import
+from jobsd.executors.outbound import ImportPolicy
 from jobsd.executors.populate_view import run_populate
 
 from .conftest import WORKSPACE, RecordingContext, make_job
@@ -18,7 +19,7 @@ async def test_the_sample_imports_with_the_documented_figures_and_populates_by_d
     plane: DataPlane, clock: Any
 ) -> None:
     imported = RecordingContext(make_job("import", url=f"file://{EXAMPLES / 'events.csv'}"))
-    await run_import(imported, plane, file_roots=[EXAMPLES])
+    await run_import(imported, plane, policy=ImportPolicy.build(file_root=EXAMPLES))
 
     assert imported.figures["statistics"]["row_count"] == 2996
     assert imported.figures["quarantine_rows"] == 2

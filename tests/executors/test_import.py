@@ -16,8 +16,9 @@ from jobsd.domain.model import datasource_id_for
 from jobsd.executors.dataplane import DataPlane, TableStats
 from jobsd.executors.errors import ExecutionFailed
 from jobsd.executors.import_data import run_import
+from jobsd.executors.outbound import ImportPolicy
 
-from .conftest import WORKSPACE, FileServer, RecordingContext, make_job
+from .conftest import LOCAL, WORKSPACE, FileServer, RecordingContext, make_job
 
 EVENTS_SCHEMA = [("date", "DateTime"), ("user_id", "Int64"), ("event", "String"), ("amount", "Float64")]
 
@@ -52,7 +53,7 @@ async def rows(plane: DataPlane, sql: str) -> list[tuple[object, ...]]:
 
 async def run(plane: DataPlane, **job_fields: object) -> RecordingContext:
     ctx = RecordingContext(make_job("import", **job_fields))  # type: ignore[arg-type]
-    await run_import(ctx, plane)
+    await run_import(ctx, plane, policy=LOCAL)
     return ctx
 
 
@@ -147,6 +148,25 @@ async def test_ndjson_with_quarantined_and_invalid_lines(plane: DataPlane, files
         (4, '{"nested":true}'),
     ]
     assert ctx.figures["statistics"] == {"bytes": 3 * 16 + len("a") + len('{"nested":true}'), "row_count": 3}
+
+
+async def test_a_deeply_nested_ndjson_line_is_one_invalid_line_and_the_import_goes_on(
+    plane: DataPlane, files: FileServer
+) -> None:
+    lines = [
+        json.dumps({"user": 1, "tag": {"a": [1, {"b": 2}]}}),
+        '{"user": 2, "tag": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"user": 3, "tag": "[[[[ not nesting: inside a string ]]]]"}',
+        '{"user": 4, "tag": ' + "[" * 64 + "]" * 64 + "}",
+    ]
+    ctx = await run(plane, datasource="deep", url=files.write("deep.ndjson", "\n".join(lines) + "\n"))
+
+    assert ctx.figures["invalid_lines"] == 2
+    assert ctx.figures["errors"][1:] == [
+        "line 2: is JSON nested more than 64 levels deep",
+        "line 4: is JSON nested more than 64 levels deep",
+    ]
+    assert await rows(plane, "SELECT user FROM deep ORDER BY user") == [(1,), (3,)]
 
 
 async def test_append_adds_and_replace_swaps_the_contents(plane: DataPlane, files: FileServer) -> None:
@@ -299,19 +319,26 @@ async def test_bad_job_fields_fail_with_a_message_naming_them(
     assert message in failure.value.message
 
 
-async def test_file_urls_are_read_only_under_the_allowed_roots(plane: DataPlane, tmp_path: Path) -> None:
+async def test_file_urls_are_read_only_under_the_import_root(plane: DataPlane, tmp_path: Path) -> None:
     allowed = tmp_path / "allowed"
     allowed.mkdir()
     (allowed / "ok.csv").write_text("a\n1\n2\n")
+    policy = ImportPolicy.build(file_root=allowed)
     ctx = RecordingContext(make_job("import", url=f"file://{allowed}/ok.csv"))
-    await run_import(ctx, plane, file_roots=[allowed])
+    await run_import(ctx, plane, policy=policy)
     assert ctx.figures["statistics"]["row_count"] == 2
 
     (tmp_path / "secret.csv").write_text("a\n1\n")
-    outside = RecordingContext(make_job("import", url=f"file://{tmp_path}/secret.csv"))
-    with pytest.raises(ExecutionFailed) as failure:
-        await run_import(outside, plane, file_roots=[allowed])
-    assert "file imports are allowed only under" in failure.value.message
+    for url in (f"file://{tmp_path}/secret.csv", f"file://{allowed}/../secret.csv"):
+        outside = RecordingContext(make_job("import", datasource="other", url=url))
+        with pytest.raises(ExecutionFailed) as failure:
+            await run_import(outside, plane, policy=policy)
+        assert failure.value.message.endswith("file imports may only read the server's import directory")
+        assert str(tmp_path) not in failure.value.message.replace(url, "")
+    off = RecordingContext(make_job("import", datasource="other", url=f"file://{allowed}/ok.csv"))
+    with pytest.raises(ExecutionFailed, match="file imports are off on this server"):
+        await run_import(off, plane)
+    assert await plane.find_datasource("other", workspace=WORKSPACE) is None
 
 
 async def test_gzip_files_are_decompressed_and_progress_counts_bytes(plane: DataPlane, files: FileServer) -> None:
@@ -332,6 +359,6 @@ async def test_concurrent_imports_into_one_data_source_all_land(plane: DataPlane
     await create_events(plane)
     url = files.write("events.csv", EVENTS_CSV)
     contexts = [RecordingContext(make_job("import", url=url)) for _ in range(4)]
-    await asyncio.gather(*(run_import(ctx, plane) for ctx in contexts))
+    await asyncio.gather(*(run_import(ctx, plane, policy=LOCAL) for ctx in contexts))
     assert (await plane.stats("events", workspace=WORKSPACE)).row_count == 4 * 5
     assert await rows(plane, "SELECT count(*) FROM events_quarantine") == [(4 * 3,)]

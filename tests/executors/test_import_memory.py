@@ -7,7 +7,7 @@ import tracemalloc
 from jobsd.executors.dataplane import DataPlane
 from jobsd.executors.import_data import run_import
 
-from .conftest import FileServer, RecordingContext, make_job
+from .conftest import LOCAL, FileServer, RecordingContext, make_job
 
 ROWS = 120_000
 
@@ -26,7 +26,7 @@ async def test_a_large_file_streams_with_bounded_memory(plane: DataPlane, files:
     ctx = RecordingContext(make_job("import", datasource="big", url=files.url("big.csv", chunked=True)))
     tracemalloc.start()
     try:
-        await run_import(ctx, plane)
+        await run_import(ctx, plane, policy=LOCAL)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -21,13 +21,12 @@ async def seed_events(plane: DataPlane) -> None:
     await plane.create_datasource("events", [("day", "Date"), ("amount", "Int64")], workspace=WORKSPACE)
 
     def insert(session: Any) -> None:
-        session.use_workspace(WORKSPACE)
         session.execute(
             f"INSERT INTO events SELECT DATE '2024-01-01' + CAST(i % {DAYS} AS INTEGER), i "
             f"FROM range({DAYS * ROWS_PER_DAY}) t(i)"
         )
 
-    await plane.run(insert)
+    await plane.run(WORKSPACE, insert)
 
 
 def populate_job(**params: Any) -> RecordingContext:

@@ -26,10 +26,10 @@ class Interrupted(Exception):
     """The step's statement was interrupted because a cancel was requested."""
 
 
-async def run_abortable(plane: DataPlane, fn: Callable[[Session], T], abort: threading.Event) -> T:
+async def run_abortable(plane: DataPlane, workspace: str, fn: Callable[[Session], T], abort: threading.Event) -> T:
     """`plane.run(fn)`; if the awaiting task is cancelled (worker shutdown), set `abort` — which `fn` checks
     between batches — and wait for the thread to clean up before the cancellation goes on."""
-    future = asyncio.ensure_future(plane.run(fn))
+    future = asyncio.ensure_future(plane.run(workspace, fn))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
@@ -40,7 +40,10 @@ async def run_abortable(plane: DataPlane, fn: Callable[[Session], T], abort: thr
 
 
 async def run_interruptible(
-    plane: DataPlane, fn: Callable[[Session, threading.Event], T], cancel_requested: Callable[[], Awaitable[None]]
+    plane: DataPlane,
+    workspace: str,
+    fn: Callable[[Session, threading.Event], T],
+    cancel_requested: Callable[[], Awaitable[None]],
 ) -> T:
     """`plane.run(fn)`, stopping it when `cancel_requested()` completes (then raising Interrupted) or when the
     awaiting task is cancelled: the event `fn` gets is set (for it to check before it starts writing) and the
@@ -66,7 +69,7 @@ async def run_interruptible(
                 for session in sessions:
                     session.cursor.interrupt()
 
-    work = asyncio.ensure_future(plane.run(tracked))
+    work = asyncio.ensure_future(plane.run(workspace, tracked))
     watcher = asyncio.ensure_future(cancel_requested())
     try:
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)

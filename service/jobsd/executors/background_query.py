@@ -23,7 +23,6 @@ from jobsd.executors.abortable import Interrupted, run_interruptible
 from jobsd.executors.coltypes import type_from_duckdb
 from jobsd.executors.context import ExecutionContext, JobInput
 from jobsd.executors.dataplane import DataPlane, Session, TableStats
-from jobsd.executors.sqltext import check_select, quote_ident, sql_failure
 
 __all__ = ["PREVIEW_ROWS", "result_table_name", "run_query"]
 
@@ -53,10 +52,9 @@ def _json_value(value: Any) -> Any:
 
 
 def _query(session: Session, stopping: threading.Event, job: JobInput, sql: str) -> tuple[TableStats, dict[str, Any]]:
-    session.use_workspace(job.workspace)
-    session.check_tables(sql, job.workspace, "params.sql")
+    sql = session.check_query(sql, "params.sql")
     name = result_table_name(job.job_id)
-    table = f"{quote_ident(job.workspace)}.{quote_ident(name)}"
+    table = session.qualified(name)
     if stopping.is_set():
         raise Interrupted
     try:
@@ -64,12 +62,12 @@ def _query(session: Session, stopping: threading.Event, job: JobInput, sql: str)
     except duckdb.InterruptException:
         raise Interrupted from None
     except duckdb.Error as error:
-        raise sql_failure(error, "params.sql") from None
-    session.record_result(job.workspace, name)
-    stats = session.table_stats(job.workspace, name)
+        raise session.sql_failure(error, "params.sql") from None
+    session.record_result(name)
+    stats = session.table_stats(name)
     columns = [
         {"name": column, "type": type_from_duckdb(duck, nullable).name}
-        for column, duck, nullable in session.table_columns(job.workspace, name)
+        for column, duck, nullable in session.table_columns(name)
     ]
     preview = session.execute(f"SELECT * FROM {table} LIMIT {PREVIEW_ROWS}").fetchall()
     result = {
@@ -83,9 +81,9 @@ def _query(session: Session, stopping: threading.Event, job: JobInput, sql: str)
 
 async def run_query(ctx: ExecutionContext, plane: DataPlane) -> None:
     job = JobInput.of(ctx)
-    sql = check_select(job.text_param("sql", required=True, fallback=job.query_sql), "params.sql")
+    sql = job.text_param("sql", required=True, fallback=job.query_sql)
     stats, result = await run_interruptible(
-        plane, lambda session, stopping: _query(session, stopping, job, sql), _never
+        plane, job.workspace, lambda session, stopping: _query(session, stopping, job, sql), _never
     )
     ctx.report(
         progress_percentage=100.0,

@@ -13,7 +13,6 @@ times the average row size of the data source each was scanned from, `written_ro
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from jobsd.executors.abortable import Interrupted, run_interruptible
 from jobsd.executors.context import ExecutionContext, JobInput
 from jobsd.executors.dataplane import DataPlane, DataSource, Session, TableStats
 from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
-from jobsd.executors.sqltext import check_select, split_qualified_name, sql_failure
+from jobsd.executors.sqltext import split_qualified_name
 
 __all__ = ["CopyOutcome", "run_copy", "scanned_bytes"]
 
@@ -59,46 +58,44 @@ def scanned_bytes(session: Session, profile: dict[str, Any]) -> tuple[int, int]:
     for table, scanned in _scans(profile):
         if table not in average:
             parts = split_qualified_name(table)
-            stats = session.table_stats(parts[-2], parts[-1]) if len(parts) >= 2 else TableStats(0, 0)
+            own = len(parts) == 3 and parts[0] == session.workspace
+            stats = session.table_stats(parts[2], parts[1]) if own else TableStats(0, 0)
             average[table] = stats.bytes / stats.row_count if stats.row_count else 0.0
         total_bytes += round(scanned * average[table])
     return rows, total_bytes
 
 
 def _copy(session: Session, stopping: threading.Event, job: JobInput, target: str, sql: str, mode: str) -> CopyOutcome:
-    session.use_workspace(job.workspace)
-    session.check_tables(sql, job.workspace, "params.sql")
+    sql = session.check_query(sql, "params.sql")
     try:
         session.execute(f"DESCRIBE {sql}")
     except duckdb.Error as error:
-        raise sql_failure(error, "params.sql") from None
+        raise session.sql_failure(error, "params.sql") from None
     try:
         with session.writing():
-            source = session.find(job.workspace, target) or session.create_from_query(job.workspace, target, sql)
+            source = session.find(target) or session.create_from_query(target, sql)
             before = session.stats(source) if mode == "append" else TableStats(0, 0)
             if mode == "replace":
                 session.execute(f"DELETE FROM {source.table_sql}")
             if stopping.is_set():
                 raise Interrupted
-            session.execute("PRAGMA enable_profiling = 'no_output'")
-            try:
-                row = session.execute(f"INSERT INTO {source.table_sql} BY NAME SELECT * FROM ({sql})").fetchone()
-                profile = json.loads(session.cursor.get_profiling_information(format="json"))
-            finally:
-                # Fails inside a transaction the INSERT aborted; the cursor is closed after this step anyway.
-                with contextlib.suppress(duckdb.Error):
-                    session.execute("PRAGMA disable_profiling")
+            # EXPLAIN ANALYZE runs the INSERT and returns its profile: the plane's configuration is locked, so
+            # profiling cannot be switched on with a PRAGMA.
+            plan = session.execute(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) INSERT INTO {source.table_sql} BY NAME SELECT * FROM ({sql})"
+            ).fetchone()
+            profile = json.loads(str(plan[1])) if plan else {}
             after = session.stats(source)
             source = session.touch(source)
     except duckdb.InterruptException:
         raise Interrupted from None
     except duckdb.Error as error:
-        raise sql_failure(error, "params.sql") from None
+        raise session.sql_failure(error, "params.sql") from None
     read_rows, read_bytes = scanned_bytes(session, profile)
     return CopyOutcome(
         read_rows=read_rows,
         read_bytes=read_bytes,
-        written_rows=int(row[0]) if row else 0,
+        written_rows=after.row_count - before.row_count,
         written_bytes=max(0, after.bytes - before.bytes),
         statistics=after,
         datasource=source,
@@ -108,7 +105,7 @@ def _copy(session: Session, stopping: threading.Event, job: JobInput, target: st
 async def run_copy(ctx: ExecutionContext, plane: DataPlane) -> None:
     job = JobInput.of(ctx)
     target = job.require_datasource()
-    sql = check_select(job.text_param("sql", required=True, fallback=job.query_sql), "params.sql")
+    sql = job.text_param("sql", required=True, fallback=job.query_sql)
     mode = job.mode or "append"
     if mode not in ("append", "replace"):
         raise ExecutionFailed(f"Unknown copy mode {mode!r}: use append or replace")
@@ -116,7 +113,10 @@ async def run_copy(ctx: ExecutionContext, plane: DataPlane) -> None:
         raise ExecutionCancelled
     try:
         outcome = await run_interruptible(
-            plane, lambda session, stopping: _copy(session, stopping, job, target, sql, mode), ctx.wait_cancel_requested
+            plane,
+            job.workspace,
+            lambda session, stopping: _copy(session, stopping, job, target, sql, mode),
+            ctx.wait_cancel_requested,
         )
     except Interrupted:
         raise ExecutionCancelled from None

@@ -1,18 +1,30 @@
-"""The embedded data plane: one DuckDB file in which a data source is a table.
+"""The embedded data plane: one DuckDB database file per workspace, in which a data source is a table.
 
-Layout inside the file:
-- one schema per workspace (named by the workspace id) holding its data sources, `<name>_quarantine` tables and
-  background-query results (`_query_<job id hex>`); user SQL runs with that schema as the default, so it names
-  data sources the way users know them;
-- schema `_jobsd`: the data-source registry (`datasources`: one row per data source with its metadata object);
+Isolation is how the plane is wired, not a filter on SQL text: a workspace's statements run on a connection to that
+workspace's file and nothing else, so another workspace's tables are not in its catalog at all — catalog functions
+(`duckdb_tables()`, `information_schema`, ...) list only its own objects, and an error can only name its own. Each
+file is opened with file access off (`enable_external_access=false`: no ATTACH of files, no read_csv, no COPY ...
+TO), extension loading off, Python replacement scans off and the configuration locked (`lock_configuration`: no SET
+or PRAGMA can change a setting afterwards). What SQL still could show of the server (the file's path in
+`duckdb_databases()`, the temp directory in `current_setting`) the SQL checker (`sqlcheck`) refuses, and error
+texts have the plane's directory replaced.
+
+Layout of `<root>/<workspace id>.duckdb`:
+- schema `main`: the workspace's data sources, `<name>_quarantine` tables and background-query results
+  (`_query_<job id hex>`); user SQL names them the way users know them;
+- schema `_jobsd`: the workspace's data-source registry (`datasources`: one row per data source with its metadata
+  object) and its query results (`results`);
 - schema `_jobsd_staging`: per-job staging tables, so an import or copy that fails leaves its target as it was.
-  Leftovers of a crashed process are dropped when the plane opens.
+  Leftovers of a crashed process are dropped the first time this process opens the file.
 
-DuckDB calls block, so every call runs on the plane's own thread pool (never on the event loop, and never starving
-the loop's default executor that other parts of jobsd use), each with its own cursor. Writes to data sources and the
-registry go through `Session.writing()`: one writer at a time, in one transaction, which keeps concurrent jobs on
-one data source from failing on DuckDB's optimistic write conflicts. File access from SQL is disabled database-wide
-(`enable_external_access=false`): user SQL cannot read or write files on the server.
+At most `max_open` workspace files are open at once (least recently used idle ones are closed; one in use is never
+closed, so the bound can be exceeded only while more workspaces than that are busy — at most one per plane thread).
+A data plane of the older single-file layout (`dataplane.duckdb`, one schema per workspace) is migrated into this
+one when the plane opens: every table and registry row is copied, and the old file is renamed `*.migrated`.
+
+DuckDB calls block, so every call runs on the plane's own thread pool (never on the event loop), each with its own
+cursor. Writes go through `Session.writing()`: one writer per workspace at a time, in one transaction, which keeps
+concurrent jobs on one data source from failing on DuckDB's optimistic write conflicts.
 """
 
 from __future__ import annotations
@@ -20,7 +32,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import os
+import re
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -35,9 +51,11 @@ from jobsd.domain.model import datasource_id_for
 from jobsd.errors import AlreadyExists, InvalidArgument, NotFound
 from jobsd.executors.coltypes import Column, ColumnType, parse_column_type, type_from_duckdb
 from jobsd.executors.errors import ExecutionFailed
-from jobsd.executors.sqltext import NAME_PATTERN, describe_duckdb_error, quote_ident, split_qualified_name
+from jobsd.executors.sqlcheck import TableName, check_expression, check_query
+from jobsd.executors.sqltext import NAME_PATTERN, describe_duckdb_error, quote_ident
 
 __all__ = [
+    "DEFAULT_MAX_OPEN_WORKSPACES",
     "INTERNAL_SCHEMA",
     "STAGING_SCHEMA",
     "DataPlane",
@@ -50,12 +68,28 @@ __all__ = [
 
 T = TypeVar("T")
 
+_log = logging.getLogger("jobsd.executors")
+
 INTERNAL_SCHEMA = "_jobsd"
 STAGING_SCHEMA = "_jobsd_staging"
 QUARANTINE_SUFFIX = "_quarantine"
+DEFAULT_MAX_OPEN_WORKSPACES = 16
+_FILE_SUFFIX = ".duckdb"
+# Workspace ids name files: only these characters (the store's ids are UUIDs), so an id can never be a path.
+_WORKSPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _REGISTRY = f"{quote_ident(INTERNAL_SCHEMA)}.datasources"
 # Background-query results: kept for as long as their jobs are visible, then pruned.
 _RESULTS = f"{quote_ident(INTERNAL_SCHEMA)}.results"
+# How every workspace file is opened. lock_configuration last: after it, no statement can change a setting.
+_CONNECT_CONFIG: dict[str, str | bool] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_unsigned_extensions": False,
+    "python_enable_replacements": False,
+    "lock_configuration": True,
+}
 
 # Bytes per value of fixed-width DuckDB types; `stats` counts text by its UTF-8 length and anything else by the
 # length of its text form. This is the uncompressed size of the data, which is what `statistics.bytes` reports.
@@ -114,7 +148,8 @@ class DataSource:
 
     @property
     def table_sql(self) -> str:
-        return f"{quote_ident(self.workspace)}.{quote_ident(self.name)}"
+        """The table, fully qualified (a populate's temporary view of the same name must not shadow it)."""
+        return qualified(self.workspace, self.name)
 
     @property
     def quarantine_name(self) -> str:
@@ -198,6 +233,17 @@ def _column_type(declared: str, real: ColumnType | None) -> ColumnType:
         return real or ColumnType(name=declared, duckdb=declared, nullable=True)
 
 
+def qualified(workspace: str, table: str, schema: str = "main") -> str:
+    """`"<workspace>".<schema>."<table>"`: the workspace's catalog is named after its file, i.e. its id."""
+    return f"{quote_ident(workspace)}.{quote_ident(schema)}.{quote_ident(table)}"
+
+
+def validate_workspace_id(workspace: str) -> str:
+    if not isinstance(workspace, str) or not _WORKSPACE_ID.match(workspace):
+        raise InvalidArgument("workspace_id", f"{workspace!r} is not a workspace id the data plane accepts")
+    return workspace
+
+
 def validate_datasource_name(name: Any, field_name: str = "name") -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise InvalidArgument(
@@ -239,11 +285,24 @@ def parse_columns(raw: Sequence[Any], field_name: str = "schema") -> tuple[Colum
     return tuple(columns)
 
 
-class Session:
-    """One cursor on one worker thread. Every method blocks; call them only inside `DataPlane.run`."""
+class _OpenWorkspace:
+    """One workspace's open DuckDB file, and how many sessions use it now."""
 
-    def __init__(self, plane: DataPlane, cursor: duckdb.DuckDBPyConnection) -> None:
+    __slots__ = ("conn", "users", "workspace")
+
+    def __init__(self, workspace: str, conn: duckdb.DuckDBPyConnection) -> None:
+        self.workspace = workspace
+        self.conn = conn
+        self.users = 0
+
+
+class Session:
+    """One cursor on one workspace's file, on one worker thread. Every method blocks: call them only inside
+    `DataPlane.run`. A session can reach its workspace's data and nothing else."""
+
+    def __init__(self, plane: DataPlane, workspace: str, cursor: duckdb.DuckDBPyConnection) -> None:
         self.plane = plane
+        self.workspace = workspace
         self.cursor = cursor
         self._in_write = False
 
@@ -254,13 +313,16 @@ class Session:
     def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> duckdb.DuckDBPyConnection:
         return self.cursor.execute(sql, parameters) if parameters is not None else self.cursor.execute(sql)
 
+    def qualified(self, table: str, schema: str = "main") -> str:
+        return qualified(self.workspace, table, schema)
+
     @contextlib.contextmanager
     def writing(self) -> Iterator[Session]:
-        """One writer at a time, in one transaction: commit on success, roll back on any exception."""
+        """One writer per workspace at a time, in one transaction: commit on success, roll back on any exception."""
         if self._in_write:
             yield self
             return
-        with self.plane._write_lock:
+        with self.plane._write_lock(self.workspace):
             self._in_write = True
             self.cursor.execute("BEGIN TRANSACTION")
             try:
@@ -274,69 +336,88 @@ class Session:
             finally:
                 self._in_write = False
 
-    def schema_exists(self, schema: str) -> bool:
-        row = self.execute("SELECT count(*) FROM duckdb_schemas() WHERE schema_name = ?", [schema]).fetchone()
-        return bool(row and row[0])
+    # -- user SQL: checked, then run here
 
-    def use_workspace(self, workspace: str) -> None:
-        """Make the workspace's schema the default for unqualified names (created on first use)."""
-        if not self.schema_exists(workspace):
-            with self.writing():
-                self.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(workspace)}")
-        self.execute(f"USE {quote_ident(workspace)}")
+    def _own_tables(self) -> set[str]:
+        rows = self.execute(
+            "SELECT lower(table_name) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' "
+            "UNION SELECT lower(view_name) FROM duckdb_views() WHERE database_name = ? AND schema_name = 'main'",
+            [self.workspace, self.workspace],
+        ).fetchall()
+        return {str(name) for (name,) in rows}
 
-    def check_tables(self, sql: str, workspace: str, what: str) -> None:
-        """User SQL may name only its own workspace's tables (unqualified, or qualified by its schema)."""
-        try:
-            names = self.cursor.get_table_names(sql, qualified=True)
-        except duckdb.Error as error:
-            raise ExecutionFailed(f"Invalid SQL in {what}: {describe_duckdb_error(error)}") from None
-        outside = sorted(
-            name for name in names if len(parts := split_qualified_name(name)) > 1 and parts[0] != workspace
-        )
-        if outside:
-            raise ExecutionFailed(
-                f"Invalid SQL in {what}: it may only read this workspace's data sources, by name "
-                f"(not {', '.join(outside)})"
-            )
+    def _resolve(self, tables: Sequence[TableName], field: str) -> None:
+        """Every table name must be one of this workspace's own tables (the checker left the names to us)."""
+        own: set[str] | None = None
+        catalog = self.workspace.lower()
+        for name in tables:
+            catalog_part, schema, table = name.catalog.lower(), name.schema.lower(), name.table.lower()
+            if not catalog_part and schema == catalog:  # "<workspace id>".t: the catalog, its default schema
+                catalog_part, schema = catalog, ""
+            if catalog_part not in ("", catalog) or schema not in ("", "main"):
+                raise ExecutionFailed(
+                    f"Invalid SQL in {field}: it may only read this workspace's data sources, by name (not {name})"
+                )
+            if own is None:
+                own = self._own_tables()
+            if table not in own:
+                raise ExecutionFailed(
+                    f"Invalid SQL in {field}: Catalog Error: Table with name {name.table} does not exist!"
+                )
 
-    def table_exists(self, schema: str, table: str) -> bool:
+    def check_query(self, sql: str, field: str) -> str:
+        """The text of `sql` if it is one SELECT over this workspace's data sources (see `sqlcheck`)."""
+        checked = check_query(sql, field)
+        self._resolve(checked.tables, field)
+        return checked.text
+
+    def check_expression(self, expression: str, field: str, *, what: str = "expression") -> str:
+        """The text of `expression` if it is one expression over this workspace's data sources."""
+        checked = check_expression(expression, field, what=what)
+        self._resolve(checked.tables, field)
+        return checked.text
+
+    def sql_failure(self, error: BaseException, field: str) -> ExecutionFailed:
+        """The ExecutionFailed for a DuckDB error raised by user SQL (`field` names the job field that held it)."""
+        return ExecutionFailed(f"Invalid SQL in {field}: {self.plane.describe_error(error)}")
+
+    # -- the catalog
+
+    def table_exists(self, table: str, schema: str = "main") -> bool:
         row = self.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?", [schema, table]
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? AND table_name = ?",
+            [self.workspace, schema, table],
         ).fetchone()
         return bool(row and row[0])
 
-    def table_columns(self, schema: str, table: str) -> list[tuple[str, str, bool]]:
+    def table_columns(self, table: str, schema: str = "main") -> list[tuple[str, str, bool]]:
         """[(name, DuckDB type, nullable)] in table order."""
         rows = self.execute(
             "SELECT column_name, data_type, is_nullable FROM duckdb_columns() "
-            "WHERE schema_name = ? AND table_name = ? ORDER BY column_index",
-            [schema, table],
+            "WHERE database_name = ? AND schema_name = ? AND table_name = ? ORDER BY column_index",
+            [self.workspace, schema, table],
         ).fetchall()
         return [(str(name), str(data_type), bool(nullable)) for name, data_type, nullable in rows]
 
-    def find(self, workspace: str, name: str) -> DataSource | None:
-        row = self.execute(
-            f"SELECT meta FROM {_REGISTRY} WHERE workspace = ? AND name = ?", [workspace, name]
-        ).fetchone()
+    def find(self, name: str) -> DataSource | None:
+        row = self.execute(f"SELECT meta FROM {_REGISTRY} WHERE name = ?", [name]).fetchone()
         if row is None:
             return None
-        real = {n: type_from_duckdb(t, nullable) for n, t, nullable in self.table_columns(workspace, name)}
-        return DataSource._from_registry(workspace, name, str(row[0]), real)
+        real = {n: type_from_duckdb(t, nullable) for n, t, nullable in self.table_columns(name)}
+        return DataSource._from_registry(self.workspace, name, str(row[0]), real)
 
-    def get(self, workspace: str, name: str) -> DataSource:
-        found = self.find(workspace, name)
+    def get(self, name: str) -> DataSource:
+        found = self.find(name)
         if found is None:
             raise NotFound(f'Data source "{name}" not found')
         return found
 
-    def list(self, workspace: str) -> list[DataSource]:
-        names = self.execute(f"SELECT name FROM {_REGISTRY} WHERE workspace = ? ORDER BY name", [workspace]).fetchall()
-        return [ds for (name,) in names if (ds := self.find(workspace, str(name))) is not None]
+    def list(self) -> list[DataSource]:
+        names = self.execute(f"SELECT name FROM {_REGISTRY} ORDER BY name").fetchall()
+        return [ds for (name,) in names if (ds := self.find(str(name))) is not None]
 
     def create(
         self,
-        workspace: str,
         name: str,
         columns: Sequence[Column],
         *,
@@ -348,25 +429,22 @@ class Session:
         """Create the table and register it, in the caller's write transaction if there is one."""
         validate_datasource_name(name)
         with self.writing():
-            if self.find(workspace, name) is not None:
+            if self.find(name) is not None:
                 raise AlreadyExists(f'Data source "{name}" already exists')
-            self.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(workspace)}")
             declarations = ", ".join(f"{quote_ident(c.name)} {c.type.declaration}" for c in columns)
-            self.execute(f"CREATE TABLE {quote_ident(workspace)}.{quote_ident(name)} ({declarations})")
-            return self._register(workspace, name, tuple(columns), type, description, headers, engine)
+            self.execute(f"CREATE TABLE {self.qualified(name)} ({declarations})")
+            return self._register(name, tuple(columns), type, description, headers, engine)
 
-    def create_from_query(self, workspace: str, name: str, select_sql: str) -> DataSource:
+    def create_from_query(self, name: str, select_sql: str) -> DataSource:
         """Create an empty table shaped like the query's result and register it (populate / copy targets)."""
         validate_datasource_name(name)
         with self.writing():
-            table = f"{quote_ident(workspace)}.{quote_ident(name)}"
-            self.execute(f"CREATE TABLE {table} AS SELECT * FROM ({select_sql}) LIMIT 0")
-            columns = tuple(Column(n, type_from_duckdb(t, True)) for n, t, _ in self.table_columns(workspace, name))
-            return self._register(workspace, name, columns, "query", "", None, None)
+            self.execute(f"CREATE TABLE {self.qualified(name)} AS SELECT * FROM ({select_sql}) LIMIT 0")
+            columns = tuple(Column(n, type_from_duckdb(t, True)) for n, t, _ in self.table_columns(name))
+            return self._register(name, columns, "query", "", None, None)
 
     def _register(
         self,
-        workspace: str,
         name: str,
         columns: tuple[Column, ...],
         type: str,
@@ -376,10 +454,10 @@ class Session:
     ) -> DataSource:
         now = self.clock.now()
         source = DataSource(
-            workspace=workspace,
+            workspace=self.workspace,
             name=name,
             # The id jobs on this data source carry too (the service derives it the same way).
-            id=datasource_id_for(workspace, name),
+            id=datasource_id_for(self.workspace, name),
             columns=columns,
             created_at=now,
             updated_at=now,
@@ -388,32 +466,29 @@ class Session:
             headers=dict(headers or {}),
             engine=dict(engine or {}),
         )
-        self.execute(f"INSERT INTO {_REGISTRY} VALUES (?, ?, ?)", [workspace, name, source._registry_json()])
+        self.execute(f"INSERT INTO {_REGISTRY} VALUES (?, ?)", [name, source._registry_json()])
         return source
 
     def touch(self, source: DataSource, headers: Mapping[str, str] | None = None) -> DataSource:
         """Mark the data source changed now (the metadata's updated_at), inside a write."""
         changed = replace(source, updated_at=self.clock.now(), headers={**source.headers, **(headers or {})})
         with self.writing():
-            self.execute(
-                f"UPDATE {_REGISTRY} SET meta = ? WHERE workspace = ? AND name = ?",
-                [changed._registry_json(), source.workspace, source.name],
-            )
+            self.execute(f"UPDATE {_REGISTRY} SET meta = ? WHERE name = ?", [changed._registry_json(), source.name])
         return changed
 
-    def drop(self, workspace: str, name: str) -> None:
+    def drop(self, name: str) -> None:
         with self.writing():
-            if self.find(workspace, name) is None:
+            if self.find(name) is None:
                 raise NotFound(f'Data source "{name}" not found')
-            self.execute(f"DROP TABLE IF EXISTS {quote_ident(workspace)}.{quote_ident(name)}")
-            self.execute(f"DROP TABLE IF EXISTS {quote_ident(workspace)}.{quote_ident(name + QUARANTINE_SUFFIX)}")
-            self.execute(f"DELETE FROM {_REGISTRY} WHERE workspace = ? AND name = ?", [workspace, name])
+            self.execute(f"DROP TABLE IF EXISTS {self.qualified(name)}")
+            self.execute(f"DROP TABLE IF EXISTS {self.qualified(name + QUARANTINE_SUFFIX)}")
+            self.execute(f"DELETE FROM {_REGISTRY} WHERE name = ?", [name])
 
-    def table_stats(self, schema: str, table: str) -> TableStats:
+    def table_stats(self, table: str, schema: str = "main") -> TableStats:
         """Rows, and bytes as the uncompressed size of the values (see _FIXED_WIDTH)."""
         fixed = 0
         variable: list[str] = []
-        for name, data_type, _ in self.table_columns(schema, table):
+        for name, data_type, _ in self.table_columns(table, schema):
             width = _FIXED_WIDTH.get(data_type)
             if width is not None:
                 fixed += width
@@ -422,23 +497,23 @@ class Session:
             else:
                 variable.append(f"coalesce(sum(strlen(CAST({quote_ident(name)} AS VARCHAR))), 0)")
         sums = "".join(", " + expression for expression in variable)
-        row = self.execute(f"SELECT count(*){sums} FROM {quote_ident(schema)}.{quote_ident(table)}").fetchone()
+        row = self.execute(f"SELECT count(*){sums} FROM {self.qualified(table, schema)}").fetchone()
         assert row is not None
         rows = int(row[0])
         return TableStats(bytes=rows * fixed + sum(int(v) for v in row[1:]), row_count=rows)
 
     def stats(self, source: DataSource) -> TableStats:
-        return self.table_stats(source.workspace, source.name)
+        return self.table_stats(source.name)
 
-    def record_result(self, workspace: str, table: str) -> None:
+    def record_result(self, table: str) -> None:
         """Remember a query-result table so `DataPlane.prune_results` can drop it once its job is gone."""
         with self.writing():
-            self.execute(f"DELETE FROM {_RESULTS} WHERE workspace = ? AND name = ?", [workspace, table])
-            self.execute(f"INSERT INTO {_RESULTS} VALUES (?, ?, ?)", [workspace, table, to_micros(self.clock.now())])
+            self.execute(f"DELETE FROM {_RESULTS} WHERE name = ?", [table])
+            self.execute(f"INSERT INTO {_RESULTS} VALUES (?, ?)", [table, to_micros(self.clock.now())])
 
     def staging_table(self, label: str) -> str:
-        """A fresh staging-table name (quoted, schema-qualified) for one job step."""
-        return f"{quote_ident(STAGING_SCHEMA)}.{quote_ident(label)}"
+        """A fresh staging-table name (quoted, fully qualified) for one job step."""
+        return self.qualified(label, STAGING_SCHEMA)
 
     def drop_table(self, table_sql: str) -> None:
         """Best-effort cleanup of a staging or temporary table."""
@@ -450,17 +525,47 @@ class Session:
             self.execute(f"DROP VIEW IF EXISTS {view_sql}")
 
 
-class DataPlane:
-    """The data plane over one DuckDB file. `await open()` (or `async with`) before use; `close()` is idempotent."""
+def _prepare(conn: duckdb.DuckDBPyConnection, first_open: bool) -> None:
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(INTERNAL_SCHEMA)}")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {_REGISTRY} (name VARCHAR, meta VARCHAR)")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {_RESULTS} (name VARCHAR, created_at BIGINT)")
+    if first_open:
+        # Staging tables of a process that died mid-job: nothing references them any more. Only on this process's
+        # first open of the file: a file closed while idle and opened again may hold a running job's staging.
+        conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(STAGING_SCHEMA)} CASCADE")
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(STAGING_SCHEMA)}")
 
-    def __init__(self, path: Path, *, clock: Clock | None = None, threads: int = 6) -> None:
-        self.path = Path(path)
+
+class DataPlane:
+    """The data plane over one directory of workspace files. `await open()` (or `async with`) before use;
+    `close()` is idempotent.
+
+    `legacy_file`: a data plane file of the older single-file layout to migrate into this one when it opens.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        clock: Clock | None = None,
+        threads: int = 6,
+        max_open: int = DEFAULT_MAX_OPEN_WORKSPACES,
+        legacy_file: Path | None = None,
+    ) -> None:
+        if max_open < 1:
+            raise ValueError("max_open must be at least 1")
+        self.root = Path(root)
         self.clock: Clock = clock or SystemClock()
+        self.max_open = max_open
+        self.legacy_file = legacy_file
         self._threads = threads
-        self._conn: duckdb.DuckDBPyConnection | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._write_lock = threading.Lock()
-        self._cursor_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, _OpenWorkspace] = OrderedDict()
+        self._opened_once: set[str] = set()
+        self._write_locks: dict[str, threading.Lock] = {}
+        # Path prefixes never shown in an error: the root as given and as resolved.
+        self._hidden = tuple(sorted({str(self.root), str(self.root.resolve())}, key=len, reverse=True))
 
     async def __aenter__(self) -> DataPlane:
         await self.open()
@@ -470,76 +575,155 @@ class DataPlane:
         await self.close()
 
     async def open(self) -> None:
-        if self._conn is not None:
+        if self._pool is not None:
             return
-        self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="jobsd-dataplane")
-        loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._pool, self._connect)
+        pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="jobsd-dataplane")
+        try:
+            await asyncio.get_running_loop().run_in_executor(pool, self._open_root)
+        except BaseException:
+            pool.shutdown(wait=False)
+            raise
+        self._pool = pool
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = duckdb.connect(str(self.path), config={"enable_external_access": False})
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(INTERNAL_SCHEMA)}")
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {_REGISTRY} (workspace VARCHAR, name VARCHAR, meta VARCHAR)")
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {_RESULTS} (workspace VARCHAR, name VARCHAR, created_at BIGINT)")
-        # Staging tables of a process that died mid-job: nothing references them any more.
-        conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(STAGING_SCHEMA)} CASCADE")
-        conn.execute(f"CREATE SCHEMA {quote_ident(STAGING_SCHEMA)}")
-        return conn
+    def _open_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Tenants' data: readable by the server's user only.
+        os.chmod(self.root, 0o700)
+        if self.legacy_file is not None and self.legacy_file.is_file():
+            from jobsd.executors.migration import migrate_single_file
+
+            migrate_single_file(self.legacy_file, self.root)
+
+    @property
+    def open_workspaces(self) -> int:
+        """How many workspace files are open now."""
+        with self._lock:
+            return len(self._open)
+
+    def workspaces(self) -> list[str]:
+        """Every workspace that has a file in the plane."""
+        return sorted(
+            path.name[: -len(_FILE_SUFFIX)]
+            for path in self.root.glob(f"*{_FILE_SUFFIX}")
+            if _WORKSPACE_ID.match(path.name[: -len(_FILE_SUFFIX)])
+        )
+
+    def path_of(self, workspace: str) -> Path:
+        return self.root / f"{validate_workspace_id(workspace)}{_FILE_SUFFIX}"
+
+    def describe_error(self, error: BaseException) -> str:
+        """DuckDB's message without the caret diagram, and without the plane's paths."""
+        text = describe_duckdb_error(error)
+        for hidden in self._hidden:
+            text = text.replace(hidden, "<data plane>")
+        return text
 
     async def close(self) -> None:
-        conn, pool = self._conn, self._pool
-        self._conn, self._pool = None, None
+        pool, self._pool = self._pool, None
         if pool is not None:
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, True)
-        if conn is not None:
-            conn.close()
+        with self._lock:
+            entries = list(self._open.values())
+            self._open.clear()
+        for entry in entries:
+            entry.conn.close()
 
-    def _session_call(self, fn: Callable[[Session], T]) -> T:
-        if self._conn is None:
+    def _write_lock(self, workspace: str) -> threading.Lock:
+        with self._lock:
+            return self._write_locks.setdefault(workspace, threading.Lock())
+
+    def _acquire(self, workspace: str) -> tuple[_OpenWorkspace, duckdb.DuckDBPyConnection]:
+        with self._lock:
+            entry = self._open.get(workspace)
+            if entry is None:
+                path = self.path_of(workspace)
+                conn = duckdb.connect(str(path), config=dict(_CONNECT_CONFIG))
+                try:
+                    _prepare(conn, first_open=workspace not in self._opened_once)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._opened_once.add(workspace)
+                entry = _OpenWorkspace(workspace, conn)
+                self._open[workspace] = entry
+            self._open.move_to_end(workspace)
+            entry.users += 1
+            try:
+                cursor = entry.conn.cursor()
+            except BaseException:
+                entry.users -= 1
+                raise
+            self._close_idle_beyond_bound()
+            return entry, cursor
+
+    def _release(self, entry: _OpenWorkspace) -> None:
+        with self._lock:
+            entry.users -= 1
+            self._close_idle_beyond_bound()
+
+    def _close_idle_beyond_bound(self) -> None:
+        """Close the least recently used idle files while more than `max_open` are open (under `_lock`)."""
+        excess = len(self._open) - self.max_open
+        if excess <= 0:
+            return
+        for workspace, entry in list(self._open.items()):
+            if excess <= 0:
+                break
+            if entry.users == 0:
+                del self._open[workspace]
+                entry.conn.close()
+                excess -= 1
+
+    def _session_call(self, workspace: str, fn: Callable[[Session], T]) -> T:
+        if self._pool is None:
             raise RuntimeError("the data plane is closed")
-        with self._cursor_lock:
-            cursor = self._conn.cursor()
+        entry, cursor = self._acquire(workspace)
         try:
-            return fn(Session(self, cursor))
+            return fn(Session(self, workspace, cursor))
         finally:
             cursor.close()
+            self._release(entry)
 
-    async def run(self, fn: Callable[[Session], T]) -> T:
-        """Run `fn` with a fresh Session on the plane's thread pool and return its result."""
+    async def run(self, workspace: str, fn: Callable[[Session], T]) -> T:
+        """Run `fn` with a fresh Session on the workspace's file, on the plane's thread pool; return its result."""
         if self._pool is None:
             raise RuntimeError("the data plane is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._session_call, fn)
+        validate_workspace_id(workspace)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._session_call, workspace, fn)
 
     @contextlib.asynccontextmanager
-    async def writes_paused(self) -> AsyncIterator[None]:
-        """Hold every writer at its next write (reads go on): e.g. for a consistent copy of the file."""
-        acquired = asyncio.get_running_loop().run_in_executor(None, self._write_lock.acquire)
+    async def writes_paused(self, workspace: str) -> AsyncIterator[None]:
+        """Hold every writer of the workspace at its next write (reads go on): e.g. for a consistent copy."""
+        lock = self._write_lock(workspace)
+        acquired = asyncio.get_running_loop().run_in_executor(None, lock.acquire)
         try:
             await asyncio.shield(acquired)
         except asyncio.CancelledError:
             # The thread still takes the lock: give it back as soon as it has it.
-            acquired.add_done_callback(lambda _: self._write_lock.release())
+            acquired.add_done_callback(lambda _: lock.release())
             raise
         try:
             yield
         finally:
-            self._write_lock.release()
+            lock.release()
 
     async def prune_results(self, older_than: datetime) -> int:
-        """Drop query-result tables created before `older_than`; how many were dropped."""
+        """Drop query-result tables created before `older_than`, in every workspace; how many were dropped."""
 
         def prune(session: Session) -> int:
             with session.writing():
                 stale = session.execute(
-                    f"SELECT workspace, name FROM {_RESULTS} WHERE created_at < ?", [to_micros(older_than)]
+                    f"SELECT name FROM {_RESULTS} WHERE created_at < ?", [to_micros(older_than)]
                 ).fetchall()
-                for workspace, name in stale:
-                    session.execute(f"DROP TABLE IF EXISTS {quote_ident(workspace)}.{quote_ident(name)}")
+                for (name,) in stale:
+                    session.execute(f"DROP TABLE IF EXISTS {session.qualified(str(name))}")
                 session.execute(f"DELETE FROM {_RESULTS} WHERE created_at < ?", [to_micros(older_than)])
             return len(stale)
 
-        return await self.run(prune)
+        dropped = 0
+        for workspace in self.workspaces():
+            dropped += await self.run(workspace, prune)
+        return dropped
 
     async def create_datasource(
         self,
@@ -556,32 +740,27 @@ class DataPlane:
         if not parsed or len(parsed) != len(columns):
             parsed = parse_columns(columns)
         return await self.run(
-            lambda s: s.create(workspace, name, parsed, type=type, description=description, engine=engine)
+            workspace, lambda s: s.create(name, parsed, type=type, description=description, engine=engine)
         )
 
     async def find_datasource(self, name: str, *, workspace: str) -> DataSource | None:
-        return await self.run(lambda s: s.find(workspace, name))
+        return await self.run(workspace, lambda s: s.find(name))
 
     async def get_datasource(self, name: str, *, workspace: str) -> DataSource:
         """The data source, or jobsd.errors.NotFound."""
-        return await self.run(lambda s: s.get(workspace, name))
+        return await self.run(workspace, lambda s: s.get(name))
 
     async def list_datasources(self, *, workspace: str) -> list[DataSource]:
-        return await self.run(lambda s: s.list(workspace))
+        return await self.run(workspace, lambda s: s.list())
 
     async def drop(self, name: str, *, workspace: str) -> None:
-        await self.run(lambda s: s.drop(workspace, name))
+        await self.run(workspace, lambda s: s.drop(name))
 
     async def stats(self, name: str, *, workspace: str) -> TableStats:
-        return await self.run(lambda s: s.stats(s.get(workspace, name)))
+        return await self.run(workspace, lambda s: s.stats(s.get(name)))
 
     async def query(
         self, sql: str, parameters: Sequence[Any] | None = None, *, workspace: str
     ) -> list[tuple[Any, ...]]:
-        """Rows of a read query with the workspace as the default schema (tests and the demo use it)."""
-
-        def fetch(session: Session) -> list[tuple[Any, ...]]:
-            session.use_workspace(workspace)
-            return list(session.execute(sql, parameters).fetchall())
-
-        return await self.run(fetch)
+        """Rows of a read query on the workspace's file, unchecked (tests and the demo use it; jobs never do)."""
+        return await self.run(workspace, lambda s: list(s.execute(sql, parameters).fetchall()))

@@ -100,7 +100,7 @@ class _Routes:
         return scope.everything or name in scope.datasource_names
 
     async def _detail(self, source: DataSource) -> dict[str, Any]:
-        stats = await self._plane.run(lambda session: session.stats(source))
+        stats = await self._plane.run(source.workspace, lambda session: session.stats(source))
         return source.to_json(stats)
 
     async def create(self, request: web.Request) -> web.Response:

@@ -13,24 +13,21 @@ import duckdb
 from jobsd.executors.context import ExecutionContext, JobInput
 from jobsd.executors.dataplane import DataPlane, DataSource, Session, TableStats
 from jobsd.executors.errors import ExecutionFailed
-from jobsd.executors.sqltext import check_delete_condition, sql_failure
 
 __all__ = ["run_delete"]
 
 
 def _delete(session: Session, job: JobInput, name: str, condition: str) -> tuple[int, DataSource, TableStats]:
-    session.use_workspace(job.workspace)
-    source = session.find(job.workspace, name)
+    source = session.find(name)
     if source is None:
         raise ExecutionFailed(f'Data source "{name}" not found')
-    statement = check_delete_condition(condition, source.table_sql)
-    session.check_tables(f"SELECT * FROM {source.table_sql} WHERE ({condition})", job.workspace, "delete_condition")
+    condition = session.check_expression(condition, "delete_condition", what="boolean expression")
     try:
         with session.writing():
-            row = session.execute(statement).fetchone()
+            row = session.execute(f"DELETE FROM {source.table_sql} WHERE ({condition})").fetchone()
             source = session.touch(source)
     except duckdb.Error as error:
-        raise sql_failure(error, "delete_condition") from None
+        raise session.sql_failure(error, "delete_condition") from None
     return (int(row[0]) if row else 0), source, session.stats(source)
 
 
@@ -38,7 +35,7 @@ async def run_delete(ctx: ExecutionContext, plane: DataPlane) -> None:
     job = JobInput.of(ctx)
     name = job.require_datasource()
     condition = job.text_param("delete_condition", required=True)
-    deleted, source, stats = await plane.run(lambda session: _delete(session, job, name, condition))
+    deleted, source, stats = await plane.run(job.workspace, lambda session: _delete(session, job, name, condition))
     ctx.report(
         progress_percentage=100.0,
         statistics={"bytes": stats.bytes, "row_count": stats.row_count},

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
-from pathlib import Path
 from typing import cast
 
 import aiohttp
 
+from jobsd.domain.json_depth import DEFAULT_MAX_JSON_DEPTH
 from jobsd.executors.abortable import run_abortable
 from jobsd.executors.context import ExecutionContext, JobInput
 from jobsd.executors.dataplane import DataPlane
 from jobsd.executors.errors import ExecutionFailed
 from jobsd.executors.loader import ImportOutcome, ImportProgress, ImportRequest, Loader, Mode
+from jobsd.executors.outbound import ImportPolicy
 from jobsd.executors.sources import open_source
 
 __all__ = ["run_import"]
@@ -32,7 +32,7 @@ __all__ = ["run_import"]
 _MODES = ("append", "replace", "create")
 
 
-def _request(job: JobInput) -> tuple[ImportRequest, str]:
+def _request(job: JobInput, max_json_depth: int) -> tuple[ImportRequest, str]:
     name = job.require_datasource()
     mode = job.mode or "append"
     if mode not in _MODES:
@@ -45,6 +45,7 @@ def _request(job: JobInput) -> tuple[ImportRequest, str]:
         import_id=job.job_id,
         format=job.text_param("format") or None,
         delimiter=job.text_param("dialect_delimiter") or None,
+        max_json_depth=max_json_depth,
     )
     if request.delimiter is not None and len(request.delimiter) != 1:
         raise ExecutionFailed(f"params.dialect_delimiter must be one character, got {request.delimiter!r}")
@@ -86,11 +87,15 @@ async def run_import(
     ctx: ExecutionContext,
     plane: DataPlane,
     *,
+    policy: ImportPolicy | None = None,
     http: aiohttp.ClientSession | None = None,
-    file_roots: Sequence[Path] | None = None,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> None:
-    """Run one import job to the end; raises ExecutionFailed with a message for the user when it cannot."""
-    request, url = _request(JobInput.of(ctx))
+    """Run one import job to the end; raises ExecutionFailed with a message for the user when it cannot.
+
+    `policy` says what may be read (the default: no file, public addresses only); `http`, when given, must come
+    from `outbound.client_session(policy)`."""
+    request, url = _request(JobInput.of(ctx), max_json_depth)
     loop = asyncio.get_running_loop()
     abort = threading.Event()
 
@@ -98,8 +103,11 @@ async def run_import(
         # Called on the loader's thread; the context belongs to the event loop.
         loop.call_soon_threadsafe(_report_progress, ctx, progress)
 
-    async with open_source(url, abort=abort, session=http, file_roots=file_roots) as source:
+    async with open_source(url, abort=abort, policy=policy or ImportPolicy(), session=http) as source:
         outcome = await run_abortable(
-            plane, lambda session: Loader(session, request, source, on_progress=on_progress, abort=abort).run(), abort
+            plane,
+            request.workspace,
+            lambda session: Loader(session, request, source, on_progress=on_progress, abort=abort).run(),
+            abort,
         )
     _report_outcome(ctx, outcome)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from jobsd.domain.json_depth import DEFAULT_MAX_JSON_DEPTH
 from jobsd.executors.coltypes import Column, ColumnType, type_from_duckdb
 from jobsd.executors.dataplane import STAGING_SCHEMA, DataSource, Session, TableStats
 from jobsd.executors.errors import ExecutionFailed
@@ -58,6 +59,7 @@ class ImportRequest:
     import_id: str
     format: str | None = None
     delimiter: str | None = None
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,17 +173,16 @@ class Loader:
         if first is None:
             raise ExecutionFailed("The file is empty: there is nothing to import")
         reader: CsvRecords | NdjsonRecords = (
-            CsvRecords(lines, request.delimiter) if fmt == "csv" else NdjsonRecords(lines)
+            CsvRecords(lines, request.delimiter) if fmt == "csv" else NdjsonRecords(lines, request.max_json_depth)
         )
-        session.use_workspace(request.workspace)
-        target = session.find(request.workspace, request.datasource)
+        target = session.find(request.datasource)
         if target is not None and request.mode == "create":
             raise ExecutionFailed(f'Data source "{request.datasource}" already exists (mode "create" makes a new one)')
         records: Iterator[Record | InvalidLine] = iter(reader)
         if target is not None:
             columns = [
                 Column(name, type_from_duckdb(duck, nullable))
-                for name, duck, nullable in session.table_columns(request.workspace, request.datasource)
+                for name, duck, nullable in session.table_columns(request.datasource)
             ]
             if isinstance(reader, CsvRecords):
                 self._check_header(reader.header, columns)
@@ -200,7 +201,7 @@ class Loader:
                 f"({self._line_errors[0]})",
                 errors=self._line_errors,
             )
-        written = session.table_stats(STAGING_SCHEMA, self._stage_name)
+        written = session.table_stats(self._stage_name, STAGING_SCHEMA)
         target, created = self._commit(target, columns, fmt, reader)
         return ImportOutcome(
             datasource=target,
@@ -345,12 +346,12 @@ class Loader:
         with session.writing():
             created = target is None
             if target is None:
-                target = session.create(request.workspace, request.datasource, columns, type=fmt, headers=headers)
+                target = session.create(request.datasource, columns, type=fmt, headers=headers)
             elif request.mode == "replace":
                 session.execute(f"DELETE FROM {target.table_sql}")
             session.execute(f"INSERT INTO {target.table_sql} BY NAME SELECT * FROM {self._stage}")
             if self._quarantined:
-                quarantine = f"{quote_ident(request.workspace)}.{quote_ident(target.quarantine_name)}"
+                quarantine = session.qualified(target.quarantine_name)
                 session.execute(
                     f"CREATE TABLE IF NOT EXISTS {quarantine} AS SELECT * FROM {self._stage_quarantine} LIMIT 0"
                 )

@@ -30,7 +30,7 @@ from jobsd.executors.context import ExecutionContext, JobInput
 from jobsd.executors.dataplane import DataPlane, DataSource, Session, TableStats, validate_datasource_name
 from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
 from jobsd.executors.ids import new_query_id
-from jobsd.executors.sqltext import check_expression, check_select, quote_ident, sql_failure
+from jobsd.executors.sqltext import quote_ident
 
 __all__ = ["MAX_PARTITIONS", "run_populate"]
 
@@ -59,27 +59,27 @@ def _source_name(job: JobInput) -> str:
 
 def _plan(session: Session, job: JobInput, target: str, source: str, sql: str, partition_by: str) -> _Plan:
     """Check everything before writing anything: the source exists, the SQL binds, the partitions are few enough."""
-    session.use_workspace(job.workspace)
     if source == target:
         raise ExecutionFailed(f'The target data source cannot be the source "{source}"')
-    if session.find(job.workspace, source) is None:
+    if session.find(source) is None:
         raise ExecutionFailed(f'Data source "{source}" not found (params.source)')
-    session.check_tables(sql, job.workspace, "params.sql")
+    sql = session.check_query(sql, "params.sql")
     try:
         session.execute(f"DESCRIBE {sql}")
     except duckdb.Error as error:
-        raise sql_failure(error, "params.sql") from None
+        raise session.sql_failure(error, "params.sql") from None
     if not partition_by:
         return _Plan(job.workspace, target, source, sql, "", "", 1)
+    partition_by = session.check_expression(partition_by, "params.partition_by")
     table = session.staging_table(f"{uuid.uuid4().hex}_partitions")
-    source_sql = f"{quote_ident(job.workspace)}.{quote_ident(source)}"
+    source_sql = session.qualified(source)
     try:
         session.execute(
             f"CREATE TABLE {table} AS SELECT v, (row_number() OVER (ORDER BY v NULLS LAST)) - 1 AS i "
             f"FROM (SELECT DISTINCT ({partition_by}) AS v FROM {source_sql})"
         )
     except duckdb.Error as error:
-        raise sql_failure(error, "params.partition_by") from None
+        raise session.sql_failure(error, "params.partition_by") from None
     row = session.execute(f"SELECT count(*) FROM {table}").fetchone()
     count = int(row[0]) if row else 0
     if count > MAX_PARTITIONS:
@@ -93,20 +93,18 @@ def _plan(session: Session, job: JobInput, target: str, source: str, sql: str, p
 
 
 def _ensure_target(session: Session, plan: _Plan) -> None:
-    session.use_workspace(plan.workspace)
-    if session.find(plan.workspace, plan.target) is None:
+    if session.find(plan.target) is None:
         try:
-            session.create_from_query(plan.workspace, plan.target, plan.sql)
+            session.create_from_query(plan.target, plan.sql)
         except duckdb.Error as error:
-            raise sql_failure(error, "params.sql") from None
+            raise session.sql_failure(error, "params.sql") from None
 
 
 def _run_partition(session: Session, plan: _Plan, index: int) -> int:
     """Insert one partition's rows into the target; the number of rows written."""
-    session.use_workspace(plan.workspace)
     view = f"temp.main.{quote_ident(plan.source)}"
     if plan.partition_by:
-        source_sql = f"{quote_ident(plan.workspace)}.{quote_ident(plan.source)}"
+        source_sql = session.qualified(plan.source)
         session.execute(
             f"CREATE OR REPLACE TEMP VIEW {quote_ident(plan.source)} AS SELECT * FROM {source_sql} "
             f"WHERE ({plan.partition_by}) IS NOT DISTINCT FROM "
@@ -114,11 +112,11 @@ def _run_partition(session: Session, plan: _Plan, index: int) -> int:
         )
     try:
         with session.writing():
-            target = session.get(plan.workspace, plan.target)
+            target = session.get(plan.target)
             row = session.execute(f"INSERT INTO {target.table_sql} BY NAME SELECT * FROM ({plan.sql})").fetchone()
             session.touch(target)
     except duckdb.Error as error:
-        raise sql_failure(error, "params.sql") from None
+        raise session.sql_failure(error, "params.sql") from None
     finally:
         if plan.partition_by:
             session.drop_view(view)
@@ -126,7 +124,7 @@ def _run_partition(session: Session, plan: _Plan, index: int) -> int:
 
 
 def _target_now(session: Session, plan: _Plan) -> tuple[DataSource, TableStats]:
-    target = session.get(plan.workspace, plan.target)
+    target = session.get(plan.target)
     return target, session.stats(target)
 
 
@@ -145,26 +143,24 @@ async def run_populate(ctx: ExecutionContext, plane: DataPlane, *, clock: Clock)
     job = JobInput.of(ctx)
     target = job.require_datasource()
     source = _source_name(job)
-    sql = check_select(job.text_param("sql", required=True, fallback=job.query_sql), "params.sql")
+    sql = job.text_param("sql", required=True, fallback=job.query_sql)
     partition_by = job.text_param("partition_by")
-    if partition_by:
-        partition_by = check_expression(partition_by, "params.partition_by")
-    plan = await plane.run(lambda session: _plan(session, job, target, source, sql, partition_by))
+    plan = await plane.run(job.workspace, lambda session: _plan(session, job, target, source, sql, partition_by))
     try:
         queries = [{"query_id": new_query_id(clock), "status": "waiting"} for _ in range(plan.partitions)]
         ctx.report(queries=queries, progress_percentage=0.0)
         await ctx.flush()
-        await plane.run(lambda session: _ensure_target(session, plan))
+        await plane.run(job.workspace, lambda session: _ensure_target(session, plan))
         written = 0
         for index, query in enumerate(queries):
             if ctx.cancel_requested:
                 if index:  # the finished partitions stay: the target changed
-                    _report_target(ctx, *await plane.run(lambda session: _target_now(session, plan)), written)
+                    _report_target(ctx, *await plane.run(job.workspace, lambda s: _target_now(s, plan)), written)
                 raise ExecutionCancelled
             query["status"] = "working"
             ctx.report(queries=queries)
             try:
-                written += await plane.run(functools.partial(_run_partition, plan=plan, index=index))
+                written += await plane.run(job.workspace, functools.partial(_run_partition, plan=plan, index=index))
             except Exception:
                 query["status"] = "error"
                 ctx.report(queries=queries)
@@ -172,7 +168,7 @@ async def run_populate(ctx: ExecutionContext, plane: DataPlane, *, clock: Clock)
             query["status"] = "done"
             ctx.report(queries=queries, progress_percentage=100.0 * (index + 1) / len(queries))
             await ctx.flush()
-        _report_target(ctx, *await plane.run(lambda session: _target_now(session, plan)), written, 100.0)
+        _report_target(ctx, *await plane.run(job.workspace, lambda s: _target_now(s, plan)), written, 100.0)
     finally:
         if plan.partitions_table:
-            await plane.run(lambda session: session.drop_table(plan.partitions_table))
+            await plane.run(job.workspace, lambda session: session.drop_table(plan.partitions_table))

@@ -9,7 +9,8 @@ What counts as an invalid line (and so in `invalid_lines`, with its line number 
   over 128 KiB, a quoted field left open at the end of the file — it swallows the lines after its opening quote
   up to the next closing quote, so they are one invalid record), or a record whose number of fields differs from
   the header's. Blank lines are skipped.
-- NDJSON: a line that is not JSON, or JSON that is not an object. Blank lines are skipped.
+- NDJSON: a line that is not JSON, JSON that is not an object, or JSON nested deeper than the JSON depth limit
+  (`JOBSD_MAX_JSON_DEPTH`). Blank lines are skipped.
 Anything else is a record; whether its values fit the columns is the loader's business (quarantine).
 """
 
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from jobsd.domain.json_depth import DEFAULT_MAX_JSON_DEPTH, json_depth_within
 from jobsd.executors.errors import ExecutionFailed
 from jobsd.executors.sources import ByteSource
 
@@ -191,12 +193,17 @@ def json_value_text(value: Any) -> str | None:
 class NdjsonRecords:
     """Records of a newline-delimited JSON file: one object per line."""
 
-    def __init__(self, lines: Iterator[str]) -> None:
+    def __init__(self, lines: Iterator[str], max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> None:
         self._lines = lines
+        self._max_depth = max_depth
 
     def __iter__(self) -> Iterator[Record | InvalidLine]:
+        limit = self._max_depth
         for number, line in enumerate(self._lines, start=1):
             if not line.strip():
+                continue
+            if not json_depth_within(line, limit):
+                yield InvalidLine(number, f"is JSON nested more than {limit} levels deep")
                 continue
             try:
                 value = json.loads(line)

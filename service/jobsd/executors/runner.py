@@ -1,7 +1,9 @@
 """ExecutorRunner: the built-in executors as one worker-SDK Worker over one DuckDB data plane.
 
-Started by `jobsd serve` when executors are on (with an internal JOBS:EXECUTE token on every workspace) and by
-`jobsd worker --grpc-target ... --token ...` against a remote jobsd. The executors themselves know nothing of the
+Started by `jobsd serve` when executors are on (with an internal JOBS:EXECUTE token on every workspace, held in
+memory only) and by `jobsd worker --grpc-target ... --token ...` against a remote jobsd. What imports may read
+(the file root, the networks) is one `ImportPolicy` built from the settings; a file root that overlaps the data
+directory or the store stops the runner from being built at all. The executors themselves know nothing of the
 SDK: `_adapt` turns their ExecutionFailed / ExecutionCancelled into the SDK's JobFailed / JobCancelled, and a
 DuckDB error nobody anticipated into a JobFailed with DuckDB's message (never a stack trace).
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -28,15 +29,17 @@ from jobsd.executors.dataplane import DataPlane
 from jobsd.executors.delete_data import run_delete
 from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
 from jobsd.executors.import_data import run_import
+from jobsd.executors.outbound import ImportPolicy, client_session
 from jobsd.executors.populate_view import run_populate
-from jobsd.executors.sqltext import describe_duckdb_error
 from jobsd.settings import Settings
 from jobsd_client.worker import Handler, JobCancelled, JobContext, JobFailed, Worker
 
-__all__ = ["DATAPLANE_FILE", "ExecutorRunner", "data_dir_for"]
+__all__ = ["DATAPLANE_DIR", "LEGACY_DATAPLANE_FILE", "ExecutorRunner", "data_dir_for", "import_policy_for"]
 
 _log = logging.getLogger("jobsd.executors")
-DATAPLANE_FILE = "dataplane.duckdb"
+# One DuckDB file per workspace in <data dir>/dataplane/; the older single file is migrated from.
+DATAPLANE_DIR = "dataplane"
+LEGACY_DATAPLANE_FILE = "dataplane.duckdb"
 _SQLITE_PREFIX = "sqlite:///"
 _PRUNE_EVERY_SECONDS = 3600.0
 
@@ -52,7 +55,25 @@ def data_dir_for(settings: Settings) -> Path:
     return Path(".jobsd")
 
 
-def _adapt(kind: str, executor: Executor) -> Handler:
+def state_paths_for(settings: Settings) -> list[Path]:
+    """Where jobsd keeps state on this machine: the data directory and the SQLite store's directory."""
+    paths = [data_dir_for(settings)]
+    if settings.store.startswith(_SQLITE_PREFIX):
+        paths.append(Path(settings.store[len(_SQLITE_PREFIX) :]).parent)
+    return paths
+
+
+def import_policy_for(settings: Settings, extra_state: Sequence[Path] = ()) -> ImportPolicy:
+    """The settings' ImportPolicy; InvalidArgument when the file root overlaps a state directory."""
+    return ImportPolicy.build(
+        file_root=settings.import_file_root or None,
+        allow_networks=settings.import_allow_networks,
+        max_redirects=settings.import_max_redirects,
+        state_paths=[*state_paths_for(settings), *extra_state],
+    )
+
+
+def _adapt(kind: str, executor: Executor, plane: DataPlane) -> Handler:
     async def handle(ctx: JobContext) -> None:
         try:
             await executor(ctx)
@@ -61,8 +82,9 @@ def _adapt(kind: str, executor: Executor) -> Handler:
         except ExecutionCancelled:
             raise JobCancelled() from None
         except duckdb.Error as error:
-            _log.warning("job %s (%s): data plane error: %s", ctx.job_id, kind, error, extra={"job_id": ctx.job_id})
-            raise JobFailed(f"The data plane failed: {describe_duckdb_error(error)}") from None
+            described = plane.describe_error(error)
+            _log.warning("job %s (%s): data plane error: %s", ctx.job_id, kind, described, extra={"job_id": ctx.job_id})
+            raise JobFailed(f"The data plane failed: {described}") from None
 
     return handle
 
@@ -77,7 +99,6 @@ class ExecutorRunner:
         token: str,
         *,
         clock: Clock | None = None,
-        file_roots: Sequence[Path] | None = None,
         worker_id: str | None = None,
         wait_seconds: float = 5.0,
     ) -> None:
@@ -85,13 +106,13 @@ class ExecutorRunner:
         self.target = target
         self.clock: Clock = clock or SystemClock()
         self.data_dir = data_dir_for(settings)
-        # file:// imports may read only under these directories: the working directory (the repository's
-        # examples when run by `make run`) and the data directory, unless the caller says otherwise.
-        self.file_roots: tuple[Path, ...] = (
-            tuple(file_roots) if file_roots is not None else (Path(os.getcwd()), self.data_dir)
-        )
+        self.import_policy = import_policy_for(settings)
         self.dataplane = DataPlane(
-            self.data_dir / DATAPLANE_FILE, clock=self.clock, threads=settings.executor_concurrency + 2
+            self.data_dir / DATAPLANE_DIR,
+            clock=self.clock,
+            threads=settings.executor_concurrency + 2,
+            max_open=settings.dataplane_max_open_workspaces,
+            legacy_file=self.data_dir / LEGACY_DATAPLANE_FILE,
         )
         self._token = token
         self._worker_id = worker_id
@@ -108,7 +129,9 @@ class ExecutorRunner:
         plane = self.dataplane
 
         async def import_job(ctx: ExecutionContext) -> None:
-            await run_import(ctx, plane, http=self._http, file_roots=self.file_roots)
+            await run_import(
+                ctx, plane, policy=self.import_policy, http=self._http, max_json_depth=self.settings.max_json_depth
+            )
 
         async def populate_job(ctx: ExecutionContext) -> None:
             await run_populate(ctx, plane, clock=self.clock)
@@ -129,13 +152,13 @@ class ExecutorRunner:
             JobKind.QUERY: query_job,
             JobKind.DELETE_DATA: delete_job,
         }
-        return {str(kind): _adapt(str(kind), executor) for kind, executor in executors.items()}
+        return {str(kind): _adapt(str(kind), executor, plane) for kind, executor in executors.items()}
 
     async def start(self) -> None:
         if self._task is not None or self._stopped:
             return
         await self.dataplane.open()
-        self._http = aiohttp.ClientSession()
+        self._http = client_session(self.import_policy)
         self._worker = Worker(
             self.target,
             self._token,
@@ -146,7 +169,7 @@ class ExecutorRunner:
         )
         self._task = asyncio.create_task(self._run(self._worker), name="jobsd-executors")
         self._pruner = asyncio.create_task(self._prune_results_forever(), name="jobsd-executors-prune")
-        _log.info("executors running against %s, data plane %s", self.target, self.dataplane.path)
+        _log.info("executors running against %s, data plane %s", self.target, self.dataplane.root)
 
     async def _run(self, worker: Worker) -> None:
         try:

@@ -1,5 +1,7 @@
 """Where an import reads its bytes from: `file://` paths and `http(s)://` URLs, as blocking readers for a thread.
 
+What may be read at all is the `ImportPolicy`'s business (`outbound`): the file root, the allowed addresses.
+
 The import parses on a data-plane thread (parsing is CPU work the event loop must not do), so a source is a
 blocking `read()` of the next chunk. For HTTP the response is still read by aiohttp on the event loop: `read()`
 asks the loop for one chunk at a time, so at most one chunk is in flight and memory stays bounded whatever the
@@ -12,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import threading
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from jobsd.domain.redaction import redact_url
 from jobsd.executors.errors import ExecutionFailed
+from jobsd.executors.outbound import ImportPolicy, client_session, fetch
 
 __all__ = [
     "CHUNK_BYTES",
@@ -34,7 +38,6 @@ __all__ = [
 
 CHUNK_BYTES = 256 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
-_HTTP_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=120)
 
 
 class ImportAborted(Exception):
@@ -128,61 +131,50 @@ class _HttpReader:
             return chunk
 
 
-def _file_path(url: str, roots: Sequence[Path] | None) -> Path:
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise ExecutionFailed(f"Could not read {url}: file:// URLs must name a local path (file:///path/to/file)")
-    path = Path(unquote(parts.path)).resolve()
-    if roots is not None and not any(path.is_relative_to(root.resolve()) for root in roots):
-        allowed = ", ".join(str(root) for root in roots) or "none"
-        raise ExecutionFailed(f"Could not read {url}: file imports are allowed only under: {allowed}")
-    if not path.is_file():
-        raise ExecutionFailed(f"Could not read {url}: no such file")
-    return path
-
-
 @contextlib.asynccontextmanager
 async def open_source(
     url: str,
     *,
     abort: threading.Event,
+    policy: ImportPolicy,
     session: aiohttp.ClientSession | None = None,
-    file_roots: Sequence[Path] | None = None,
 ) -> AsyncIterator[OpenedSource]:
-    """Open `url` for reading on a data-plane thread; ExecutionFailed says why it cannot be read."""
+    """Open `url` for reading on a data-plane thread, as `policy` allows; ExecutionFailed says why it cannot be.
+
+    `session`, when given, must come from `outbound.client_session(policy)` (it resolves names through the policy).
+    """
     scheme = urlsplit(url).scheme.lower()
+    shown = redact_url(url)
     if scheme == "file":
-        path = _file_path(url, file_roots)
+        path = policy.file_path(url)
         try:
             handle = await asyncio.to_thread(path.open, "rb")
         except OSError as error:
-            raise ExecutionFailed(f"Could not read {url}: {error.strerror or error}") from None
+            raise ExecutionFailed(f"Could not read {shown}: {error.strerror or 'it cannot be opened'}") from None
         try:
-            size = path.stat().st_size
+            size = os.fstat(handle.fileno()).st_size
             reader = CountingReader(_FileReader(handle, abort), gzip_hint=path.name.endswith(".gz"))
             yield OpenedSource(reader, size, path.name)
         finally:
             handle.close()
         return
     if scheme not in ("http", "https"):
-        raise ExecutionFailed(f"Could not fetch {url!r}: the URL must start with http://, https:// or file://")
+        raise ExecutionFailed(f"Could not fetch {shown!r}: the URL must start with http://, https:// or file://")
     owned = session is None
-    client = session or aiohttp.ClientSession(timeout=_HTTP_TIMEOUT)
+    client = session or client_session(policy)
     try:
-        try:
-            response = await client.get(url, timeout=_HTTP_TIMEOUT)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            reason = str(error) or type(error).__name__
-            raise ExecutionFailed(f"Could not fetch {url}: {reason}") from None
+        response = await fetch(client, url, policy)
         async with response:
             if response.status >= 400:
-                raise ExecutionFailed(f"Could not fetch {url}: HTTP {response.status} {response.reason or ''}".strip())
+                raise ExecutionFailed(
+                    f"Could not fetch {shown}: HTTP {response.status} {response.reason or ''}".strip()
+                )
             # aiohttp undoes Content-Encoding itself; Content-Length then counts the encoded bytes, so no total.
             encoded = bool(response.headers.get("Content-Encoding"))
             total = None if encoded else response.content_length
             name = urlsplit(str(response.url)).path
             reader = CountingReader(
-                _HttpReader(response, url, asyncio.get_running_loop(), abort), gzip_hint=name.endswith(".gz")
+                _HttpReader(response, shown, asyncio.get_running_loop(), abort), gzip_hint=name.endswith(".gz")
             )
             yield OpenedSource(reader, total, name)
     finally:
