@@ -136,7 +136,7 @@ class JobsdApp:
 
             def extra_routes(app: web.Application) -> None:
                 # The data plane lives in this process, so its data-source endpoints share the gateway.
-                add_routes(app, dataplane, self.service.authenticate)
+                add_routes(app, dataplane, self.service.authenticate, max_json_depth=self.settings.max_json_depth)
 
         self._gateway = GatewayServer(self.api, self.settings, self.metrics.registry, extra_routes=extra_routes)
         self.http_port = await self._gateway.start()

@@ -30,7 +30,8 @@ EVENTS_BYTES = 3 * 8 + len("view") + len("buy") + len("view")
 
 @pytest.fixture
 def settings_overrides(tmp_path: Path) -> dict[str, Any]:
-    return {"executors": True, "data_dir": str(tmp_path / "data")}
+    # The CSV is served on 127.0.0.1, which imports refuse unless the operator allows it.
+    return {"executors": True, "data_dir": str(tmp_path / "data"), "import_allow_networks": ("127.0.0.1/32",)}
 
 
 @pytest.fixture

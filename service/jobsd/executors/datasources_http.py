@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from jobsd.domain.auth import ADMIN, DATASOURCES_CREATE, NO_ACCESS, Principal
+from jobsd.domain.json_depth import DEFAULT_MAX_JSON_DEPTH, json_depth_within
 from jobsd.errors import InvalidArgument, PermissionDenied
 from jobsd.executors.dataplane import DataPlane, DataSource, parse_columns, validate_datasource_name
 
@@ -79,9 +80,10 @@ def parse_schema_text(text: str) -> list[tuple[str, str]]:
 
 
 class _Routes:
-    def __init__(self, plane: DataPlane, authenticate: Authenticate) -> None:
+    def __init__(self, plane: DataPlane, authenticate: Authenticate, max_json_depth: int) -> None:
         self._plane = plane
         self._authenticate = authenticate
+        self._max_json_depth = max_json_depth
 
     async def _principal(self, request: web.Request) -> tuple[Principal, str]:
         principal = await self._authenticate(_token(request))
@@ -106,7 +108,7 @@ class _Routes:
     async def create(self, request: web.Request) -> web.Response:
         principal, workspace = await self._principal(request)
         self._require_create(principal)
-        fields = await _fields(request)
+        fields = await _fields(request, self._max_json_depth)
         name = validate_datasource_name(fields.get("name"), "name")
         raw_schema = fields.get("schema")
         if isinstance(raw_schema, str):
@@ -146,13 +148,16 @@ class _Routes:
         return web.Response(status=204)
 
 
-async def _fields(request: web.Request) -> Mapping[str, Any]:
+async def _fields(request: web.Request, max_json_depth: int) -> Mapping[str, Any]:
     """JSON body, else form fields, then query parameters (the body wins)."""
     fields: dict[str, Any] = {k: v for k, v in request.query.items() if k not in ("token", "workspace_id")}
     if request.can_read_body:
         if request.content_type == "application/json":
+            text = await request.text() or "{}"
+            if not json_depth_within(text, max_json_depth):
+                raise InvalidArgument("body", f"is JSON nested more than {max_json_depth} levels deep")
             try:
-                body = json.loads(await request.text() or "{}")
+                body = json.loads(text)
             except ValueError as error:
                 raise InvalidArgument("body", f"is not valid JSON ({error})") from None
             if not isinstance(body, dict):
@@ -163,9 +168,15 @@ async def _fields(request: web.Request) -> Mapping[str, Any]:
     return fields
 
 
-def add_routes(app: web.Application, dataplane: DataPlane, authenticate: Authenticate) -> None:
+def add_routes(
+    app: web.Application,
+    dataplane: DataPlane,
+    authenticate: Authenticate,
+    *,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+) -> None:
     """Mount the data-source endpoints on the gateway's application (its `extra_routes` hook)."""
-    routes = _Routes(dataplane, authenticate)
+    routes = _Routes(dataplane, authenticate, max_json_depth)
     app.router.add_post("/v0/datasources", routes.create)
     app.router.add_get("/v0/datasources", routes.list)
     app.router.add_get("/v0/datasources/{name}", routes.get)
