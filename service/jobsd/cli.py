@@ -65,6 +65,10 @@ def _banner(settings: Settings, app: JobsdApp) -> str:
         f"jobsd is serving gRPC on 127.0.0.1:{app.grpc_port}" + (f" and REST on {http}" if http else ""),
         f"store: {settings.store}   executors: {'on' if settings.executors else 'off'}",
         f"admin token (workspace default): {token}",
+    ]
+    if http:
+        lines += ["", f"Dashboard: open {http}/ and paste the admin token; jobs then update live."]
+    lines += [
         "",
         "Try it (in another terminal):",
         f"  export JOBSD_TOKEN={token}",

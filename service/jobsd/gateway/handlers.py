@@ -149,7 +149,7 @@ class JobsRoutes:
             return await stream_job_events(
                 request,
                 events,
-                render=render.job_detail,
+                render=render.job_event_detail,
                 closing=self._closing,
                 options=self._stream_options,
                 documentation=documentation_for(request, 200),

@@ -407,8 +407,9 @@ def openapi_document() -> dict[str, Any]:
             "get": _operation(
                 "The job's changes as Server-Sent Events until it ends",
                 {
-                    "description": "`id: <revision>`, `event: snapshot|status|progress`, `data: <job detail JSON>`; "
-                    "a failure after the stream opened is `event: error` with an error body",
+                    "description": "`id: <revision>`, `event: snapshot|status|progress`, `data: <job detail JSON>` "
+                    "(with `progress_percentage` whatever the kind); a failure after the stream opened is "
+                    "`event: error` with an error body",
                     "content": {"text/event-stream": {"schema": _ref("JobEvent")}},
                 },
                 [

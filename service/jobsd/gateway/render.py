@@ -18,6 +18,7 @@ from jobsd_client import pb
 __all__ = [
     "JOBS_LOG_COLUMNS",
     "job_detail",
+    "job_event_detail",
     "job_list_event",
     "job_list_item",
     "log_entry_row",
@@ -274,6 +275,14 @@ def job_detail(job: pb.Job) -> JsonObject:
         detail["error"] = job.error
     if job.errors:
         detail["errors"] = list(job.errors)
+    return detail
+
+
+def job_event_detail(job: pb.Job) -> JsonObject:
+    """The `data:` of a `GET /v0/jobs/{id}/events` event: the detail, with `progress_percentage` whatever the kind
+    (a live progress bar needs it; the detail of an import, as Tinybird renders it, has none)."""
+    detail = job_detail(job)
+    detail.setdefault("progress_percentage", float(job.progress_percentage))
     return detail
 
 

@@ -15,6 +15,7 @@ from jobsd.gateway.errors import MAX_REQUEST_BYTES, error_middleware
 from jobsd.gateway.handlers import JobsRoutes
 from jobsd.gateway.metrics import GatewayMetrics, metrics_middleware
 from jobsd.gateway.sse import EventStreamOptions
+from jobsd.gateway.ui import DashboardRoutes
 from jobsd.settings import Settings, split_addr
 
 __all__ = ["GatewayServer", "parse_http_addr"]
@@ -66,6 +67,7 @@ class GatewayServer:
         self._metrics = GatewayMetrics.for_registry(registry if registry is not None else CollectorRegistry())
         self._extra_routes = extra_routes
         self._stream_options = stream_options or EventStreamOptions()
+        self._dashboard = DashboardRoutes()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -90,6 +92,7 @@ class GatewayServer:
             closing=self._closing,
             stream_options=self._stream_options,
         ).install(app)
+        self._dashboard.install(app)
         if self._extra_routes is not None:
             self._extra_routes(app)
         return app
