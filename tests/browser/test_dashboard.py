@@ -295,3 +295,23 @@ def test_the_standalone_gateway_serves_the_same_live_dashboard(tab: Tab, jobsd: 
     jobsd.cancel(job.id)
     expect(tab.row(job.id).locator(".badge")).to_have_text("cancelled")
     assert all(url.startswith(standalone_base) for url in tab.requested), "the page talks to its own origin only"
+
+
+def test_the_list_pages_with_the_apis_cursor(tab: Tab, jobsd: Jobsd) -> None:
+    jobs = [jobsd.create("query", query_sql=f"SELECT {n}", pipe_name="paging_pipe") for n in range(53)]
+    newest_first = [job.id for job in reversed(jobs)]
+    tab.open(hash_route="#/?pipe_name=paging_pipe")
+    tab.sign_in()
+    page = tab.page
+    rows = page.locator("tbody tr")
+
+    expect(rows).to_have_count(50)
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.id)") == newest_first[:50]
+    page.get_by_role("link", name="Older jobs →").click()
+    expect(rows).to_have_count(3)
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.id)") == newest_first[50:]
+    expect(page.get_by_role("link", name="Older jobs →")).to_have_count(0)
+    expect(page.locator('.count[data-status="waiting"] .n')).to_have_text("53")  # the counts cover the window
+    page.get_by_role("link", name="← Newest").click()
+    expect(rows).to_have_count(50)
+    assert any("page_token=" in url for url in tab.requested if "/v0/jobs?" in url)

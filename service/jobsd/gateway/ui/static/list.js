@@ -171,7 +171,7 @@ export class ListView {
       const params = { ...this.filters, limit: PAGE_SIZE, page_token: this.pageToken };
       const [page] = await Promise.all([api("/v0/jobs", { params }), this.scan()]);
       // `next` is an absolute link; only its cursor is used, against this origin.
-      this.next = page.next ? new URL(page.next).searchParams.get("page_token") : null;
+      this.next = page.next ? new URL(page.next, window.location.origin).searchParams.get("page_token") : null;
       for (const item of page.jobs) {
         this.merge(item);
         this.rowIds.push(item.id);
@@ -202,7 +202,7 @@ export class ListView {
         this.scanCapped = false;
         return;
       }
-      token = new URL(body.next).searchParams.get("page_token");
+      token = new URL(body.next, window.location.origin).searchParams.get("page_token");
     }
     this.scanCapped = true;
   }
