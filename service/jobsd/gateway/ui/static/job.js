@@ -129,7 +129,9 @@ export class JobView {
     const job = this.job;
     this.title = h("h1", { tabindex: "-1" }, `${job.kind} job`);
     this.headStatus = h("span", { class: "head-status" });
-    this.bar = progressBar(0, { label: "Job progress", large: true });
+    // Built at the job's progress: a bar drawn at 0 first would visibly slide up to it.
+    const initial = job.status === "done" ? 100 : job.progress_percentage || 0;
+    this.bar = progressBar(initial, { label: "Job progress", large: true });
     this.barNote = h("span", { class: "note" });
     this.times = h("p", { class: "times" });
     this.cancelButton = h("button", { type: "button", class: "danger", hidden: true, onclick: () => this.act("cancel") },
