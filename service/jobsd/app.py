@@ -20,7 +20,15 @@ from grpc_reflection.v1alpha import reflection
 from jobsd.api.codec import JobWireCodec
 from jobsd.api.local import LocalJobsApi, LocalWorkersApi
 from jobsd.api.servicers import JobsServicer, WorkersServicer, add_servicer
-from jobsd.domain.auth import ADMIN, JOBS_CREATE, JOBS_EXECUTE, hash_token, new_token_secret, validate_scope
+from jobsd.domain.auth import (
+    ADMIN,
+    JOBS_CREATE,
+    JOBS_EXECUTE,
+    Principal,
+    hash_token,
+    new_token_secret,
+    validate_scope,
+)
 from jobsd.domain.clock import Clock, SystemClock
 from jobsd.domain.model import TokenRecord
 from jobsd.errors import InvalidArgument, JobsdError
@@ -76,6 +84,11 @@ class JobsdApp:
     async def start(self) -> None:
         if self._started:
             return
+        if self.settings.executors:
+            from jobsd.executors.runner import import_policy_for
+
+            # A file-import root that overlaps the store or the data plane: refuse to start, before anything listens.
+            import_policy_for(self.settings)
         self._started = True
         await self.store.open()
         await self.hub.start()
@@ -119,7 +132,11 @@ class JobsdApp:
     async def _start_executors(self) -> None:
         from jobsd.executors.runner import ExecutorRunner
 
-        token = await self.create_token(None, [JOBS_EXECUTE], name="internal-executors")
+        # The executors' credential lives in this process's memory only: no token is stored per start.
+        token = new_token_secret()
+        self.service.accept_in_memory_token(
+            token, Principal(token_name="internal-executors", workspace_id=None, scopes=frozenset({JOBS_EXECUTE}))
+        )
         self.executors = ExecutorRunner(self.settings, f"127.0.0.1:{self.grpc_port}", token, clock=self.clock)
         await self.executors.start()
 

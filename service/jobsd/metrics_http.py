@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from jobsd.gateway.protocol import CleanErrorsRunner
 from jobsd.settings import split_addr
 
 __all__ = ["MetricsServer"]
@@ -14,7 +15,7 @@ class MetricsServer:
     def __init__(self, registry: CollectorRegistry, addr: str) -> None:
         self._registry = registry
         self._addr = addr
-        self._runner: web.AppRunner | None = None
+        self._runner: CleanErrorsRunner | None = None
         self.port: int | None = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -26,7 +27,7 @@ class MetricsServer:
         host, port = split_addr("metrics_addr", self._addr)
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None)
+        runner = CleanErrorsRunner(app, access_log=None)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()

@@ -24,8 +24,10 @@ class Settings:
     # A bare /metrics listener for processes without the gateway (the gateway serves /metrics too); empty: none.
     metrics_addr: str = ""
     store: str = "sqlite:///.jobsd/jobsd.db"
-    # Base of job_url; empty means the request's own origin.
+    # Base of job_url and next links; empty: a trusted Host (trusted_hosts), else the gateway's own address.
     public_url: str = ""
+    # Host header values (host or host:port) links may be built on; never an untrusted Host.
+    trusted_hosts: tuple[str, ...] = ()
     admin_token: str = ""
     service_token: str = ""
     executors: bool = True
@@ -125,6 +127,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "metrics_addr": ("JOBSD_METRICS_ADDR", None),
     "store": ("JOBSD_STORE", None),
     "public_url": ("JOBSD_PUBLIC_URL", None),
+    "trusted_hosts": ("JOBSD_TRUSTED_HOSTS", lambda n, r: tuple(h.strip() for h in r.split(",") if h.strip())),
     "admin_token": ("JOBSD_ADMIN_TOKEN", None),
     "service_token": ("JOBSD_SERVICE_TOKEN", None),
     "executors": ("JOBSD_EXECUTORS", _bool),

@@ -11,6 +11,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from jobsd.domain.clock import to_micros
 from jobsd.domain.model import Job, JobStatus, LogEntry, ProcessedData, Progress, QueryProgress, Statistics, Workspace
+from jobsd.domain.redaction import redact_url, scrub
 from jobsd.errors import InvalidArgument
 from jobsd_client import pb
 
@@ -18,6 +19,7 @@ __all__ = [
     "STATUS_FROM_PB",
     "STATUS_TO_PB",
     "JobWireCodec",
+    "claimed_url_patch",
     "job_to_pb",
     "list_response_bytes",
     "log_to_pb",
@@ -82,7 +84,7 @@ def job_to_pb(job: Job) -> pb.Job:
         queries=[pb.QueryProgress(query_id=q.query_id, status=q.status) for q in job.queries],
         quarantine_rows=job.quarantine_rows,
         invalid_lines=job.invalid_lines,
-        errors=list(job.errors),
+        errors=[scrub(text, job.url) for text in job.errors] if job.url else list(job.errors),
         attempt=job.attempt,
         concurrency_key=job.concurrency_key,
     )
@@ -91,10 +93,16 @@ def job_to_pb(job: Job) -> pb.Job:
     if job.datasource is not None:
         msg.datasource_ref.CopyFrom(pb.DataSourceRef(id=job.datasource_id or "", name=job.datasource_name or ""))
         msg.datasource.CopyFrom(_struct(job.datasource))
-    for name in ("pipe_id", "pipe_name", "query_id", "query_sql", "mode", "url", "import_id", "error", "worker_id"):
+    for name in ("pipe_id", "pipe_name", "query_id", "query_sql", "mode", "import_id", "worker_id"):
         value = getattr(job, name)
         if value is not None:
             setattr(msg, name, value)
+    # An import URL is shown without its credentials, and so is anything a worker wrote that repeats them. The
+    # worker running the import gets the real URL in its claim (`claimed_url_patch`), nowhere else.
+    if job.url is not None:
+        msg.url = redact_url(job.url)
+    if job.error is not None:
+        msg.error = scrub(job.error, job.url)
     if job.idempotency_key is not None:
         msg.idempotency_key = job.idempotency_key
     if job.statistics is not None:
@@ -228,6 +236,15 @@ def _varint(value: int) -> bytes:
 
 # The tag and length of field 1 (length-delimited) for every length up to 16 KiB; longer ones are computed.
 _FIELD_1_HEADERS = tuple(b"\x0a" + _varint(size) for size in range(0x4000))
+
+
+def claimed_url_patch(job: Job) -> bytes:
+    """For a claim: a `job` field holding only the real URL, when the stored bytes show it redacted. Serialised
+    messages concatenate as a merge and a later string field wins, so appended to the claim response it gives the
+    worker — and only the worker — the URL it must fetch."""
+    if job.url is None or redact_url(job.url) == job.url:
+        return b""
+    return list_response_bytes([pb.Job(url=job.url).SerializeToString()], "")
 
 
 def list_response_bytes(wires: list[bytes], next_page_token: str) -> bytes:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from jobsd.api.codec import (
     STATUS_FROM_PB,
     JobWireCodec,
+    claimed_url_patch,
     job_to_pb,
     list_response_bytes,
     log_to_pb,
@@ -204,7 +205,8 @@ class LocalWorkersApi:
         )
         response.lease_expires_at.FromMicroseconds(to_micros(claim.lease_expires_at))
         # Serialised messages concatenate as a merge: the rest of the response, then field 1 (job) as stored.
-        return response.SerializeToString() + list_response_bytes([self._codec(claim.job)], "")
+        job = claim.job
+        return response.SerializeToString() + list_response_bytes([self._codec(job)], "") + claimed_url_patch(job)
 
     async def heartbeat(self, token: str | None, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         principal = await self.service.authenticate(token)

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
 
 from jobsd.api.local import LocalJobsApi, LocalWorkersApi
-from jobsd.errors import FIELD_METADATA_KEY, JobsdError
+from jobsd.errors import FIELD_METADATA_KEY, InvalidArgument, JobsdError
 from jobsd.metrics import Metrics
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
@@ -49,6 +50,35 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+class Undecodable:
+    """What the deserializer hands a servicer for bytes that are not a valid request message (corrupt protobuf,
+    invalid UTF-8 in a string): the call then ends INVALID_ARGUMENT, like any other bad input, not UNKNOWN."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument("request", self.problem)
+
+
+def _deserializer(message_class: Any) -> Callable[[bytes], Any]:
+    parse = message_class.FromString
+    name = message_class.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            # upb's text names the type and the fault ("Wire format was corrupt", "String field had bad UTF-8"),
+            # never the bytes.
+            reason = str(error).rsplit(": ", 1)[-1] or "it cannot be parsed"
+            return Undecodable(f"is not a valid {name} message: {reason}")
+
+    return deserialize
+
+
 class _Edge:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -63,6 +93,8 @@ class _Edge:
         started = time.perf_counter()
         code = "OK"
         try:
+            if isinstance(request, Undecodable):
+                raise request.error()
             return await call(bearer_token(context), request)
         except Exception as exc:
             code = exc.grpc_code.name if isinstance(exc, JobsdError) else "INTERNAL"
@@ -78,6 +110,8 @@ class _Edge:
         request: Req,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[Resp]:
+        if isinstance(request, Undecodable):
+            await _abort(context, request.error(), method)
         stream = events(bearer_token(context), request)
         try:
             async for event in stream:
@@ -106,7 +140,7 @@ def add_servicer(server: grpc.aio.Server, service_name: str, servicer: object) -
         make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(
             getattr(servicer, method.name),
-            request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
+            request_deserializer=_deserializer(message_factory.GetMessageClass(method.input_type)),
             response_serializer=_serializer(message_factory.GetMessageClass(method.output_type)),
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from jobsd.domain.model import KNOWN_KINDS, JobKind
+from jobsd.domain.redaction import redact_url
 from jobsd.errors import InvalidArgument
 
 __all__ = ["NewJob", "validate_new_job"]
@@ -86,7 +87,7 @@ def validate_new_job(spec: NewJob) -> NewJob:
             raise InvalidArgument("url", "is required for import jobs")
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https", "file") or (parsed.scheme != "file" and not parsed.netloc):
-            raise InvalidArgument("url", f"must be an http(s):// or file:// URL, got {url!r}")
+            raise InvalidArgument("url", f"must be an http(s):// or file:// URL, got {redact_url(url)!r}")
 
     params = dict(spec.params or {})
     try:

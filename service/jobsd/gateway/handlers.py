@@ -17,6 +17,7 @@ from jobsd.gateway import params, render
 from jobsd.gateway.errors import documentation_for, error_response
 from jobsd.gateway.metrics import GatewayMetrics
 from jobsd.gateway.openapi import openapi_document
+from jobsd.gateway.origin import PublicOrigin
 from jobsd.gateway.sse import EventStreamOptions, ResumeCursor, resume_point, since_revision, stream_job_events
 from jobsd_client import pb
 
@@ -42,13 +43,13 @@ class JobsRoutes:
         self,
         api: JobsApi,
         *,
-        public_url: str,
+        origin: PublicOrigin,
         metrics: GatewayMetrics,
         closing: asyncio.Event,
         stream_options: EventStreamOptions,
     ) -> None:
         self._api = api
-        self._public_url = public_url.rstrip("/")
+        self._origin = origin
         self._metrics = metrics
         self._closing = closing
         self._stream_options = stream_options
@@ -75,11 +76,13 @@ class JobsRoutes:
     # ------------------------------------------------------------------ helpers
 
     def _base_url(self, request: web.Request) -> str:
-        """JOBSD_PUBLIC_URL, or the origin the client used to reach us."""
-        return self._public_url or f"{request.scheme}://{request.host}"
+        """Where links point: JOBSD_PUBLIC_URL, a trusted Host, else this gateway's own address (never an
+        untrusted Host header)."""
+        return self._origin.for_request(request)
 
     def _next_link(self, request: web.Request, page_token: str) -> str:
-        kept = [(k, v) for k, v in request.query.items() if k != "page_token"]
+        # Every filter of the request, never its token: a link may be logged, shared or shown.
+        kept = [(k, v) for k, v in request.query.items() if k not in ("page_token", "token")]
         return f"{self._base_url(request)}{request.path}?{urlencode([*kept, ('page_token', page_token)])}"
 
     @staticmethod

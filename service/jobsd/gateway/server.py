@@ -14,6 +14,8 @@ from jobsd.api.base import JobsApi
 from jobsd.gateway.errors import MAX_REQUEST_BYTES, error_middleware
 from jobsd.gateway.handlers import JobsRoutes
 from jobsd.gateway.metrics import GatewayMetrics, metrics_middleware
+from jobsd.gateway.origin import PublicOrigin
+from jobsd.gateway.protocol import CleanErrorsRunner
 from jobsd.gateway.sse import EventStreamOptions
 from jobsd.gateway.ui import DashboardRoutes
 from jobsd.settings import Settings, split_addr
@@ -69,7 +71,7 @@ class GatewayServer:
         self._stream_options = stream_options or EventStreamOptions()
         self._dashboard = DashboardRoutes()
         self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
+        self._runner: CleanErrorsRunner | None = None
         self._port: int | None = None
 
     @property
@@ -87,7 +89,7 @@ class GatewayServer:
         app[MAX_REQUEST_BYTES] = max_bytes
         JobsRoutes(
             self._api,
-            public_url=self._settings.public_url,
+            origin=PublicOrigin(self._settings.public_url, self._settings.trusted_hosts),
             metrics=self._metrics,
             closing=self._closing,
             stream_options=self._stream_options,
@@ -103,7 +105,7 @@ class GatewayServer:
             raise RuntimeError("the gateway is already started")
         host, port = parse_http_addr(self._settings.http_addr)
         self._closing.clear()
-        runner = web.AppRunner(
+        runner = CleanErrorsRunner(
             self.build_app(),
             access_log=None,
             shutdown_timeout=self._settings.grace_seconds,

@@ -117,6 +117,8 @@ class JobService:
         self._queue_changed = asyncio.Event()
         self._closing = False
         self._token_cache: dict[str, tuple[float, Principal]] = {}
+        # Tokens this process accepts without the store (the in-process executors'): by hash, never persisted.
+        self._in_memory_tokens: dict[str, Principal] = {}
         self._watches = JobWatches(self)
         # The last job this process wrote, per id, for the most recent WRITTEN_KEPT ids: a heartbeat or finish
         # decides on it instead of reading the job back. Only a first guess: the compare-and-set refuses it if the
@@ -138,10 +140,18 @@ class JobService:
 
     # ------------------------------------------------------------------ auth
 
+    def accept_in_memory_token(self, secret: str, principal: Principal) -> None:
+        """Accept `secret` as `principal` for as long as this service lives, without storing it anywhere: the
+        credential of a worker inside this process, which no other process needs and a restart replaces."""
+        self._in_memory_tokens[hash_token(secret)] = principal
+
     async def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise Unauthenticated(INVALID_TOKEN)
         digest = hash_token(token)
+        in_memory = self._in_memory_tokens.get(digest)
+        if in_memory is not None:
+            return in_memory
         cached = self._token_cache.get(digest)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]

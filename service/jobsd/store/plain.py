@@ -7,6 +7,7 @@ from typing import Any
 
 from jobsd.domain.clock import from_micros, utc
 from jobsd.domain.model import Job, JobStatus, LogEntry, ProcessedData, QueryProgress, Statistics
+from jobsd.domain.redaction import scrub
 
 __all__ = ["job_from_plain", "job_to_plain", "log_entry_for", "parse_time"]
 
@@ -138,12 +139,13 @@ def log_entry_for(job: Job) -> LogEntry:
     if job.processed_data is not None:
         metadata["processed_data"] = job_to_plain(job)["processed_data"]
     if job.errors:
-        metadata["errors"] = list(job.errors)
+        metadata["errors"] = [scrub(text, job.url) for text in job.errors]
     return LogEntry(
         job_id=job.id,
         job_type=job.kind,
         status=job.status.value,
-        error=job.error,
+        # What a worker wrote may repeat the import URL's credentials: never into the archive.
+        error=scrub(job.error, job.url) if job.error is not None else None,
         workspace_id=job.workspace_id,
         request_id=job.request_id or "",
         pipe_id=job.pipe_id,

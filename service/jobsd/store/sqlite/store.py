@@ -19,6 +19,7 @@ a thousand jobs or a million (tests/contract/test_sqlite_specific.py checks the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import os
@@ -226,6 +227,15 @@ def _job_from_doc(doc: str) -> Job:
     return job_from_plain(json.loads(doc))
 
 
+def _make_private(path: Path) -> None:
+    """The database file (and its WAL and shared-memory files) readable by the server's user only: jobs hold import
+    URLs, which may carry credentials. SQLite creates the WAL and -shm files with the database file's mode."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
 class SqliteStore:
     """`jobsd.store.base.JobStore` on one SQLite file. Create, `await open()`, use, `await close()`."""
 
@@ -265,6 +275,7 @@ class SqliteStore:
             return
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private(self._path)
         except OSError as exc:
             raise Unavailable(f"SQLite store {self._path}: cannot create its directory: {exc}") from None
         conn: sqlite3.Connection | None = None

@@ -1,0 +1,63 @@
+"""403 or 404 for another workspace's job id: what an outsider learns, decided and pinned.
+
+The REST gateway keeps the reference's codes: another workspace's job is 403 "The token you have provided doesn't
+have access to this resource", an unknown id 404 `Job with id "<id>" not found` (gRPC: PERMISSION_DENIED /
+NOT_FOUND). So a token of another workspace can tell that an id it already holds exists — and nothing else: not its
+workspace, kind, status or data, and it cannot change it. Ids are random UUIDv4 (122 random bits), so existence
+cannot be probed by guessing; an id has to be leaked first, and then this answer adds only "it exists".
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+
+from jobsd_client import pb
+
+from .conftest import LogRecords, Stack
+
+NO_ACCESS = "The token you have provided doesn't have access to this resource"
+
+
+async def test_another_workspace_s_job_is_403_an_unknown_one_404_and_neither_tells_more(
+    stack: Stack, logs: LogRecords
+) -> None:
+    victim = await stack.create(stack.alpha.tokens["admin"], "copy", "target", query_sql="SELECT 1 AS secret_column")
+    unknown = str(uuid.uuid4())
+    attacker = stack.beta.tokens["admin"]
+    stack.said.clear()
+
+    for path in (f"/v0/jobs/{victim.id}", f"/v0/jobs/{victim.id}/events"):
+        status, body = await stack.get(path, attacker)
+        assert (status, body["error"]) == (403, NO_ACCESS), path
+        assert set(body) == {"error", "documentation"}
+    for action in ("cancel", "retry"):
+        status, body = await stack.post(f"/v0/jobs/{victim.id}/{action}", attacker)
+        assert (status, body["error"]) == (403, NO_ACCESS), action
+    status, body = await stack.get(f"/v0/jobs/{unknown}", attacker)
+    assert (status, body["error"]) == (404, f'Job with id "{unknown}" not found')
+
+    md = stack.md(attacker)
+    for call in (
+        stack.jobs.GetJob(pb.GetJobRequest(job_id=victim.id), metadata=md),
+        stack.jobs.CancelJob(pb.CancelJobRequest(job_id=victim.id), metadata=md),
+        stack.jobs.RetryJob(pb.RetryJobRequest(job_id=victim.id), metadata=md),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stack.jobs.GetJob(pb.GetJobRequest(job_id=unknown), metadata=md)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+    said = stack.everything_said()
+    for private in ("secret_column", "target", stack.alpha.workspace_id, "copy"):
+        assert private not in said, private
+    # Not cancelled, not retried: the victim's job is as it was.
+    mine = await stack.jobs.GetJob(pb.GetJobRequest(job_id=victim.id), metadata=stack.md(stack.alpha.tokens["admin"]))
+    assert mine.status != pb.JOB_STATUS_CANCELLED
+    listed = await stack.jobs.ListJobs(pb.ListJobsRequest(), metadata=stack.md(stack.alpha.tokens["admin"]))
+    assert [job.id for job in listed.jobs] == [victim.id]
+    assert logs.errors() == []
