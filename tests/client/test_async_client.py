@@ -143,6 +143,18 @@ async def test_jobs_log_has_a_row_per_status_change(client: AsyncJobsClient) -> 
     assert {entry.job_type for entry in log.entries} == {"import"}
 
 
+async def test_jobs_log_filters_by_pipe_name(client: AsyncJobsClient) -> None:
+    """Once a bug: ListJobsLogRequest.pipe_name was sent, but the server dropped it and answered every pipe."""
+    p1 = await client.create_job("copy", pipe_name="p1", datasource={"name": "t1"}, query_sql="SELECT 1")
+    p2 = await client.create_job("copy", pipe_name="p2", datasource={"name": "t2"}, query_sql="SELECT 1")
+    await client.cancel_job(p2.id)
+    every_pipe = await client.list_jobs_log()
+    assert {e.job_id for e in every_pipe.entries} == {p1.id, p2.id}
+    only_p1 = await client.list_jobs_log(pipe_name="p1")
+    assert [(e.job_id, e.status) for e in only_p1.entries] == [(p1.id, "waiting")]
+    assert (await client.list_jobs_log(pipe_name="no-such-pipe")).entries == []
+
+
 async def test_get_workspace_names_the_tokens_workspace_and_scopes(jobsd: Jobsd, client: AsyncJobsClient) -> None:
     workspace = await client.get_workspace()
     assert workspace.name == "default" and workspace.id == jobsd.workspace_id

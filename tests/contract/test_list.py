@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from jobsd.domain.auth import ReadScope
+from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import TERMINAL_STATUSES, Job
 from jobsd.domain.rules import is_visible
 from jobsd.domain.states import Action
@@ -33,12 +34,12 @@ def expected(jobs: list[Job], query: JobQuery) -> list[Job]:
         for j in jobs
         if query.scope.allows(j)
         and is_visible(j, query.now)
-        and (query.kind is None or j.kind == query.kind)
-        and (query.status is None or j.status.value == query.status)
-        and (query.pipe_id is None or j.pipe_id == query.pipe_id)
-        and (query.pipe_name is None or j.pipe_name == query.pipe_name)
-        and (query.created_after is None or j.created_at >= query.created_after)
-        and (query.created_before is None or j.created_at <= query.created_before)
+        and (query.filter.kind is None or j.kind == query.filter.kind)
+        and (query.filter.status is None or j.status.value == query.filter.status)
+        and (query.filter.pipe_id is None or j.pipe_id == query.filter.pipe_id)
+        and (query.filter.pipe_name is None or j.pipe_name == query.filter.pipe_name)
+        and (query.filter.created_after is None or j.created_at >= query.filter.created_after)
+        and (query.filter.created_before is None or j.created_at <= query.filter.created_before)
         and (query.after is None or (j.created_at, j.id) < query.after)
         and not (query.only_active and j.status in TERMINAL_STATUSES)
     ]
@@ -124,7 +125,15 @@ async def test_each_filter_alone(
     store: JobStore, population: tuple[str, list[Job]], filters: dict[str, object]
 ) -> None:
     ws, jobs = population
-    query = JobQuery(scope=ReadScope(ws, True), now=NOW, limit=100, **filters)  # type: ignore[arg-type]
+    wanted = dict(filters)
+    only_active = bool(wanted.pop("only_active", False))
+    query = JobQuery(
+        scope=ReadScope(ws, True),
+        now=NOW,
+        limit=100,
+        filter=JobFilter(**wanted),  # type: ignore[arg-type]
+        only_active=only_active,
+    )
     assert await store.list_jobs(query) == expected(jobs, query)
 
 
@@ -133,11 +142,16 @@ async def test_created_bounds_are_inclusive(store: JobStore, population: tuple[s
     visible = expected(jobs, JobQuery(scope=ReadScope(ws, True), now=NOW, limit=100))
     newest, oldest = visible[0], visible[-1]
     query = JobQuery(
-        scope=ReadScope(ws, True), now=NOW, limit=100, created_after=oldest.created_at, created_before=newest.created_at
+        scope=ReadScope(ws, True),
+        now=NOW,
+        limit=100,
+        filter=JobFilter(created_after=oldest.created_at, created_before=newest.created_at),
     )
     page = await store.list_jobs(query)
     assert page == visible
-    exact = replace(query, created_after=newest.created_at, created_before=newest.created_at)
+    exact = replace(
+        query, filter=replace(query.filter, created_after=newest.created_at, created_before=newest.created_at)
+    )
     assert [j.created_at for j in await store.list_jobs(exact)] == [newest.created_at] * sum(
         1 for j in visible if j.created_at == newest.created_at
     )
@@ -159,13 +173,15 @@ async def test_filters_combined(store: JobStore, population: tuple[str, list[Job
             scope=ReadScope(ws, True),
             now=NOW,
             limit=100,
-            kind=kind,
-            status=status,
-            pipe_id=pipe_id,
-            pipe_name=pipe_name,
-            created_after=None if bounds is None else bounds[0],
-            created_before=None if bounds is None else bounds[1],
             only_active=only_active,
+            filter=JobFilter(
+                kind=kind,
+                status=status,
+                pipe_id=pipe_id,
+                pipe_name=pipe_name,
+                created_after=None if bounds is None else bounds[0],
+                created_before=None if bounds is None else bounds[1],
+            ),
         )
         assert await store.list_jobs(query) == expected(jobs, query), query
         checked += 1
@@ -183,7 +199,7 @@ async def test_a_narrow_scope_sees_only_its_data_sources_and_pipes(
     ws, jobs = population
     scope = ReadScope(ws, everything=False, datasource_names=frozenset(datasources), pipe_names=frozenset(pipes))
     for filters in ({}, {"kind": "import"}, {"status": "waiting"}, {"pipe_name": "p1"}):
-        query = JobQuery(scope=scope, now=NOW, limit=100, **filters)  # type: ignore[arg-type]
+        query = JobQuery(scope=scope, now=NOW, limit=100, filter=JobFilter(**filters))  # type: ignore[arg-type]
         page = await store.list_jobs(query)
         assert page == expected(jobs, query)
         assert len({j.id for j in page}) == len(page)
@@ -214,7 +230,7 @@ async def test_pages_cover_everything_without_gap_or_repeat(
         (ReadScope(ws, True), {"status": "waiting"}),
         (ReadScope(ws, False, frozenset({"events"}), frozenset({"p2"})), {}),
     ):
-        query = JobQuery(scope=scope, now=NOW, limit=page_size, **filters)  # type: ignore[arg-type]
+        query = JobQuery(scope=scope, now=NOW, limit=page_size, filter=JobFilter(**filters))  # type: ignore[arg-type]
         pages = await _walk(store, query)
         assert [j for page in pages for j in page] == expected(jobs, replace(query, limit=1000))
         assert all(len(page) == page_size for page in pages[:-1])

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import Job, LogEntry, Progress
 from jobsd.domain.states import Action, apply_progress
 from jobsd.store.base import JobStore, LogQuery
@@ -37,12 +38,13 @@ def expected_log(versions: list[Job], query: LogQuery) -> list[LogEntry]:
         r
         for r in rows
         if r.workspace_id == query.workspace_id
-        and (query.job_id is None or r.job_id == query.job_id)
-        and (query.kind is None or r.job_type == query.kind)
-        and (query.status is None or r.status == query.status)
-        and (query.pipe_id is None or r.pipe_id == query.pipe_id)
-        and (query.created_after is None or r.created_at >= query.created_after)
-        and (query.created_before is None or r.created_at <= query.created_before)
+        and (query.filter.job_id is None or r.job_id == query.filter.job_id)
+        and (query.filter.kind is None or r.job_type == query.filter.kind)
+        and (query.filter.status is None or r.status == query.filter.status)
+        and (query.filter.pipe_id is None or r.pipe_id == query.filter.pipe_id)
+        and (query.filter.pipe_name is None or r.job_metadata.get("pipe_name") == query.filter.pipe_name)
+        and (query.filter.created_after is None or r.created_at >= query.filter.created_after)
+        and (query.filter.created_before is None or r.created_at <= query.filter.created_before)
         and (query.after is None or (r.updated_at, r.job_id, r.revision) < query.after)
     ]
     rows.sort(key=lambda r: (r.updated_at, r.job_id, r.revision), reverse=True)
@@ -54,7 +56,7 @@ async def test_every_status_change_and_only_those_is_logged(store: JobStore) -> 
     versions = await _lifecycle(
         store, new_job(ws, kind="copy", datasource_name="t", pipe_name="cp"), Action.FINISH_ERROR, timedelta(seconds=3)
     )
-    rows = await store.list_log(LogQuery(workspace_id=ws, limit=100, job_id=versions[0].id))
+    rows = await store.list_log(LogQuery(workspace_id=ws, limit=100, filter=JobFilter(job_id=versions[0].id)))
     assert [r.status for r in rows] == ["error", "working", "waiting"]
     assert rows == [log_entry_for(versions[3]), log_entry_for(versions[1]), log_entry_for(versions[0])]
     assert rows[0].error == "it broke" and rows[0].pipe_id == "id_cp" and rows[0].datasource_id == "t_t"
@@ -89,15 +91,20 @@ async def history(store: JobStore) -> tuple[str, list[Job]]:
         {"status": "done"},
         {"status": "waiting", "kind": "query"},
         {"pipe_id": "id_b"},
+        {"pipe_name": "a"},
+        {"pipe_name": "b", "status": "error"},
         {"created_after": T0 + timedelta(minutes=4), "created_before": T0 + timedelta(minutes=8)},
     ],
     ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()) or "all",
 )
 async def test_log_filters(store: JobStore, history: tuple[str, list[Job]], filters: dict[str, object]) -> None:
     ws, versions = history
-    query = LogQuery(workspace_id=ws, limit=100, **filters)  # type: ignore[arg-type]
+    query = LogQuery(workspace_id=ws, limit=100, filter=JobFilter(**filters))  # type: ignore[arg-type]
     rows = await store.list_log(query)
     assert rows == expected_log(versions, query)
+    if "pipe_name" in filters:  # the oracle itself must not be vacuous: the rows of the other pipe are left out
+        assert all(r.job_metadata["pipe_name"] == filters["pipe_name"] for r in rows)
+        assert len(rows) < len(expected_log(versions, LogQuery(workspace_id=ws, limit=100)))
     assert rows, "the filter should match something"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from jobsd.domain.auth import ReadScope
+from jobsd.domain.filters import JobFilter
 from jobsd.domain.states import Action
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import FeedReset, JobChanged, JobQuery, LogQuery
@@ -54,14 +55,16 @@ def _list_queries() -> list[JobQuery]:
                 scope=scope,
                 now=T0,
                 limit=100,
-                kind=kind,
-                status=status,
-                pipe_id=pipe_id,
-                pipe_name=pipe_name,
-                created_after=T0 - timedelta(hours=1) if bounded else None,
-                created_before=T0 if bounded else None,
                 after=after,
                 only_active=active,
+                filter=JobFilter(
+                    kind=kind,
+                    status=status,
+                    pipe_id=pipe_id,
+                    pipe_name=pipe_name,
+                    created_after=T0 - timedelta(hours=1) if bounded else None,
+                    created_before=T0 if bounded else None,
+                ),
             )
         )
     return queries

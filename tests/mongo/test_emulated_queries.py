@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from jobsd.domain.auth import ReadScope
+from jobsd.domain.filters import JobFilter
 from jobsd.domain.states import Action
 from jobsd.store.base import JobQuery, LogQuery
 from jobsd.store.mongo import MongoStore
@@ -24,23 +25,20 @@ INDEXES = {spec.name: spec.keys for specs in collection_indexes(timedelta(days=3
 
 QUERIES: dict[str, JobQuery] = {
     "no filter": JobQuery(scope=ReadScope(WS, everything=True), now=NOW, limit=100),
-    "kind": JobQuery(scope=ReadScope(WS, everything=True), now=NOW, limit=100, kind="copy"),
-    "status": JobQuery(scope=ReadScope(WS, everything=True), now=NOW, limit=100, status="done"),
-    "pipe_id": JobQuery(scope=ReadScope(WS, everything=True), now=NOW, limit=100, pipe_id="p1"),
-    "pipe_name": JobQuery(scope=ReadScope(WS, everything=True), now=NOW, limit=100, pipe_name="pipe"),
+    "kind": JobQuery(scope=ReadScope(WS, everything=True), now=NOW, limit=100, filter=JobFilter(kind="copy")),
+    "status": JobQuery(scope=ReadScope(WS, everything=True), now=NOW, limit=100, filter=JobFilter(status="done")),
+    "pipe_id": JobQuery(scope=ReadScope(WS, everything=True), now=NOW, limit=100, filter=JobFilter(pipe_id="p1")),
+    "pipe_name": JobQuery(scope=ReadScope(WS, everything=True), now=NOW, limit=100, filter=JobFilter(pipe_name="pipe")),
     "every filter": JobQuery(
         scope=ReadScope(WS, everything=True),
         now=NOW,
         limit=100,
-        kind="copy",
-        status="done",
-        pipe_id="p1",
-        pipe_name="pipe",
-        created_after=T0,
-        created_before=NOW,
+        filter=JobFilter(
+            kind="copy", status="done", pipe_id="p1", pipe_name="pipe", created_after=T0, created_before=NOW
+        ),
     ),
     "dates only": JobQuery(
-        scope=ReadScope(WS, everything=True), now=NOW, limit=100, created_after=T0, created_before=NOW
+        scope=ReadScope(WS, everything=True), now=NOW, limit=100, filter=JobFilter(created_after=T0, created_before=NOW)
     ),
     "next page": JobQuery(scope=ReadScope(WS, everything=True), now=NOW, limit=100, after=(T0, "job-9")),
     "active only": JobQuery(scope=ReadScope(WS, everything=True), now=NOW, limit=100, only_active=True),
@@ -48,7 +46,7 @@ QUERIES: dict[str, JobQuery] = {
         scope=ReadScope(WS, everything=False, datasource_names=frozenset({"a", "b"}), pipe_names=frozenset({"p"})),
         now=NOW,
         limit=100,
-        status="working",
+        filter=JobFilter(status="working"),
     ),
 }
 
@@ -90,8 +88,8 @@ def test_claim_lapsed_and_log_queries_are_served_in_order_by_their_indexes() -> 
         claim_plan(claim_request(NOW, kinds={"copy", "import"}, workspace_id=WS), [], NOW),
         lapsed_plan(NOW, 10),
         log_plan(LogQuery(workspace_id=WS, limit=10)),
-        log_plan(LogQuery(workspace_id=WS, limit=10, job_id="j", after=(NOW, "j", 3))),
-        log_plan(LogQuery(workspace_id=WS, limit=10, kind="copy", status="done", created_after=T0)),
+        log_plan(LogQuery(workspace_id=WS, limit=10, after=(NOW, "j", 3), filter=JobFilter(job_id="j"))),
+        log_plan(LogQuery(workspace_id=WS, limit=10, filter=JobFilter(kind="copy", status="done", created_after=T0))),
     ]
     for plan in plans:
         assert sort_problem(plan.filter, plan.sort, INDEXES[plan.hint]) == "", plan

@@ -13,6 +13,7 @@ import pytest
 from pymongo.errors import AutoReconnect
 
 from jobsd.domain.clock import to_micros
+from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import Job, JobStatus
 from jobsd.domain.states import Action
 from jobsd.errors import InvalidArgument, Unavailable
@@ -116,7 +117,7 @@ async def test_a_log_row_not_copied_after_its_write_is_copied_by_the_sweep_befor
     done = move(working, Action.FINISH_DONE, NOW)
     emulated_client.fail_next("jobs_log", "insert_many", AutoReconnect("connection lost after the job write"))
     assert await emulated_store.compare_and_set(working, done)
-    log = LogQuery(workspace_id=ws, limit=10, job_id=done.id)
+    log = LogQuery(workspace_id=ws, limit=10, filter=JobFilter(job_id=done.id))
     assert [e.status for e in await emulated_store.list_log(log)] == ["working", "waiting"]
 
     past_window = T0 + RETENTION

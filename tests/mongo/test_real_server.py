@@ -13,6 +13,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from jobsd.domain.auth import ReadScope
+from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import Job
 from jobsd.domain.states import Action
 from jobsd.store.base import ChangeEvent, JobChanged, JobQuery, LogQuery
@@ -121,7 +122,10 @@ async def test_claim_lease_and_log_queries_are_index_walks_without_an_in_memory_
     several = await explain_claim(database, claim_plan(claim_request(NOW, kinds=("copy", "import")), [], NOW))
     assert_index_walk(several, "claim of two kinds")
     assert_index_walk(await explain_find(database.jobs, lapsed_plan(NOW, 100)), "lapsed leases")
-    for query in (LogQuery(workspace_id="ws-queries", limit=100), LogQuery("ws-queries", 100, job_id="j")):
+    for query in (
+        LogQuery(workspace_id="ws-queries", limit=100),
+        LogQuery("ws-queries", 100, filter=JobFilter(job_id="j")),
+    ):
         assert_index_walk(await explain_find(database.jobs_log, log_plan(query)), f"log {query}")
 
 

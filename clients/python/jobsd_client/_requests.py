@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.struct_pb2 import Struct
 
@@ -55,6 +55,45 @@ def _page_size(page_size: int) -> int:
     return page_size
 
 
+_Filtered = TypeVar("_Filtered", pb.ListJobsRequest, pb.ListJobsLogRequest, pb.WatchJobsRequest)
+_Listed = TypeVar("_Listed", pb.ListJobsRequest, pb.ListJobsLogRequest)
+
+
+def _filtered(
+    request: _Filtered,
+    *,
+    kind: str | None,
+    status: StatusFilter,
+    pipe_id: str | None,
+    pipe_name: str | None,
+    workspace_id: str | None,
+) -> _Filtered:
+    # The filters ListJobs, ListJobsLog and WatchJobs share.
+    request.workspace_id = workspace_id or ""
+    request.kind = kind or ""
+    request.status = _status_filter(status)
+    request.pipe_id = pipe_id or ""
+    request.pipe_name = pipe_name or ""
+    return request
+
+
+def _paged(
+    request: _Listed,
+    page_size: int,
+    page_token: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+) -> _Listed:
+    # The page and the created_at window of the two lists.
+    request.page_size = _page_size(page_size)
+    request.page_token = page_token or ""
+    if created_after is not None:
+        request.created_after.CopyFrom(to_timestamp(created_after))
+    if created_before is not None:
+        request.created_before.CopyFrom(to_timestamp(created_before))
+    return request
+
+
 def list_jobs_request(
     *,
     kind: str | None,
@@ -67,20 +106,10 @@ def list_jobs_request(
     page_size: int,
     page_token: str | None,
 ) -> pb.ListJobsRequest:
-    request = pb.ListJobsRequest(
-        workspace_id=workspace_id or "",
-        kind=kind or "",
-        status=_status_filter(status),
-        pipe_id=pipe_id or "",
-        pipe_name=pipe_name or "",
-        page_size=_page_size(page_size),
-        page_token=page_token or "",
+    request = _filtered(
+        pb.ListJobsRequest(), kind=kind, status=status, pipe_id=pipe_id, pipe_name=pipe_name, workspace_id=workspace_id
     )
-    if created_after is not None:
-        request.created_after.CopyFrom(to_timestamp(created_after))
-    if created_before is not None:
-        request.created_before.CopyFrom(to_timestamp(created_before))
-    return request
+    return _paged(request, page_size, page_token, created_after, created_before)
 
 
 def list_jobs_log_request(
@@ -96,32 +125,22 @@ def list_jobs_log_request(
     page_size: int,
     page_token: str | None,
 ) -> pb.ListJobsLogRequest:
-    request = pb.ListJobsLogRequest(
-        workspace_id=workspace_id or "",
-        job_id=job_id or "",
-        kind=kind or "",
-        status=_status_filter(status),
-        pipe_id=pipe_id or "",
-        pipe_name=pipe_name or "",
-        page_size=_page_size(page_size),
-        page_token=page_token or "",
+    request = _filtered(
+        pb.ListJobsLogRequest(job_id=job_id or ""),
+        kind=kind,
+        status=status,
+        pipe_id=pipe_id,
+        pipe_name=pipe_name,
+        workspace_id=workspace_id,
     )
-    if created_after is not None:
-        request.created_after.CopyFrom(to_timestamp(created_after))
-    if created_before is not None:
-        request.created_before.CopyFrom(to_timestamp(created_before))
-    return request
+    return _paged(request, page_size, page_token, created_after, created_before)
 
 
 def watch_jobs_request(
     *, kind: str | None, status: StatusFilter, pipe_id: str | None, pipe_name: str | None, workspace_id: str | None
 ) -> pb.WatchJobsRequest:
-    return pb.WatchJobsRequest(
-        workspace_id=workspace_id or "",
-        kind=kind or "",
-        status=_status_filter(status),
-        pipe_id=pipe_id or "",
-        pipe_name=pipe_name or "",
+    return _filtered(
+        pb.WatchJobsRequest(), kind=kind, status=status, pipe_id=pipe_id, pipe_name=pipe_name, workspace_id=workspace_id
     )
 
 

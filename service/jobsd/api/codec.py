@@ -10,6 +10,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from jobsd.domain.clock import to_micros
+from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import Job, JobStatus, LogEntry, ProcessedData, Progress, QueryProgress, Statistics, Workspace
 from jobsd.domain.redaction import redact_url, scrub
 from jobsd.errors import InvalidArgument
@@ -20,6 +21,7 @@ __all__ = [
     "STATUS_TO_PB",
     "JobWireCodec",
     "claimed_url_patch",
+    "filter_from_pb",
     "job_to_pb",
     "list_response_bytes",
     "log_to_pb",
@@ -56,6 +58,28 @@ def time_from_pb(msg: Any, field: str) -> datetime | None:
         return value.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):
         raise InvalidArgument(field, "is not a valid timestamp") from None
+
+
+def filter_from_pb(request: pb.ListJobsRequest | pb.ListJobsLogRequest | pb.WatchJobsRequest) -> JobFilter:
+    """The filter fields a list or watch request has (an empty one is no filter); bad timestamps name the field."""
+    fields = request.DESCRIPTOR.fields_by_name
+
+    def text(name: str) -> str | None:
+        return (getattr(request, name) or None) if name in fields else None
+
+    def moment(name: str) -> datetime | None:
+        return time_from_pb(request, name) if name in fields else None
+
+    return JobFilter(
+        workspace_id=text("workspace_id"),
+        job_id=text("job_id"),
+        kind=text("kind"),
+        status=text("status"),
+        pipe_id=text("pipe_id"),
+        pipe_name=text("pipe_name"),
+        created_after=moment("created_after"),
+        created_before=moment("created_before"),
+    )
 
 
 def struct_to_dict(msg: Any, field: str) -> dict[str, Any] | None:

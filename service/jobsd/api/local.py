@@ -13,6 +13,7 @@ from jobsd.api.codec import (
     STATUS_FROM_PB,
     JobWireCodec,
     claimed_url_patch,
+    filter_from_pb,
     job_to_pb,
     list_response_bytes,
     log_to_pb,
@@ -24,7 +25,8 @@ from jobsd.api.codec import (
 from jobsd.domain.clock import to_micros
 from jobsd.domain.validation import NewJob
 from jobsd.errors import JobsdError
-from jobsd.service.jobs import JobFilters, JobService, LogFilters, WatchEvent
+from jobsd.service.jobs import JobService
+from jobsd.service.watches import WatchEvent
 from jobsd_client import pb
 
 __all__ = ["LocalJobsApi", "LocalWorkersApi"]
@@ -81,17 +83,8 @@ class LocalJobsApi:
         """The serialised ListJobsResponse: the stored bytes of each job, framed as the repeated field (the gRPC edge
         sends them as they are; `list_jobs` parses them once, in C)."""
         principal = await self.service.authenticate(token)
-        filters = JobFilters(
-            workspace_id=request.workspace_id or None,
-            kind=request.kind or None,
-            status=request.status or None,
-            pipe_id=request.pipe_id or None,
-            pipe_name=request.pipe_name or None,
-            created_after=time_from_pb(request, "created_after"),
-            created_before=time_from_pb(request, "created_before"),
-        )
         records, next_token = await self.service.list_job_records(
-            principal, filters, request.page_size, request.page_token
+            principal, filter_from_pb(request), request.page_size, request.page_token
         )
         return list_response_bytes([r.wire for r in records], next_token)
 
@@ -135,16 +128,9 @@ class LocalJobsApi:
 
     async def list_jobs_log(self, token: str | None, request: pb.ListJobsLogRequest) -> pb.ListJobsLogResponse:
         principal = await self.service.authenticate(token)
-        filters = LogFilters(
-            workspace_id=request.workspace_id or None,
-            job_id=request.job_id or None,
-            kind=request.kind or None,
-            status=request.status or None,
-            pipe_id=request.pipe_id or None,
-            created_after=time_from_pb(request, "created_after"),
-            created_before=time_from_pb(request, "created_before"),
+        entries, next_token = await self.service.list_log(
+            principal, filter_from_pb(request), request.page_size, request.page_token
         )
-        entries, next_token = await self.service.list_log(principal, filters, request.page_size, request.page_token)
         return pb.ListJobsLogResponse(entries=[log_to_pb(e) for e in entries], next_page_token=next_token)
 
     async def get_workspace(self, token: str | None, request: pb.GetWorkspaceRequest) -> pb.Workspace:
@@ -161,17 +147,8 @@ class LocalJobsApi:
 
     async def watch_jobs(self, token: str | None, request: pb.WatchJobsRequest) -> AsyncIterator[pb.JobEvent]:
         principal = await self.service.authenticate(token)
-        filters = JobFilters(
-            workspace_id=request.workspace_id or None,
-            kind=request.kind or None,
-            status=request.status or None,
-            pipe_id=request.pipe_id or None,
-            pipe_name=request.pipe_name or None,
-            created_after=time_from_pb(request, "created_after"),
-            created_before=time_from_pb(request, "created_before"),
-        )
         changed_since = time_from_pb(request, "changed_since")
-        async for event in self.service.watch_jobs(principal, filters, changed_since):
+        async for event in self.service.watch_jobs(principal, filter_from_pb(request), changed_since):
             yield self._events.encode(event)
 
     async def ready(self) -> bool:

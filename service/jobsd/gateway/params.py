@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
+from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
 
@@ -100,18 +101,23 @@ def _text(query: Mapping[str, str], field: str) -> str:
     return query.get(field, "").strip()
 
 
+_ListRequest = TypeVar("_ListRequest", pb.ListJobsRequest, pb.ListJobsLogRequest)
+
+
+def _list_request(request: _ListRequest, query: Mapping[str, str], *names: str) -> _ListRequest:
+    # The filters every list shares (and those named), the page, then the window: limit errors come first.
+    for name in ("workspace_id", *names, "kind", "status", "pipe_id", "pipe_name"):
+        setattr(request, name, _text(query, name))
+    request.page_size = page_size(query)
+    request.page_token = _text(query, "page_token")
+    for name, bound in _window(query).items():
+        getattr(request, name).CopyFrom(bound)
+    return request
+
+
 def list_jobs_request(query: Mapping[str, str]) -> pb.ListJobsRequest:
     """`GET /v0/jobs?kind=&status=&pipe_id=&pipe_name=&created_after=&created_before=&limit=&page_token=`."""
-    return pb.ListJobsRequest(
-        workspace_id=_text(query, "workspace_id"),
-        kind=_text(query, "kind"),
-        status=_text(query, "status"),
-        pipe_id=_text(query, "pipe_id"),
-        pipe_name=_text(query, "pipe_name"),
-        page_size=page_size(query),
-        page_token=_text(query, "page_token"),
-        **_window(query),
-    )
+    return _list_request(pb.ListJobsRequest(), query)
 
 
 def watch_jobs_request(query: Mapping[str, str], changed_since_micros: int) -> pb.WatchJobsRequest:
@@ -131,14 +137,4 @@ def watch_jobs_request(query: Mapping[str, str], changed_since_micros: int) -> p
 
 def jobs_log_request(query: Mapping[str, str]) -> pb.ListJobsLogRequest:
     """`GET /v0/jobs_log`: the filters of /v0/jobs plus `job_id`."""
-    return pb.ListJobsLogRequest(
-        workspace_id=_text(query, "workspace_id"),
-        job_id=_text(query, "job_id"),
-        kind=_text(query, "kind"),
-        status=_text(query, "status"),
-        pipe_id=_text(query, "pipe_id"),
-        pipe_name=_text(query, "pipe_name"),
-        page_size=page_size(query),
-        page_token=_text(query, "page_token"),
-        **_window(query),
-    )
+    return _list_request(pb.ListJobsLogRequest(), query, "job_id")

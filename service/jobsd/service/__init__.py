@@ -2,7 +2,7 @@
 fan-out to watchers (`WatchHub`) and page tokens. It knows nothing of gRPC, HTTP or the store's technology."""
 
 from jobsd.service.hub import WatchHub
-from jobsd.service.jobs import Claim, HeartbeatResult, JobFilters, JobService, LogFilters
+from jobsd.service.jobs import Claim, HeartbeatResult, JobService
 from jobsd.service.watches import WatchEvent
 
-__all__ = ["Claim", "HeartbeatResult", "JobFilters", "JobService", "LogFilters", "WatchEvent", "WatchHub"]
+__all__ = ["Claim", "HeartbeatResult", "JobService", "WatchEvent", "WatchHub"]

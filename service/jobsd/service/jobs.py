@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from jobsd.domain.auth import Principal, hash_token
 from jobsd.domain.clock import Clock, to_micros
+from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import KNOWN_KINDS, Job, JobStatus, LogEntry, Progress, Workspace, datasource_id_for
 from jobsd.domain.rules import QueueRules, concurrency_key, is_visible
 from jobsd.domain.states import Action, apply_progress, transition
@@ -29,7 +30,7 @@ from jobsd.service.paging import checked_page_size, decode_cursor, encode_cursor
 from jobsd.service.watches import JobWatches, WatchEvent
 from jobsd.store.base import ClaimRequest, JobQuery, JobRecord, JobStore, LogQuery
 
-__all__ = ["Claim", "HeartbeatResult", "JobFilters", "JobService", "LogFilters", "WatchEvent"]
+__all__ = ["Claim", "HeartbeatResult", "JobService"]
 
 log = logging.getLogger(__name__)
 
@@ -38,40 +39,6 @@ MAX_ID_LENGTH = 128
 # Jobs this process wrote last, by id (see JobService._move).
 WRITTEN_KEPT = 1_024
 INVALID_TOKEN = "invalid authentication token"
-
-
-@dataclass(frozen=True, slots=True)
-class JobFilters:
-    workspace_id: str | None = None
-    kind: str | None = None
-    status: str | None = None
-    pipe_id: str | None = None
-    pipe_name: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-
-    def matches(self, job: Job) -> bool:
-        return (self.status is None or job.status.value == self.status) and self.matches_all_but_status(job)
-
-    def matches_all_but_status(self, job: Job) -> bool:
-        return (
-            (self.kind is None or job.kind == self.kind)
-            and (self.pipe_id is None or job.pipe_id == self.pipe_id)
-            and (self.pipe_name is None or job.pipe_name == self.pipe_name)
-            and (self.created_after is None or job.created_at >= self.created_after)
-            and (self.created_before is None or job.created_at <= self.created_before)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class LogFilters:
-    workspace_id: str | None = None
-    job_id: str | None = None
-    kind: str | None = None
-    status: str | None = None
-    pipe_id: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +86,7 @@ class JobService:
         self._token_cache: dict[str, tuple[float, Principal]] = {}
         # Tokens this process accepts without the store (the in-process executors'): by hash, never persisted.
         self._in_memory_tokens: dict[str, Principal] = {}
-        self._watches = JobWatches(self)
+        self._watches = JobWatches(store, hub, clock, metrics, self.get_job)
         # The last job this process wrote, per id, for the most recent WRITTEN_KEPT ids: a heartbeat or finish
         # decides on it instead of reading the job back. Only a first guess: the compare-and-set refuses it if the
         # store moved on (another process wrote), and the move is then decided again on what the store holds.
@@ -193,7 +160,7 @@ class JobService:
         return record
 
     async def list_job_records(
-        self, principal: Principal, filters: JobFilters, page_size: int = 0, page_token: str = ""
+        self, principal: Principal, filters: JobFilter, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[JobRecord], str]:
         """A page of jobs as the store's light records, newest first (the store applied the read scope)."""
         limit, query = self._list_query(principal, filters, page_size, page_token)
@@ -205,7 +172,7 @@ class JobService:
         return records, encode_cursor(last.created_at_us, last.id)
 
     def _list_query(
-        self, principal: Principal, filters: JobFilters, page_size: int, page_token: str
+        self, principal: Principal, filters: JobFilter, page_size: int, page_token: str
     ) -> tuple[int, JobQuery]:
         limit = checked_page_size(page_size)
         workspace_id = principal.workspace(filters.workspace_id)
@@ -214,21 +181,12 @@ class JobService:
             when, (job_id,) = decode_cursor(page_token, 2)
             after = (when, job_id)
         query = JobQuery(
-            scope=principal.read_scope(workspace_id),
-            now=self.clock.now(),
-            limit=limit + 1,
-            kind=filters.kind or None,
-            status=filters.status or None,
-            pipe_id=filters.pipe_id or None,
-            pipe_name=filters.pipe_name or None,
-            created_after=filters.created_after,
-            created_before=filters.created_before,
-            after=after,
+            scope=principal.read_scope(workspace_id), now=self.clock.now(), limit=limit + 1, filter=filters, after=after
         )
         return limit, query
 
     async def list_log(
-        self, principal: Principal, filters: LogFilters, page_size: int = 0, page_token: str = ""
+        self, principal: Principal, filters: JobFilter, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[LogEntry], str]:
         limit = checked_page_size(page_size)
         workspace_id = principal.workspace(filters.workspace_id)
@@ -245,17 +203,7 @@ class JobService:
                 raise InvalidArgument("page_token", "is not a page token this server issued")
             after = (when, job_id, int(revision))
         entries = await self.store.list_log(
-            LogQuery(
-                workspace_id=workspace_id,
-                limit=limit + 1,
-                job_id=filters.job_id or None,
-                kind=filters.kind or None,
-                status=filters.status or None,
-                pipe_id=filters.pipe_id or None,
-                created_after=filters.created_after,
-                created_before=filters.created_before,
-                after=after,
-            )
+            LogQuery(workspace_id=workspace_id, limit=limit + 1, filter=filters, after=after)
         )
         if len(entries) <= limit:
             return entries, ""
@@ -521,7 +469,7 @@ class JobService:
         return self._watches.watch_job(principal, job_id, since_revision)
 
     def watch_jobs(
-        self, principal: Principal, filters: JobFilters, changed_since: datetime | None = None
+        self, principal: Principal, filters: JobFilter, changed_since: datetime | None = None
     ) -> AsyncIterator[WatchEvent]:
         return self._watches.watch_jobs(principal, filters, changed_since)
 

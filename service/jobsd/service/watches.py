@@ -1,4 +1,4 @@
-"""The watch streams (SPEC §6 Watch): WatchJob and WatchJobs over the process's WatchHub.
+"""The watch streams (docs/contract.md#watch): WatchJob and WatchJobs over the process's WatchHub.
 
 A stream subscribes first and reads the store after, so no change falls between its snapshot and the feed; it
 replays missed status changes from jobs_log on resume, and closes after the terminal state.
@@ -6,21 +6,22 @@ replays missed status changes from jobs_log on resume, and closes after the term
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from jobsd.domain.auth import Principal, ReadScope
+from jobsd.domain.clock import Clock
+from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import Job, JobStatus
 from jobsd.errors import InvalidArgument
+from jobsd.metrics import Metrics
+from jobsd.service.hub import WatchHub
 from jobsd.service.paging import MAX_PAGE
-from jobsd.store.base import JobQuery, LogQuery
+from jobsd.store.base import JobQuery, JobStore, LogQuery
 
-if TYPE_CHECKING:
-    from jobsd.service.jobs import JobFilters, JobService
-
-__all__ = ["MAX_WATCH_SNAPSHOT", "RESUME_OVERLAP", "JobWatches", "WatchEvent"]
+__all__ = ["MAX_WATCH_SNAPSHOT", "RESUME_OVERLAP", "JobWatches", "ReadJob", "WatchEvent"]
 
 # WatchJobs opens with at most this many active jobs before SYNCED (and replays at most this many on resume).
 MAX_WATCH_SNAPSHOT = 10_000
@@ -39,21 +40,29 @@ class WatchEvent:
     synced_at: datetime | None = None
 
 
-class JobWatches:
-    """The watch streams of one JobService."""
+# (principal, job id) -> the job if the principal may read it (JobService.get_job: NotFound, PermissionDenied).
+ReadJob = Callable[[Principal, str], Awaitable[Job]]
 
-    def __init__(self, service: JobService) -> None:
-        self._service = service
+
+class JobWatches:
+    """The watch streams of one JobService: its store, hub, clock and metrics, and its authorised read."""
+
+    def __init__(self, store: JobStore, hub: WatchHub, clock: Clock, metrics: Metrics, read_job: ReadJob) -> None:
+        self._store = store
+        self._hub = hub
+        self._clock = clock
+        self._metrics = metrics
+        self._read_job = read_job
 
     async def watch_job(self, principal: Principal, job_id: str, since_revision: int = 0) -> AsyncIterator[WatchEvent]:
         if since_revision < 0:
             raise InvalidArgument("since_revision", "must not be negative")
-        job = await self._service.get_job(principal, job_id)  # authorise before subscribing
-        sub = self._service.hub.subscribe(lambda _job: True, job_id=job.id)
-        self._service.metrics.watchers.inc()
+        job = await self._read_job(principal, job_id)  # authorise before subscribing
+        sub = self._hub.subscribe(lambda _job: True, job_id=job.id)
+        self._metrics.watchers.inc()
         try:
             # Re-read after subscribing so no change can fall between the snapshot and the feed.
-            job = await self._service.get_job(principal, job_id)
+            job = await self._read_job(principal, job_id)
             if since_revision > job.revision:
                 raise InvalidArgument(
                     "since_revision", f"is ahead of the job: {since_revision} > its revision {job.revision}"
@@ -71,7 +80,7 @@ class JobWatches:
                 return
             async for change in sub.events():
                 if change is None:  # the feed was reset: re-read
-                    change = await self._service.get_job(principal, job_id)
+                    change = await self._read_job(principal, job_id)
                     kind: Literal["snapshot", "status", "progress"] = "snapshot"
                 else:
                     kind = "status" if change.status_revision == change.revision else "progress"
@@ -82,28 +91,31 @@ class JobWatches:
                 if change.status.is_terminal:
                     return
         finally:
-            self._service.metrics.watchers.dec()
-            self._service.hub.unsubscribe(sub)
+            self._metrics.watchers.dec()
+            self._hub.unsubscribe(sub)
 
     async def _changed_since(
-        self, scope: ReadScope, filters: JobFilters, since: datetime, snapshot: Collection[str]
+        self, scope: ReadScope, filters: JobFilter, since: datetime, snapshot: Collection[str]
     ) -> list[Job]:
         """The jobs (current state) whose status changed at or after `since`, matching `filters` but for the status,
         readable by `scope` and not in the opening `snapshot`; oldest change first. jobs_log has every status change,
         newest first, so the walk stops at the first row older than `since`."""
-        now = self._service.clock.now()
+        now = self._clock.now()
         seen: set[str] = set()
         changed: list[Job] = []
         after: tuple[datetime, str, int] | None = None
         while True:
-            entries = await self._service.store.list_log(
+            entries = await self._store.list_log(
                 LogQuery(
                     workspace_id=scope.workspace_id,
                     limit=MAX_PAGE,
-                    kind=filters.kind or None,
-                    pipe_id=filters.pipe_id or None,
-                    created_after=filters.created_after,
-                    created_before=filters.created_before,
+                    # Not the status (the job's current one is what matters) nor the pipe name (matched below).
+                    filter=JobFilter(
+                        kind=filters.kind,
+                        pipe_id=filters.pipe_id,
+                        created_after=filters.created_after,
+                        created_before=filters.created_before,
+                    ),
                     after=after,
                 )
             )
@@ -119,7 +131,7 @@ class JobWatches:
                         f"is too far back: more than {MAX_WATCH_SNAPSHOT} jobs changed since; "
                         "open the stream without it and list the jobs again",
                     )
-                job = await self._service.store.get_job(entry.job_id, now)
+                job = await self._store.get_job(entry.job_id, now)
                 if job is not None and scope.allows(job) and filters.matches_all_but_status(job):
                     changed.append(job)
             if len(entries) < MAX_PAGE:
@@ -128,8 +140,8 @@ class JobWatches:
             after = (last.updated_at, last.job_id, last.revision)
 
     async def _missed_status_changes(self, job: Job, since_revision: int) -> list[Job]:
-        entries = await self._service.store.list_log(
-            LogQuery(workspace_id=job.workspace_id, limit=MAX_PAGE, job_id=job.id)
+        entries = await self._store.list_log(
+            LogQuery(workspace_id=job.workspace_id, limit=MAX_PAGE, filter=JobFilter(job_id=job.id))
         )
         missed = sorted((e for e in entries if since_revision < e.revision < job.revision), key=lambda e: e.revision)
         return [
@@ -146,7 +158,7 @@ class JobWatches:
         ]
 
     async def watch_jobs(
-        self, principal: Principal, filters: JobFilters, changed_since: datetime | None = None
+        self, principal: Principal, filters: JobFilter, changed_since: datetime | None = None
     ) -> AsyncIterator[WatchEvent]:
         workspace_id = principal.workspace(filters.workspace_id)
         scope = principal.read_scope(workspace_id)
@@ -155,23 +167,18 @@ class JobWatches:
         def accepts(job: Job) -> bool:
             return scope.allows(job) and (filters.matches(job) or job.id in sent)
 
-        sub = self._service.hub.subscribe(accepts)
-        self._service.metrics.watchers.inc()
+        sub = self._hub.subscribe(accepts)
+        self._metrics.watchers.inc()
         try:
-            synced_at = self._service.clock.now()
+            synced_at = self._clock.now()
             after: tuple[datetime, str] | None = None
             while len(sent) < MAX_WATCH_SNAPSHOT:
-                page = await self._service.store.list_jobs(
+                page = await self._store.list_jobs(
                     JobQuery(
                         scope=scope,
-                        now=self._service.clock.now(),
+                        now=self._clock.now(),
                         limit=MAX_PAGE,
-                        kind=filters.kind or None,
-                        status=filters.status or None,
-                        pipe_id=filters.pipe_id or None,
-                        pipe_name=filters.pipe_name or None,
-                        created_after=filters.created_after,
-                        created_before=filters.created_before,
+                        filter=filters,
                         after=after,
                         only_active=True,
                     )
@@ -203,5 +210,5 @@ class JobWatches:
                     sent[change.id] = change.revision
                 yield WatchEvent("status" if change.status_revision == change.revision else "progress", change)
         finally:
-            self._service.metrics.watchers.dec()
-            self._service.hub.unsubscribe(sub)
+            self._metrics.watchers.dec()
+            self._hub.unsubscribe(sub)

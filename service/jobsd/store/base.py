@@ -17,12 +17,13 @@ Rules every backend keeps:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
 from jobsd.domain.auth import ReadScope
 from jobsd.domain.clock import from_micros
+from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
 
 __all__ = [
@@ -66,17 +67,13 @@ class JobRecord(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class JobQuery:
-    """A page of jobs, newest first (created_at desc, id desc)."""
+    """A page of jobs, newest first (created_at desc, id desc), within `scope` (which fixes the workspace)."""
 
     scope: ReadScope
     now: datetime
     limit: int
-    kind: str | None = None
-    status: str | None = None
-    pipe_id: str | None = None
-    pipe_name: str | None = None
-    created_after: datetime | None = None  # inclusive
-    created_before: datetime | None = None  # inclusive
+    # Every field but workspace_id (the scope has it) and job_id (a jobs_log filter) narrows the page.
+    filter: JobFilter = field(default_factory=JobFilter)
     # Keyset pagination: only jobs strictly after this (created_at, id) in the newest-first order.
     after: tuple[datetime, str] | None = None
     # Only jobs not in a terminal status (WatchJobs' opening snapshot).
@@ -89,12 +86,8 @@ class LogQuery:
 
     workspace_id: str
     limit: int
-    job_id: str | None = None
-    kind: str | None = None
-    status: str | None = None
-    pipe_id: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    # Every field but workspace_id (above) narrows the page; kind matches the row's job_type.
+    filter: JobFilter = field(default_factory=JobFilter)
     after: tuple[datetime, str, int] | None = None
 
 

@@ -135,6 +135,8 @@ def log_document(entry: LogEntry) -> dict[str, Any]:
         "workspace_id": entry.workspace_id,
         "request_id": entry.request_id,
         "pipe_id": entry.pipe_id,
+        # Not a jobs_log column (Tinybird has it in job_metadata only), but filtered on: ListJobsLog pipe_name.
+        "pipe_name": entry.job_metadata.get("pipe_name"),
         "datasource_id": entry.datasource_id,
         "job_metadata": _json("job_metadata", entry.job_metadata),
     }

@@ -156,11 +156,11 @@ def list_plans(query: JobQuery) -> list[FindPlan]:
     equal: dict[str, Any] = {"workspace_id": query.scope.workspace_id}
     index = _BY_WORKSPACE
     for name, name_index in reversed(_FILTER_INDEXES):
-        value = getattr(query, name)
+        value = getattr(query.filter, name)
         if value is not None:
             equal[name] = value
             index = name_index  # reversed: the most selective filter present wins
-    created = _created_range(query.created_after, query.created_before)
+    created = _created_range(query.filter.created_after, query.filter.created_before)
     conditions: list[dict[str, Any]] = [visible_at(query.now)]
     if query.after is not None:
         at, job_id = to_micros(query.after[0]), query.after[1]
@@ -221,16 +221,18 @@ def lapsed_plan(now: datetime, limit: int) -> FindPlan:
 def log_plan(query: LogQuery) -> FindPlan:
     """jobs_log rows newest first (updated_at, job_id, revision), on the workspace index or, for one job, on the
     job index (where job_id is fixed, so it drops out of the order)."""
+    wanted = query.filter
     doc: dict[str, Any] = {"workspace_id": query.workspace_id}
     for name, value in (
-        ("job_id", query.job_id),
-        ("job_type", query.kind),
-        ("status", query.status),
-        ("pipe_id", query.pipe_id),
+        ("job_id", wanted.job_id),
+        ("job_type", wanted.kind),
+        ("status", wanted.status),
+        ("pipe_id", wanted.pipe_id),
+        ("pipe_name", wanted.pipe_name),
     ):
         if value is not None:
             doc[name] = value
-    created = _created_range(query.created_after, query.created_before)
+    created = _created_range(wanted.created_after, wanted.created_before)
     if created:
         doc["created_at_us"] = created
     if query.after is not None:
@@ -245,6 +247,6 @@ def log_plan(query: LogQuery) -> FindPlan:
                 ]
             }
         ]
-    if query.job_id is not None:
+    if wanted.job_id is not None:
         return FindPlan(doc, (("updated_at_us", -1), ("revision", -1)), LOG_BY_JOB, query.limit)
     return FindPlan(doc, (("updated_at_us", -1), ("job_id", -1), ("revision", -1)), LOG_BY_WORKSPACE, query.limit)

@@ -437,18 +437,19 @@ class SqliteStore:
         where = ["workspace_id = ?", _VISIBLE]
         params: list[Any] = [query.scope.workspace_id, to_micros(query.now)]
         index = "jobs_by_workspace"
+        wanted = query.filter
         for column, column_index in reversed(_FILTER_INDEXES):
-            value = getattr(query, column)
+            value = getattr(wanted, column)
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
                 index = column_index  # reversed: the most selective filter present wins
-        if query.created_after is not None:
+        if wanted.created_after is not None:
             where.append("created_at >= ?")
-            params.append(to_micros(query.created_after))
-        if query.created_before is not None:
+            params.append(to_micros(wanted.created_after))
+        if wanted.created_before is not None:
             where.append("created_at <= ?")
-            params.append(to_micros(query.created_before))
+            params.append(to_micros(wanted.created_before))
         if query.after is not None:
             where.append("(created_at, id) < (?, ?)")
             params.extend((to_micros(query.after[0]), query.after[1]))
@@ -596,29 +597,32 @@ class SqliteStore:
     async def list_log(self, query: LogQuery) -> list[LogEntry]:
         if query.limit < 1:
             raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
+        wanted = query.filter
         where = ["workspace_id = ?"]
         params: list[Any] = [query.workspace_id]
         for column, value in (
-            ("job_id", query.job_id),
-            ("job_type", query.kind),
-            ("status", query.status),
-            ("pipe_id", query.pipe_id),
+            ("job_id", wanted.job_id),
+            ("job_type", wanted.kind),
+            ("status", wanted.status),
+            ("pipe_id", wanted.pipe_id),
+            # The row has no pipe_name column; its job_metadata has it (rows are scanned in index order anyway).
+            ("json_extract(job_metadata, '$.pipe_name')", wanted.pipe_name),
         ):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        if query.created_after is not None:
+        if wanted.created_after is not None:
             where.append("created_at >= ?")
-            params.append(to_micros(query.created_after))
-        if query.created_before is not None:
+            params.append(to_micros(wanted.created_after))
+        if wanted.created_before is not None:
             where.append("created_at <= ?")
-            params.append(to_micros(query.created_before))
+            params.append(to_micros(wanted.created_before))
         if query.after is not None:
             updated_at, job_id, revision = query.after
             where.append("(updated_at, job_id, revision) < (?, ?, ?)")
             params.extend((to_micros(updated_at), job_id, revision))
         # One job's rows are few: its primary key finds them. Otherwise the workspace index is the page order.
-        index = "" if query.job_id is not None else "INDEXED BY jobs_log_by_workspace"
+        index = "" if wanted.job_id is not None else "INDEXED BY jobs_log_by_workspace"
         sql = (
             f"SELECT {_LOG_COLUMNS} FROM jobs_log {index} WHERE {' AND '.join(where)} "
             "ORDER BY updated_at DESC, job_id DESC, revision DESC LIMIT ?"
