@@ -9,24 +9,35 @@
 
 Messages are the generated protobuf classes (`from jobsd_client import pb`); errors are `jobsd_client.errors`.
 This package never imports the server package `jobsd`.
+
+Only the errors are imported with the package; the rest (the clients, the worker, the messages) loads on first
+use, so code that only raises or catches jobsd's errors (the server's domain layer) never loads gRPC.
 """
 
-from jobsd_client import pb
-from jobsd_client.async_client import AsyncJobsClient
-from jobsd_client.convert import STATUS_NAMES, TERMINAL_STATUSES, message_to_dict, status_name, status_value
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from jobsd_client.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     JobsdClientError,
+    JobsdError,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
-from jobsd_client.sync_client import JobsClient
-from jobsd_client.worker import Handler, JobCancelled, JobContext, JobFailed, Worker, run_until_signalled
+
+if TYPE_CHECKING:
+    from jobsd_client import pb
+    from jobsd_client.async_client import AsyncJobsClient
+    from jobsd_client.convert import STATUS_NAMES, TERMINAL_STATUSES, message_to_dict, status_name, status_value
+    from jobsd_client.sync_client import JobsClient
+    from jobsd_client.worker import Handler, JobCancelled, JobContext, JobFailed, Worker, run_until_signalled
 
 __all__ = [
     "STATUS_NAMES",
@@ -41,6 +52,7 @@ __all__ = [
     "JobFailed",
     "JobsClient",
     "JobsdClientError",
+    "JobsdError",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
@@ -53,3 +65,35 @@ __all__ = [
     "status_name",
     "status_value",
 ]
+
+# Public name -> the module that defines it (imported on first access).
+_LAZY = {
+    "AsyncJobsClient": "jobsd_client.async_client",
+    "JobsClient": "jobsd_client.sync_client",
+    "STATUS_NAMES": "jobsd_client.convert",
+    "TERMINAL_STATUSES": "jobsd_client.convert",
+    "message_to_dict": "jobsd_client.convert",
+    "status_name": "jobsd_client.convert",
+    "status_value": "jobsd_client.convert",
+    "Handler": "jobsd_client.worker",
+    "JobCancelled": "jobsd_client.worker",
+    "JobContext": "jobsd_client.worker",
+    "JobFailed": "jobsd_client.worker",
+    "Worker": "jobsd_client.worker",
+    "run_until_signalled": "jobsd_client.worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "pb":
+        return importlib.import_module("jobsd_client.pb")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jobsd_client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,16 +1,22 @@
-"""The client's error hierarchy: one class per gRPC status code jobsd answers with (SPEC §6).
+"""The one error taxonomy of jobsd, shared by the server and the client SDK, free of any transport.
 
-The client package never imports the server package, so it mirrors `jobsd.errors` here instead of sharing it.
-Every failed RPC raises a `JobsdClientError` subclass carrying the gRPC `code`, the server's message and, for
-`InvalidArgument`, the offending `field` (trailing metadata key `jobsd-field`).
+Every failure a caller can see is a `JobsdError` subclass. Each class carries its code as data: `code_name`, the
+canonical (gRPC) status code name such as ``"NOT_FOUND"``, and `http_status`, the status the REST gateway answers
+with. The edges map those once each (the gRPC servicers turn `code_name` into a `grpc.StatusCode`, the gateway uses
+`http_status`); `error_for_code` (the code -> class table, derived from the classes) and `error_from_rpc` (a
+failed gRPC call -> its exception, for the SDK and the standalone gateway) rebuild errors that crossed the wire.
+
+Importing this module loads no gRPC: the domain raises these errors and knows nothing of transports. `code`
+(a `grpc.StatusCode`) is computed on access, for callers that compare with grpc's enum.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = [
     "FIELD_METADATA_KEY",
@@ -21,118 +27,172 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "JobsdClientError",
+    "JobsdError",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "error_for_code",
     "error_from_rpc",
 ]
 
-# Trailing-metadata key in which jobsd names the field an INVALID_ARGUMENT is about.
+# Trailing-metadata key in which jobsd names the request field an INVALID_ARGUMENT is about.
 FIELD_METADATA_KEY = "jobsd-field"
 
 
-class JobsdClientError(Exception):
-    """A call to jobsd failed. `code` is the gRPC status code, `field` the request field at fault (if known)."""
+class JobsdError(Exception):
+    """A failure jobsd reports: `message` for people, `code_name` and `http_status` for programs.
 
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    `field` names the request field at fault, when one is (always for `InvalidArgument`).
+    """
 
-    def __init__(self, message: str, *, code: grpc.StatusCode | None = None, field: str | None = None) -> None:
+    code_name: str = "UNKNOWN"
+    http_status: int = 500
+
+    def __init__(self, message: str, *, field: str | None = None, code_name: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
-        if code is not None:
-            self.code = code
+        if code_name is not None and code_name != type(self).code_name:
+            # A code without a class of its own (an error from a newer or another server).
+            self.code_name = code_name
 
     def __str__(self) -> str:
         return self.message
 
+    @property
+    def code(self) -> grpc.StatusCode:
+        """The gRPC status code (`grpc.StatusCode`) of this error."""
+        import grpc
 
-class InvalidArgument(JobsdClientError, ValueError):
-    """A request field is missing or malformed; `field` names it. Also raised for bad input caught locally."""
+        return grpc.StatusCode[self.code_name]
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+
+# The SDK's name for the base class since its first release; the same class.
+JobsdClientError = JobsdError
+
+
+class InvalidArgument(JobsdError, ValueError):
+    """A request field is missing or malformed: `field` names it, `problem` says what is wrong.
+
+    Also raised by the SDK for bad input it catches before sending anything.
+    """
+
+    code_name = "INVALID_ARGUMENT"
+    http_status = 400
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}", field=field)
+        self.problem = problem
 
     @classmethod
     def for_field(cls, field: str, problem: str) -> InvalidArgument:
-        return cls(f"{field}: {problem}", field=field)
+        """The error for `field` (kept for callers of the SDK's earlier releases; same as the constructor)."""
+        return cls(field, problem)
+
+    @classmethod
+    def from_wire(cls, message: str, field: str | None) -> InvalidArgument:
+        """The error a server sent: its message exactly as sent, the field from the trailing metadata."""
+        error = cls.__new__(cls)
+        JobsdError.__init__(error, message, field=field)
+        prefix = f"{field}: " if field else ""
+        error.problem = message[len(prefix) :] if prefix and message.startswith(prefix) else message
+        return error
 
 
-class NotFound(JobsdClientError):
-    code = grpc.StatusCode.NOT_FOUND
+class NotFound(JobsdError):
+    """No such job or workspace, or it is past its visibility window."""
+
+    code_name = "NOT_FOUND"
+    http_status = 404
 
 
-class PermissionDenied(JobsdClientError):
+class PermissionDenied(JobsdError):
     """The token is valid but does not reach this workspace, job or scope."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code_name = "PERMISSION_DENIED"
+    http_status = 403
 
 
-class Unauthenticated(JobsdClientError):
-    """No token, or a token jobsd does not know."""
+class Unauthenticated(JobsdError):
+    """No token, or a token jobsd does not know. Tinybird answers 403 for it, so the gateway does too."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code_name = "UNAUTHENTICATED"
+    http_status = 403
 
 
-class FailedPrecondition(JobsdClientError):
+class FailedPrecondition(JobsdError):
     """The job's state refuses the operation (not cancellable, already cancelling, stale lease, ...)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code_name = "FAILED_PRECONDITION"
+    http_status = 400
 
 
-class AlreadyExists(JobsdClientError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+class AlreadyExists(JobsdError):
+    """The thing to create exists already."""
+
+    code_name = "ALREADY_EXISTS"
+    http_status = 409
 
 
-class ResourceExhausted(JobsdClientError):
-    """A limit was hit (too many streams, a request too large); retrying later may work."""
+class ResourceExhausted(JobsdError):
+    """A limit was hit (too many streams, a request too large, a subscriber too slow); later may work."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code_name = "RESOURCE_EXHAUSTED"
+    http_status = 429
 
 
-class Unavailable(JobsdClientError):
+class Unavailable(JobsdError):
     """jobsd (or its store) cannot be reached right now; the call may be retried."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code_name = "UNAVAILABLE"
+    http_status = 503
 
 
-class DeadlineExceeded(JobsdClientError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+class DeadlineExceeded(JobsdError):
+    """The call did not finish within its deadline."""
+
+    code_name = "DEADLINE_EXCEEDED"
+    http_status = 504
 
 
-class Cancelled(JobsdClientError):
-    code = grpc.StatusCode.CANCELLED
+class Cancelled(JobsdError):
+    """The call was cancelled (by the caller, or by the server shutting down)."""
+
+    code_name = "CANCELLED"
 
 
-class Unimplemented(JobsdClientError):
+class Unimplemented(JobsdError):
     """The server does not know this RPC (an older jobsd)."""
 
-    code = grpc.StatusCode.UNIMPLEMENTED
+    code_name = "UNIMPLEMENTED"
 
 
-class Internal(JobsdClientError):
-    code = grpc.StatusCode.INTERNAL
+class Internal(JobsdError):
+    """The server failed in a way it does not describe (never with a stack trace)."""
+
+    code_name = "INTERNAL"
 
 
-_BY_CODE: dict[grpc.StatusCode, type[JobsdClientError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidArgument,
-        NotFound,
-        PermissionDenied,
-        Unauthenticated,
-        FailedPrecondition,
-        AlreadyExists,
-        ResourceExhausted,
-        Unavailable,
-        DeadlineExceeded,
-        Cancelled,
-        Unimplemented,
-        Internal,
-    )
-}
+def _with_own_code(cls: type[JobsdError]) -> list[type[JobsdError]]:
+    found = [cls] if "code_name" in vars(cls) else []
+    for sub in cls.__subclasses__():
+        found += _with_own_code(sub)
+    return found
+
+
+def error_for_code(code_name: str) -> type[JobsdError]:
+    """The class of a status code name (`"NOT_FOUND"` -> `NotFound`); `JobsdError` itself for the others.
+
+    Derived from the classes: the first class (in definition order) that declares the code owns it, so a
+    refinement such as the server's `StaleLease` (a FailedPrecondition) never takes its parent's place.
+    """
+    by_code: dict[str, type[JobsdError]] = {}
+    for cls in _with_own_code(JobsdError):
+        by_code.setdefault(cls.code_name, cls)
+    return by_code.get(code_name, JobsdError)
 
 
 def _field_from(metadata: Iterable[Any] | None) -> str | None:
@@ -144,16 +204,19 @@ def _field_from(metadata: Iterable[Any] | None) -> str | None:
     return None
 
 
-def error_from_rpc(error: grpc.RpcError) -> JobsdClientError:
+def error_from_rpc(error: grpc.RpcError) -> JobsdError:
     """The typed error for a failed call (sync `grpc.RpcError` or `grpc.aio.AioRpcError`)."""
     code_of = getattr(error, "code", None)
-    code = code_of() if callable(code_of) else grpc.StatusCode.UNKNOWN
+    code = code_of() if callable(code_of) else None
+    code_name = code.name if code is not None else "UNKNOWN"
     details_of = getattr(error, "details", None)
-    details = (details_of() if callable(details_of) else None) or code.name
+    details = str((details_of() if callable(details_of) else None) or code_name)
     trailing_of = getattr(error, "trailing_metadata", None)
     try:
         field = _field_from(trailing_of() if callable(trailing_of) else None)
     except (TypeError, ValueError):  # malformed metadata never hides the real error
         field = None
-    cls = _BY_CODE.get(code, JobsdClientError)
-    return cls(str(details), code=code, field=field)
+    cls = error_for_code(code_name)
+    if issubclass(cls, InvalidArgument):
+        return cls.from_wire(details, field)
+    return cls(details, field=field, code_name=code_name)

@@ -12,8 +12,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from jobsd.errors import FIELD_METADATA_KEY, JobsdError, Unavailable, error_from_grpc
+from jobsd.errors import JobsdError, Unavailable
 from jobsd_client import pb
+from jobsd_client.errors import DeadlineExceeded, error_from_rpc
 from jobsd_client.pb import jobs_pb2_grpc
 
 __all__ = ["GrpcJobsApi", "translate_rpc_error"]
@@ -24,17 +25,11 @@ _READY_TIMEOUT_SECONDS = 2.0
 
 
 def translate_rpc_error(exc: grpc.aio.AioRpcError) -> JobsdError:
-    """The JobsdError a remote jobsd raised, rebuilt from the status code, details and trailing metadata."""
-    code = exc.code()
-    details = exc.details() or ""
-    if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
-        return Unavailable(f"The jobs service is unavailable: {details or code.name}")
-    field = None
-    trailing: Any = exc.trailing_metadata() or ()
-    for key, value in trailing:
-        if key == FIELD_METADATA_KEY:
-            field = value if isinstance(value, str) else value.decode()
-    return error_from_grpc(code, details, field)
+    """The JobsdError a remote jobsd raised (the SDK's translator); a remote out of reach is Unavailable (503)."""
+    error = error_from_rpc(exc)
+    if isinstance(error, Unavailable | DeadlineExceeded):
+        return Unavailable(f"The jobs service is unavailable: {error.message}")
+    return error
 
 
 class GrpcJobsApi:

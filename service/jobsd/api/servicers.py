@@ -20,6 +20,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
 from jobsd.api.local import LocalJobsApi, LocalWorkersApi
+from jobsd.api.status import grpc_status
 from jobsd.errors import FIELD_METADATA_KEY, InvalidArgument, JobsdError
 from jobsd.metrics import Metrics
 from jobsd_client import pb
@@ -45,7 +46,7 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
     if isinstance(exc, JobsdError):
         if exc.field:
             context.set_trailing_metadata(((FIELD_METADATA_KEY, exc.field),))
-        await context.abort(exc.grpc_code, exc.message)
+        await context.abort(grpc_status(exc), exc.message)
     log.error("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
@@ -97,7 +98,7 @@ class _Edge:
                 raise request.error()
             return await call(bearer_token(context), request)
         except Exception as exc:
-            code = exc.grpc_code.name if isinstance(exc, JobsdError) else "INTERNAL"
+            code = grpc_status(exc).name if isinstance(exc, JobsdError) else "INTERNAL"
             await _abort(context, exc, method)
             raise  # unreachable: abort raises
         finally:
