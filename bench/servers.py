@@ -19,7 +19,6 @@ import asyncio
 import cProfile
 import json
 import os
-import signal
 import sqlite3
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+from jobsd_client.signals import until_signalled
 
 __all__ = ["SERVER_OPTIONS", "main"]
 
@@ -42,14 +43,6 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 
 def _ready(**ports: int | None) -> None:
     print(json.dumps({**ports, "pid": os.getpid()}), flush=True)
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 # ---------------------------------------------------------------- jobsd
@@ -71,7 +64,7 @@ async def _serve_jobsd(args: argparse.Namespace) -> None:
     await app.start()
     _ready(grpc=app.grpc_port, http=app.http_port)
     try:
-        await _until_signalled()
+        await until_signalled()
     finally:
         await app.stop()
 
@@ -118,7 +111,7 @@ async def _serve_echo(args: argparse.Namespace) -> None:
     await server.start()
     _ready(grpc=port)
     try:
-        await _until_signalled()
+        await until_signalled()
     finally:
         await server.stop(0.5)
 
@@ -143,7 +136,7 @@ async def _serve_hello(args: argparse.Namespace) -> None:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     _ready(http=port)
     try:
-        await _until_signalled()
+        await until_signalled()
     finally:
         await runner.cleanup()
 

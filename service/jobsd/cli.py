@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +12,7 @@ from jobsd.app import JobsdApp
 from jobsd.errors import JobsdError
 from jobsd.log_config import configure_logging
 from jobsd.settings import Settings, add_arguments, settings_from
+from jobsd_client.signals import stop_on_signals, until_signalled
 
 __all__ = ["main"]
 
@@ -46,14 +46,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--data-dir", default=None, help="(env JOBSD_DATA_DIR)")
     return parser
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 def _banner(settings: Settings, app: JobsdApp) -> str:
@@ -96,7 +88,7 @@ async def _serve(settings: Settings, banner: bool) -> int:
     if banner:
         print(_banner(settings, app), flush=True)
     try:
-        await _until_signalled()
+        await until_signalled()
     finally:
         await app.stop()
     return 0
@@ -121,11 +113,8 @@ async def _gateway(args: argparse.Namespace) -> int:
     from jobsd.gateway.standalone import run_standalone
 
     settings = settings_from(os.environ, {"http_addr": args.http_addr, "public_url": args.public_url})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await run_standalone(settings, args.grpc_target, stop)
+    with stop_on_signals() as stop:
+        await run_standalone(settings, args.grpc_target, stop)
     return 0
 
 
@@ -138,7 +127,7 @@ async def _worker(args: argparse.Namespace) -> int:
     settings = settings_from(os.environ, {"data_dir": args.data_dir})
     runner = ExecutorRunner(settings, args.grpc_target, args.token)
     await runner.start()
-    signalled = asyncio.create_task(_until_signalled())
+    signalled = asyncio.create_task(until_signalled())
     worker_ended = asyncio.create_task(runner.wait())
     try:
         await asyncio.wait({signalled, worker_ended}, return_when=asyncio.FIRST_COMPLETED)

@@ -48,6 +48,7 @@ from jobsd_client.errors import (
     Unimplemented,
 )
 from jobsd_client.figures import QUERY_STATUSES, Figures, validate_report
+from jobsd_client.signals import STOP_SIGNALS, stop_on_signals
 
 __all__ = [
     "MAX_ERROR_CHARS",
@@ -539,25 +540,20 @@ async def _call(handler: Handler, ctx: JobContext) -> None:
 
 
 async def run_until_signalled(
-    worker: Worker, *, grace: float = 10.0, signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM)
+    worker: Worker, *, grace: float = 10.0, signals: Sequence[signal.Signals] = STOP_SIGNALS
 ) -> None:
     """Run `worker` until one of `signals` (SIGTERM, Ctrl-C) arrives, then stop it gracefully."""
-    loop = asyncio.get_running_loop()
-    signalled = asyncio.Event()
-    for sig in signals:
-        loop.add_signal_handler(sig, signalled.set)
-    run_task = asyncio.create_task(worker.run(), name=f"jobsd-worker-run-{worker.worker_id}")
-    signal_task = asyncio.create_task(signalled.wait())
-    try:
-        await asyncio.wait({run_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
-        if signalled.is_set():
-            _log.info("signal received: stopping (grace %.1fs)", grace)
-            await worker.stop(grace=grace)
-        await run_task
-    finally:
-        signal_task.cancel()
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        if not run_task.done():
-            run_task.cancel()
-            await asyncio.wait({run_task})
+    with stop_on_signals(signals) as signalled:
+        run_task = asyncio.create_task(worker.run(), name=f"jobsd-worker-run-{worker.worker_id}")
+        signal_task = asyncio.create_task(signalled.wait())
+        try:
+            await asyncio.wait({run_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
+            if signalled.is_set():
+                _log.info("signal received: stopping (grace %.1fs)", grace)
+                await worker.stop(grace=grace)
+            await run_task
+        finally:
+            signal_task.cancel()
+            if not run_task.done():
+                run_task.cancel()
+                await asyncio.wait({run_task})

@@ -17,9 +17,6 @@ from jobsd.errors import FailedPrecondition
 
 __all__ = ["TRANSITIONS", "Action", "apply_progress", "transition"]
 
-W, R, C = JobStatus.WAITING, JobStatus.WORKING, JobStatus.CANCELLING
-DONE, ERR, CAN = JobStatus.DONE, JobStatus.ERROR, JobStatus.CANCELLED
-
 
 class Action(enum.StrEnum):
     CLAIM = "claim"  # a worker takes the job
@@ -34,20 +31,26 @@ class Action(enum.StrEnum):
 
 # (from status, action) -> to status. Anything missing is refused.
 TRANSITIONS: dict[tuple[JobStatus, Action], JobStatus] = {
-    (W, Action.CLAIM): R,
-    (W, Action.CANCEL): CAN,
-    (R, Action.CANCEL): C,  # only for kinds in CANCELLABLE_WHILE_WORKING (guard below)
-    (R, Action.FINISH_DONE): DONE,
-    (R, Action.FINISH_ERROR): ERR,
-    (R, Action.RELEASE): W,
-    (R, Action.LEASE_REQUEUE): W,
-    (R, Action.LEASE_EXHAUSTED): ERR,
-    (C, Action.FINISH_DONE): DONE,  # it finished before it noticed the cancel
-    (C, Action.FINISH_ERROR): ERR,
-    (C, Action.FINISH_CANCELLED): CAN,
-    (C, Action.RELEASE): CAN,  # a cancelling job handed back is simply cancelled
-    (C, Action.LEASE_REQUEUE): CAN,  # a cancelling job whose worker died is cancelled
-    (C, Action.LEASE_EXHAUSTED): CAN,
+    (JobStatus.WAITING, Action.CLAIM): JobStatus.WORKING,
+    (JobStatus.WAITING, Action.CANCEL): JobStatus.CANCELLED,
+    (
+        JobStatus.WORKING,
+        Action.CANCEL,
+    ): JobStatus.CANCELLING,  # only for kinds in CANCELLABLE_WHILE_WORKING (guard below)
+    (JobStatus.WORKING, Action.FINISH_DONE): JobStatus.DONE,
+    (JobStatus.WORKING, Action.FINISH_ERROR): JobStatus.ERROR,
+    (JobStatus.WORKING, Action.RELEASE): JobStatus.WAITING,
+    (JobStatus.WORKING, Action.LEASE_REQUEUE): JobStatus.WAITING,
+    (JobStatus.WORKING, Action.LEASE_EXHAUSTED): JobStatus.ERROR,
+    (JobStatus.CANCELLING, Action.FINISH_DONE): JobStatus.DONE,  # it finished before it noticed the cancel
+    (JobStatus.CANCELLING, Action.FINISH_ERROR): JobStatus.ERROR,
+    (JobStatus.CANCELLING, Action.FINISH_CANCELLED): JobStatus.CANCELLED,
+    (JobStatus.CANCELLING, Action.RELEASE): JobStatus.CANCELLED,  # a cancelling job handed back is simply cancelled
+    (
+        JobStatus.CANCELLING,
+        Action.LEASE_REQUEUE,
+    ): JobStatus.CANCELLED,  # a cancelling job whose worker died is cancelled
+    (JobStatus.CANCELLING, Action.LEASE_EXHAUSTED): JobStatus.CANCELLED,
 }
 
 # How long a job that ends after its 48 h window stays visible.
@@ -56,7 +59,7 @@ LINGER_AFTER_END = timedelta(hours=1)
 
 def _refuse(job: Job, action: Action) -> FailedPrecondition:
     if action is Action.CANCEL:
-        if job.status is C:
+        if job.status is JobStatus.CANCELLING:
             return FailedPrecondition("Job is already being cancelled")
         return FailedPrecondition("Job is not in cancellable status")
     return FailedPrecondition(f"Job {job.id} cannot {action.value.replace('_', ' ')} while {job.status.value}")
@@ -76,7 +79,9 @@ def transition(
 ) -> Job:
     """The job after `action`, or FailedPrecondition if the table does not allow it."""
     target = TRANSITIONS.get((job.status, action))
-    if target is None or (action is Action.CANCEL and job.status is R and job.kind not in CANCELLABLE_WHILE_WORKING):
+    if target is None or (
+        action is Action.CANCEL and job.status is JobStatus.WORKING and job.kind not in CANCELLABLE_WHILE_WORKING
+    ):
         raise _refuse(job, action)
     moved = job if progress is None else _with_progress(job, progress)
     changes: dict[str, object] = {
@@ -85,7 +90,7 @@ def transition(
         "revision": job.revision + 1,
         "status_revision": job.revision + 1,
     }
-    if target is R:
+    if target is JobStatus.WORKING:
         changes.update(
             started_at=job.started_at or now,
             attempt=job.attempt + 1,  # attempt counts claims
@@ -94,7 +99,7 @@ def transition(
             lease_expires_at=lease_expires_at,
             expires_at=None,  # a running job stays visible until it ends
         )
-    elif target is W:
+    elif target is JobStatus.WAITING:
         changes.update(
             worker_id=None,
             lease_token=None,
@@ -103,7 +108,7 @@ def transition(
             attempt=job.attempt - 1 if action is Action.RELEASE else job.attempt,
             expires_at=max(job.created_at + retention, now + LINGER_AFTER_END),
         )
-    elif target is C:
+    elif target is JobStatus.CANCELLING:
         changes.update(cancel_requested_at=now)
     else:  # terminal
         ends_in_window = now < job.created_at + retention
@@ -112,11 +117,11 @@ def transition(
             lease_expires_at=None,
             expires_at=job.created_at + retention if ends_in_window else now + LINGER_AFTER_END,
         )
-        if target is CAN and job.cancel_requested_at is None:
+        if target is JobStatus.CANCELLED and job.cancel_requested_at is None:
             changes.update(cancel_requested_at=now)
-        if target is ERR:
+        if target is JobStatus.ERROR:
             changes.update(error=error or job.error or "Job failed")
-        if target is DONE and job.kind in ("populateview", "copy") and not moved.queries:
+        if target is JobStatus.DONE and job.kind in ("populateview", "copy") and not moved.queries:
             changes.update(progress_percentage=100.0)
     return replace(moved, **changes)  # type: ignore[arg-type]
 
