@@ -1,4 +1,4 @@
-"""A real jobsd for the client tests: gRPC on an ephemeral 127.0.0.1 port, SQLite in tmp_path, a ManualClock.
+"""A real jobsd for the client tests (the shared harness, tests.support.server), with a ManualClock.
 
 Leases are short (0.6 s, so the server asks for a heartbeat every 0.2 s of real time) to keep the worker tests
 fast; the ManualClock only moves when a test moves it, so a lease lapses only when a test wants it to.
@@ -11,16 +11,15 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from jobsd.app import JobsdApp
 from jobsd.domain.clock import ManualClock
 from jobsd.settings import Settings
+from jobsd.store.base import JobStore
 from jobsd_client import AsyncJobsClient, Worker, pb
+from tests.support.server import Server, make_settings, running_server
 
 LEASE_SECONDS = 0.6
 HEARTBEAT_SECONDS = LEASE_SECONDS / 3
@@ -29,45 +28,17 @@ PATIENCE = 15.0
 
 
 def jobsd_settings(tmp_path: Path, grpc_addr: str = "127.0.0.1:0") -> Settings:
-    return Settings(
-        grpc_addr=grpc_addr,
-        http_addr="",
-        store=f"sqlite:///{tmp_path}/jobsd.db",
-        executors=False,
-        lease_seconds=LEASE_SECONDS,
-        sweep_interval_seconds=3600,  # tests sweep explicitly after moving the clock
-        grace_seconds=0.5,
-    )
+    return make_settings(tmp_path, grpc_addr=grpc_addr, lease_seconds=LEASE_SECONDS)
 
 
-@dataclass
-class Jobsd:
-    app: JobsdApp
-    clock: ManualClock
-    admin: str  # ADMIN of workspace "default"
-    worker: str  # JOBS:EXECUTE on every workspace
-    workspace_id: str
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.app.grpc_port}"
+# The client tests' handle on their server: the shared harness's (app, clock, tokens, `target`).
+Jobsd = Server
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
-
-
-@pytest.fixture
-async def jobsd(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Jobsd]:
-    app = JobsdApp(jobsd_settings(tmp_path), clock=clock)
-    await app.start()
-    try:
-        admin = await app.create_token("default", ["ADMIN"], "admin")
-        worker = await app.create_token(None, ["JOBS:EXECUTE"], "worker")
-        yield Jobsd(app, clock, admin, worker, await app.workspace_id_of("default"))
-    finally:
-        await app.stop()
+async def jobsd(tmp_path: Path, clock: ManualClock, e2e_backend_store: JobStore | None) -> AsyncIterator[Jobsd]:
+    async with running_server(jobsd_settings(tmp_path), clock, e2e_backend_store) as server:
+        yield server
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from aiohttp import web
 from jobsd.app import JobsdApp
 from jobsd.domain.model import datasource_id_for
 from jobsd.settings import Settings
+from jobsd.store.base import JobStore
+from tests.support.server import make_settings, running_app
 
 from .conftest import jobsctl
 
@@ -50,20 +52,18 @@ class Served:
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    settings = Settings(
-        grpc_addr="127.0.0.1:0",
+async def served(tmp_path: Path, e2e_backend_store: JobStore | None) -> AsyncIterator[Served]:
+    settings = make_settings(
+        tmp_path,
         http_addr="127.0.0.1:0",
-        store=f"sqlite:///{tmp_path}/jobsd.db",
         executors=True,
         data_dir=str(tmp_path / "data"),
         grace_seconds=1.0,
         # The CSV is served on 127.0.0.1, which imports refuse unless the operator allows it.
         import_allow_networks=("127.0.0.1/32",),
+        sweep_interval_seconds=Settings().sweep_interval_seconds,
     )
-    app = JobsdApp(settings, clock=None)
-    await app.start()
-    try:
+    async with running_app(settings, None, e2e_backend_store) as app:
         admin = await app.create_token("default", ["ADMIN"], "admin")
         yield Served(
             app,
@@ -72,8 +72,6 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
             admin,
             await app.workspace_id_of("default"),
         )
-    finally:
-        await app.stop()
 
 
 @pytest.fixture

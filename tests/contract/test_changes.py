@@ -10,11 +10,11 @@ import pytest
 
 from jobsd.domain.model import Job, Progress
 from jobsd.domain.states import Action, apply_progress
-from jobsd.store.base import ChangeEvent, JobChanged, JobStore
+from jobsd.store.base import Capability, ChangeEvent, JobChanged, JobStore
 
 from .factories import T0, claim_request, move, new_job, new_workspace_id
 
-pytestmark = pytest.mark.needs("change_feed")
+pytestmark = pytest.mark.needs(Capability.CHANGE_FEED)
 
 
 async def _next(feed: AsyncIterator[ChangeEvent]) -> ChangeEvent:

@@ -1,210 +1,29 @@
-"""A real jobsd (gRPC on an ephemeral port, SQLite file in tmp_path) with a ManualClock, and tokens for it."""
+"""A real jobsd (gRPC on an ephemeral port) with a ManualClock and tokens, on each end-to-end backend."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
 
-import grpc
 import pytest
 
-from jobsd.app import JobsdApp
 from jobsd.domain.clock import ManualClock
-from jobsd.settings import Settings
-from jobsd_client import pb
-from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from jobsd.store.base import JobStore
+from tests.support.server import (
+    WAIT,
+    Server,
+    bounded,
+    error_field,
+    make_settings,
+    read_events,
+    rpc_error,
+    running_server,
+)
 
-T = TypeVar("T")
-
-# Every wait on the server is bounded by this (seconds): a hang fails the test instead of stalling the suite.
-WAIT = 5.0
-
-
-@dataclass
-class Server:
-    app: JobsdApp
-    clock: ManualClock
-    channel: grpc.aio.Channel
-    jobs: pb_grpc.JobsStub
-    workers: pb_grpc.WorkersStub
-    admin: str  # ADMIN of workspace "default"
-    worker: str  # JOBS:EXECUTE on every workspace
-    service: str  # JOBS:CREATE + JOBS:EXECUTE on every workspace
-    workspace_id: str
-
-    @staticmethod
-    def md(token: str | None) -> tuple[tuple[str, str], ...]:
-        return () if token is None else (("authorization", f"Bearer {token}"),)
-
-    async def create(self, token: str | None = None, **fields: object) -> pb.Job:
-        request = pb.CreateJobRequest(**fields)  # type: ignore[arg-type]
-        if not request.kind:
-            request.kind = "import"
-            request.url = "https://example.com/data.csv"
-        if not request.HasField("datasource") and request.kind != "query":
-            request.datasource.update({"name": "events"})
-        return await self.jobs.CreateJob(request, metadata=self.md(token or self.admin))
-
-    async def claim(self, kinds: tuple[str, ...] = (), worker_id: str = "w1", wait: float = 0) -> pb.ClaimJobResponse:
-        return await self.workers.ClaimJob(
-            pb.ClaimJobRequest(worker_id=worker_id, kinds=list(kinds), wait_seconds=wait), metadata=self.md(self.worker)
-        )
-
-    async def create_kind(
-        self, kind: str, target: str | None = "events", token: str | None = None, **fields: object
-    ) -> pb.Job:
-        """A valid job of `kind` writing into data source `target` (sql/url/condition filled in as the kind needs)."""
-        request = pb.CreateJobRequest(kind=kind, **fields)  # type: ignore[arg-type]
-        if target is not None and not request.HasField("datasource"):
-            request.datasource.update({"name": target})
-        if kind == "import" and not request.url:
-            request.url = "https://example.com/data.csv"
-        if kind in ("populateview", "copy", "query") and not request.query_sql:
-            request.query_sql = "SELECT 1"
-        if kind == "delete_data" and not request.HasField("params"):
-            request.params.update({"delete_condition": "a = 1"})
-        return await self.jobs.CreateJob(request, metadata=self.md(token or self.admin))
-
-    async def claim_job(self, job_id: str, worker_id: str = "w1") -> pb.ClaimJobResponse:
-        """Claim and check that the claimed job is `job_id` (the only waiting one in the test)."""
-        claim = await self.claim(worker_id=worker_id)
-        assert claim.job.id == job_id, f"expected to claim {job_id}, got {claim.job.id or 'nothing'}"
-        return claim
-
-    async def get(self, job_id: str, token: str | None = None) -> pb.Job:
-        return await self.jobs.GetJob(pb.GetJobRequest(job_id=job_id), metadata=self.md(token or self.admin))
-
-    async def cancel(self, job_id: str, token: str | None = None) -> pb.Job:
-        return await self.jobs.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=self.md(token or self.admin))
-
-    async def retry(self, job_id: str, token: str | None = None) -> pb.Job:
-        return await self.jobs.RetryJob(pb.RetryJobRequest(job_id=job_id), metadata=self.md(token or self.admin))
-
-    async def heartbeat(
-        self, job_id: str, lease: str, progress: pb.ProgressUpdate | None = None, token: str | None = None
-    ) -> pb.HeartbeatResponse:
-        request = pb.HeartbeatRequest(job_id=job_id, lease_token=lease)
-        if progress is not None:
-            request.progress.CopyFrom(progress)
-        return await self.workers.Heartbeat(request, metadata=self.md(token or self.worker))
-
-    async def finish(
-        self,
-        job_id: str,
-        lease: str,
-        status: pb.JobStatus.ValueType = pb.JOB_STATUS_DONE,
-        token: str | None = None,
-        **fields: object,
-    ) -> pb.Job:
-        request = pb.FinishJobRequest(job_id=job_id, lease_token=lease, status=status, **fields)  # type: ignore[arg-type]
-        return await self.workers.FinishJob(request, metadata=self.md(token or self.worker))
-
-    async def job_log(self, job_id: str, token: str | None = None) -> list[pb.JobLogEntry]:
-        """Every jobs_log row of the job, oldest first."""
-        response = await self.jobs.ListJobsLog(
-            pb.ListJobsLogRequest(job_id=job_id), metadata=self.md(token or self.admin)
-        )
-        return sorted(response.entries, key=lambda e: e.revision)
-
-    async def list_ids(self, token: str | None = None, **filters: object) -> list[str]:
-        response = await self.jobs.ListJobs(
-            pb.ListJobsRequest(**filters),  # type: ignore[arg-type]
-            metadata=self.md(token or self.admin),
-        )
-        return [j.id for j in response.jobs]
-
-    def watch(self, job_id: str, since: int = 0, token: str | None = None) -> grpc.aio.UnaryStreamCall:  # type: ignore[type-arg]
-        return self.jobs.WatchJob(
-            pb.WatchJobRequest(job_id=job_id, since_revision=since), metadata=self.md(token or self.admin)
-        )
-
-    async def token(self, workspace: str | None, *scopes: str) -> str:
-        """A new token of `workspace` (None: every workspace) with these scopes."""
-        return await self.app.create_token(workspace, list(scopes), "test")
-
-
-def make_settings(tmp_path: Path, **overrides: object) -> Settings:
-    base = Settings(
-        grpc_addr="127.0.0.1:0",
-        http_addr="",
-        store=f"sqlite:///{tmp_path}/jobsd.db",
-        executors=False,
-        sweep_interval_seconds=3600,  # tests sweep explicitly after moving the clock
-        grace_seconds=0.5,
-    )
-    return base.with_changes(**overrides)
+__all__ = ["WAIT", "Server", "bounded", "error_field", "make_settings", "read_events", "rpc_error", "running_server"]
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
-
-
-@pytest.fixture
-async def server(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Server]:
-    async with running_server(make_settings(tmp_path), clock) as srv:
+async def server(tmp_path: Path, clock: ManualClock, e2e_backend_store: JobStore | None) -> AsyncIterator[Server]:
+    async with running_server(make_settings(tmp_path), clock, e2e_backend_store) as srv:
         yield srv
-
-
-@contextlib.asynccontextmanager
-async def running_server(settings: Settings, clock: ManualClock) -> AsyncIterator[Server]:
-    """A started JobsdApp with these settings, its stubs and tokens; stopped on exit."""
-    app = JobsdApp(settings, clock=clock)
-    await app.start()
-    admin = await app.create_token("default", ["ADMIN"], "admin")
-    worker = await app.create_token(None, ["JOBS:EXECUTE"], "worker")
-    service = await app.create_token(None, ["JOBS:CREATE", "JOBS:EXECUTE"], "service")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
-    try:
-        yield Server(
-            app,
-            clock,
-            channel,
-            pb_grpc.JobsStub(channel),
-            pb_grpc.WorkersStub(channel),
-            admin,
-            worker,
-            service,
-            await app.workspace_id_of("default"),
-        )
-    finally:
-        await channel.close()
-        await app.stop()
-
-
-async def read_events(stream: grpc.aio.UnaryStreamCall, count: int | None = None) -> list[pb.JobEvent]:  # type: ignore[type-arg]
-    """Read `count` events (or until the server closes the stream)."""
-    events: list[pb.JobEvent] = []
-    while count is None or len(events) < count:
-        event = await stream.read()
-        if event is grpc.aio.EOF:
-            break
-        events.append(event)
-    return events
-
-
-async def bounded(awaitable: Awaitable[T]) -> T:
-    """`awaitable`, failing the test if it takes longer than WAIT seconds (a hang, not a slow machine)."""
-    return await asyncio.wait_for(awaitable, timeout=WAIT)
-
-
-async def rpc_error(awaitable: Awaitable[object]) -> grpc.aio.AioRpcError:
-    """The gRPC error `awaitable` fails with (the test fails if it succeeds); bounded by WAIT."""
-    try:
-        result = await asyncio.wait_for(awaitable, timeout=WAIT)
-    except grpc.aio.AioRpcError as exc:
-        return exc
-    raise AssertionError(f"expected a gRPC error, got {type(result).__name__}: {result}")
-
-
-def error_field(error: grpc.aio.AioRpcError) -> str | None:
-    """The request field an INVALID_ARGUMENT names (trailing metadata `jobsd-field`)."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "jobsd-field":
-            return str(value)
-    return None

@@ -115,11 +115,6 @@ class RecordingContext:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
 async def plane(tmp_path: Path, clock: ManualClock) -> AsyncIterator[DataPlane]:
     async with DataPlane(tmp_path / "data" / "dataplane", clock=clock) as opened:
         yield opened

@@ -20,8 +20,10 @@ from jobsd.app import JobsdApp
 from jobsd.executors.datasources_http import add_routes
 from jobsd.gateway.server import GatewayServer
 from jobsd.settings import Settings
+from jobsd.store.base import JobStore
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.server import make_settings, running_app
 
 from .conftest import FileServer, struct
 from .test_import import EVENTS_CSV, EVENTS_SCHEMA, GOOD_BYTES
@@ -73,27 +75,24 @@ class Jobsd:
 
 
 @pytest.fixture
-async def jobsd(tmp_path: Path, files: FileServer) -> AsyncIterator[Jobsd]:
-    settings = Settings(
-        grpc_addr="127.0.0.1:0",
+async def jobsd(tmp_path: Path, files: FileServer, e2e_backend_store: JobStore | None) -> AsyncIterator[Jobsd]:
+    # The executors run on real time (SystemClock) and the sweeps at their default interval.
+    settings = make_settings(
+        tmp_path,
         http_addr="127.0.0.1:0",
-        store=f"sqlite:///{tmp_path}/jobsd.db",
         executors=True,
         data_dir=str(tmp_path / "data"),
         grace_seconds=2.0,
         # The file server is on 127.0.0.1, which imports refuse unless the operator allows it.
         import_allow_networks=("127.0.0.1/32",),
+        sweep_interval_seconds=Settings().sweep_interval_seconds,
     )
-    app = JobsdApp(settings, clock=None)
-    await app.start()
-    try:
+    async with running_app(settings, None, e2e_backend_store) as app:
         admin = await app.create_token("default", ["ADMIN"], name="admin")
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
         async with aiohttp.ClientSession() as http:
             yield Jobsd(app, pb_grpc.JobsStub(channel), admin, http)
         await channel.close(grace=None)
-    finally:
-        await app.stop()
 
 
 async def test_an_import_over_http_shows_its_figures_in_the_job_detail(jobsd: Jobsd, files: FileServer) -> None:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,11 @@ from jobsd.api.remote import GrpcJobsApi
 from jobsd.app import JobsdApp
 from jobsd.domain.clock import ManualClock
 from jobsd.gateway.server import GatewayServer
+from jobsd.store.base import JobStore
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.server import running_app
 
 from .support import Gateway, make_settings
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
 
 
 @pytest.fixture
@@ -36,13 +32,11 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-async def app(tmp_path: Path, clock: ManualClock, settings_overrides: dict[str, Any]) -> AsyncIterator[JobsdApp]:
-    jobsd = JobsdApp(make_settings(tmp_path, **settings_overrides), clock=clock)
-    await jobsd.start()
-    try:
+async def app(
+    tmp_path: Path, clock: ManualClock, settings_overrides: dict[str, Any], e2e_backend_store: JobStore | None
+) -> AsyncIterator[JobsdApp]:
+    async with running_app(make_settings(tmp_path, **settings_overrides), clock, e2e_backend_store) as jobsd:
         yield jobsd
-    finally:
-        await jobsd.stop()
 
 
 async def _gateway(app: JobsdApp, clock: ManualClock, base: str) -> AsyncIterator[Gateway]:

@@ -21,6 +21,7 @@ from jobsd.domain.clock import ManualClock
 from jobsd.settings import Settings
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support import server
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$")
@@ -193,11 +194,5 @@ async def read_event(response: aiohttp.ClientResponse) -> dict[str, Any] | None:
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(
-        grpc_addr="127.0.0.1:0",
-        http_addr="127.0.0.1:0",
-        store=f"sqlite:///{tmp_path}/jobsd.db",
-        executors=False,
-        sweep_interval_seconds=3600,  # tests sweep explicitly
-        grace_seconds=0.5,
-    ).with_changes(**overrides)
+    """The shared harness's settings, with the REST gateway on an ephemeral port."""
+    return server.make_settings(tmp_path, **{"http_addr": "127.0.0.1:0", **overrides})

@@ -16,6 +16,7 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +28,7 @@ from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
 
 __all__ = [
+    "Capability",
     "ChangeEvent",
     "ClaimRequest",
     "FeedReset",
@@ -115,7 +117,20 @@ class FeedReset:
 ChangeEvent = JobChanged | FeedReset
 
 
+class Capability(enum.StrEnum):
+    """What a backend may or may not do; a store answers `supports(capability)` about itself (once opened)."""
+
+    # changes() carries every job write this process commits.
+    CHANGE_FEED = "change_feed"
+    # changes() also carries the writes of other processes on the same store (MongoDB change streams).
+    CROSS_PROCESS_FEED = "cross_process_feed"
+
+
 class JobStore(Protocol):
+    def supports(self, capability: Capability) -> bool:
+        """Whether this store, as opened, provides `capability`."""
+        ...
+
     async def open(self) -> None:
         """Create tables/collections and indexes (idempotent)."""
 

@@ -53,6 +53,7 @@ from pymongo.read_concern import ReadConcern
 from jobsd.domain.model import RUNNING_STATUSES, Job, LogEntry, TokenRecord, Workspace
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import (
+    Capability,
     ChangeEvent,
     ClaimRequest,
     JobChanged,
@@ -195,6 +196,11 @@ class MongoStore:
     def publishes_locally(self) -> bool:
         """True when changes() only carries this process's writes (no change streams on the server)."""
         return self._local_feed
+
+    def supports(self, capability: Capability) -> bool:
+        if capability is Capability.CROSS_PROCESS_FEED:
+            return not self._local_feed  # change streams, unless the server has none (standalone fallback)
+        return capability is Capability.CHANGE_FEED
 
     def __repr__(self) -> str:
         return f"MongoStore(database={self._database_name!r})"

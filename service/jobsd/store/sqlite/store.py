@@ -37,6 +37,7 @@ from jobsd.domain.clock import from_micros, to_micros
 from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import (
+    Capability,
     ChangeEvent,
     ClaimRequest,
     JobChanged,
@@ -192,6 +193,10 @@ class SqliteStore:
     @property
     def path(self) -> Path:
         return self._path
+
+    def supports(self, capability: Capability) -> bool:
+        # Its change feed is in-process: another process writing the same file is not seen.
+        return capability is Capability.CHANGE_FEED
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self._path)!r})"

@@ -1,0 +1,109 @@
+"""The store backends every suite runs on: one entry of `BACKENDS` each.
+
+A backend makes a fresh, *unopened* `JobStore` for one test (the caller opens and closes it: the contract suite
+itself, or `JobsdApp` in the end-to-end suites) and cleans up after it. Adding a backend is one `Backend(...)` in
+`BACKENDS`: its `make` may ask pytest for fixtures (`request.getfixturevalue`), e.g. a session-scoped server
+process. What a backend cannot do is asked of the store itself (`JobStore.supports`), not listed here.
+
+Test ids name the backend: `sqlite`, `mongo-emulated` (in-process, mongomock), `mongo-real` (only with
+JOBSD_TEST_MONGODB_URI, so it is never a skip in CI).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from jobsd.store.base import JobEncoder, JobStore
+from jobsd.store.sqlite import SqliteStore
+
+__all__ = ["BACKENDS", "E2E_BACKENDS_ENV", "REAL_MONGO_ENV", "Backend", "contract_backends", "e2e_backends"]
+
+REAL_MONGO_ENV = "JOBSD_TEST_MONGODB_URI"
+# Comma-separated backend names the end-to-end suites run on (default: those marked e2e below).
+E2E_BACKENDS_ENV = "JOBSD_TEST_E2E_BACKENDS"
+
+# (the test's request, its tmp_path, the job encoder) -> a context manager yielding a fresh, unopened store.
+MakeStore = Callable[[pytest.FixtureRequest, Path, JobEncoder | None], AbstractAsyncContextManager[JobStore]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    make: MakeStore
+    # Whether it can run here at all (a real server needs its URI).
+    available: Callable[[], bool] = lambda: True
+    # Whether the end-to-end suites (a real JobsdApp per test) run on it by default; the contract suite always does.
+    e2e: bool = False
+
+
+@asynccontextmanager
+async def _sqlite(
+    request: pytest.FixtureRequest, tmp_path: Path, encoder: JobEncoder | None
+) -> AsyncIterator[JobStore]:
+    yield SqliteStore(tmp_path / "store" / "jobsd.db", encoder=encoder)
+
+
+@asynccontextmanager
+async def _mongo_emulated(
+    request: pytest.FixtureRequest, tmp_path: Path, encoder: JobEncoder | None
+) -> AsyncIterator[JobStore]:
+    from jobsd.store.mongo import MongoStore
+    from tests.support.mongo_emulation import EmulatedAsyncMongoClient
+
+    client = EmulatedAsyncMongoClient().as_client()
+    yield MongoStore("mongodb://emulated.invalid/jobsd", client=client, encoder=encoder)
+
+
+@asynccontextmanager
+async def _mongo_real(
+    request: pytest.FixtureRequest, tmp_path: Path, encoder: JobEncoder | None
+) -> AsyncIterator[JobStore]:
+    """A fresh database on the server at JOBSD_TEST_MONGODB_URI, dropped afterwards."""
+    from pymongo import AsyncMongoClient
+
+    from jobsd.store.mongo import MongoStore
+
+    uri = os.environ[REAL_MONGO_ENV]
+    database = f"jobsd_test_{uuid.uuid4().hex[:12]}"
+    try:
+        yield MongoStore(uri, database=database, encoder=encoder)
+    finally:
+        cleanup: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, serverSelectionTimeoutMS=5_000)
+        try:
+            await cleanup.drop_database(database)
+        finally:
+            await cleanup.close()
+
+
+BACKENDS: dict[str, Backend] = {
+    backend.name: backend
+    for backend in (
+        Backend("sqlite", _sqlite, e2e=True),
+        Backend("mongo-emulated", _mongo_emulated),
+        Backend("mongo-real", _mongo_real, available=lambda: bool(os.environ.get(REAL_MONGO_ENV))),
+    )
+}
+
+
+def contract_backends() -> list[str]:
+    """The backends the store contract suite runs on: every available one."""
+    return [name for name, backend in BACKENDS.items() if backend.available()]
+
+
+def e2e_backends() -> list[str]:
+    """The backends the end-to-end suites run on: $JOBSD_TEST_E2E_BACKENDS, else the available `e2e` ones."""
+    chosen = os.environ.get(E2E_BACKENDS_ENV, "")
+    if chosen.strip():
+        names = [name.strip() for name in chosen.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(BACKENDS))
+        if unknown:
+            raise pytest.UsageError(f"{E2E_BACKENDS_ENV}: unknown backend(s) {', '.join(unknown)}")
+        return names
+    return [name for name, backend in BACKENDS.items() if backend.e2e and backend.available()]
