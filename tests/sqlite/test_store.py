@@ -23,9 +23,8 @@ from jobsd.domain.states import Action
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import FeedReset, JobChanged, JobQuery, LogQuery
 from jobsd.store.sqlite.store import PURGE_BATCH, SqliteStore
-
-from .factories import RETENTION, T0, claim_request, move, new_job, new_workspace_id
-from .wire import assert_record_of, encode_job
+from tests.contract.factories import RETENTION, T0, claim_request, move, new_job, new_workspace_id
+from tests.contract.wire import assert_record_of, encode_job
 
 
 @pytest.fixture
