@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Re-install whenever pyproject.toml changes.
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml 2>/dev/null | cut -d' ' -f1)
 
-.PHONY: install run test test-fast lint proto bench test-mongo screenshots clean
+.PHONY: install run test test-fast lint fmt proto bench test-mongo screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ test: install
 # The dashboard's screenshots in the README: taken by the browser tests (tests/browser) from the real page.
 screenshots: install
 	JOBSD_SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider tests/browser
+
+# The quick loop while editing: the unit tests and the store contract on SQLite (no servers, well under 30 s).
+test-fast: install
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/contract tests/sqlite -k "not mongo"
+
+# Rewrite the tree in the house style (what `make lint` checks): imports sorted, safe fixes, formatting.
+fmt: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,1 +1,1 @@
-"""jobsd benchmarks: every SPEC §13 figure as a ratio to a limit anchor measured in the same run."""
+"""jobsd benchmarks: every docs/contract.md#performance figure as a ratio to a limit anchor measured in the same run."""

@@ -422,7 +422,8 @@ def write(figs: list[Figure], run: Run, meta: Meta, out: Path, stem: str = "late
         "",
         *(f"{h}  " for h in header),
         "",
-        "Each figure is a ratio to a limit anchor measured in the same run on the same machine (SPEC §13). "
+        "Each figure is a ratio to a limit anchor measured in the same run on the same machine "
+        "(docs/contract.md#performance). "
         "Throughputs are calls per second; p50/p99 are per call (per stream for the fan-out). "
         "`srv CPU µs/op` is the server process's CPU time per call over the measured window (the anchor's in "
         "brackets); `client cores` is the load generator's CPU use (1.0 = one core busy).",

@@ -1,4 +1,4 @@
-"""`python -m bench`: every figure of SPEC §13 next to its limit anchor, measured in the same run.
+"""`python -m bench`: every figure of docs/contract.md#performance next to its limit anchor, measured in the same run.
 
 Flow: bare SQLite anchor -> seed the store to N/grow jobs -> jobsd (small store): GetJob, ListJobs, RSS ->
 grow the store to N -> jobsd (full store): GetJob, ListJobs, RSS, lifecycle, CreateJob, gateway, WatchJob
@@ -84,7 +84,8 @@ def _ts(dt: datetime) -> timestamp_pb2.Timestamp:
 
 
 def _list_requests() -> list[tuple[str, bytes]]:
-    """ListJobs pages of 100 with the filters of SPEC §7 (each alone, and two combined), newest first."""
+    """ListJobs pages of 100 with the filters of docs/contract.md#rest-gateway (each alone, and two combined),
+    newest first."""
     now = datetime.now(UTC)
     requests = {
         "none": pb.ListJobsRequest(page_size=100),

@@ -1,6 +1,6 @@
-"""The auth matrix (SPEC §9): every RPC of Jobs and Workers x (no token, invalid token, another workspace's
-token, narrow scopes, wrong scope, right scope). Requests name the job's workspace wherever the request has a
-workspace_id, so the other workspace's token is asked to reach across. A refused call changes nothing."""
+"""The auth matrix (docs/contract.md#auth): every RPC of Jobs and Workers x (no token, invalid token, another
+workspace's token, narrow scopes, wrong scope, right scope). Requests name the job's workspace wherever the request
+has a workspace_id, so the other workspace's token is asked to reach across. A refused call changes nothing."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Bad input on every request field of every RPC (SPEC §6, §12): INVALID_ARGUMENT naming the field (in the
-message and in the `jobsd-field` trailing metadata), or NOT_FOUND for ids that do not exist, and nothing changes."""
+"""Bad input on every request field of every RPC (docs/contract.md #api, #faults-and-operations): INVALID_ARGUMENT
+naming the field (in the message and in the `jobsd-field` trailing metadata), or NOT_FOUND for ids that do not
+exist, and nothing changes."""
 
 from __future__ import annotations
 

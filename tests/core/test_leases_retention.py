@@ -1,4 +1,5 @@
-"""Leases (SPEC §5) and the 48 h retention bound and jobs_log (SPEC §8), with the clock moved by hand."""
+"""Leases (docs/contract.md#queue) and the 48 h retention bound and jobs_log (docs/contract.md#retention), with the
+clock moved by hand."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Races (SPEC §4, §5): racing writers produce exactly one outcome; concurrent claims never hand a job out twice,
-keep FIFO per concurrency key and hold the per-kind limits at every moment; long-polling claims wake up."""
+"""Races (docs/contract.md #the-job, #queue): racing writers produce exactly one outcome; concurrent claims never hand
+a job out twice, keep FIFO per concurrency key and hold the per-kind limits at every moment; long-polling claims
+wake up."""
 
 from __future__ import annotations
 

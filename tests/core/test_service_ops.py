@@ -1,5 +1,5 @@
-"""Operating jobsd (SPEC §3, §6, §12): gRPC health and reflection, store loss, stop, `jobsd serve` as a real
-process, `jobsd token create`."""
+"""Operating jobsd (docs/contract.md #running, #api, #faults-and-operations): gRPC health and reflection, store loss,
+stop, `jobsd serve` as a real process, `jobsd token create`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every status transition and every refused one, over real gRPC (SPEC §4, §5)."""
+"""Every status transition and every refused one, over real gRPC (docs/contract.md #the-job, #queue)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""WatchJob / WatchJobs (SPEC §6 Watch): order, resume, coalescing for slow readers, isolation of slow readers,
+"""WatchJob / WatchJobs (docs/contract.md#watch): order, resume, coalescing for slow readers, isolation of slow readers,
 filters and scopes, and how streams end."""
 
 from __future__ import annotations

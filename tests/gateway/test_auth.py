@@ -1,4 +1,4 @@
-"""The auth matrix: every endpoint against every kind of caller (SPEC §9).
+"""The auth matrix: every endpoint against every kind of caller (docs/contract.md#auth).
 
 Callers: no token, an unknown token, a token of another workspace, a token narrowed to another data source,
 a token narrowed to the job's data source, a token without a reading scope (a worker's), and the right scope.

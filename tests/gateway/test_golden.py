@@ -1,8 +1,9 @@
 """Golden tests: the JSON of every kind has the keys, types and values of the reference document's examples.
 
-Each golden file in golden/ holds an example (verbatim from the reference where it has one, else built from the
-SPEC). The test drives a real job into the same state with the same inputs through the Workers RPCs, then
-compares key sets and value types recursively, and every value that does not depend on the clock or on ids.
+Each golden file in golden/ holds an example (verbatim from the reference where it has one, else built from
+docs/contract.md#rest-gateway). The test drives a real job into the same state with the same inputs through the
+Workers RPCs, then compares key sets and value types recursively, and every value that does not depend on the
+clock or on ids.
 Run against the in-process gateway and the standalone one over gRPC.
 """
 

@@ -1,4 +1,4 @@
-"""Queue rules (concurrency keys, limits, visibility), the auth model (SPEC §9) and new-job validation."""
+"""Queue rules (concurrency keys, limits, visibility), the auth model (docs/contract.md#auth) and new-job validation."""
 
 from __future__ import annotations
 

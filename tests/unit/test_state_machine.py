@@ -1,5 +1,5 @@
-"""The table-driven state machine (SPEC §4, §5, §8): every allowed move, every refused one, the bookkeeping that
-goes with each target status, and properties of random action sequences (hypothesis)."""
+"""The table-driven state machine (docs/contract.md #the-job, #queue, #retention): every allowed move, every refused
+one, the bookkeeping that goes with each target status, and properties of random action sequences (hypothesis)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ USEC = timedelta(microseconds=1)
 W, R, C = JobStatus.WAITING, JobStatus.WORKING, JobStatus.CANCELLING
 DONE, ERR, CAN = JobStatus.DONE, JobStatus.ERROR, JobStatus.CANCELLED
 
-# The life cycle as SPEC §4/§5 describe it, written out independently of the module under test.
+# The life cycle as docs/contract.md #the-job, #queue describe it, written out independently of the module under test.
 EXPECTED: dict[tuple[JobStatus, Action], JobStatus] = {
     (W, Action.CLAIM): R,
     (W, Action.CANCEL): CAN,

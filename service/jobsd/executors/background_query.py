@@ -5,7 +5,7 @@ Job fields: params `sql` (one SELECT; `query_sql` is used when params.sql is abs
 cannot be taken by one), for as long as the job is visible (the runner prunes older results). Figures:
 `statistics` = rows returned and the result's size in bytes (the same uncompressed measure as data sources),
 `result` = {"table", "columns": [{name, type}], "row_count", "preview": first rows}.
-A worker shutdown interrupts the query; it is not cancellable by users while working (SPEC §4).
+A worker shutdown interrupts the query; it is not cancellable by users while working (docs/contract.md#the-job).
 """
 
 from __future__ import annotations
