@@ -79,8 +79,10 @@ async def remote_gw(app: JobsdApp, clock: ManualClock, standalone: GatewayServer
 
 
 @pytest.fixture(params=["in_process", "standalone_grpc"])
-def any_gw(request: pytest.FixtureRequest) -> Gateway:
-    """Each gateway in turn: the same tests must pass in-process and over gRPC."""
+def any_gw(request: pytest.FixtureRequest, app: JobsdApp) -> Gateway:
+    """Each gateway in turn: the same tests must pass in-process and over gRPC.
+
+    (`app` is named so the end-to-end backend parametrisation reaches the gateway picked at run time.)"""
     name = "gw" if request.param == "in_process" else "remote_gw"
     gateway: Gateway = request.getfixturevalue(name)
     return gateway
