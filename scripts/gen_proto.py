@@ -27,6 +27,13 @@ from .jobs_pb2 import *  # noqa: F403
 '''
 
 
+def _plugin(name: str) -> Path:
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise SystemExit(f"{name} not found next to {sys.executable}: install the dev dependencies (make install)")
+    return path
+
+
 def generate(out_dir: Path) -> None:
     protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
     well_known = Path(protoc.__file__).resolve().parent / "_proto"
@@ -37,8 +44,12 @@ def generate(out_dir: Path) -> None:
                 f"-I{PROTO_ROOT}",
                 f"-I{well_known}",
                 f"--python_out={tmp}",
-                f"--pyi_out={tmp}",
                 f"--grpc_python_out={tmp}",
+                # Typed stubs for the messages and the gRPC stubs (mypy-protobuf, installed beside this Python).
+                f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+                f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+                f"--mypy_out={tmp}",
+                f"--mypy_grpc_out={tmp}",
                 *protos,
             ]
         )

@@ -206,7 +206,7 @@ def finish_job_request(
     if not status:  # None, "" and JOB_STATUS_UNSPECIFIED all mean "not given"
         if not release:
             raise InvalidArgument.for_field("status", "is required unless release is set (done, error or cancelled)")
-        final_status: pb.JobStatus = pb.JOB_STATUS_UNSPECIFIED
+        final_status: pb.JobStatus.ValueType = pb.JOB_STATUS_UNSPECIFIED
     else:
         final_status = status_value(status)
     request = pb.FinishJobRequest(

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -29,6 +29,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 3000),
 )
+_Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
 
 
@@ -54,7 +55,7 @@ class AsyncJobsClient:
         # Our own channel is made on first use: grpc.aio binds a channel to the event loop running when it is
         # made, so a client built before `asyncio.run(...)` must not make it in __init__.
         self._channel: grpc.aio.Channel | None = channel
-        self._stubs: tuple[Any, Any] | None = None
+        self._stubs: tuple[jobs_pb2_grpc.JobsAsyncStub, jobs_pb2_grpc.WorkersAsyncStub] | None = None
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
 
     async def __aenter__(self) -> AsyncJobsClient:
@@ -71,21 +72,26 @@ class AsyncJobsClient:
             await self._channel.close(None)
 
     @property
-    def _jobs(self) -> Any:
+    def _jobs(self) -> jobs_pb2_grpc.JobsAsyncStub:
         return self._connect()[0]
 
     @property
-    def _workers(self) -> Any:
+    def _workers(self) -> jobs_pb2_grpc.WorkersAsyncStub:
         return self._connect()[1]
 
-    def _connect(self) -> tuple[Any, Any]:
+    def _connect(self) -> tuple[jobs_pb2_grpc.JobsAsyncStub, jobs_pb2_grpc.WorkersAsyncStub]:
         if self._stubs is None:
             if self._channel is None:
                 self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
             self._stubs = (jobs_pb2_grpc.JobsStub(self._channel), jobs_pb2_grpc.WorkersStub(self._channel))
         return self._stubs
 
-    async def _unary(self, method: Any, request: Any, deadline: float | None = None) -> Any:
+    async def _unary(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        deadline: float | None = None,
+    ) -> _Response:
         try:
             return await method(
                 request, timeout=deadline if deadline is not None else self.timeout, metadata=self._metadata
@@ -93,11 +99,13 @@ class AsyncJobsClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
 
-    async def _stream(self, method_name: str, request: Any) -> AsyncGenerator[pb.JobEvent, None]:
-        call = getattr(self._jobs, method_name)(request, metadata=self._metadata)
+    async def _stream(
+        self, method: grpc.aio.UnaryStreamMultiCallable[_Request, pb.JobEvent], request: _Request
+    ) -> AsyncGenerator[pb.JobEvent, None]:
+        call = method(request, metadata=self._metadata)
         try:
             async for event in call:
-                yield cast(pb.JobEvent, event)
+                yield event
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
         finally:
@@ -131,7 +139,7 @@ class AsyncJobsClient:
             page_size=page_size,
             page_token=page_token,
         )
-        return cast(pb.ListJobsResponse, await self._unary(self._jobs.ListJobs, request))
+        return await self._unary(self._jobs.ListJobs, request)
 
     async def iter_jobs(
         self,
@@ -171,17 +179,17 @@ class AsyncJobsClient:
             token = page.next_page_token
 
     async def get_job(self, job_id: str) -> pb.Job:
-        return cast(pb.Job, await self._unary(self._jobs.GetJob, pb.GetJobRequest(job_id=job_id)))
+        return await self._unary(self._jobs.GetJob, pb.GetJobRequest(job_id=job_id))
 
     async def cancel_job(self, job_id: str) -> pb.Job:
         """The job after the request: `cancelled` if it was waiting, `cancelling` if a worker is running it."""
-        return cast(pb.Job, await self._unary(self._jobs.CancelJob, pb.CancelJobRequest(job_id=job_id)))
+        return await self._unary(self._jobs.CancelJob, pb.CancelJobRequest(job_id=job_id))
 
     def watch_job(self, job_id: str, since_revision: int = 0) -> AsyncGenerator[pb.JobEvent, None]:
         """The job's events: a SNAPSHOT (or, with `since_revision`, every revision after it), then each change;
         the iteration ends after the terminal state. Leaving early? `aclose()` it (or use `contextlib.aclosing`)
         to end the server-side stream at once rather than when the generator is collected."""
-        return self._stream("WatchJob", pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
+        return self._stream(self._jobs.WatchJob, pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
 
     async def follow_job(
         self, job_id: str, since_revision: int = 0, *, reconnect_seconds: float = 30.0
@@ -225,7 +233,7 @@ class AsyncJobsClient:
         request = req.watch_jobs_request(
             kind=kind, status=status, pipe_id=pipe_id, pipe_name=pipe_name, workspace_id=workspace_id
         )
-        return self._stream("WatchJobs", request)
+        return self._stream(self._jobs.WatchJobs, request)
 
     async def create_job(
         self,
@@ -258,11 +266,11 @@ class AsyncJobsClient:
             request_id=request_id,
             workspace_id=workspace_id,
         )
-        return cast(pb.Job, await self._unary(self._jobs.CreateJob, request))
+        return await self._unary(self._jobs.CreateJob, request)
 
     async def retry_job(self, job_id: str) -> pb.Job:
         """A new job with the parameters of an `error` or `cancelled` one."""
-        return cast(pb.Job, await self._unary(self._jobs.RetryJob, pb.RetryJobRequest(job_id=job_id)))
+        return await self._unary(self._jobs.RetryJob, pb.RetryJobRequest(job_id=job_id))
 
     async def list_jobs_log(
         self,
@@ -291,11 +299,11 @@ class AsyncJobsClient:
             page_size=page_size,
             page_token=page_token,
         )
-        return cast(pb.ListJobsLogResponse, await self._unary(self._jobs.ListJobsLog, request))
+        return await self._unary(self._jobs.ListJobsLog, request)
 
     async def get_workspace(self) -> pb.Workspace:
         """The workspace of this client's token, with the token's scopes."""
-        return cast(pb.Workspace, await self._unary(self._jobs.GetWorkspace, pb.GetWorkspaceRequest()))
+        return await self._unary(self._jobs.GetWorkspace, pb.GetWorkspaceRequest())
 
     # --------------------------------------------------------------- Workers
 
@@ -305,7 +313,7 @@ class AsyncJobsClient:
         """Claim the oldest eligible waiting job, waiting up to `wait_seconds` for one (`job` unset if none)."""
         request = req.claim_job_request(worker_id, kinds, wait_seconds, workspace_id)
         deadline = None if self.timeout is None else self.timeout + wait_seconds
-        return cast(pb.ClaimJobResponse, await self._unary(self._workers.ClaimJob, request, deadline))
+        return await self._unary(self._workers.ClaimJob, request, deadline)
 
     async def heartbeat(
         self, job_id: str, lease_token: str, progress: pb.ProgressUpdate | None = None
@@ -314,7 +322,7 @@ class AsyncJobsClient:
         request = pb.HeartbeatRequest(job_id=job_id, lease_token=lease_token)
         if progress is not None:
             request.progress.CopyFrom(progress)
-        return cast(pb.HeartbeatResponse, await self._unary(self._workers.Heartbeat, request))
+        return await self._unary(self._workers.Heartbeat, request)
 
     async def finish_job(
         self,
@@ -328,4 +336,4 @@ class AsyncJobsClient:
     ) -> pb.Job:
         """End the job as done / error / cancelled with its final figures, or (`release=True`) hand it back."""
         request = req.finish_job_request(job_id, lease_token, status, error=error, progress=progress, release=release)
-        return cast(pb.Job, await self._unary(self._workers.FinishJob, request))
+        return await self._unary(self._workers.FinishJob, request)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -35,21 +35,21 @@ STATUS_NAMES: tuple[str, ...] = tuple(
 TERMINAL_STATUSES = frozenset({pb.JOB_STATUS_DONE, pb.JOB_STATUS_ERROR, pb.JOB_STATUS_CANCELLED})
 
 
-def status_name(status: pb.JobStatus | int) -> str:
+def status_name(status: pb.JobStatus.ValueType | int) -> str:
     """`pb.JOB_STATUS_WAITING` -> "waiting" (the name users see in the REST JSON); unknown values -> "unspecified"."""
     try:
-        name = pb.JobStatus.Name(status)
+        name = pb.JobStatus.Name(pb.JobStatus.ValueType(status))
     except ValueError:
         return "unspecified"
     return name[len(_PREFIX) :].lower()
 
 
-def status_value(name: str | int, *, field: str = "status") -> pb.JobStatus:
+def status_value(name: str | int, *, field: str = "status") -> pb.JobStatus.ValueType:
     """ "waiting" (or "JOB_STATUS_WAITING", or the enum number) -> `pb.JOB_STATUS_WAITING`."""
     if isinstance(name, int):
         if name not in pb.JobStatus.values() or name == pb.JOB_STATUS_UNSPECIFIED:
             raise InvalidArgument.for_field(field, f"unknown job status {name!r}")
-        return cast(pb.JobStatus, name)
+        return pb.JobStatus.ValueType(name)
     key = name.strip().upper()
     if not key.startswith(_PREFIX):
         key = _PREFIX + key
@@ -57,7 +57,7 @@ def status_value(name: str | int, *, field: str = "status") -> pb.JobStatus:
         raise InvalidArgument.for_field(
             field, f"unknown job status {name!r}; expected one of {', '.join(STATUS_NAMES)}"
         )
-    return cast(pb.JobStatus, pb.JobStatus.Value(key))
+    return pb.JobStatus.Value(key)
 
 
 def to_timestamp(value: datetime) -> Timestamp:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar
 
 import grpc
 
@@ -22,6 +22,9 @@ from jobsd_client.errors import error_from_rpc
 from jobsd_client.pb import jobs_pb2_grpc
 
 __all__ = ["JobsClient"]
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 
 class JobsClient:
@@ -39,8 +42,8 @@ class JobsClient:
         self.timeout = timeout
         self._owns_channel = channel is None
         self._channel = channel if channel is not None else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self._jobs: Any = jobs_pb2_grpc.JobsStub(self._channel)
-        self._workers: Any = jobs_pb2_grpc.WorkersStub(self._channel)
+        self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
+        self._workers = jobs_pb2_grpc.WorkersStub(self._channel)
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
 
     def __enter__(self) -> JobsClient:
@@ -56,21 +59,25 @@ class JobsClient:
         if self._owns_channel:
             self._channel.close()
 
-    def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    def _unary(
+        self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request, timeout: float | None = None
+    ) -> _Response:
         try:
             return method(request, timeout=timeout if timeout is not None else self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
 
-    def _stream(self, method: Any, request: Any) -> Generator[pb.JobEvent, None, None]:
+    def _stream(
+        self, method: grpc.UnaryStreamMultiCallable[_Request, pb.JobEvent], request: _Request
+    ) -> Generator[pb.JobEvent, None, None]:
         call = method(request, metadata=self._metadata)
         try:
-            for event in call:
-                yield cast(pb.JobEvent, event)
+            for event in call:  # noqa: UP028 (not `yield from`: closing us must not close grpc's iterator)
+                yield event
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
         finally:
-            call.cancel()
+            call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel unannotated
 
     # ------------------------------------------------------------------ Jobs
 
@@ -98,7 +105,7 @@ class JobsClient:
             page_size=page_size,
             page_token=page_token,
         )
-        return cast(pb.ListJobsResponse, self._unary(self._jobs.ListJobs, request))
+        return self._unary(self._jobs.ListJobs, request)
 
     def iter_jobs(
         self,
@@ -137,10 +144,10 @@ class JobsClient:
             token = page.next_page_token
 
     def get_job(self, job_id: str) -> pb.Job:
-        return cast(pb.Job, self._unary(self._jobs.GetJob, pb.GetJobRequest(job_id=job_id)))
+        return self._unary(self._jobs.GetJob, pb.GetJobRequest(job_id=job_id))
 
     def cancel_job(self, job_id: str) -> pb.Job:
-        return cast(pb.Job, self._unary(self._jobs.CancelJob, pb.CancelJobRequest(job_id=job_id)))
+        return self._unary(self._jobs.CancelJob, pb.CancelJobRequest(job_id=job_id))
 
     def watch_job(self, job_id: str, since_revision: int = 0) -> Generator[pb.JobEvent, None, None]:
         return self._stream(self._jobs.WatchJob, pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
@@ -189,10 +196,10 @@ class JobsClient:
             request_id=request_id,
             workspace_id=workspace_id,
         )
-        return cast(pb.Job, self._unary(self._jobs.CreateJob, request))
+        return self._unary(self._jobs.CreateJob, request)
 
     def retry_job(self, job_id: str) -> pb.Job:
-        return cast(pb.Job, self._unary(self._jobs.RetryJob, pb.RetryJobRequest(job_id=job_id)))
+        return self._unary(self._jobs.RetryJob, pb.RetryJobRequest(job_id=job_id))
 
     def list_jobs_log(
         self,
@@ -220,10 +227,10 @@ class JobsClient:
             page_size=page_size,
             page_token=page_token,
         )
-        return cast(pb.ListJobsLogResponse, self._unary(self._jobs.ListJobsLog, request))
+        return self._unary(self._jobs.ListJobsLog, request)
 
     def get_workspace(self) -> pb.Workspace:
-        return cast(pb.Workspace, self._unary(self._jobs.GetWorkspace, pb.GetWorkspaceRequest()))
+        return self._unary(self._jobs.GetWorkspace, pb.GetWorkspaceRequest())
 
     # --------------------------------------------------------------- Workers
 
@@ -232,7 +239,7 @@ class JobsClient:
     ) -> pb.ClaimJobResponse:
         request = req.claim_job_request(worker_id, kinds, wait_seconds, workspace_id)
         timeout = None if self.timeout is None else self.timeout + wait_seconds
-        return cast(pb.ClaimJobResponse, self._unary(self._workers.ClaimJob, request, timeout))
+        return self._unary(self._workers.ClaimJob, request, timeout)
 
     def heartbeat(
         self, job_id: str, lease_token: str, progress: pb.ProgressUpdate | None = None
@@ -240,7 +247,7 @@ class JobsClient:
         request = pb.HeartbeatRequest(job_id=job_id, lease_token=lease_token)
         if progress is not None:
             request.progress.CopyFrom(progress)
-        return cast(pb.HeartbeatResponse, self._unary(self._workers.Heartbeat, request))
+        return self._unary(self._workers.Heartbeat, request)
 
     def finish_job(
         self,
@@ -253,4 +260,4 @@ class JobsClient:
         release: bool = False,
     ) -> pb.Job:
         request = req.finish_job_request(job_id, lease_token, status, error=error, progress=progress, release=release)
-        return cast(pb.Job, self._unary(self._workers.FinishJob, request))
+        return self._unary(self._workers.FinishJob, request)

@@ -459,7 +459,7 @@ class Worker:
         self,
         ctx: JobContext,
         *,
-        status: pb.JobStatus = pb.JOB_STATUS_UNSPECIFIED,
+        status: pb.JobStatus.ValueType = pb.JOB_STATUS_UNSPECIFIED,
         error: str | None = None,
         errors: Sequence[str] = (),
         release: bool = False,

@@ -31,7 +31,7 @@ __all__ = [
     "workspace_to_pb",
 ]
 
-STATUS_TO_PB: dict[JobStatus, pb.JobStatus] = {
+STATUS_TO_PB: dict[JobStatus, pb.JobStatus.ValueType] = {
     JobStatus.WAITING: pb.JOB_STATUS_WAITING,
     JobStatus.WORKING: pb.JOB_STATUS_WORKING,
     JobStatus.DONE: pb.JOB_STATUS_DONE,

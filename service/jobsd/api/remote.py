@@ -7,7 +7,7 @@ raised (the InvalidArgument field rides in the `jobsd-field` trailing metadata).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,6 +18,9 @@ from jobsd_client.errors import DeadlineExceeded, error_from_rpc
 from jobsd_client.pb import jobs_pb2_grpc
 
 __all__ = ["GrpcJobsApi", "translate_rpc_error"]
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 # A unary call that takes longer than this is reported as unavailable rather than hanging the HTTP client.
 _DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -37,7 +40,7 @@ class GrpcJobsApi:
 
     def __init__(self, target: str, *, timeout_seconds: float = _DEFAULT_TIMEOUT_SECONDS) -> None:
         self._channel = grpc.aio.insecure_channel(target)
-        self._jobs: Any = jobs_pb2_grpc.JobsStub(self._channel)
+        self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._timeout = timeout_seconds
 
@@ -45,41 +48,38 @@ class GrpcJobsApi:
     def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {token}"),) if token else ()
 
-    async def _unary(self, method: Any, token: str | None, request: Any) -> Any:
+    async def _unary(
+        self, method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response], token: str | None, request: _Request
+    ) -> _Response:
         try:
             return await method(request, metadata=self._metadata(token), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise translate_rpc_error(exc) from None
 
     async def list_jobs(self, token: str | None, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
-        response: pb.ListJobsResponse = await self._unary(self._jobs.ListJobs, token, request)
-        return response
+        return await self._unary(self._jobs.ListJobs, token, request)
 
     async def get_job(self, token: str | None, request: pb.GetJobRequest) -> pb.Job:
-        job: pb.Job = await self._unary(self._jobs.GetJob, token, request)
-        return job
+        return await self._unary(self._jobs.GetJob, token, request)
 
     async def cancel_job(self, token: str | None, request: pb.CancelJobRequest) -> pb.Job:
-        job: pb.Job = await self._unary(self._jobs.CancelJob, token, request)
-        return job
+        return await self._unary(self._jobs.CancelJob, token, request)
 
     async def create_job(self, token: str | None, request: pb.CreateJobRequest) -> pb.Job:
-        job: pb.Job = await self._unary(self._jobs.CreateJob, token, request)
-        return job
+        return await self._unary(self._jobs.CreateJob, token, request)
 
     async def retry_job(self, token: str | None, request: pb.RetryJobRequest) -> pb.Job:
-        job: pb.Job = await self._unary(self._jobs.RetryJob, token, request)
-        return job
+        return await self._unary(self._jobs.RetryJob, token, request)
 
     async def list_jobs_log(self, token: str | None, request: pb.ListJobsLogRequest) -> pb.ListJobsLogResponse:
-        response: pb.ListJobsLogResponse = await self._unary(self._jobs.ListJobsLog, token, request)
-        return response
+        return await self._unary(self._jobs.ListJobsLog, token, request)
 
     async def get_workspace(self, token: str | None, request: pb.GetWorkspaceRequest) -> pb.Workspace:
-        workspace: pb.Workspace = await self._unary(self._jobs.GetWorkspace, token, request)
-        return workspace
+        return await self._unary(self._jobs.GetWorkspace, token, request)
 
-    async def _stream(self, method: Any, token: str | None, request: Any) -> AsyncIterator[pb.JobEvent]:
+    async def _stream(
+        self, method: grpc.aio.UnaryStreamMultiCallable[_Request, pb.JobEvent], token: str | None, request: _Request
+    ) -> AsyncIterator[pb.JobEvent]:
         call = method(request, metadata=self._metadata(token))
         try:
             async for event in call:

@@ -24,7 +24,6 @@ from jobsd.api.status import grpc_status
 from jobsd.errors import FIELD_METADATA_KEY, InvalidArgument, JobsdError
 from jobsd.metrics import Metrics
 from jobsd_client import pb
-from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 
 __all__ = ["JobsServicer", "WorkersServicer", "add_servicer", "bearer_token"]
 
@@ -150,7 +149,9 @@ def add_servicer(server: grpc.aio.Server, service_name: str, servicer: object) -
         register(service.full_name, handlers)
 
 
-class JobsServicer(_Edge, pb_grpc.JobsServicer):
+class JobsServicer(_Edge):
+    """The jobsd.v1 Jobs service (registered by `add_servicer`; the hot methods answer serialised bytes)."""
+
     def __init__(self, api: LocalJobsApi, metrics: Metrics) -> None:
         super().__init__(metrics)
         self._api = api
@@ -185,7 +186,9 @@ class JobsServicer(_Edge, pb_grpc.JobsServicer):
             yield event
 
 
-class WorkersServicer(_Edge, pb_grpc.WorkersServicer):
+class WorkersServicer(_Edge):
+    """The jobsd.v1 Workers service (registered by `add_servicer`)."""
+
     def __init__(self, api: LocalWorkersApi, metrics: Metrics) -> None:
         super().__init__(metrics)
         self._api = api

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -102,7 +102,7 @@ class JobsRoutes:
         except InvalidArgument as exc:
             if exc.field not in _MATCH_NOTHING_FIELDS:
                 raise
-            rejected_field = exc.field
+            rejected_field: Literal["kind", "status"] = "kind" if exc.field == "kind" else "status"
         probe = type(request)()
         probe.CopyFrom(request)
         probe.ClearField(rejected_field)

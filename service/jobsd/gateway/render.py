@@ -53,7 +53,7 @@ def _optional_ts(message: Any, field: str) -> str | None:
 
 def status_name(status: int) -> str:
     """JOB_STATUS_DONE -> "done"."""
-    name: str = pb.JobStatus.Name(status)
+    name: str = pb.JobStatus.Name(pb.JobStatus.ValueType(status))
     return name.removeprefix(_STATUS_PREFIX).lower()
 
 
