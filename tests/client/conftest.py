@@ -86,12 +86,12 @@ async def running(worker: Worker, *, grace: float = 5.0) -> AsyncIterator[asynci
 
 
 async def jobsctl(*args: str, target: str, token: str, extra_env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run `python -m jobsd_client.cli` as a real subprocess; (exit status, stdout, stderr)."""
+    """Run `python -m jobsd_client._cli` as a real subprocess; (exit status, stdout, stderr)."""
     env = {**os.environ, "JOBSD_TARGET": target, "JOBSD_TOKEN": token, **(extra_env or {})}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "jobsd_client.cli",
+        "jobsd_client._cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""jobsctl run as a real subprocess (`python -m jobsd_client.cli`) against a real jobsd."""
+"""jobsctl run as a real subprocess (`python -m jobsd_client._cli`) against a real jobsd."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ async def _watch_process(jobsd: Jobsd, *args: str) -> asyncio.subprocess.Process
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "jobsd_client.cli",
+        "jobsd_client._cli",
         "watch",
         *args,
         stdout=asyncio.subprocess.PIPE,
@@ -239,7 +239,7 @@ async def test_watch_on_a_terminal_redraws_one_line_in_place(
     env = {**os.environ, "JOBSD_TARGET": jobsd.target, "JOBSD_TOKEN": jobsd.admin}
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "jobsd_client.cli", "watch", job.id, stdout=process_side, env=env
+            sys.executable, "-m", "jobsd_client._cli", "watch", job.id, stdout=process_side, env=env
         )
     finally:
         os.close(process_side)

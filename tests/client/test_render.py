@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from jobsd_client import pb
-from jobsd_client.render import datasource_text, datasources_table, details_text, human_bytes, jobs_table, progress_line
+from jobsd_client._render import (
+    datasource_text,
+    datasources_table,
+    details_text,
+    human_bytes,
+    jobs_table,
+    progress_line,
+)
 
 
 def test_progress_line_shows_status_percentage_queries_rows_and_bytes() -> None:

@@ -37,6 +37,7 @@ import grpc.aio
 from google.protobuf import json_format
 
 from jobsd_client import pb
+from jobsd_client._figures import QUERY_STATUSES, Figures, validate_report
 from jobsd_client.async_client import AsyncJobsClient
 from jobsd_client.errors import (
     FailedPrecondition,
@@ -47,7 +48,6 @@ from jobsd_client.errors import (
     Unauthenticated,
     Unimplemented,
 )
-from jobsd_client.figures import QUERY_STATUSES, Figures, validate_report
 from jobsd_client.signals import STOP_SIGNALS, stop_on_signals
 
 __all__ = [

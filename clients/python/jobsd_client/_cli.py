@@ -28,11 +28,11 @@ from typing import Any, NoReturn, TextIO
 from google.protobuf.message import Message
 
 from jobsd_client import pb
+from jobsd_client._datasources import DEFAULT_HTTP_TARGET, DataSourcesClient, DataSourcesError
+from jobsd_client._render import datasource_text, datasources_table, details_text, jobs_table, log_table, progress_line
 from jobsd_client.async_client import AsyncJobsClient
 from jobsd_client.convert import STATUS_NAMES, TERMINAL_STATUSES, message_to_dict, status_name
-from jobsd_client.datasources import DEFAULT_HTTP_TARGET, DataSourcesClient, DataSourcesError
 from jobsd_client.errors import JobsdClientError, Unauthenticated, Unavailable
-from jobsd_client.render import datasource_text, datasources_table, details_text, jobs_table, log_table, progress_line
 
 __all__ = ["DEFAULT_HTTP_TARGET", "DEFAULT_TARGET", "CliError", "build_parser", "main"]
 
