@@ -10,7 +10,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY clients ./clients
-RUN /opt/jobsd/bin/pip install --upgrade pip && /opt/jobsd/bin/pip install .
+# The SDK (jobsd-client) from its own folder, then the server that depends on it.
+RUN /opt/jobsd/bin/pip install --upgrade pip && /opt/jobsd/bin/pip install ./clients/python .
 
 # -- final: the virtual environment on a clean slim image, run by an unprivileged user
 FROM python:3.11-slim
