@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import pytest
 from aiohttp import web
@@ -20,6 +20,7 @@ from jobsd.domain.clock import ManualClock
 from jobsd.executors.dataplane import DataPlane
 from jobsd.executors.outbound import ImportPolicy
 from jobsd_client import pb
+from jobsd_client.worker import ReportFigures
 
 WORKSPACE = "8f7d2c1e-0000-4000-8000-000000000001"
 LOCAL = ImportPolicy.build(allow_networks=["127.0.0.1/32"])
@@ -82,29 +83,17 @@ class RecordingContext:
     async def wait_cancel_requested(self) -> None:
         await self._cancel.wait()
 
-    def report(
-        self,
-        *,
-        progress_percentage: float | None = None,
-        queries: Sequence[Mapping[str, str]] | None = None,
-        statistics: Mapping[str, int] | None = None,
-        quarantine_rows: int | None = None,
-        invalid_lines: int | None = None,
-        processed_data: Mapping[str, int] | None = None,
-        result: Mapping[str, Any] | None = None,
-        errors: Sequence[str] | None = None,
-    ) -> None:
-        given = {
-            "progress_percentage": progress_percentage,
-            "queries": [dict(q) for q in queries] if queries is not None else None,
-            "statistics": dict(statistics) if statistics is not None else None,
-            "quarantine_rows": quarantine_rows,
-            "invalid_lines": invalid_lines,
-            "processed_data": dict(processed_data) if processed_data is not None else None,
-            "result": dict(result) if result is not None else None,
-            "errors": list(errors) if errors is not None else None,
+    def report(self, **figures: Unpack[ReportFigures]) -> None:
+        unknown = set(figures) - set(ReportFigures.__annotations__)
+        assert not unknown, f"report() got unexpected figures {unknown}"
+        # Copies as plain lists and dicts, so later changes by the executor cannot alter what was reported.
+        given: dict[str, Any] = {
+            name: [dict(q) for q in value] if name == "queries" else list(value) if name == "errors" else value
+            for name, value in figures.items()
+            if value is not None
         }
-        update = {k: v for k, v in given.items() if v is not None}
+        given = {k: dict(v) if isinstance(v, Mapping) else v for k, v in given.items()}
+        update = given
         self.reports.append(update)
         self.figures.update(update)
         if self._on_report is not None:

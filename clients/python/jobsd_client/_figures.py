@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from jobsd_client import pb
 from jobsd_client._requests import to_struct
 from jobsd_client.errors import InvalidArgument
 
-__all__ = ["PROCESSED_DATA_KEYS", "QUERY_STATUSES", "STATISTICS_KEYS", "Figures", "validate_report"]
+__all__ = ["PROCESSED_DATA_KEYS", "QUERY_STATUSES", "STATISTICS_KEYS", "Figures", "ReportFigures", "validate_report"]
+
+
+class ReportFigures(TypedDict, total=False):
+    """What `JobContext.report(...)` takes: every figure optional, None meaning "not given this time"."""
+
+    progress_percentage: float | None
+    queries: Sequence[Mapping[str, str]] | None
+    statistics: Mapping[str, int] | None
+    quarantine_rows: int | None
+    invalid_lines: int | None
+    processed_data: Mapping[str, int] | None
+    result: Mapping[str, Any] | None
+    errors: Sequence[str] | None
+
 
 QUERY_STATUSES = frozenset({"waiting", "working", "done", "error", "cancelled"})
 STATISTICS_KEYS = ("bytes", "row_count")
@@ -111,18 +125,19 @@ class Figures:
         return update
 
 
-def validate_report(
-    *,
-    progress_percentage: float | None,
-    queries: Sequence[Mapping[str, str]] | None,
-    statistics: Mapping[str, int] | None,
-    quarantine_rows: int | None,
-    invalid_lines: int | None,
-    processed_data: Mapping[str, int] | None,
-    result: Mapping[str, Any] | None,
-    errors: Sequence[str] | None,
-) -> dict[str, Any]:
+def validate_report(figures: ReportFigures) -> dict[str, Any]:
     """The given figures as plain values, keyed by ProgressUpdate field; InvalidArgument on the first bad one."""
+    unknown = sorted(set(figures) - set(ReportFigures.__annotations__))
+    if unknown:
+        raise TypeError(f"report() got an unexpected keyword argument {unknown[0]!r}")
+    progress_percentage = figures.get("progress_percentage")
+    queries = figures.get("queries")
+    statistics = figures.get("statistics")
+    quarantine_rows = figures.get("quarantine_rows")
+    invalid_lines = figures.get("invalid_lines")
+    processed_data = figures.get("processed_data")
+    result = figures.get("result")
+    errors = figures.get("errors")
     changes: dict[str, Any] = {}
     if progress_percentage is not None:
         if (

@@ -1,5 +1,7 @@
-"""How `jobsctl` shows jobs to a person: the `ls` table, the `details` listing, the `watch` progress line; and data
-sources (`datasource ls` / `show`) from the REST gateway's JSON.
+"""How `jobsctl` shows jobs and data sources to a person.
+
+The `ls` table, the `details` listing, the `watch` progress line; and data sources (`datasource ls` / `show`)
+from the REST gateway's JSON.
 
 Pure functions from messages to text, so they are tested without a terminal.
 """

@@ -179,6 +179,7 @@ class AsyncJobsClient:
             token = page.next_page_token
 
     async def get_job(self, job_id: str) -> pb.Job:
+        """The job, while it is visible (NotFound after its window; PermissionDenied outside the token's reach)."""
         return await self._unary(self._jobs.GetJob, pb.GetJobRequest(job_id=job_id))
 
     async def cancel_job(self, job_id: str) -> pb.Job:
@@ -186,17 +187,21 @@ class AsyncJobsClient:
         return await self._unary(self._jobs.CancelJob, pb.CancelJobRequest(job_id=job_id))
 
     def watch_job(self, job_id: str, since_revision: int = 0) -> AsyncGenerator[pb.JobEvent, None]:
-        """The job's events: a SNAPSHOT (or, with `since_revision`, every revision after it), then each change;
-        the iteration ends after the terminal state. Leaving early? `aclose()` it (or use `contextlib.aclosing`)
-        to end the server-side stream at once rather than when the generator is collected."""
+        """The job's events, from a SNAPSHOT (or every revision after `since_revision`) to its terminal state.
+
+        Then each change, in order; the iteration ends after the terminal state. Leaving early? `aclose()` it (or
+        use `contextlib.aclosing`) to end the server-side stream at once rather than when it is collected.
+        """
         return self._stream(self._jobs.WatchJob, pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
 
     async def follow_job(
         self, job_id: str, since_revision: int = 0, *, reconnect_seconds: float = 30.0
     ) -> AsyncGenerator[pb.JobEvent, None]:
-        """`watch_job` that survives a jobsd restart or a dropped connection: on UNAVAILABLE it resumes after the
-        last revision it delivered (so nothing is repeated or skipped), giving up with the error once
-        `reconnect_seconds` pass without getting back in."""
+        """`watch_job` that survives a jobsd restart or a dropped connection.
+
+        On UNAVAILABLE it resumes after the last revision it delivered (so nothing is repeated or skipped), giving
+        up with the error once `reconnect_seconds` pass without getting back in.
+        """
         loop = asyncio.get_running_loop()
         last = since_revision
         delay = 0.1

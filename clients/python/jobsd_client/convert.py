@@ -45,7 +45,7 @@ def status_name(status: pb.JobStatus.ValueType | int) -> str:
 
 
 def status_value(name: str | int, *, field: str = "status") -> pb.JobStatus.ValueType:
-    """ "waiting" (or "JOB_STATUS_WAITING", or the enum number) -> `pb.JOB_STATUS_WAITING`."""
+    """The enum value of a status name: "waiting" (or "JOB_STATUS_WAITING", or the number) -> JOB_STATUS_WAITING."""
     if isinstance(name, int):
         if name not in pb.JobStatus.values() or name == pb.JOB_STATUS_UNSPECIFIED:
             raise InvalidArgument.for_field(field, f"unknown job status {name!r}")
@@ -69,6 +69,7 @@ def to_timestamp(value: datetime) -> Timestamp:
 
 
 def from_timestamp(stamp: Timestamp) -> datetime:
+    """A protobuf Timestamp as an aware UTC datetime."""
     return stamp.ToDatetime(tzinfo=UTC)
 
 

@@ -17,7 +17,8 @@ STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 def stop_on_signals(signals: Sequence[signal.Signals] = STOP_SIGNALS) -> Iterator[asyncio.Event]:
     """An event set when one of `signals` arrives while the block runs; the handlers are removed after it.
 
-    Call it from inside the running event loop (the handlers are installed on it)."""
+    Call it from inside the running event loop (the handlers are installed on it).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in signals:

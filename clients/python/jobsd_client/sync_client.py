@@ -94,6 +94,7 @@ class JobsClient:
         page_size: int = 0,
         page_token: str | None = None,
     ) -> pb.ListJobsResponse:
+        """One page of jobs, newest first. `next_page_token` is empty on the last page."""
         request = req.list_jobs_request(
             kind=kind,
             status=status,
@@ -120,6 +121,7 @@ class JobsClient:
         page_size: int = 0,
         limit: int | None = None,
     ) -> Iterator[pb.Job]:
+        """Every matching job, newest first, following the pages (at most `limit` jobs)."""
         token: str | None = None
         yielded = 0
         while True:
@@ -144,12 +146,15 @@ class JobsClient:
             token = page.next_page_token
 
     def get_job(self, job_id: str) -> pb.Job:
+        """The job, while it is visible (NotFound after its window; PermissionDenied outside the token's reach)."""
         return self._unary(self._jobs.GetJob, pb.GetJobRequest(job_id=job_id))
 
     def cancel_job(self, job_id: str) -> pb.Job:
+        """The job after the request: `cancelled` if it was waiting, `cancelling` if a worker is running it."""
         return self._unary(self._jobs.CancelJob, pb.CancelJobRequest(job_id=job_id))
 
     def watch_job(self, job_id: str, since_revision: int = 0) -> Generator[pb.JobEvent, None, None]:
+        """The job's events, from a SNAPSHOT (or every revision after `since_revision`) to its terminal state."""
         return self._stream(self._jobs.WatchJob, pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
 
     def watch_jobs(
@@ -161,6 +166,7 @@ class JobsClient:
         pipe_name: str | None = None,
         workspace_id: str | None = None,
     ) -> Generator[pb.JobEvent, None, None]:
+        """Every matching non-terminal job, a SYNCED marker, then every change of a matching job (endless)."""
         request = req.watch_jobs_request(
             kind=kind, status=status, pipe_id=pipe_id, pipe_name=pipe_name, workspace_id=workspace_id
         )
@@ -182,6 +188,7 @@ class JobsClient:
         request_id: str | None = None,
         workspace_id: str | None = None,
     ) -> pb.Job:
+        """A new waiting job (or, with an `idempotency_key` seen before, the job it created)."""
         request = req.create_job_request(
             kind,
             datasource=datasource,
@@ -199,6 +206,7 @@ class JobsClient:
         return self._unary(self._jobs.CreateJob, request)
 
     def retry_job(self, job_id: str) -> pb.Job:
+        """A new job with the parameters of an `error` or `cancelled` one."""
         return self._unary(self._jobs.RetryJob, pb.RetryJobRequest(job_id=job_id))
 
     def list_jobs_log(
@@ -215,6 +223,7 @@ class JobsClient:
         page_size: int = 0,
         page_token: str | None = None,
     ) -> pb.ListJobsLogResponse:
+        """One page of the jobs_log archive (one row per status change), newest first."""
         request = req.list_jobs_log_request(
             job_id=job_id,
             kind=kind,
@@ -230,6 +239,7 @@ class JobsClient:
         return self._unary(self._jobs.ListJobsLog, request)
 
     def get_workspace(self) -> pb.Workspace:
+        """The workspace of this client's token, with the token's scopes."""
         return self._unary(self._jobs.GetWorkspace, pb.GetWorkspaceRequest())
 
     # --------------------------------------------------------------- Workers
@@ -237,6 +247,7 @@ class JobsClient:
     def claim_job(
         self, worker_id: str, kinds: Iterable[str] = (), *, wait_seconds: float = 0.0, workspace_id: str | None = None
     ) -> pb.ClaimJobResponse:
+        """Claim the oldest eligible waiting job, waiting up to `wait_seconds` for one (`job` unset if none)."""
         request = req.claim_job_request(worker_id, kinds, wait_seconds, workspace_id)
         timeout = None if self.timeout is None else self.timeout + wait_seconds
         return self._unary(self._workers.ClaimJob, request, timeout)
@@ -244,6 +255,7 @@ class JobsClient:
     def heartbeat(
         self, job_id: str, lease_token: str, progress: pb.ProgressUpdate | None = None
     ) -> pb.HeartbeatResponse:
+        """Extend the lease and report progress; FailedPrecondition when the lease is no longer ours."""
         request = pb.HeartbeatRequest(job_id=job_id, lease_token=lease_token)
         if progress is not None:
             request.progress.CopyFrom(progress)
@@ -259,5 +271,6 @@ class JobsClient:
         progress: pb.ProgressUpdate | None = None,
         release: bool = False,
     ) -> pb.Job:
+        """End the job as done / error / cancelled with its final figures, or (`release=True`) hand it back."""
         request = req.finish_job_request(job_id, lease_token, status, error=error, progress=progress, release=release)
         return self._unary(self._workers.FinishJob, request)

@@ -30,14 +30,14 @@ import signal
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 import grpc.aio
 from google.protobuf import json_format
 
 from jobsd_client import pb
-from jobsd_client._figures import QUERY_STATUSES, Figures, validate_report
+from jobsd_client._figures import QUERY_STATUSES, Figures, ReportFigures, validate_report
 from jobsd_client.async_client import AsyncJobsClient
 from jobsd_client.errors import (
     FailedPrecondition,
@@ -57,6 +57,7 @@ __all__ = [
     "JobCancelled",
     "JobContext",
     "JobFailed",
+    "ReportFigures",
     "Worker",
     "run_until_signalled",
 ]
@@ -162,36 +163,15 @@ class JobContext:
 
     @property
     def lease_lost(self) -> bool:
+        """Whether jobsd took the job back (the lease lapsed or the job ended): stop working on it."""
         return self._lease_lost
 
-    def report(
-        self,
-        *,
-        progress_percentage: float | None = None,
-        queries: Sequence[Mapping[str, str]] | None = None,
-        statistics: Mapping[str, int] | None = None,
-        quarantine_rows: int | None = None,
-        invalid_lines: int | None = None,
-        processed_data: Mapping[str, int] | None = None,
-        result: Mapping[str, Any] | None = None,
-        errors: Sequence[str] | None = None,
-    ) -> None:
+    def report(self, **figures: Unpack[ReportFigures]) -> None:
         """Merge figures into what the next heartbeat (or `flush()`, or the finish) sends.
 
         Validated as a whole first: a bad figure raises `InvalidArgument` naming it, and nothing is merged.
         """
-        self._figures.merge(
-            validate_report(
-                progress_percentage=progress_percentage,
-                queries=queries,
-                statistics=statistics,
-                quarantine_rows=quarantine_rows,
-                invalid_lines=invalid_lines,
-                processed_data=processed_data,
-                result=result,
-                errors=errors,
-            )
-        )
+        self._figures.merge(validate_report(figures))
 
     async def flush(self) -> None:
         """Send the pending figures now (also refreshes `cancel_requested`).
@@ -331,8 +311,11 @@ class Worker:
             await asyncio.shield(self._begin_shutdown(grace=0.0))
 
     async def stop(self, *, grace: float = 10.0) -> None:
-        """Stop claiming; give running jobs up to `grace` seconds to finish, then cancel their handlers and
-        release them back to the queue. Returns when everything is settled. Safe to call twice."""
+        """Stop claiming, let running jobs finish for up to `grace` seconds, then hand the rest back.
+
+        Handlers still running then are cancelled and their jobs released to the queue. Returns when everything
+        is settled. Safe to call twice.
+        """
         await asyncio.shield(self._begin_shutdown(grace=grace))
 
     # ------------------------------------------------------------ claiming

@@ -6,14 +6,15 @@ SDK's Worker and under a plain test double. `JobInput` reads the fields every ex
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from jobsd.errors import InvalidArgument
 from jobsd.executors.dataplane import validate_datasource_name
 from jobsd.executors.errors import ExecutionFailed
 from jobsd_client import pb
+from jobsd_client.worker import ReportFigures
 
 __all__ = ["ExecutionContext", "JobInput"]
 
@@ -33,18 +34,7 @@ class ExecutionContext(Protocol):
 
     async def wait_cancel_requested(self) -> None: ...
 
-    def report(
-        self,
-        *,
-        progress_percentage: float | None = None,
-        queries: Sequence[Mapping[str, str]] | None = None,
-        statistics: Mapping[str, int] | None = None,
-        quarantine_rows: int | None = None,
-        invalid_lines: int | None = None,
-        processed_data: Mapping[str, int] | None = None,
-        result: Mapping[str, Any] | None = None,
-        errors: Sequence[str] | None = None,
-    ) -> None: ...
+    def report(self, **figures: Unpack[ReportFigures]) -> None: ...
 
     async def flush(self) -> None: ...
 
