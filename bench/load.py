@@ -183,12 +183,12 @@ def channels(port: int, count: int) -> list[grpc.aio.Channel]:
 
 
 async def close_all(chans: Sequence[grpc.aio.Channel]) -> None:
-    await asyncio.gather(*(c.close() for c in chans))
+    await asyncio.gather(*(c.close(None) for c in chans))
 
 
 def unary_callers(chans: Sequence[grpc.aio.Channel], method: str) -> list[grpc.aio.UnaryUnaryMultiCallable]:  # type: ignore[type-arg]
     """Raw-bytes callables for `method`, one per channel."""
-    return [c.unary_unary(method) for c in chans]
+    return [c.unary_unary(method, request_serializer=None, response_deserializer=None) for c in chans]
 
 
 @dataclass
@@ -231,7 +231,7 @@ async def fanout(
     received its next message. Messages are counted, not decoded, exactly alike for jobsd and the anchor."""
     n_channels = -(-streams // per_channel)
     chans = channels(port, n_channels)
-    callers = [c.unary_stream(method) for c in chans]
+    callers = [c.unary_stream(method, request_serializer=None, response_deserializer=None) for c in chans]
     received = [0] * (rounds + 1)
     arrivals: list[list[float]] = [[] for _ in range(rounds + 1)]
     done = [asyncio.Event() for _ in range(rounds + 1)]

@@ -135,7 +135,9 @@ async def interleave(loads: dict[str, Load], phase: Phase, rounds: int) -> dict[
 def get_job_call(chans: list[grpc.aio.Channel], ids: list[str]) -> Call:
     md = _md(ADMIN_TOKEN)
     reqs = [pb.GetJobRequest(job_id=i).SerializeToString() for i in ids]
-    callers = [c.unary_unary("/jobsd.v1.Jobs/GetJob") for c in chans]
+    callers = [
+        c.unary_unary("/jobsd.v1.Jobs/GetJob", request_serializer=None, response_deserializer=None) for c in chans
+    ]
 
     async def call(i: int) -> object:
         return await callers[i % len(callers)](reqs[i % len(reqs)], metadata=md)
@@ -146,7 +148,9 @@ def get_job_call(chans: list[grpc.aio.Channel], ids: list[str]) -> Call:
 def list_jobs_call(chans: list[grpc.aio.Channel], rows: dict[str, int]) -> Call:
     md = _md(ADMIN_TOKEN)
     reqs = _list_requests()
-    callers = [c.unary_unary("/jobsd.v1.Jobs/ListJobs") for c in chans]
+    callers = [
+        c.unary_unary("/jobsd.v1.Jobs/ListJobs", request_serializer=None, response_deserializer=None) for c in chans
+    ]
 
     async def call(i: int) -> object:
         name, req = reqs[i % len(reqs)]
@@ -162,7 +166,7 @@ def list_probe_call(chan: grpc.aio.Channel, per_filter: dict[str, list[float]]) 
     """One ListJobs at a time, filters in turn, latency kept per filter set."""
     md = _md(ADMIN_TOKEN)
     reqs = _list_requests()
-    caller = chan.unary_unary("/jobsd.v1.Jobs/ListJobs")
+    caller = chan.unary_unary("/jobsd.v1.Jobs/ListJobs", request_serializer=None, response_deserializer=None)
 
     async def call(i: int) -> object:
         name, req = reqs[i % len(reqs)]
@@ -176,7 +180,7 @@ def list_probe_call(chan: grpc.aio.Channel, per_filter: dict[str, list[float]]) 
 
 def echo_call(chans: list[grpc.aio.Channel], payload: bytes) -> Call:
     md = _md(ADMIN_TOKEN)  # the same metadata as the jobsd calls carry
-    callers = [c.unary_unary("/bench.Echo/Unary") for c in chans]
+    callers = [c.unary_unary("/bench.Echo/Unary", request_serializer=None, response_deserializer=None) for c in chans]
 
     async def call(i: int) -> object:
         return await callers[i % len(callers)](payload, metadata=md)
@@ -187,10 +191,18 @@ def echo_call(chans: list[grpc.aio.Channel], payload: bytes) -> Call:
 def lifecycle_call(chans: list[grpc.aio.Channel], ws: str, concurrency: int, counters: dict[str, int]) -> Call:
     """create -> claim -> heartbeat -> finish, as a service and its worker do it (4 RPCs per job)."""
     md = _md(SERVICE_TOKEN)
-    create = [c.unary_unary("/jobsd.v1.Jobs/CreateJob") for c in chans]
-    claim = [c.unary_unary("/jobsd.v1.Workers/ClaimJob") for c in chans]
-    heartbeat = [c.unary_unary("/jobsd.v1.Workers/Heartbeat") for c in chans]
-    finish = [c.unary_unary("/jobsd.v1.Workers/FinishJob") for c in chans]
+    create = [
+        c.unary_unary("/jobsd.v1.Jobs/CreateJob", request_serializer=None, response_deserializer=None) for c in chans
+    ]
+    claim = [
+        c.unary_unary("/jobsd.v1.Workers/ClaimJob", request_serializer=None, response_deserializer=None) for c in chans
+    ]
+    heartbeat = [
+        c.unary_unary("/jobsd.v1.Workers/Heartbeat", request_serializer=None, response_deserializer=None) for c in chans
+    ]
+    finish = [
+        c.unary_unary("/jobsd.v1.Workers/FinishJob", request_serializer=None, response_deserializer=None) for c in chans
+    ]
     # A copy job's concurrency key is its target: more targets than workers keeps every job claimable.
     creates = []
     for w in range(concurrency * 2):
@@ -224,7 +236,9 @@ def lifecycle_call(chans: list[grpc.aio.Channel], ws: str, concurrency: int, cou
 
 def create_call(chans: list[grpc.aio.Channel], ws: str) -> Call:
     md = _md(SERVICE_TOKEN)
-    callers = [c.unary_unary("/jobsd.v1.Jobs/CreateJob") for c in chans]
+    callers = [
+        c.unary_unary("/jobsd.v1.Jobs/CreateJob", request_serializer=None, response_deserializer=None) for c in chans
+    ]
     req = pb.CreateJobRequest(workspace_id=ws, kind="import", url="https://example.com/data.csv")
     req.datasource.update({"name": "bench_imports"})
     body = req.SerializeToString()
@@ -254,16 +268,18 @@ async def _watch(opts: Options, server: ServerProcess, ws: str, run: Run) -> Non
     try:
         svc = _md(SERVICE_TOKEN)
         req = pb.CreateJobRequest(workspace_id=ws, kind="query", query_sql="SELECT 1")
-        create = chan.unary_unary("/jobsd.v1.Jobs/CreateJob")
+        create = chan.unary_unary("/jobsd.v1.Jobs/CreateJob", request_serializer=None, response_deserializer=None)
         job = pb.Job.FromString(await create(req.SerializeToString(), metadata=svc))
         claim_req = pb.ClaimJobRequest(worker_id="bench-watch", kinds=["query"], wait_seconds=5)
         got = pb.ClaimJobResponse.FromString(
-            await chan.unary_unary("/jobsd.v1.Workers/ClaimJob")(claim_req.SerializeToString(), metadata=svc)
+            await chan.unary_unary("/jobsd.v1.Workers/ClaimJob", request_serializer=None, response_deserializer=None)(
+                claim_req.SerializeToString(), metadata=svc
+            )
         )
         if got.job.id != job.id:
             raise RuntimeError(f"watch: claimed {got.job.id or 'nothing'}, expected {job.id}")
-        heartbeat = chan.unary_unary("/jobsd.v1.Workers/Heartbeat")
-        finish = chan.unary_unary("/jobsd.v1.Workers/FinishJob")
+        heartbeat = chan.unary_unary("/jobsd.v1.Workers/Heartbeat", request_serializer=None, response_deserializer=None)
+        finish = chan.unary_unary("/jobsd.v1.Workers/FinishJob", request_serializer=None, response_deserializer=None)
         rounds = opts.rounds
 
         async def trigger(r: int) -> None:
@@ -290,13 +306,13 @@ async def _watch(opts: Options, server: ServerProcess, ws: str, run: Run) -> Non
         event = pb.JobEvent(type=pb.JobEvent.TYPE_PROGRESS, job=job, revision=9)
         run.values["event_bytes"] = len(event.SerializeToString())
     finally:
-        await chan.close()
+        await chan.close(None)
 
 
 async def _echo_fanout(opts: Options, echo: ServerProcess, run: Run) -> None:
     event = b"e" * int(run.values.get("event_bytes", 1000))
     (ctl,) = channels(echo.grpc_port, 1)
-    fire = ctl.unary_unary("/bench.Echo/Fire")
+    fire = ctl.unary_unary("/bench.Echo/Fire", request_serializer=None, response_deserializer=None)
 
     async def trigger(r: int) -> None:
         await fire(event)
@@ -315,7 +331,7 @@ async def _echo_fanout(opts: Options, echo: ServerProcess, run: Run) -> None:
             server=echo.stats,
         )
     finally:
-        await ctl.close()
+        await ctl.close(None)
 
 
 async def _sqlite_anchor(opts: Options, run: Run) -> None:
@@ -404,7 +420,9 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
         echo_ch = channels(echo.grpc_port, opts.phase.channels) if echo else []
         stack.push_async_callback(close_all, [*big_ch, *small_ch, *echo_ch])
         ids = await asyncio.to_thread(sample, big_db, 5_000)
-        job_bytes = len(await get_job_call(big_ch, ids)(0))
+        reply = await get_job_call(big_ch, ids)(0)
+        assert isinstance(reply, bytes), reply  # raw calls: the serialised Job
+        job_bytes = len(reply)
         run.values["job_bytes"] = job_bytes
         echo_load = Load(echo_call(echo_ch, b"j" * job_bytes), echo) if echo else None
 

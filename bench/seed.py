@@ -94,7 +94,7 @@ async def _prepare(path: Path) -> dict[str, str]:
 def _template(workspace_id: str, kind: str, pipe: int) -> dict[str, Any]:
     """The plain form of a typical job of this kind (every per-job field is overwritten by the row maker)."""
     now = datetime.now(UTC)
-    ds = {
+    ds: dict[str, Any] = {
         "id": f"t_{workspace_id[:8]}_{pipe:04d}",
         "name": f"events_{pipe:02d}",
         "type": "csv",

@@ -94,7 +94,9 @@ class Jobsd:
         )
         return response
 
-    def finish(self, claim: Claim, status: int = pb.JOB_STATUS_DONE, error: str = "", **progress: Any) -> pb.Job:
+    def finish(
+        self, claim: Claim, status: pb.JobStatus.ValueType = pb.JOB_STATUS_DONE, error: str = "", **progress: Any
+    ) -> pb.Job:
         job: pb.Job = self.workers.FinishJob(
             pb.FinishJobRequest(
                 job_id=claim.job.id,

@@ -29,6 +29,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             missing = sorted(cap.value for cap in needed if not raw.supports(cap))
             if missing:
                 pytest.skip(f"{backend.name} cannot provide {', '.join(missing)}")
-            yield WireChecked(raw)  # type: ignore[misc]
+            yield WireChecked(raw)
         finally:
             await raw.close()

@@ -202,31 +202,37 @@ case("ClaimJob", "wait_seconds-nan", claim(wait_seconds=math.nan), IA, "wait_sec
 case("ClaimJob", "wait_seconds-inf", claim(wait_seconds=math.inf), IA, "wait_seconds")
 
 P = pb.ProgressUpdate
-for rpc, make in (("Heartbeat", lambda p: beat(p)), ("FinishJob", lambda p: finish(progress=p))):
-    case(rpc, "progress_percentage-over-100", make(P(progress_percentage=100.5)), IA, "progress.progress_percentage")
-    case(rpc, "progress_percentage-negative", make(P(progress_percentage=-1)), IA, "progress.progress_percentage")
-    case(rpc, "progress_percentage-nan", make(P(progress_percentage=math.nan)), IA, "progress.progress_percentage")
-    case(rpc, "quarantine_rows-negative", make(P(quarantine_rows=-1)), IA, "progress.quarantine_rows")
-    case(rpc, "invalid_lines-negative", make(P(invalid_lines=-3)), IA, "progress.invalid_lines")
-    case(rpc, "statistics-negative", make(P(statistics=pb.Statistics(bytes=-1))), IA, "progress.statistics")
+with_progress: tuple[tuple[str, Callable[[pb.ProgressUpdate], Call]], ...] = (
+    ("Heartbeat", lambda p: beat(p)),
+    ("FinishJob", lambda p: finish(progress=p)),
+)
+for rpc, make_with in with_progress:
+    case(
+        rpc, "progress_percentage-over-100", make_with(P(progress_percentage=100.5)), IA, "progress.progress_percentage"
+    )
+    case(rpc, "progress_percentage-negative", make_with(P(progress_percentage=-1)), IA, "progress.progress_percentage")
+    case(rpc, "progress_percentage-nan", make_with(P(progress_percentage=math.nan)), IA, "progress.progress_percentage")
+    case(rpc, "quarantine_rows-negative", make_with(P(quarantine_rows=-1)), IA, "progress.quarantine_rows")
+    case(rpc, "invalid_lines-negative", make_with(P(invalid_lines=-3)), IA, "progress.invalid_lines")
+    case(rpc, "statistics-negative", make_with(P(statistics=pb.Statistics(bytes=-1))), IA, "progress.statistics")
     case(
         rpc,
         "processed_data-negative",
-        make(P(processed_data=pb.ProcessedData(read_rows=-1))),
+        make_with(P(processed_data=pb.ProcessedData(read_rows=-1))),
         IA,
         "progress.processed_data",
     )
     case(
         rpc,
         "queries-bad-status",
-        make(P(queries=[pb.QueryProgress(query_id="q1", status="finished")])),
+        make_with(P(queries=[pb.QueryProgress(query_id="q1", status="finished")])),
         IA,
         "progress.queries[0].status",
     )
     case(
         rpc,
         "queries-empty-query_id",
-        make(P(queries=[pb.QueryProgress(query_id="q1", status="done"), pb.QueryProgress(status="done")])),
+        make_with(P(queries=[pb.QueryProgress(query_id="q1", status="done"), pb.QueryProgress(status="done")])),
         IA,
         "progress.queries[1].query_id",
     )
@@ -268,8 +274,9 @@ async def test_bad_input(server: Server, call: Call, code: grpc.StatusCode, fiel
     assert "Traceback" not in (error.details() or "")
     if field is not None:
         assert error_field(error) == field
-        assert error.details().startswith(f"{field}: "), error.details()
-        assert len(error.details()) > len(field) + 5, "say what is wrong, not just where"
+        details = error.details() or ""
+        assert details.startswith(f"{field}: "), details
+        assert len(details) > len(field) + 5, "say what is wrong, not just where"
     assert await world(server) == before, "a refused request changed something"
 
 

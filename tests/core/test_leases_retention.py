@@ -62,7 +62,7 @@ async def test_lease_is_exact_at_its_expiry(server: Server) -> None:
     await server.heartbeat(job.id, claim.lease_token)  # just in time: renewed
     server.clock.advance(LEASE)
     error = await rpc_error(server.heartbeat(job.id, claim.lease_token))
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "lease" in error.details()
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "lease" in (error.details() or "")
 
 
 async def test_heartbeat_and_finish_after_the_lapse_are_refused(server: Server) -> None:
@@ -120,7 +120,7 @@ async def assert_visible(server: Server, job_id: str) -> None:
 
 async def assert_gone(server: Server, job_id: str) -> None:
     error = await rpc_error(server.get(job_id))
-    assert error.code() == grpc.StatusCode.NOT_FOUND and job_id in error.details()
+    assert error.code() == grpc.StatusCode.NOT_FOUND and job_id in (error.details() or "")
     assert job_id not in await server.list_ids()
     assert (await rpc_error(server.cancel(job_id))).code() == grpc.StatusCode.NOT_FOUND
     stream = server.watch(job_id)

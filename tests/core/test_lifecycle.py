@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from jobsd_client import pb
+from tests.support.server import read_event
 
 from .conftest import Server, read_events
 
@@ -16,7 +17,8 @@ async def test_create_claim_heartbeat_finish_seen_by_a_watcher(server: Server) -
     assert job.revision == 1 and job.is_cancellable and not job.HasField("started_at")
 
     stream = server.jobs.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=server.md(server.admin))
-    first = await stream.read()
+    first = await read_event(stream)
+    assert first is not None
     assert first.type == pb.JobEvent.TYPE_SNAPSHOT and first.revision == 1
 
     claim = await server.claim()

@@ -56,7 +56,7 @@ async def test_store_gone_means_not_serving_and_unavailable(server: Server, tmp_
         assert await bounded(health_of(server.channel, service)) == NOT_SERVING
     error = await rpc_error(server.create_kind("import"))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert "jobsd.db" in error.details() and "Traceback" not in error.details()
+    assert "jobsd.db" in (error.details() or "") and "Traceback" not in (error.details() or "")
     error = await rpc_error(server.cancel(job.id))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -130,7 +130,7 @@ async def test_stop_answers_a_long_polling_claim_at_once_instead_of_holding_the_
     claim = asyncio.ensure_future(server.claim(wait=30))
 
     async def parked() -> None:  # the claimer is waiting on the queue (a condition, not a fixed delay)
-        while not server.app.service._queue_changed._waiters:  # type: ignore[attr-defined]  # noqa: ASYNC110
+        while not server.app.service._queue_changed._waiters:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     await bounded(parked())

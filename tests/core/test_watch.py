@@ -14,6 +14,7 @@ import pytest
 from jobsd.domain.clock import ManualClock
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.server import EventStream, read_event
 
 from .conftest import Server, bounded, make_settings, read_events, rpc_error, running_server
 
@@ -23,7 +24,7 @@ SNAPSHOT, STATUS, PROGRESS, SYNCED = (
     pb.JobEvent.TYPE_PROGRESS,
     pb.JobEvent.TYPE_SYNCED,
 )
-Stream = grpc.aio.UnaryStreamCall  # type: ignore[type-arg]
+Stream = EventStream
 
 
 async def drain(stream: Stream) -> tuple[list[pb.JobEvent], grpc.StatusCode]:
@@ -31,7 +32,7 @@ async def drain(stream: Stream) -> tuple[list[pb.JobEvent], grpc.StatusCode]:
     events: list[pb.JobEvent] = []
 
     async def read_all() -> None:
-        while (event := await stream.read()) is not grpc.aio.EOF:
+        while (event := await read_event(stream)) is not None:
             events.append(event)
 
     try:
@@ -47,7 +48,7 @@ async def next_event(stream: Stream) -> pb.JobEvent:
 
 
 @pytest.fixture
-async def slow_channel(server: Server) -> AsyncIterator[pb_grpc.JobsStub]:
+async def slow_channel(server: Server) -> AsyncIterator[pb_grpc.JobsAsyncStub]:
     """A client whose HTTP/2 receive window is tiny and never grows: when it does not read, the server cannot push
     more than a few events into the transport, so backpressure reaches the server's per-subscriber buffer."""
     channel = grpc.aio.insecure_channel(
@@ -56,7 +57,7 @@ async def slow_channel(server: Server) -> AsyncIterator[pb_grpc.JobsStub]:
     try:
         yield pb_grpc.JobsStub(channel)
     finally:
-        await channel.close()
+        await channel.close(None)
 
 
 # ---------------------------------------------------------------- WatchJob: order and close
@@ -189,7 +190,7 @@ async def test_resume_from_a_revision_the_job_never_had_is_refused_or_ends(serve
 
 
 async def test_slow_subscriber_gets_progress_coalesced_but_every_status_change(
-    server: Server, slow_channel: pb_grpc.JobsStub
+    server: Server, slow_channel: pb_grpc.JobsAsyncStub
 ) -> None:
     job = await server.create_kind("populateview", target="mv")
     slow = slow_channel.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=server.md(server.admin))
@@ -223,7 +224,7 @@ async def test_slow_subscriber_gets_progress_coalesced_but_every_status_change(
 
 
 async def test_slow_subscriber_does_not_block_writers_or_a_fast_subscriber(
-    server: Server, slow_channel: pb_grpc.JobsStub
+    server: Server, slow_channel: pb_grpc.JobsAsyncStub
 ) -> None:
     job = await server.create_kind("import")
     slow = slow_channel.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=server.md(server.admin))
@@ -268,7 +269,7 @@ async def test_a_subscriber_too_far_behind_on_status_changes_is_closed_with_a_st
         assert 0 < len(events) < len(created)
         assert [e.job.id for e in events] == [j.id for j in created[: len(events)]], "delivered in order, no gap"
     finally:
-        await channel.close()
+        await channel.close(None)
     # The server goes on serving new watchers.
     fresh = server.watch(created[-1].id)
     assert (await next_event(fresh)).job.id == created[-1].id

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -87,13 +87,16 @@ class RecordingContext:
         unknown = set(figures) - set(ReportFigures.__annotations__)
         assert not unknown, f"report() got unexpected figures {unknown}"
         # Copies as plain lists and dicts, so later changes by the executor cannot alter what was reported.
-        given: dict[str, Any] = {
-            name: [dict(q) for q in value] if name == "queries" else list(value) if name == "errors" else value
-            for name, value in figures.items()
-            if value is not None
-        }
-        given = {k: dict(v) if isinstance(v, Mapping) else v for k, v in given.items()}
-        update = given
+        update: dict[str, Any] = {}
+        for name, value in figures.items():
+            if value is None:
+                continue
+            if isinstance(value, Mapping):
+                update[name] = dict(value)
+            elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
+                update[name] = [dict(item) if isinstance(item, Mapping) else item for item in value]
+            else:
+                update[name] = value
         self.reports.append(update)
         self.figures.update(update)
         if self._on_report is not None:

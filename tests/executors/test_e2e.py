@@ -35,7 +35,7 @@ TERMINAL = {pb.JOB_STATUS_DONE, pb.JOB_STATUS_ERROR, pb.JOB_STATUS_CANCELLED}
 @dataclass
 class Jobsd:
     app: JobsdApp
-    jobs: pb_grpc.JobsStub
+    jobs: pb_grpc.JobsAsyncStub
     admin: str
     http: aiohttp.ClientSession
 

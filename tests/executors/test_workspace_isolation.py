@@ -7,6 +7,7 @@ construction; the checker tests then show the second wall and its errors, for ev
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ from jobsd.executors.errors import ExecutionFailed
 from jobsd.executors.populate_view import run_populate
 
 from .conftest import WORKSPACE, RecordingContext, make_job
+
+
+def _insert(session: Session, n: int) -> Any:
+    return session.execute("INSERT INTO t VALUES (?)", [n])
+
 
 OTHER = "8f7d2c1e-0000-4000-8000-00000000000b"
 SECRET = "other-workspace-secret-row"
@@ -113,7 +119,7 @@ async def test_open_workspace_files_are_bounded_and_closed_ones_keep_their_data(
     async with DataPlane(tmp_path / "plane", clock=clock, max_open=2) as plane:
         for index, workspace in enumerate(workspaces):
             await plane.create_datasource("t", [("n", "Int64")], workspace=workspace)
-            await plane.run(workspace, lambda s, n=index: s.execute("INSERT INTO t VALUES (?)", [n]))
+            await plane.run(workspace, functools.partial(_insert, n=index))
             assert plane.open_workspaces <= 2
         # Each file was closed and opened again: its data is all there, and only its own.
         for index, workspace in enumerate(workspaces):

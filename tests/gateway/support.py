@@ -81,7 +81,7 @@ class Gateway:
     clock: ManualClock
     http: aiohttp.ClientSession
     base: str
-    workers: pb_grpc.WorkersStub
+    workers: pb_grpc.WorkersAsyncStub
     admin: str  # ADMIN of workspace "default"
     worker: str  # JOBS:EXECUTE on every workspace
     other: str  # ADMIN of workspace "other"
@@ -117,7 +117,7 @@ class Gateway:
     async def finish(
         self,
         claim: pb.ClaimJobResponse,
-        status: pb.JobStatus = pb.JOB_STATUS_DONE,
+        status: pb.JobStatus.ValueType = pb.JOB_STATUS_DONE,
         progress: pb.ProgressUpdate | None = None,
         error: str = "",
     ) -> pb.Job:

@@ -16,7 +16,7 @@ from jobsd.app import JobsdApp
 from jobsd.gateway.server import GatewayServer
 from jobsd_client import pb
 
-from .support import READ_TIMEOUT, Gateway, make_settings, read_event
+from .support import READ_TIMEOUT, Gateway, make_settings, read_event, struct
 
 
 def _auth(gw: Gateway) -> dict[str, str]:
@@ -126,7 +126,8 @@ async def test_a_bad_last_event_id_is_a_400_naming_it(gw: Gateway, value: str) -
 async def test_stopping_the_gateway_closes_open_streams(app: JobsdApp, tmp_path: Path) -> None:
     admin = await app.create_token("default", ["ADMIN"], "admin")
     job = await app.api.create_job(
-        admin, pb.CreateJobRequest(kind="import", url="https://example.com/a.csv", datasource={"name": "events"})
+        admin,
+        pb.CreateJobRequest(kind="import", url="https://example.com/a.csv", datasource=struct({"name": "events"})),
     )
     server = GatewayServer(app.api, make_settings(tmp_path))
     port = await server.start()

@@ -87,7 +87,7 @@ class Stack:
     app: JobsdApp
     state: Path  # <tmp>/.jobsd: store, data plane, admin-token
     imports: Path  # the file-import root
-    jobs: pb_grpc.JobsStub
+    jobs: pb_grpc.JobsAsyncStub
     channel: grpc.aio.Channel
     http: aiohttp.ClientSession
     alpha: Tenant

@@ -6,6 +6,7 @@ is written, and the log holds no ERROR record for it."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import grpc
 import pytest
@@ -59,15 +60,22 @@ async def test_a_deeply_nested_ndjson_line_is_an_invalid_line_and_the_import_goe
     assert logs.errors() == []
 
 
-def _raw(
-    stack: Stack, method: str, streaming: bool = False
-) -> grpc.aio.UnaryUnaryMultiCallable | grpc.aio.UnaryStreamMultiCallable:
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _raw(stack: Stack, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
     """A call that sends the bytes it is given as they are: what a broken or hostile client puts on the wire."""
-    path = f"/jobsd.v1.Jobs/{method}"
-    identity = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
-    if streaming:
-        return stack.channel.unary_stream(path, **identity)
-    return stack.channel.unary_unary(path, **identity)
+    return stack.channel.unary_unary(
+        f"/jobsd.v1.Jobs/{method}", request_serializer=_identity, response_deserializer=_identity
+    )
+
+
+def _raw_stream(stack: Stack, method: str) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    """`_raw` for a server-streaming method."""
+    return stack.channel.unary_stream(
+        f"/jobsd.v1.Jobs/{method}", request_serializer=_identity, response_deserializer=_identity
+    )
 
 
 @pytest.mark.parametrize(
@@ -87,9 +95,10 @@ async def test_undecodable_grpc_requests_are_invalid_argument(
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
         details = refused.value.details() or ""
         assert details.startswith("request: is not a valid jobsd.v1.") and details.endswith(problem), details
-        assert ("jobsd-field", "request") in tuple(refused.value.trailing_metadata() or ())
+        trailing: tuple[Any, ...] = tuple(refused.value.trailing_metadata() or ())
+        assert ("jobsd-field", "request") in trailing
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        async for _ in _raw(stack, "WatchJob", streaming=True)(payload, metadata=md):
+        async for _ in _raw_stream(stack, "WatchJob")(payload, metadata=md):
             pass
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     listed = await stack.jobs.ListJobs(pb.ListJobsRequest(), metadata=md)

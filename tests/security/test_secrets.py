@@ -237,6 +237,7 @@ async def test_a_malformed_request_gets_a_json_400_that_quotes_nothing(stack: St
         b"BEARER " + token.encode() + b" IS NOT HTTP\r\n\r\n",
     ]
     for attempt in attempts:
+        assert stack.app.http_port is not None
         answer = await _raw_exchange(stack.app.http_port, attempt)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert re.match(rb"HTTP/1\.[01] 400 ", head), head

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import pytest
@@ -30,11 +30,13 @@ from tests.support.backends import BACKENDS
 __all__ = [
     "T0",
     "WAIT",
+    "EventStream",
     "Server",
     "bounded",
     "e2e_store",
     "error_field",
     "make_settings",
+    "read_event",
     "read_events",
     "rpc_error",
     "running_app",
@@ -55,8 +57,8 @@ class Server:
     app: JobsdApp
     clock: ManualClock
     channel: grpc.aio.Channel
-    jobs: pb_grpc.JobsStub
-    workers: pb_grpc.WorkersStub
+    jobs: pb_grpc.JobsAsyncStub
+    workers: pb_grpc.WorkersAsyncStub
     admin: str  # ADMIN of workspace "default"
     worker: str  # JOBS:EXECUTE on every workspace
     service: str  # JOBS:CREATE + JOBS:EXECUTE on every workspace
@@ -208,7 +210,7 @@ async def running_server(
                 await app.workspace_id_of("default"),
             )
         finally:
-            await channel.close()
+            await channel.close(None)
 
 
 @contextlib.asynccontextmanager
@@ -222,12 +224,25 @@ async def e2e_store(request: pytest.FixtureRequest, backend: str, tmp_path: Path
         yield store
 
 
-async def read_events(stream: grpc.aio.UnaryStreamCall, count: int | None = None) -> list[pb.JobEvent]:  # type: ignore[type-arg]
+# A WatchJob / WatchJobs call of the async stub.
+EventStream: TypeAlias = "grpc.aio.UnaryStreamCall[Any, pb.JobEvent]"
+
+
+async def read_event(stream: EventStream) -> pb.JobEvent | None:
+    """The next event, or None once the server closed the stream."""
+    event = await stream.read()
+    if event is grpc.aio.EOF:  # type: ignore[attr-defined]  # grpc-stubs does not declare grpc.aio.EOF
+        return None
+    assert isinstance(event, pb.JobEvent), event
+    return event
+
+
+async def read_events(stream: EventStream, count: int | None = None) -> list[pb.JobEvent]:
     """Read `count` events (or until the server closes the stream)."""
     events: list[pb.JobEvent] = []
     while count is None or len(events) < count:
-        event = await stream.read()
-        if event is grpc.aio.EOF:
+        event = await read_event(stream)
+        if event is None:
             break
         events.append(event)
     return events
@@ -249,7 +264,8 @@ async def rpc_error(awaitable: Awaitable[object]) -> grpc.aio.AioRpcError:
 
 def error_field(error: grpc.aio.AioRpcError) -> str | None:
     """The request field an INVALID_ARGUMENT names (trailing metadata `jobsd-field`)."""
-    for key, value in error.trailing_metadata() or ():
+    trailing: Iterable[Any] = error.trailing_metadata() or ()
+    for key, value in trailing:
         if key == "jobsd-field":
             return str(value)
     return None
