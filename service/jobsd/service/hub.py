@@ -20,25 +20,25 @@ from jobsd.domain.model import Job
 from jobsd.errors import JobsdError, ResourceExhausted, Unavailable
 from jobsd.store.base import FeedReset, JobChanged, JobStore
 
-__all__ = ["Subscription", "WatchHub"]
+__all__ = ["WatchHub", "Watcher"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
-class _Reset:
+class _ReRead:
     """Marker queued when the feed lost events: the subscriber must re-read the current state."""
 
 
-class Subscription:
-    """A bounded, coalescing buffer of job changes for one watcher."""
+class Watcher:
+    """One watch stream's bounded, coalescing buffer of job changes (not the store feed's `FeedSubscription`)."""
 
     def __init__(self, hub: WatchHub, accepts: Callable[[Job], bool], job_id: str | None, capacity: int) -> None:
         self._hub = hub
         self._accepts = accepts
         self.job_id = job_id
         self._capacity = capacity
-        self._buffer: deque[Job | _Reset] = deque()
+        self._buffer: deque[Job | _ReRead] = deque()
         self._wakeup = asyncio.Event()
         self._error: JobsdError | None = None
         self._closed = False
@@ -66,7 +66,7 @@ class Subscription:
 
     def reset(self) -> None:
         if not self._closed:
-            self._buffer.append(_Reset())
+            self._buffer.append(_ReRead())
             self._wakeup.set()
 
     def close(self, error: JobsdError | None = None) -> None:
@@ -82,7 +82,7 @@ class Subscription:
             while True:
                 while self._buffer:
                     item = self._buffer.popleft()
-                    yield None if isinstance(item, _Reset) else item
+                    yield None if isinstance(item, _ReRead) else item
                 if self._error is not None:
                     raise self._error
                 if self._closed:
@@ -94,14 +94,14 @@ class Subscription:
 
 
 class WatchHub:
-    """Owns the change-feed task; `subscribe()` hands out Subscriptions. start()/stop() are idempotent."""
+    """Owns the change-feed task; `subscribe()` hands out Watchers. start()/stop() are idempotent."""
 
     def __init__(self, store: JobStore, *, capacity: int = 256, max_subscribers: int = 20_000) -> None:
         self._store = store
         self._capacity = capacity
         self._max = max_subscribers
-        self._by_job: dict[str, set[Subscription]] = {}
-        self._wide: set[Subscription] = set()
+        self._by_job: dict[str, set[Watcher]] = {}
+        self._wide: set[Watcher] = set()
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[Job], None]] = []
 
@@ -130,17 +130,17 @@ class WatchHub:
         for sub in [*self._wide, *(s for subs in self._by_job.values() for s in subs)]:
             sub.close(shutting_down)
 
-    def subscribe(self, accepts: Callable[[Job], bool], job_id: str | None = None) -> Subscription:
+    def subscribe(self, accepts: Callable[[Job], bool], job_id: str | None = None) -> Watcher:
         if self.subscriber_count >= self._max:
             raise ResourceExhausted(f"Too many watch streams on this server (limit {self._max})")
-        sub = Subscription(self, accepts, job_id, self._capacity)
+        sub = Watcher(self, accepts, job_id, self._capacity)
         if job_id is None:
             self._wide.add(sub)
         else:
             self._by_job.setdefault(job_id, set()).add(sub)
         return sub
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Watcher) -> None:
         sub.close()
         if sub.job_id is None:
             self._wide.discard(sub)
