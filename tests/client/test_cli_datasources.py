@@ -17,9 +17,8 @@ from aiohttp import web
 
 from jobsd.app import JobsdApp
 from jobsd.domain.model import datasource_id_for
-from jobsd.settings import Settings
 from jobsd.store.base import JobStore
-from tests.support.server import make_settings, running_app
+from tests.support.server import executor_settings, running_app, serving_http
 
 from .conftest import jobsctl
 
@@ -53,16 +52,7 @@ class Served:
 
 @pytest.fixture
 async def served(tmp_path: Path, e2e_backend_store: JobStore | None) -> AsyncIterator[Served]:
-    settings = make_settings(
-        tmp_path,
-        http_addr="127.0.0.1:0",
-        executors=True,
-        data_dir=str(tmp_path / "data"),
-        grace_seconds=1.0,
-        # The CSV is served on 127.0.0.1, which imports refuse unless the operator allows it.
-        import_allow_networks=("127.0.0.1/32",),
-        sweep_interval_seconds=Settings().sweep_interval_seconds,
-    )
+    settings = executor_settings(tmp_path, grace_seconds=1.0)
     async with running_app(settings, None, e2e_backend_store) as app:
         admin = await app.create_token("default", ["ADMIN"], "admin")
         yield Served(
@@ -90,14 +80,8 @@ async def csv_url(tmp_path: Path) -> AsyncIterator[str]:
     (root / "events.csv").write_text(EVENTS_CSV)
     app = web.Application()
     app.router.add_static("/", root)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/events.csv"
-    finally:
-        await runner.cleanup()
+    async with serving_http(app) as base:
+        yield f"{base}/events.csv"
 
 
 async def test_create_then_ls_and_show_print_what_was_created(served: Served) -> None:

@@ -21,6 +21,7 @@ from jobsd.executors.dataplane import DataPlane
 from jobsd.executors.outbound import ImportPolicy
 from jobsd_client import pb
 from jobsd_client.worker import ReportFigures
+from tests.support.server import serving_http
 
 WORKSPACE = "8f7d2c1e-0000-4000-8000-000000000001"
 LOCAL = ImportPolicy.build(allow_networks=["127.0.0.1/32"])
@@ -159,14 +160,7 @@ async def files(tmp_path: Path) -> AsyncIterator[FileServer]:
     app = web.Application()
     app.router.add_get("/files/{name}", whole)
     app.router.add_get("/chunked/{name}", chunked)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    server = FileServer(root, f"http://127.0.0.1:{port}")
-    holder.append(server)
-    try:
+    async with serving_http(app) as base:
+        server = FileServer(root, base)
+        holder.append(server)
         yield server
-    finally:
-        await runner.cleanup()

@@ -19,11 +19,10 @@ import pytest
 from jobsd.app import JobsdApp
 from jobsd.executors.datasources_http import add_routes
 from jobsd.gateway.server import GatewayServer
-from jobsd.settings import Settings
 from jobsd.store.base import JobStore
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
-from tests.support.server import make_settings, running_app
+from tests.support.server import executor_settings, running_app
 
 from .conftest import FileServer, struct
 from .test_import import EVENTS_CSV, EVENTS_SCHEMA, GOOD_BYTES
@@ -76,17 +75,8 @@ class Jobsd:
 
 @pytest.fixture
 async def jobsd(tmp_path: Path, files: FileServer, e2e_backend_store: JobStore | None) -> AsyncIterator[Jobsd]:
-    # The executors run on real time (SystemClock) and the sweeps at their default interval.
-    settings = make_settings(
-        tmp_path,
-        http_addr="127.0.0.1:0",
-        executors=True,
-        data_dir=str(tmp_path / "data"),
-        grace_seconds=2.0,
-        # The file server is on 127.0.0.1, which imports refuse unless the operator allows it.
-        import_allow_networks=("127.0.0.1/32",),
-        sweep_interval_seconds=Settings().sweep_interval_seconds,
-    )
+    # The executors run on real time (SystemClock).
+    settings = executor_settings(tmp_path, grace_seconds=2.0)
     async with running_app(settings, None, e2e_backend_store) as app:
         admin = await app.create_token("default", ["ADMIN"], name="admin")
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from jobsd.domain.model import datasource_id_for
 from jobsd_client import pb
+from tests.support.server import serving_http
 
 from .support import Gateway, load_golden
 from .test_golden import shape
@@ -40,14 +41,8 @@ async def served(tmp_path: Path) -> AsyncIterator[str]:
     (tmp_path / "events.csv").write_text(EVENTS_CSV)
     app = web.Application()
     app.router.add_static("/", tmp_path, show_index=False)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving_http(app) as base:
+        yield base
 
 
 async def run_to_the_end(gw: Gateway, **fields: Any) -> pb.Job:

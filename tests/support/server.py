@@ -17,6 +17,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import pytest
+from aiohttp import web
 
 from jobsd.api.codec import JobWireCodec
 from jobsd.app import JobsdApp
@@ -35,12 +36,14 @@ __all__ = [
     "bounded",
     "e2e_store",
     "error_field",
+    "executor_settings",
     "make_settings",
     "read_event",
     "read_events",
     "rpc_error",
     "running_app",
     "running_server",
+    "serving_http",
 ]
 
 # Where the tests' ManualClock starts.
@@ -158,6 +161,31 @@ class Server:
     async def token(self, workspace: str | None, *scopes: str) -> str:
         """A new token of `workspace` (None: every workspace) with these scopes."""
         return await self.app.create_token(workspace, list(scopes), "test")
+
+
+@contextlib.asynccontextmanager
+async def serving_http(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on an ephemeral 127.0.0.1 port for the block; yields its base URL (`http://127.0.0.1:PORT`)."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def executor_settings(tmp_path: Path, **overrides: object) -> Settings:
+    """`make_settings` for a server that runs its executors: the gateway on (data-source routes), the data plane
+    in tmp_path, real-time sweeps, and imports allowed to fetch from 127.0.0.1 (where the tests serve files)."""
+    base: dict[str, object] = {
+        "http_addr": "127.0.0.1:0",
+        "executors": True,
+        "data_dir": str(tmp_path / "data"),
+        "import_allow_networks": ("127.0.0.1/32",),
+        "sweep_interval_seconds": Settings().sweep_interval_seconds,
+    }
+    return make_settings(tmp_path, **{**base, **overrides})
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
