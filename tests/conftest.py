@@ -13,14 +13,33 @@ from tests.support.backends import e2e_backends
 from tests.support.server import T0, e2e_store
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "backends(*names): an end-to-end test that only means something on these backends (e.g. it removes the "
+        "SQLite file); it is not generated for the others",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise every test that (through its fixtures) starts a server over its suite's e2e backends."""
+    if "e2e_backend_store" not in metafunc.fixturenames:
+        return
+    suite = metafunc.definition.path.relative_to(Path(__file__).parent).parts[0]
+    names = e2e_backends(suite)
+    for mark in metafunc.definition.iter_markers("backends"):
+        names = [name for name in names if name in mark.args]
+    metafunc.parametrize("e2e_backend_store", names, indirect=True)
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     """The time of the test: it moves only when the test moves it."""
     return ManualClock(T0)
 
 
-@pytest.fixture(params=e2e_backends())
+@pytest.fixture
 async def e2e_backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore | None]:
-    """The store of this test's end-to-end server, once per e2e backend (None: SQLite from the settings' URL)."""
+    """The store of this test's end-to-end server (None: SQLite from the settings' URL, as `jobsd serve` does)."""
     async with e2e_store(request, request.param, tmp_path) as store:
         yield store

@@ -247,6 +247,8 @@ async def test_a_supplied_channel_stays_open_after_the_client_closes(jobsd: Jobs
         await channel.close(None)
 
 
+# A replacement server opens the same SQLite file.
+@pytest.mark.backends("sqlite")
 async def test_follow_job_resumes_after_a_server_restart(tmp_path: Path, jobsd: Jobsd, client: AsyncJobsClient) -> None:
     job = await create_import(client)
     follow = client.follow_job(job.id)

@@ -239,6 +239,8 @@ async def test_a_worker_with_a_bad_token_fails_loudly(jobsd: Jobsd) -> None:
     await worker.stop()  # still safe after run() failed
 
 
+# A replacement server opens the same SQLite file.
+@pytest.mark.backends("sqlite")
 async def test_the_worker_survives_a_server_restart(tmp_path: Path, jobsd: Jobsd) -> None:
     done = asyncio.Event()
 

@@ -48,6 +48,8 @@ async def test_health_of_an_unknown_service_is_not_found(server: Server) -> None
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
+# The SQLite file itself: removed, replaced, or written by another process.
+@pytest.mark.backends("sqlite")
 async def test_store_gone_means_not_serving_and_unavailable(server: Server, tmp_path: Path) -> None:
     job = await server.create_kind("import")
     (tmp_path / "jobsd.db").unlink()  # the database file is deleted under the running server
@@ -61,6 +63,8 @@ async def test_store_gone_means_not_serving_and_unavailable(server: Server, tmp_
     assert error.code() == grpc.StatusCode.UNAVAILABLE
 
 
+# The SQLite file itself: removed, replaced, or written by another process.
+@pytest.mark.backends("sqlite")
 async def test_the_health_loop_notices_a_lost_store_by_itself(server: Server, tmp_path: Path) -> None:
     updates = health_pb2_grpc.HealthStub(server.channel).Watch(health_pb2.HealthCheckRequest(service=""))
     assert (await bounded(updates.read())).status == SERVING
@@ -70,6 +74,8 @@ async def test_the_health_loop_notices_a_lost_store_by_itself(server: Server, tm
     updates.cancel()
 
 
+# The SQLite file itself: removed, replaced, or written by another process.
+@pytest.mark.backends("sqlite")
 async def test_health_recovers_when_the_store_answers_again(server: Server, tmp_path: Path) -> None:
     db = tmp_path / "jobsd.db"
     db.rename(tmp_path / "elsewhere.db")  # the file is briefly not where the server expects it
@@ -217,6 +223,8 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+# The SQLite file itself: removed, replaced, or written by another process.
+@pytest.mark.backends("sqlite")
 async def test_jobsd_token_create_prints_a_token_that_authenticates(server: Server, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path}/jobsd.db"  # the running server's own store
     code, out, err = await run_cli(
@@ -232,6 +240,8 @@ async def test_jobsd_token_create_prints_a_token_that_authenticates(server: Serv
     assert workspace.id == server.workspace_id and list(workspace.scopes) == ["DATASOURCES:READ:events"]
 
 
+# The SQLite file itself: removed, replaced, or written by another process.
+@pytest.mark.backends("sqlite")
 async def test_jobsd_token_create_for_every_workspace(server: Server, tmp_path: Path) -> None:
     code, out, err = await run_cli(
         "token", "create", "--all-workspaces", "--scope", "JOBS:EXECUTE", "--store", f"sqlite:///{tmp_path}/jobsd.db"
