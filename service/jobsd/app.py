@@ -33,6 +33,7 @@ from jobsd.domain.clock import Clock, SystemClock
 from jobsd.domain.model import TokenRecord
 from jobsd.errors import InvalidArgument, JobsdError
 from jobsd.metrics import Metrics
+from jobsd.service.dispatch import Dispatcher
 from jobsd.service.hub import WatchHub
 from jobsd.service.jobs import JobService
 from jobsd.settings import Settings, split_addr
@@ -63,10 +64,19 @@ class JobsdApp:
         self.metrics = Metrics()
         self.hub = WatchHub(self.store, capacity=settings.watch_buffer, max_subscribers=settings.max_watch_streams)
         self.service = JobService(
-            self.store, self.clock, settings.rules, self.hub, self.metrics, log_retention=settings.log_retention
+            self.store,
+            self.clock,
+            settings.rules,
+            self.hub,
+            self.metrics,
+            log_retention=settings.log_retention,
+            max_create_batch=settings.max_create_batch,
+        )
+        self.dispatcher = Dispatcher(
+            self.service, max_streams=settings.max_worker_streams, max_slots=settings.max_worker_slots
         )
         self.api = LocalJobsApi(self.service, self.codec)
-        self.workers_api = LocalWorkersApi(self.service, self.codec)
+        self.workers_api = LocalWorkersApi(self.service, self.codec, self.dispatcher)
         self.grpc_port = 0
         self.http_port: int | None = None
         self.executors: Any = None
@@ -93,6 +103,7 @@ class JobsdApp:
         await self.store.open()
         await self.hub.start()
         await self._ensure_configured_tokens()
+        await self.dispatcher.start()
         await self._start_grpc()
         self._spawn(self._sweep_loop, "jobsd-sweeper")
         self._spawn(self._health_loop, "jobsd-health")
@@ -172,6 +183,8 @@ class JobsdApp:
             await self._gateway.stop()
         if self._metrics_server is not None:
             await self._metrics_server.stop()
+        # After the executors (they give their jobs back over their worker stream): end every worker stream.
+        await self.dispatcher.stop()
         # Close watch streams so they end with a status instead of hanging the grace period.
         await self.hub.stop()
         if self._server is not None:

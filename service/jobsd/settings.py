@@ -53,6 +53,10 @@ class Settings:
     max_watch_streams: int = 20_000
     watch_buffer: int = 256
     max_request_bytes: int = 4 * 1024 * 1024
+    # Worker protocol v2: jobs per CreateJobs call, worker streams per server, free slots per worker stream.
+    max_create_batch: int = 500
+    max_worker_streams: int = 1_000
+    max_worker_slots: int = 256
     grace_seconds: float = 5.0
     log_level: str = "INFO"
 
@@ -145,6 +149,9 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "import_max_redirects": ("JOBSD_IMPORT_MAX_REDIRECTS", lambda n, r: _number(n, r, int, 0)),
     "max_json_depth": ("JOBSD_MAX_JSON_DEPTH", lambda n, r: _number(n, r, int, 1)),
     "max_watch_streams": ("JOBSD_MAX_WATCH_STREAMS", lambda n, r: _number(n, r, int, 1)),
+    "max_create_batch": ("JOBSD_MAX_CREATE_BATCH", lambda n, r: _number(n, r, int, 1)),
+    "max_worker_streams": ("JOBSD_MAX_WORKER_STREAMS", lambda n, r: _number(n, r, int, 1)),
+    "max_worker_slots": ("JOBSD_MAX_WORKER_SLOTS", lambda n, r: _number(n, r, int, 1)),
     "grace_seconds": ("JOBSD_GRACE_SECONDS", lambda n, r: _number(n, r, float, 0)),
     "log_level": ("JOBSD_LOG_LEVEL", None),
 }

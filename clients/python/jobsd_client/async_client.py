@@ -17,7 +17,7 @@ import grpc.aio
 
 from jobsd_client import _requests as req
 from jobsd_client import pb
-from jobsd_client.errors import Unavailable, error_from_rpc
+from jobsd_client.errors import JobsdClientError, Unavailable, error_from_item, error_from_rpc
 from jobsd_client.pb import jobs_pb2_grpc
 
 __all__ = ["CHANNEL_OPTIONS", "DEFAULT_TIMEOUT", "AsyncJobsClient"]
@@ -273,6 +273,13 @@ class AsyncJobsClient:
         )
         return await self._unary(self._jobs.CreateJob, request)
 
+    async def create_jobs(self, jobs: Iterable[pb.CreateJobRequest]) -> list[pb.Job | JobsdClientError]:
+        """Several jobs in one call and one write on the server (worker protocol v2). Per job, in order, the
+        created job or the error that refused it alone (the others are created)."""
+        request = pb.CreateJobsRequest(jobs=list(jobs))
+        response = cast(pb.CreateJobsResponse, await self._unary(self._jobs.CreateJobs, request))
+        return [r.job if r.HasField("job") else error_from_item(r.error) for r in response.results]
+
     async def retry_job(self, job_id: str) -> pb.Job:
         """A new job with the parameters of an `error` or `cancelled` one."""
         return await self._unary(self._jobs.RetryJob, pb.RetryJobRequest(job_id=job_id))
@@ -319,6 +326,18 @@ class AsyncJobsClient:
         request = req.claim_job_request(worker_id, kinds, wait_seconds, workspace_id)
         deadline = None if self.timeout is None else self.timeout + wait_seconds
         return await self._unary(self._workers.ClaimJob, request, deadline)
+
+    async def worker_stream(self, requests: AsyncIterator[pb.WorkerMessage]) -> AsyncGenerator[pb.ServerMessage, None]:
+        """Workers.Connect (worker protocol v2): send `requests` (a ConnectHello first), receive the server's
+        messages. Used by `Worker`; raises JobsdClientError subclasses like every call."""
+        call = self._workers.Connect(requests, metadata=self._metadata)
+        try:
+            async for message in call:
+                yield cast(pb.ServerMessage, message)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+        finally:
+            call.cancel()
 
     async def heartbeat(
         self, job_id: str, lease_token: str, progress: pb.ProgressUpdate | None = None

@@ -35,6 +35,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "error_for_code",
+    "error_from_item",
     "error_from_rpc",
 ]
 
@@ -220,3 +221,13 @@ def error_from_rpc(error: grpc.RpcError) -> JobsdError:
     if issubclass(cls, InvalidArgument):
         return cls.from_wire(details, field)
     return cls(details, field=field, code_name=code_name)
+
+
+def error_from_item(error: Any) -> JobsdError:
+    """The typed error for one refused item of a batch (a `pb.ItemError`: code name, message, field)."""
+    code_name = str(error.code) or "UNKNOWN"
+    cls = error_for_code(code_name)
+    field = str(error.field) or None
+    if issubclass(cls, InvalidArgument):
+        return cls.from_wire(str(error.message), field)
+    return cls(str(error.message) or code_name, field=field, code_name=code_name)

@@ -10,11 +10,17 @@
     worker = Worker("127.0.0.1:50051", token, {"populateview": populate}, concurrency=2)
     await run_until_signalled(worker)          # or: await worker.run() ... await worker.stop()
 
+The worker speaks worker protocol v2 when the server has it: one `Workers.Connect` stream on which the server
+pushes jobs up to the worker's free slots and pushes cancel requests, and heartbeats and finishes travel
+(several per message when they happen together). Against a server without it, it claims with `ClaimJob`
+long-polls (v1). While the stream is down (a server restart), heartbeats and finishes go as unary calls and the
+stream reconnects with backoff; running jobs keep their leases throughout.
+
 A handler that returns finishes its job as `done` with the figures it reported; `JobFailed` finishes it as `error`
 with its message; `JobCancelled` (after a cancel request) as `cancelled`; any other exception as `error` with
 "<ExceptionType>: <message>". While a handler runs, a background heartbeat every `heartbeat_interval_seconds`
 (given by the server with the claim) extends the lease and carries the figures reported since the last one; its
-answer is how the handler learns about a cancel request. If the lease is lost (the server gave the job to someone
+answer (or, on v2, the server's push) is how the handler learns about a cancel request. If the lease is lost (the server gave the job to someone
 else), the handler is cancelled and the job is left alone. Handlers must let `asyncio.CancelledError` through:
 it is how a graceful stop and a lost lease reach them.
 """
@@ -23,13 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Unpack
 
 import grpc
@@ -47,6 +54,8 @@ from jobsd_client.errors import (
     PermissionDenied,
     Unauthenticated,
     Unimplemented,
+    Unavailable,
+    error_from_item,
 )
 from jobsd_client.signals import STOP_SIGNALS, stop_on_signals
 
@@ -80,6 +89,8 @@ _TRANSIENT_CODES = frozenset(
         grpc.StatusCode.CANCELLED,
     }
 )
+# Worker protocols: "auto" (v2, or v1 against a server without it), "v2", "v1".
+PROTOCOLS = ("auto", "v2", "v1")
 # Errors no retry can fix: the worker's token or its request is wrong. They end `Worker.run()`.
 _FATAL_ERRORS = (Unauthenticated, PermissionDenied, InvalidArgument, Unimplemented)
 
@@ -132,6 +143,7 @@ class JobContext:
         worker_id: str,
         client: AsyncJobsClient,
         heartbeat_interval: float,
+        heartbeat: _HeartbeatCall | None = None,
     ) -> None:
         self.job = job
         self.job_id = job.id
@@ -141,7 +153,10 @@ class JobContext:
         self.worker_id = worker_id
         self._lease_token = lease_token
         self._client = client
+        self._beat: _HeartbeatCall = heartbeat or client.heartbeat
         self._heartbeat_interval = heartbeat_interval
+        # Worker protocol v2: whether this job's slot was already given back to the server.
+        self._slot_returned = False
         self._figures = Figures()
         self._cancel_requested = asyncio.Event()
         # One heartbeat at a time, so figures reach the server in the order they were reported.
@@ -221,9 +236,14 @@ class JobContext:
             _log.info("job %s: cancel requested", self.job_id, extra={"job_id": self.job_id})
             self._cancel_requested.set()
 
+    def _cancel_pushed(self) -> None:
+        if not self._cancel_requested.is_set():
+            _log.info("job %s: cancel requested", self.job_id, extra={"job_id": self.job_id})
+            self._cancel_requested.set()
+
     async def _send_heartbeat(self, update: pb.ProgressUpdate | None) -> pb.HeartbeatResponse:
         try:
-            return await self._client.heartbeat(self.job_id, self._lease_token, update)
+            return await self._beat(self.job_id, self._lease_token, update)
         except InvalidArgument as exc:
             if update is None:
                 raise
@@ -232,7 +252,7 @@ class JobContext:
             _log.error(
                 "job %s: jobsd refused the reported figures: %s", self.job_id, exc, extra={"job_id": self.job_id}
             )
-            return await self._client.heartbeat(self.job_id, self._lease_token, None)
+            return await self._beat(self.job_id, self._lease_token, None)
 
     async def _heartbeat_forever(self) -> None:
         while not self._lease_lost:
@@ -241,6 +261,117 @@ class JobContext:
 
 
 Handler = Callable[[JobContext], Awaitable[None]]
+_HeartbeatCall = Callable[[str, str, "pb.ProgressUpdate | None"], Awaitable[pb.HeartbeatResponse]]
+
+
+class _NoStreams(Exception):
+    """The server has no worker protocol v2: fall back to v1."""
+
+
+class _WorkerStream:
+    """One Workers.Connect stream of a Worker: what is sent in one loop turn goes as one message; every answer is
+    routed to the call that waits for it by `ref`."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._queue: asyncio.Queue[pb.WorkerMessage | None] = asyncio.Queue()
+        self._outbox = pb.WorkerMessage()
+        self._flush_pending = False
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._refs = itertools.count(1)
+        self.alive = True
+        self.answered = False
+
+    async def run(self, hello: pb.ConnectHello) -> None:
+        """Say hello, then dispatch the server's messages until the stream ends (raises how it failed)."""
+        self._queue.put_nowait(pb.WorkerMessage(hello=hello))
+        async for message in self._worker._client.worker_stream(self._requests()):
+            self.answered = True
+            self._worker._on_server_message(message)
+
+    async def _requests(self) -> AsyncIterator[pb.WorkerMessage]:
+        while True:
+            message = await self._queue.get()
+            if message is None:
+                return
+            yield message
+
+    def _touch(self) -> pb.WorkerMessage:
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return self._outbox
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        message, self._outbox = self._outbox, pb.WorkerMessage()
+        if self.alive and message.ByteSize():
+            self._queue.put_nowait(message)
+
+    def add_slots(self, count: int) -> None:
+        self._touch().add_slots += count
+
+    def drain(self) -> None:
+        self._touch().drain = True
+
+    def close(self) -> None:
+        """End our side (after what is already queued); the server then ends the stream."""
+        self._flush()
+        self._queue.put_nowait(None)
+
+    def abandon(self, reason: str) -> None:
+        """The stream is gone: every call still waiting fails as Unavailable (and is retried the unary way)."""
+        self.alive = False
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(Unavailable(f"the worker stream ended: {reason}"))
+
+    def answer(self, ref: int, answer: Any) -> None:
+        future = self._waiting.pop(ref, None)
+        if future is not None and not future.done():
+            future.set_result(answer)
+
+    async def _ask(self, ref: int) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[ref] = future
+        try:
+            answer = await asyncio.wait_for(future, self._worker._client.timeout)
+        except TimeoutError:
+            raise Unavailable("no answer on the worker stream in time") from None
+        finally:
+            self._waiting.pop(ref, None)
+        if answer.HasField("error"):
+            raise error_from_item(answer.error)
+        return answer
+
+    async def heartbeat(self, job_id: str, lease_token: str, update: pb.ProgressUpdate | None) -> pb.HeartbeatResponse:
+        ref = next(self._refs)
+        beat = self._touch().heartbeats.add(ref=ref, job_id=job_id, lease_token=lease_token)
+        if update is not None:
+            beat.progress.CopyFrom(update)
+        answer = await self._ask(ref)
+        response = pb.HeartbeatResponse(cancel_requested=answer.cancel_requested, revision=answer.revision)
+        response.lease_expires_at.CopyFrom(answer.lease_expires_at)
+        return response
+
+    async def finish(
+        self,
+        job_id: str,
+        lease_token: str,
+        status: pb.JobStatus.ValueType,
+        error: str | None,
+        progress: pb.ProgressUpdate | None,
+        release: bool,
+    ) -> pb.Job:
+        ref = next(self._refs)
+        end = self._touch().finishes.add(
+            ref=ref, job_id=job_id, lease_token=lease_token, status=status, error=error or "", release=release
+        )
+        if progress is not None:
+            end.progress.CopyFrom(progress)
+        answer = await self._ask(ref)
+        return answer.job  # type: ignore[no-any-return]
 
 
 class _RunningJob:
@@ -268,6 +399,7 @@ class Worker:
         concurrency: int = 1,
         wait_seconds: float = 5.0,
         channel: grpc.aio.Channel | None = None,
+        protocol: str = "auto",
     ) -> None:
         if not handlers:
             raise InvalidArgument.for_field("handlers", "at least one kind -> handler is required")
@@ -278,6 +410,15 @@ class Worker:
             raise InvalidArgument.for_field("concurrency", f"must be at least 1, got {concurrency}")
         if not 0 <= wait_seconds <= 60:
             raise InvalidArgument.for_field("wait_seconds", f"must be between 0 and 60, got {wait_seconds}")
+        if protocol not in PROTOCOLS:
+            raise InvalidArgument.for_field("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        self._protocol = protocol
+        self._concurrency = concurrency
+        # v2: slots held by jobs assigned and not yet given back (the rest are free).
+        self._held_slots = 0
+        self._stream: _WorkerStream | None = None
+        # The protocol in use once run() has connected: "v2" or "v1".
+        self.protocol_in_use: str | None = None
         self.worker_id = worker_id or _default_worker_id()
         self._handlers = dict(handlers)
         self._kinds = sorted(self._handlers)
@@ -304,6 +445,15 @@ class Worker:
         self._run_started = True
         try:
             if not self._stopping.is_set():
+                if self._protocol != "v1":
+                    try:
+                        await self._stream_loop()
+                        return
+                    except _NoStreams:
+                        if self._protocol == "v2":
+                            raise Unimplemented("the server does not offer worker protocol v2 (Workers.Connect)") from None
+                        _log.info("the server has no worker streams; claiming with ClaimJob (v1)")
+                self.protocol_in_use = "v1"
                 await self._claim_loop()
         finally:
             self._loop_exited.set()
@@ -318,7 +468,86 @@ class Worker:
         """
         await asyncio.shield(self._begin_shutdown(grace=grace))
 
-    # ------------------------------------------------------------ claiming
+    # ------------------------------------------------------------ v2: one stream
+
+    async def _stream_loop(self) -> None:
+        backoff = _Backoff()
+        while not self._stopping.is_set():
+            stream = _WorkerStream(self)
+            hello = pb.ConnectHello(
+                worker_id=self.worker_id, kinds=self._kinds, slots=max(0, self._concurrency - self._held_slots)
+            )
+            self._stream = stream
+            try:
+                await stream.run(hello)
+                if not self._stopping.is_set():
+                    raise Unavailable("the server ended the worker stream")
+                return
+            except Unimplemented:
+                if not stream.answered:
+                    raise _NoStreams() from None
+                raise
+            except _FATAL_ERRORS:
+                raise
+            except JobsdClientError as exc:
+                if exc.code not in _TRANSIENT_CODES:
+                    raise
+                if stream.answered:
+                    backoff.reset()
+                delay = backoff.next_delay()
+                _log.warning("worker stream failed (%s: %s); reconnecting in %.2fs", exc.code.name, exc, delay)
+                stream.abandon(str(exc))
+                self._stream = None
+                await self._sleep_unless_stopping(delay)
+            finally:
+                stream.abandon("closed")
+                if self._stream is stream:
+                    self._stream = None
+            self.protocol_in_use = "v2"
+
+    def _on_server_message(self, message: pb.ServerMessage) -> None:
+        self.protocol_in_use = "v2"
+        stream = self._stream
+        for answer in message.heartbeats:
+            if stream is not None:
+                stream.answer(answer.ref, answer)
+        for answer in message.finishes:
+            if stream is not None:
+                stream.answer(answer.ref, answer)
+        for notice in message.cancels:
+            running = self._running.get(notice.job_id)
+            if running is not None:
+                running.ctx._cancel_pushed()
+        for assignment in message.assignments:
+            self._held_slots += 1
+            claimed = pb.ClaimJobResponse(
+                job=assignment.job,
+                lease_token=assignment.lease_token,
+                heartbeat_interval_seconds=assignment.heartbeat_interval_seconds,
+            )
+            claimed.lease_expires_at.CopyFrom(assignment.lease_expires_at)
+            task = asyncio.create_task(self._run_job(claimed, streamed=True), name=f"jobsd-worker-job-{claimed.job.id}")
+            self._job_tasks.add(task)
+            task.add_done_callback(self._job_tasks.discard)
+
+    def _return_slot(self, ctx: JobContext) -> None:
+        """v2: the job's slot is free again (said beside its finish, so the server can assign the next job)."""
+        if ctx._slot_returned:
+            return
+        ctx._slot_returned = True
+        self._held_slots -= 1
+        if self._stream is not None and self._stream.alive and not self._stopping.is_set():
+            self._stream.add_slots(1)
+
+    async def _heartbeat_call(
+        self, job_id: str, lease_token: str, update: pb.ProgressUpdate | None
+    ) -> pb.HeartbeatResponse:
+        stream = self._stream
+        if stream is not None and stream.alive and stream.answered:
+            return await stream.heartbeat(job_id, lease_token, update)
+        return await self._client.heartbeat(job_id, lease_token, update)
+
+    # ------------------------------------------------------------ v1: claiming
 
     async def _claim_loop(self) -> None:
         backoff = _Backoff()
@@ -367,7 +596,7 @@ class Worker:
 
     # ------------------------------------------------------------- running
 
-    async def _run_job(self, claimed: pb.ClaimJobResponse) -> None:
+    async def _run_job(self, claimed: pb.ClaimJobResponse, *, streamed: bool = False) -> None:
         job = claimed.job
         ctx = JobContext(
             job=job,
@@ -375,7 +604,10 @@ class Worker:
             worker_id=self.worker_id,
             client=self._client,
             heartbeat_interval=claimed.heartbeat_interval_seconds or _DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat=self._heartbeat_call if streamed else None,
         )
+        if not streamed:
+            ctx._slot_returned = True  # v1 slots are the semaphore's
         try:
             handler = self._handlers.get(job.kind)
             if self._stopping.is_set():
@@ -389,7 +621,10 @@ class Worker:
             _log.exception("job %s: the worker failed to settle it", job.id, extra={"job_id": job.id})
         finally:
             self._running.pop(job.id, None)
-            self._free_slots.release()
+            if streamed:
+                self._return_slot(ctx)
+            else:
+                self._free_slots.release()
 
     async def _supervise(self, ctx: JobContext, handler: Handler) -> None:
         """Run the handler with a heartbeat beside it, then finish the job according to how the handler ended."""
@@ -459,9 +694,7 @@ class Worker:
         error = _clip(error) if error else error
         while True:
             try:
-                await self._client.finish_job(
-                    ctx.job_id, ctx._lease_token, status, error=error, progress=progress, release=release
-                )
+                await self._finish_call(ctx, status, error, progress, release)
             except FailedPrecondition as exc:
                 if status == pb.JOB_STATUS_CANCELLED and not release:
                     # The server had no cancel request: a handler gave up on its own, which is an error.
@@ -493,6 +726,23 @@ class Worker:
             _log.info("job %s: %s%s", ctx.job_id, outcome, f" ({error})" if error else "", extra={"job_id": ctx.job_id})
             return
 
+    async def _finish_call(
+        self,
+        ctx: JobContext,
+        status: pb.JobStatus.ValueType,
+        error: str | None,
+        progress: pb.ProgressUpdate | None,
+        release: bool,
+    ) -> None:
+        stream = self._stream
+        self._return_slot(ctx)  # in the same message as the finish
+        if stream is not None and stream.alive and stream.answered:
+            if not release and not status:
+                raise InvalidArgument.for_field("status", "is required unless release is set")
+            await stream.finish(ctx.job_id, ctx._lease_token, status, error, progress, release)
+            return
+        await self._client.finish_job(ctx.job_id, ctx._lease_token, status, error=error, progress=progress, release=release)
+
     # ------------------------------------------------------------ shutdown
 
     def _begin_shutdown(self, grace: float) -> asyncio.Task[None]:
@@ -505,7 +755,11 @@ class Worker:
         if self._claim_task is not None:
             # A job the server claims in the instant this cancel lands is recovered by its lease sweeper.
             self._claim_task.cancel()
-        if self._run_started:
+        stream = self._stream
+        if stream is not None and stream.alive:
+            # v2: no more assignments; one already on its way is handed straight back (see _run_job).
+            stream.drain()
+        elif self._run_started:
             await self._loop_exited.wait()  # no new job can start after this
         if self._job_tasks and grace > 0:
             await asyncio.wait(set(self._job_tasks), timeout=grace)
@@ -513,6 +767,12 @@ class Worker:
             if not running.handler_task.done():
                 running.released = True
                 running.handler_task.cancel()
+        if self._job_tasks:
+            await asyncio.wait(set(self._job_tasks))
+        if self._stream is not None:
+            self._stream.close()
+        if self._run_started:
+            await self._loop_exited.wait()
         if self._job_tasks:
             await asyncio.wait(set(self._job_tasks))
         await self._client.close()

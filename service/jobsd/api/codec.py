@@ -13,7 +13,7 @@ from jobsd.domain.clock import to_micros
 from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import Job, JobStatus, LogEntry, ProcessedData, Progress, QueryProgress, Statistics, Workspace
 from jobsd.domain.redaction import redact_url, scrub
-from jobsd.errors import InvalidArgument
+from jobsd.errors import InvalidArgument, JobsdError
 from jobsd_client import pb
 
 __all__ = [
@@ -22,7 +22,9 @@ __all__ = [
     "JobWireCodec",
     "claimed_url_patch",
     "filter_from_pb",
+    "item_error_bytes",
     "job_to_pb",
+    "length_delimited",
     "list_response_bytes",
     "log_to_pb",
     "progress_from_pb",
@@ -283,3 +285,13 @@ def list_response_bytes(wires: list[bytes], next_page_token: str) -> bytes:
         token = next_page_token.encode()
         parts.append(b"\x12" + _varint(len(token)) + token)
     return b"".join(parts)
+
+
+def length_delimited(field_number: int, payload: bytes) -> bytes:
+    """`payload` (a serialised message, or bytes) as field `field_number` of an enclosing message."""
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def item_error_bytes(exc: JobsdError) -> bytes:
+    """A serialised `ItemError` for one refused item of a batch."""
+    return pb.ItemError(code=exc.code_name, message=exc.message, field=exc.field or "").SerializeToString()

@@ -6,6 +6,9 @@ gateway inside `jobsd serve` calls it directly, so both edges share one decode/e
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
@@ -14,7 +17,9 @@ from jobsd.api.codec import (
     JobWireCodec,
     claimed_url_patch,
     filter_from_pb,
+    item_error_bytes,
     job_to_pb,
+    length_delimited,
     list_response_bytes,
     log_to_pb,
     progress_from_pb,
@@ -24,12 +29,15 @@ from jobsd.api.codec import (
 )
 from jobsd.domain.clock import to_micros
 from jobsd.domain.validation import NewJob
-from jobsd.errors import JobsdError
-from jobsd.service.jobs import JobService
+from jobsd.errors import InvalidArgument, JobsdError
+from jobsd.service.dispatch import Dispatcher, Outgoing, StreamFinish, StreamHeartbeat, WorkerSession
+from jobsd.service.jobs import FinishItem, HeartbeatItem, JobService
 from jobsd.service.watches import WatchEvent
 from jobsd_client import pb
 
 __all__ = ["LocalJobsApi", "LocalWorkersApi"]
+
+log = logging.getLogger(__name__)
 
 _EVENT_TYPES = {
     "snapshot": pb.JobEvent.TYPE_SNAPSHOT,
@@ -66,6 +74,23 @@ class _EventEncoder:
             if len(self._recent) > self._capacity:
                 self._recent.popitem(last=False)
         return cached
+
+
+def _new_job(request: pb.CreateJobRequest) -> NewJob:
+    return NewJob(
+        kind=request.kind,
+        workspace_id=request.workspace_id or None,
+        datasource=struct_to_dict(request, "datasource"),
+        pipe_id=request.pipe_id or None,
+        pipe_name=request.pipe_name or None,
+        query_id=request.query_id or None,
+        query_sql=request.query_sql or None,
+        mode=request.mode or None,
+        url=request.url or None,
+        params=struct_to_dict(request, "params") or {},
+        idempotency_key=request.idempotency_key or None,
+        request_id=request.request_id or None,
+    )
 
 
 class LocalJobsApi:
@@ -106,21 +131,20 @@ class LocalJobsApi:
     async def create_job_wire(self, token: str | None, request: pb.CreateJobRequest) -> bytes:
         """The serialised created Job: the bytes the store's write made."""
         principal = await self.service.authenticate(token)
-        spec = NewJob(
-            kind=request.kind,
-            workspace_id=request.workspace_id or None,
-            datasource=struct_to_dict(request, "datasource"),
-            pipe_id=request.pipe_id or None,
-            pipe_name=request.pipe_name or None,
-            query_id=request.query_id or None,
-            query_sql=request.query_sql or None,
-            mode=request.mode or None,
-            url=request.url or None,
-            params=struct_to_dict(request, "params") or {},
-            idempotency_key=request.idempotency_key or None,
-            request_id=request.request_id or None,
-        )
-        return self._codec(await self.service.create_job(principal, spec))
+        return self._codec(await self.service.create_job(principal, _new_job(request)))
+
+    async def create_jobs(self, token: str | None, request: pb.CreateJobsRequest) -> pb.CreateJobsResponse:
+        return pb.CreateJobsResponse.FromString(await self.create_jobs_wire(token, request))
+
+    async def create_jobs_wire(self, token: str | None, request: pb.CreateJobsRequest) -> bytes:
+        """The serialised CreateJobsResponse: per item the created job's stored bytes, or its ItemError."""
+        principal = await self.service.authenticate(token)
+        results = await self.service.create_jobs(principal, [_new_job(r) for r in request.jobs])
+        parts = []
+        for r in results:
+            item = length_delimited(2, item_error_bytes(r)) if isinstance(r, JobsdError) else length_delimited(1, self._codec(r))
+            parts.append(length_delimited(1, item))
+        return b"".join(parts)
 
     async def retry_job(self, token: str | None, request: pb.RetryJobRequest) -> pb.Job:
         principal = await self.service.authenticate(token)
@@ -160,11 +184,98 @@ class LocalJobsApi:
 
 
 class LocalWorkersApi:
-    """The Workers service in-process (claim, heartbeat, finish)."""
+    """The Workers service in-process: claim, heartbeat, finish (v1), and the worker stream (v2, `connect`)."""
 
-    def __init__(self, service: JobService, codec: JobWireCodec | None = None) -> None:
+    def __init__(
+        self, service: JobService, codec: JobWireCodec | None = None, dispatcher: Dispatcher | None = None
+    ) -> None:
         self.service = service
         self._codec = codec or JobWireCodec()
+        self.dispatcher = dispatcher or Dispatcher(service)
+
+    async def connect(self, token: str | None, requests: AsyncIterator[pb.WorkerMessage]) -> AsyncIterator[bytes]:
+        """Workers.Connect: the serialised ServerMessages for one worker stream (see jobsd.service.dispatch)."""
+        principal = await self.service.authenticate(token)
+        principal.require_execute()
+        first = await anext(aiter(requests), None)
+        if first is None:
+            return
+        if not first.HasField("hello"):
+            raise InvalidArgument("hello", "the first message of a worker stream must be its hello")
+        hello = first.hello
+        session = self.dispatcher.connect(
+            principal, hello.worker_id, tuple(hello.kinds), hello.workspace_id or None, hello.slots
+        )
+        reader = asyncio.create_task(self._read(session, first, requests), name=f"jobsd-worker-{hello.worker_id}")
+        try:
+            yield b""  # an empty first message: the stream is accepted (the worker may use it from now on)
+            async for out in session.messages():
+                yield self._server_message(out)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await session.close()
+
+    async def _read(self, session: WorkerSession, first: pb.WorkerMessage, requests: AsyncIterator[pb.WorkerMessage]) -> None:
+        try:
+            await self._apply(session, first)
+            async for message in requests:
+                if message.HasField("hello"):
+                    raise InvalidArgument("hello", "only the first message of a worker stream may be a hello")
+                await self._apply(session, message)
+            session.end_of_input()
+        except JobsdError as exc:
+            session.fail(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("worker stream of %s failed", session.worker_id)
+            session.fail(JobsdError("internal error"))
+
+    async def _apply(self, session: WorkerSession, message: pb.WorkerMessage) -> None:
+        limit = self.dispatcher.max_slots
+        for name in ("heartbeats", "finishes"):
+            if len(getattr(message, name)) > limit:
+                raise InvalidArgument(name, f"at most {limit} per message (the most slots a stream has)")
+        beats = [StreamHeartbeat(h.ref, h.job_id, _decoded_heartbeat(h, i)) for i, h in enumerate(message.heartbeats)]
+        ends = [StreamFinish(f.ref, f.job_id, _decoded_finish(f, i)) for i, f in enumerate(message.finishes)]
+        if beats or ends:
+            await session.handle(beats, ends)
+        session.add_slots(message.add_slots)
+        if message.drain:
+            session.drain()
+
+    def _server_message(self, out: Outgoing) -> bytes:
+        """The serialised ServerMessage: jobs as the store's bytes, framed (nothing parsed or built twice)."""
+        parts: list[bytes] = []
+        for claim in out.assignments:
+            head = pb.Assignment(
+                lease_token=claim.lease_token, heartbeat_interval_seconds=claim.heartbeat_interval.total_seconds()
+            )
+            head.lease_expires_at.FromMicroseconds(to_micros(claim.lease_expires_at))
+            job = claim.job
+            body = head.SerializeToString() + length_delimited(1, self._codec(job)) + claimed_url_patch(job)
+            parts.append(length_delimited(1, body))
+        for ref, job_id, beat in out.heartbeats:
+            answer = pb.HeartbeatAnswer(ref=ref, job_id=job_id)
+            if isinstance(beat, JobsdError):
+                answer.error.ParseFromString(item_error_bytes(beat))
+            else:
+                answer.cancel_requested = beat.cancel_requested
+                answer.revision = beat.revision
+                answer.lease_expires_at.FromMicroseconds(to_micros(beat.lease_expires_at))
+            parts.append(length_delimited(2, answer.SerializeToString()))
+        for ref, job_id, finished in out.finishes:
+            head_bytes = pb.FinishAnswer(ref=ref, job_id=job_id).SerializeToString()
+            if isinstance(finished, JobsdError):
+                body = length_delimited(3, item_error_bytes(finished))
+            else:
+                body = length_delimited(4, self._codec(finished))
+            parts.append(length_delimited(3, head_bytes + body))
+        for job_id in out.cancels:
+            parts.append(length_delimited(4, pb.CancelNotice(job_id=job_id).SerializeToString()))
+        return b"".join(parts)
 
     async def claim_job(self, token: str | None, request: pb.ClaimJobRequest) -> pb.ClaimJobResponse:
         return pb.ClaimJobResponse.FromString(await self.claim_job_wire(token, request))
@@ -211,3 +322,18 @@ class LocalWorkersApi:
             release=request.release,
         )
         return self._codec(job)
+
+
+def _decoded_heartbeat(h: pb.StreamHeartbeat, i: int) -> HeartbeatItem | JobsdError:
+    try:
+        return HeartbeatItem(h.job_id, h.lease_token, progress_from_pb(h.progress, f"heartbeats[{i}].progress"))
+    except JobsdError as exc:
+        return exc
+
+
+def _decoded_finish(f: pb.StreamFinish, i: int) -> FinishItem | JobsdError:
+    try:
+        progress = progress_from_pb(f.progress, f"finishes[{i}].progress")
+    except JobsdError as exc:
+        return exc
+    return FinishItem(f.job_id, f.lease_token, STATUS_FROM_PB.get(f.status), f.error, progress, f.release)

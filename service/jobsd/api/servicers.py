@@ -137,7 +137,12 @@ def add_servicer(server: grpc.aio.Server, service_name: str, servicer: object) -
     service = pb.DESCRIPTOR.services_by_name[service_name]
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
-        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        if method.client_streaming:
+            make = grpc.stream_stream_rpc_method_handler
+        elif method.server_streaming:
+            make = grpc.unary_stream_rpc_method_handler
+        else:
+            make = grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=_deserializer(message_factory.GetMessageClass(method.input_type)),
@@ -167,6 +172,9 @@ class JobsServicer(_Edge):
 
     async def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> bytes:
         return await self._unary("CreateJob", self._api.create_job_wire, request, context)
+
+    async def CreateJobs(self, request: pb.CreateJobsRequest, context: Any) -> bytes:
+        return await self._unary("CreateJobs", self._api.create_jobs_wire, request, context)
 
     async def RetryJob(self, request: pb.RetryJobRequest, context: Any) -> pb.Job:
         return await self._unary("RetryJob", self._api.retry_job, request, context)
@@ -201,3 +209,7 @@ class WorkersServicer(_Edge):
 
     async def FinishJob(self, request: pb.FinishJobRequest, context: Any) -> bytes:
         return await self._unary("FinishJob", self._api.finish_job_wire, request, context)
+
+    async def Connect(self, request_iterator: AsyncIterator[pb.WorkerMessage], context: Any) -> AsyncIterator[bytes]:  # type: ignore[override]
+        async for message in self._stream("Connect", self._api.connect, request_iterator, context):
+            yield message

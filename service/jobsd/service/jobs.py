@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -30,7 +30,7 @@ from jobsd.service.paging import checked_page_size, decode_cursor, encode_cursor
 from jobsd.service.watches import JobWatches, WatchEvent
 from jobsd.store.base import ClaimRequest, JobQuery, JobRecord, JobStore, LogQuery
 
-__all__ = ["Claim", "HeartbeatResult", "JobService"]
+__all__ = ["Claim", "FinishItem", "HeartbeatItem", "HeartbeatResult", "JobService", "item_error"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ MAX_ID_LENGTH = 128
 # Jobs this process wrote last, by id (see JobService._move).
 WRITTEN_KEPT = 1_024
 INVALID_TOKEN = "invalid authentication token"
+# Jobs CreateJobs takes in one call unless the settings say otherwise (JOBSD_MAX_CREATE_BATCH).
+DEFAULT_MAX_CREATE_BATCH = 500
+
+_Decide = Callable[[Job], Job]
+_Check = Callable[[Job], Awaitable[None] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,30 @@ class HeartbeatResult:
     cancel_requested: bool
     lease_expires_at: datetime
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatItem:
+    job_id: str
+    lease_token: str
+    progress: Progress
+
+
+@dataclass(frozen=True, slots=True)
+class FinishItem:
+    job_id: str
+    lease_token: str
+    status: JobStatus | None
+    error: str
+    progress: Progress
+    release: bool = False
+
+
+def item_error(exc: JobsdError, prefix: str) -> JobsdError:
+    """`exc` as the error of one item of a batch: a field it names is prefixed with the item's place."""
+    if isinstance(exc, InvalidArgument):
+        return InvalidArgument(f"{prefix}.{exc.field}", exc.problem)
+    return exc
 
 
 def _require_id(job_id: str) -> str:
@@ -74,8 +103,10 @@ class JobService:
         metrics: Metrics,
         *,
         log_retention: timedelta = timedelta(days=30),
+        max_create_batch: int = DEFAULT_MAX_CREATE_BATCH,
     ) -> None:
         self.store = store
+        self.max_create_batch = max_create_batch
         self.clock = clock
         self.rules = rules
         self.hub = hub
@@ -215,8 +246,51 @@ class JobService:
 
     async def create_job(self, principal: Principal, spec: NewJob) -> Job:
         principal.require_create()
+        job = await self._new_job(principal, spec, {})
+        stored = await self.store.insert_job(job)
+        if stored.id == job.id:
+            self._created(stored)
+        return stored
+
+    async def create_jobs(self, principal: Principal, specs: Sequence[NewJob]) -> list[Job | JobsdError]:
+        """Each spec as `create_job` would create it, in one store write; per item the job or why it was refused.
+
+        The call as a whole is refused only for who asks (token, scope) or for the batch's size."""
+        principal.require_create()
+        if not specs:
+            raise InvalidArgument("jobs", "at least one job is required")
+        if len(specs) > self.max_create_batch:
+            raise InvalidArgument("jobs", f"at most {self.max_create_batch} jobs per call, got {len(specs)}")
+        results: list[Job | JobsdError | None] = []
+        pending: list[tuple[int, Job]] = []
+        workspaces: dict[str, bool] = {}
+        for i, spec in enumerate(specs):
+            try:
+                job = await self._new_job(principal, spec, workspaces)
+            except JobsdError as exc:
+                results.append(item_error(exc, f"jobs[{i}]"))
+                continue
+            results.append(None)
+            pending.append((i, job))
+        if pending:
+            stored = await self.store.insert_jobs([job for _, job in pending])
+            for (i, job), kept in zip(pending, stored, strict=True):
+                if kept.id == job.id:
+                    self._created(kept)
+                results[i] = kept
+        return [r for r in results if r is not None]
+
+    def _created(self, job: Job) -> None:
+        self._remember(job)
+        self.metrics.transition(job.kind, job.status.value)
+
+    async def _new_job(self, principal: Principal, spec: NewJob, workspaces: dict[str, bool]) -> Job:
+        """The waiting job `spec` asks for (validated; nothing written). `workspaces`: existence already looked up."""
         workspace_id = principal.workspace(spec.workspace_id)
-        if await self.store.get_workspace(workspace_id) is None:
+        exists = workspaces.get(workspace_id)
+        if exists is None:
+            exists = workspaces[workspace_id] = await self.store.get_workspace(workspace_id) is not None
+        if not exists:
             raise NotFound(f'Workspace "{workspace_id}" not found')
         valid = validate_new_job(spec)
         now = self.clock.now()
@@ -228,7 +302,7 @@ class JobService:
         query_id = valid.query_id
         if query_id is None and valid.kind in ("populateview", "copy", "query"):
             query_id = _new_query_id(now)
-        job = Job(
+        return Job(
             id=job_id,
             workspace_id=workspace_id,
             kind=valid.kind,
@@ -251,18 +325,8 @@ class JobService:
             idempotency_key=valid.idempotency_key,
             request_id=valid.request_id or job_id,
         )
-        stored = await self.store.insert_job(job)
-        if stored.id == job.id:
-            self._remember(stored)
-            self.metrics.transition(job.kind, job.status.value)
-        return stored
 
-    async def _move(
-        self,
-        job_id: str,
-        decide: Callable[[Job], Job],
-        check: Callable[[Job], Awaitable[None] | None] | None = None,
-    ) -> Job:
+    async def _move(self, job_id: str, decide: _Decide, check: _Check | None = None) -> Job:
         """Read, decide, compare-and-set; on a lost race re-read and decide again.
 
         The first attempt starts from the job as this process last wrote it, if it did recently (no read); if that
@@ -294,6 +358,53 @@ class JobService:
                     self.metrics.transition(new.kind, new.status.value)
                 return new
         raise FailedPrecondition(f"Job {job_id} is changing too fast; try again")
+
+    async def _move_many(self, moves: Sequence[tuple[str, _Decide, _Check]]) -> list[Job | JobsdError]:
+        """`_move` for each (job_id, decide, check). The moves this process can decide on the job as it last wrote
+        it share one store write (each still its own compare-and-set); any other move, or one whose
+        compare-and-set lost, goes the way `_move` goes alone."""
+        results: list[Job | JobsdError | None] = [None] * len(moves)
+        pairs: list[tuple[Job, Job]] = []
+        batched: list[int] = []
+        alone: list[int] = []
+        now = self.clock.now()
+        seen: set[str] = set()
+        for i, (job_id, decide, check) in enumerate(moves):
+            job = self._written.get(job_id)
+            if job is None or job_id in seen or not is_visible(job, now):
+                alone.append(i)
+                continue
+            try:
+                if check(job) is not None:  # an asynchronous check: `_move` awaits it
+                    alone.append(i)
+                    continue
+                new = decide(job)
+            except JobsdError:
+                alone.append(i)  # decided on an old copy: decide again on the stored job
+                continue
+            if new is job:
+                alone.append(i)
+                continue
+            seen.add(job_id)
+            pairs.append((job, new))
+            batched.append(i)
+        if pairs:
+            outcomes = await self.store.compare_and_set_many(pairs)
+            for i, (old, new), written in zip(batched, pairs, outcomes, strict=True):
+                if written:
+                    self._remember(new)
+                    if new.status is not old.status:
+                        self.metrics.transition(new.kind, new.status.value)
+                    results[i] = new
+                else:
+                    alone.append(i)
+        for i in sorted(alone):
+            job_id, decide, check = moves[i]
+            try:
+                results[i] = await self._move(job_id, decide, check)
+            except JobsdError as exc:
+                results[i] = exc
+        return [r for r in results if r is not None]
 
     async def cancel_job(self, principal: Principal, job_id: str) -> Job:
         def decide(job: Job) -> Job:
@@ -343,6 +454,26 @@ class JobService:
         wait_seconds: float,
         workspace_id: str | None = None,
     ) -> Claim | None:
+        workspace = self.claim_scope(principal, worker_id, kinds, workspace_id)
+        if not 0 <= wait_seconds <= MAX_WAIT_SECONDS:
+            raise InvalidArgument("wait_seconds", f"must be between 0 and {MAX_WAIT_SECONDS:g}, got {wait_seconds:g}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        while True:
+            # Taken before the attempt, so a change during it wakes us at once (no lost wake-ups).
+            changed = self._queue_changed
+            claims = await self.claim_batch(worker_id, kinds, workspace, 1)
+            remaining = deadline - loop.time()
+            if claims or remaining <= 0 or self._closing:
+                return claims[0] if claims else None
+            # Wake on a local change; re-check at least every second for other replicas' writes.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=min(remaining, 1.0))
+
+    def claim_scope(
+        self, principal: Principal, worker_id: str, kinds: Collection[str], workspace_id: str | None
+    ) -> str | None:
+        """Check who claims what (scope, worker id, kinds); the workspace its claims are limited to, if any."""
         principal.require_execute()
         if not worker_id:
             raise InvalidArgument("worker_id", "is required")
@@ -353,27 +484,16 @@ class JobService:
                 raise InvalidArgument(
                     "kinds", f"unknown kind {kind!r}; expected some of {', '.join(sorted(KNOWN_KINDS))}"
                 )
-        if not 0 <= wait_seconds <= MAX_WAIT_SECONDS:
-            raise InvalidArgument("wait_seconds", f"must be between 0 and {MAX_WAIT_SECONDS:g}, got {wait_seconds:g}")
         workspace = workspace_id or None
         if principal.workspace_id is not None:
             workspace = principal.workspace(workspace)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_seconds
-        while True:
-            # Taken before the attempt, so a change during it wakes us at once (no lost wake-ups).
-            changed = self._queue_changed
-            claim = await self._claim_once(worker_id, kinds, workspace)
-            remaining = deadline - loop.time()
-            if claim is not None or remaining <= 0 or self._closing:
-                return claim
-            # Wake on a local change; re-check at least every second for other replicas' writes.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=min(remaining, 1.0))
+        return workspace
 
-    async def _claim_once(self, worker_id: str, kinds: Collection[str], workspace_id: str | None) -> Claim | None:
+    async def claim_batch(
+        self, worker_id: str, kinds: Collection[str], workspace_id: str | None, limit: int
+    ) -> list[Claim]:
+        """Up to `limit` claims now (no waiting) for a worker `claim_scope` has checked; each its own lease."""
         now = self.clock.now()
-        lease_token = uuid.uuid4().hex
         lease_expires_at = now + self.rules.lease
 
         def claim(job: Job) -> Job:
@@ -383,21 +503,26 @@ class JobService:
                 now,
                 retention=self.rules.retention,
                 worker_id=worker_id,
-                lease_token=lease_token,
+                lease_token=uuid.uuid4().hex,
                 lease_expires_at=lease_expires_at,
             )
 
-        job = await self.store.claim_next(
-            ClaimRequest(
-                now=now, kinds=tuple(kinds), workspace_id=workspace_id, limit_for=self.rules.limit_for, claim=claim
-            )
+        request = ClaimRequest(
+            now=now, kinds=tuple(kinds), workspace_id=workspace_id, limit_for=self.rules.limit_for, claim=claim
         )
-        if job is None:
-            return None
-        self._remember(job)
-        self.metrics.transition(job.kind, job.status.value)
-        self.metrics.queued(job.kind, max(0.0, (now - job.created_at).total_seconds()))
-        return Claim(job, lease_token, lease_expires_at, self.rules.heartbeat_interval)
+        if limit == 1:
+            one = await self.store.claim_next(request)
+            jobs = [] if one is None else [one]
+        else:
+            jobs = await self.store.claim_batch(request, limit)
+        claims = []
+        for job in jobs:
+            self._remember(job)
+            self.metrics.transition(job.kind, job.status.value)
+            self.metrics.queued(job.kind, max(0.0, (now - job.created_at).total_seconds()))
+            assert job.lease_token is not None
+            claims.append(Claim(job, job.lease_token, lease_expires_at, self.rules.heartbeat_interval))
+        return claims
 
     def _check_lease(self, principal: Principal, lease_token: str) -> Callable[[Job], None]:
         principal.require_execute()
@@ -417,15 +542,46 @@ class JobService:
     async def heartbeat(
         self, principal: Principal, job_id: str, lease_token: str, progress: Progress
     ) -> HeartbeatResult:
+        job = await self._move(*self._heartbeat_move(principal, job_id, lease_token, progress))
+        return self._heartbeat_result(job)
+
+    async def heartbeat_many(
+        self, principal: Principal, items: Sequence[HeartbeatItem]
+    ) -> list[HeartbeatResult | JobsdError]:
+        """`heartbeat` for each item (one store write for those that can share it); per item the result or error."""
+        moves: list[tuple[str, _Decide, _Check]] = []
+        results: list[HeartbeatResult | JobsdError | None] = []
+        for i, item in enumerate(items):
+            try:
+                moves.append(self._heartbeat_move(principal, item.job_id, item.lease_token, item.progress))
+                results.append(None)
+            except JobsdError as exc:
+                results.append(item_error(exc, f"heartbeats[{i}]"))
+        moved = iter(await self._move_many(moves))
+        out: list[HeartbeatResult | JobsdError] = []
+        for result in results:
+            if result is None:
+                job = next(moved)
+                result = job if isinstance(job, JobsdError) else self._heartbeat_result(job)
+            out.append(result)
+        return out
+
+    @staticmethod
+    def _heartbeat_result(job: Job) -> HeartbeatResult:
+        assert job.lease_expires_at is not None
+        return HeartbeatResult(job.status is JobStatus.CANCELLING, job.lease_expires_at, job.revision)
+
+    def _heartbeat_move(
+        self, principal: Principal, job_id: str, lease_token: str, progress: Progress
+    ) -> tuple[str, _Decide, _Check]:
         check = self._check_lease(principal, lease_token)
+        _require_id(job_id)
 
         def decide(job: Job) -> Job:
             now = self.clock.now()
             return replace(apply_progress(job, progress, now), lease_expires_at=now + self.rules.lease)
 
-        job = await self._move(job_id, decide, check)
-        assert job.lease_expires_at is not None
-        return HeartbeatResult(job.status is JobStatus.CANCELLING, job.lease_expires_at, job.revision)
+        return job_id, decide, check
 
     async def finish_job(
         self,
@@ -437,31 +593,46 @@ class JobService:
         progress: Progress,
         release: bool = False,
     ) -> Job:
-        check = self._check_lease(principal, lease_token)
-        if release:
+        item = FinishItem(job_id, lease_token, status, error, progress, release)
+        return await self._move(*self._finish_move(principal, item))
+
+    async def finish_many(self, principal: Principal, items: Sequence[FinishItem]) -> list[Job | JobsdError]:
+        """`finish_job` for each item (one store write for those that can share it); per item the job or error."""
+        moves: list[tuple[str, _Decide, _Check]] = []
+        results: list[Job | JobsdError | None] = []
+        for i, item in enumerate(items):
+            try:
+                moves.append(self._finish_move(principal, item))
+                results.append(None)
+            except JobsdError as exc:
+                results.append(item_error(exc, f"finishes[{i}]"))
+        moved = iter(await self._move_many(moves))
+        return [r if r is not None else next(moved) for r in results]
+
+    def _finish_move(self, principal: Principal, item: FinishItem) -> tuple[str, _Decide, _Check]:
+        check = self._check_lease(principal, item.lease_token)
+        _require_id(item.job_id)
+        if item.release:
             action = Action.RELEASE
-        elif status is JobStatus.DONE:
+        elif item.status is JobStatus.DONE:
             action = Action.FINISH_DONE
-        elif status is JobStatus.ERROR:
+        elif item.status is JobStatus.ERROR:
             action = Action.FINISH_ERROR
-        elif status is JobStatus.CANCELLED:
+        elif item.status is JobStatus.CANCELLED:
             action = Action.FINISH_CANCELLED
         else:
             raise InvalidArgument("status", "must be DONE, ERROR or CANCELLED (or set release)")
-        if len(error) > 10_000:
+        if len(item.error) > 10_000:
             raise InvalidArgument("error", "is longer than 10000 characters")
+        error = item.error or None
+        progress = None if item.progress.is_empty() else item.progress
 
         def decide(job: Job) -> Job:
             return transition(
-                job,
-                action,
-                self.clock.now(),
-                retention=self.rules.retention,
-                error=error or None,
-                progress=None if progress.is_empty() else progress,
+                job, action, self.clock.now(), retention=self.rules.retention, error=error, progress=progress
             )
 
-        return await self._move(job_id, decide, check)
+        return item.job_id, decide, check
 
     # ------------------------------------------------------------------ watch (jobsd.service.watches)
 

@@ -7,6 +7,10 @@ Rules every backend keeps:
 - `claim_next` is atomic: FIFO by created_at among waiting, visible jobs of the requested kinds, skipping jobs whose
   concurrency key already has `limit_for(kind)` jobs running; no job is ever claimed twice.
 - Every committed job write is published on `changes()` (in-process for SQLite, change streams for MongoDB).
+- The batch writes (`insert_jobs`, `claim_batch`, `compare_and_set_many`) mean exactly what a loop of the single
+  writes means, item by item (each item is its own compare-and-set); a backend may commit a batch together, and
+  acknowledges (returns, publishes) only what it has committed. `BatchWrites` gives the loop to backends without
+  a cheaper way.
 - Every job write also stores the job's `wire` form, made by the encoder the store was built with (the API layer
   passes one that serialises the `jobsd.v1.Job` message), in the same atomic write: the read paths
   (`get_record`, `list_records`) answer from those bytes without building a `Job` per row. The store never
@@ -17,7 +21,7 @@ Rules every backend keeps:
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, Protocol
@@ -28,6 +32,7 @@ from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
 
 __all__ = [
+    "BatchWrites",
     "Capability",
     "ChangeEvent",
     "ClaimRequest",
@@ -162,6 +167,15 @@ class JobStore(Protocol):
     async def claim_next(self, request: ClaimRequest) -> Job | None:
         """Atomically claim the oldest eligible waiting job (see module rules); None if there is none."""
 
+    async def insert_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+        """`insert_job` for each job, in order (idempotency keys included); the stored jobs, in order."""
+
+    async def claim_batch(self, request: ClaimRequest, limit: int) -> list[Job]:
+        """Up to `limit` claims, as `claim_next` would make them one after another (FIFO, limits counted)."""
+
+    async def compare_and_set_many(self, pairs: Sequence[tuple[Job, Job]]) -> list[bool]:
+        """`compare_and_set(old, new)` for each pair (distinct jobs), each on its own; the outcomes, in order."""
+
     async def lapsed_leases(self, now: datetime, limit: int) -> list[Job]:
         """Running jobs whose lease expired before `now`, oldest lease first."""
 
@@ -186,3 +200,30 @@ class JobStore(Protocol):
         """Insert or replace the token with this hash."""
 
     async def get_token(self, token_hash: str) -> TokenRecord | None: ...
+
+
+class _SingleWrites(Protocol):
+    async def insert_job(self, job: Job) -> Job: ...
+
+    async def claim_next(self, request: ClaimRequest) -> Job | None: ...
+
+    async def compare_and_set(self, old: Job, new: Job) -> bool: ...
+
+
+class BatchWrites:
+    """The batch writes of `JobStore` as loops of the single writes: for backends with no cheaper batch."""
+
+    async def insert_jobs(self: _SingleWrites, jobs: Sequence[Job]) -> list[Job]:
+        return [await self.insert_job(job) for job in jobs]
+
+    async def claim_batch(self: _SingleWrites, request: ClaimRequest, limit: int) -> list[Job]:
+        claimed: list[Job] = []
+        while len(claimed) < limit:
+            job = await self.claim_next(request)
+            if job is None:
+                break
+            claimed.append(job)
+        return claimed
+
+    async def compare_and_set_many(self: _SingleWrites, pairs: Sequence[tuple[Job, Job]]) -> list[bool]:
+        return [await self.compare_and_set(old, new) for old, new in pairs]

@@ -854,6 +854,107 @@ class Workspace(_message.Message):
 Global___Workspace: _TypeAlias = Workspace  # noqa: Y015
 
 @_typing.final
+class CreateJobsRequest(_message.Message):
+    """------------------------------------------------ batched creates (protocol v2)"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateJobRequest]:
+        """1..max_create_batch jobs (JOBSD_MAX_CREATE_BATCH, default 500); each is what CreateJob takes."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___CreateJobRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateJobsRequest: _TypeAlias = CreateJobsRequest  # noqa: Y015
+
+@_typing.final
+class ItemError(_message.Message):
+    """Why one item of a batch was refused. The other items are unaffected."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """The name of the gRPC status code the item would have failed with as a unary call ("INVALID_ARGUMENT", ...)."""
+    message: _builtins.str
+    field: _builtins.str
+    """The request field at fault, e.g. "jobs[3].kind" (empty when no single field is)."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        field: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field", b"field", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemError: _TypeAlias = ItemError  # noqa: Y015
+
+@_typing.final
+class CreateJobResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    @_builtins.property
+    def error(self) -> Global___ItemError: ...
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        error: Global___ItemError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "job", b"job", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "job", b"job", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["job", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___CreateJobResult: _TypeAlias = CreateJobResult  # noqa: Y015
+
+@_typing.final
+class CreateJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateJobResult]:
+        """One per requested job, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CreateJobResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateJobsResponse: _TypeAlias = CreateJobsResponse  # noqa: Y015
+
+@_typing.final
 class ClaimJobRequest(_message.Message):
     """---------------------------------------------------------- Workers service"""
 
@@ -1065,3 +1166,305 @@ class FinishJobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FinishJobRequest: _TypeAlias = FinishJobRequest  # noqa: Y015
+
+@_typing.final
+class ConnectHello(_message.Message):
+    """------------------------------------------------- worker protocol v2 (one stream per worker)
+
+    Workers.Connect: the worker opens one stream, says who it is, which kinds it runs and how many free slots it
+    has (ConnectHello); the server pushes assignments up to those slots as jobs become claimable. Each
+    assignment takes one slot; the worker gives slots back with `add_slots` (usually beside the finish that freed
+    it). Heartbeats and finishes travel on the same stream, each with a worker-chosen `ref` that its answer
+    repeats; a refused item is answered with an ItemError and never ends the stream. The server pushes a
+    CancelNotice when a job this stream holds is asked to cancel. Leases mean what they mean for the unary RPCs:
+    the stream's loss is the worker's loss (its leases lapse unless it reconnects and heartbeats in time).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    worker_id: _builtins.str
+    workspace_id: _builtins.str
+    """Optional: only jobs of this workspace."""
+    slots: _builtins.int
+    """Free slots to start with (0..max_worker_slots)."""
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Kinds this worker runs; empty means every kind."""
+
+    def __init__(
+        self,
+        *,
+        worker_id: _builtins.str = ...,
+        kinds: _abc.Iterable[_builtins.str] | None = ...,
+        workspace_id: _builtins.str = ...,
+        slots: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds", "slots", b"slots", "worker_id", b"worker_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectHello: _TypeAlias = ConnectHello  # noqa: Y015
+
+@_typing.final
+class StreamHeartbeat(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    ref: _builtins.int
+    job_id: _builtins.str
+    lease_token: _builtins.str
+    @_builtins.property
+    def progress(self) -> Global___ProgressUpdate: ...
+    def __init__(
+        self,
+        *,
+        ref: _builtins.int = ...,
+        job_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        progress: Global___ProgressUpdate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "lease_token", b"lease_token", "progress", b"progress", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamHeartbeat: _TypeAlias = StreamHeartbeat  # noqa: Y015
+
+@_typing.final
+class StreamFinish(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    ref: _builtins.int
+    job_id: _builtins.str
+    lease_token: _builtins.str
+    status: Global___JobStatus.ValueType
+    """DONE, ERROR or CANCELLED (CANCELLED only after a cancel request)."""
+    error: _builtins.str
+    release: _builtins.bool
+    """Graceful shutdown: give the job back to the queue instead of finishing it."""
+    @_builtins.property
+    def progress(self) -> Global___ProgressUpdate: ...
+    def __init__(
+        self,
+        *,
+        ref: _builtins.int = ...,
+        job_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        status: Global___JobStatus.ValueType = ...,
+        error: _builtins.str = ...,
+        progress: Global___ProgressUpdate | None = ...,
+        release: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "job_id", b"job_id", "lease_token", b"lease_token", "progress", b"progress", "ref", b"ref", "release", b"release", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamFinish: _TypeAlias = StreamFinish  # noqa: Y015
+
+@_typing.final
+class WorkerMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELLO_FIELD_NUMBER: _builtins.int
+    ADD_SLOTS_FIELD_NUMBER: _builtins.int
+    HEARTBEATS_FIELD_NUMBER: _builtins.int
+    FINISHES_FIELD_NUMBER: _builtins.int
+    DRAIN_FIELD_NUMBER: _builtins.int
+    add_slots: _builtins.int
+    """Slots freed since the last message (added to what the server may assign)."""
+    drain: _builtins.bool
+    """Stop assigning to this stream (graceful shutdown); answers still flow until the worker closes it."""
+    @_builtins.property
+    def hello(self) -> Global___ConnectHello:
+        """The first message of a stream, and only the first."""
+
+    @_builtins.property
+    def heartbeats(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamHeartbeat]: ...
+    @_builtins.property
+    def finishes(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamFinish]: ...
+    def __init__(
+        self,
+        *,
+        hello: Global___ConnectHello | None = ...,
+        add_slots: _builtins.int = ...,
+        heartbeats: _abc.Iterable[Global___StreamHeartbeat] | None = ...,
+        finishes: _abc.Iterable[Global___StreamFinish] | None = ...,
+        drain: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hello", b"hello"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_slots", b"add_slots", "drain", b"drain", "finishes", b"finishes", "heartbeats", b"heartbeats", "hello", b"hello"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerMessage: _TypeAlias = WorkerMessage  # noqa: Y015
+
+@_typing.final
+class Assignment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    lease_token: _builtins.str
+    heartbeat_interval_seconds: _builtins.float
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    @_builtins.property
+    def lease_expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        lease_token: _builtins.str = ...,
+        lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
+        heartbeat_interval_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "lease_expires_at", b"lease_expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "job", b"job", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Assignment: _TypeAlias = Assignment  # noqa: Y015
+
+@_typing.final
+class HeartbeatAnswer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    ref: _builtins.int
+    job_id: _builtins.str
+    cancel_requested: _builtins.bool
+    revision: _builtins.int
+    @_builtins.property
+    def error(self) -> Global___ItemError:
+        """Set when refused (FAILED_PRECONDITION: the lease is no longer this worker's; ...); the rest is then unset."""
+
+    @_builtins.property
+    def lease_expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        ref: _builtins.int = ...,
+        job_id: _builtins.str = ...,
+        error: Global___ItemError | None = ...,
+        cancel_requested: _builtins.bool = ...,
+        lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "lease_expires_at", b"lease_expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "error", b"error", "job_id", b"job_id", "lease_expires_at", b"lease_expires_at", "ref", b"ref", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatAnswer: _TypeAlias = HeartbeatAnswer  # noqa: Y015
+
+@_typing.final
+class FinishAnswer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    ref: _builtins.int
+    job_id: _builtins.str
+    @_builtins.property
+    def error(self) -> Global___ItemError: ...
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job as finished (or released)."""
+
+    def __init__(
+        self,
+        *,
+        ref: _builtins.int = ...,
+        job_id: _builtins.str = ...,
+        error: Global___ItemError | None = ...,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "job", b"job", "job_id", b"job_id", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishAnswer: _TypeAlias = FinishAnswer  # noqa: Y015
+
+@_typing.final
+class CancelNotice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelNotice: _TypeAlias = CancelNotice  # noqa: Y015
+
+@_typing.final
+class ServerMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    HEARTBEATS_FIELD_NUMBER: _builtins.int
+    FINISHES_FIELD_NUMBER: _builtins.int
+    CANCELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
+    @_builtins.property
+    def heartbeats(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeartbeatAnswer]: ...
+    @_builtins.property
+    def finishes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FinishAnswer]: ...
+    @_builtins.property
+    def cancels(self) -> _containers.RepeatedCompositeFieldContainer[Global___CancelNotice]: ...
+    def __init__(
+        self,
+        *,
+        assignments: _abc.Iterable[Global___Assignment] | None = ...,
+        heartbeats: _abc.Iterable[Global___HeartbeatAnswer] | None = ...,
+        finishes: _abc.Iterable[Global___FinishAnswer] | None = ...,
+        cancels: _abc.Iterable[Global___CancelNotice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancels", b"cancels", "finishes", b"finishes", "heartbeats", b"heartbeats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerMessage: _TypeAlias = ServerMessage  # noqa: Y015

@@ -80,6 +80,11 @@ class JobsStub:
                 request_serializer=jobsd_dot_v1_dot_jobs__pb2.GetWorkspaceRequest.SerializeToString,
                 response_deserializer=jobsd_dot_v1_dot_jobs__pb2.Workspace.FromString,
                 _registered_method=True)
+        self.CreateJobs = channel.unary_unary(
+                '/jobsd.v1.Jobs/CreateJobs',
+                request_serializer=jobsd_dot_v1_dot_jobs__pb2.CreateJobsRequest.SerializeToString,
+                response_deserializer=jobsd_dot_v1_dot_jobs__pb2.CreateJobsResponse.FromString,
+                _registered_method=True)
 
 
 class JobsServicer:
@@ -139,6 +144,13 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJobs(self, request, context):
+        """Protocol v2: up to max_create_batch jobs in one call, one atomic write; a result (job or error) per item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +198,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.GetWorkspace,
                     request_deserializer=jobsd_dot_v1_dot_jobs__pb2.GetWorkspaceRequest.FromString,
                     response_serializer=jobsd_dot_v1_dot_jobs__pb2.Workspace.SerializeToString,
+            ),
+            'CreateJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJobs,
+                    request_deserializer=jobsd_dot_v1_dot_jobs__pb2.CreateJobsRequest.FromString,
+                    response_serializer=jobsd_dot_v1_dot_jobs__pb2.CreateJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -441,6 +458,33 @@ class Jobs:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def CreateJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobsd.v1.Jobs/CreateJobs',
+            jobsd_dot_v1_dot_jobs__pb2.CreateJobsRequest.SerializeToString,
+            jobsd_dot_v1_dot_jobs__pb2.CreateJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class WorkersStub:
     """Missing associated documentation comment in .proto file."""
@@ -466,6 +510,11 @@ class WorkersStub:
                 request_serializer=jobsd_dot_v1_dot_jobs__pb2.FinishJobRequest.SerializeToString,
                 response_deserializer=jobsd_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
+        self.Connect = channel.stream_stream(
+                '/jobsd.v1.Workers/Connect',
+                request_serializer=jobsd_dot_v1_dot_jobs__pb2.WorkerMessage.SerializeToString,
+                response_deserializer=jobsd_dot_v1_dot_jobs__pb2.ServerMessage.FromString,
+                _registered_method=True)
 
 
 class WorkersServicer:
@@ -489,6 +538,13 @@ class WorkersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Connect(self, request_iterator, context):
+        """Protocol v2: one stream per worker (see ConnectHello).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -506,6 +562,11 @@ def add_WorkersServicer_to_server(servicer, server):
                     servicer.FinishJob,
                     request_deserializer=jobsd_dot_v1_dot_jobs__pb2.FinishJobRequest.FromString,
                     response_serializer=jobsd_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=jobsd_dot_v1_dot_jobs__pb2.WorkerMessage.FromString,
+                    response_serializer=jobsd_dot_v1_dot_jobs__pb2.ServerMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -589,6 +650,33 @@ class Workers:
             '/jobsd.v1.Workers/FinishJob',
             jobsd_dot_v1_dot_jobs__pb2.FinishJobRequest.SerializeToString,
             jobsd_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/jobsd.v1.Workers/Connect',
+            jobsd_dot_v1_dot_jobs__pb2.WorkerMessage.SerializeToString,
+            jobsd_dot_v1_dot_jobs__pb2.ServerMessage.FromString,
             options,
             channel_credentials,
             insecure,

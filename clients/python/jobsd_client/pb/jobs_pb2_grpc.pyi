@@ -45,6 +45,8 @@ class JobsStub:
     RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.Job]
     ListJobsLog: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsLogRequest, _jobs_pb2.ListJobsLogResponse]
     GetWorkspace: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetWorkspaceRequest, _jobs_pb2.Workspace]
+    CreateJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CreateJobsRequest, _jobs_pb2.CreateJobsResponse]
+    """Protocol v2: up to max_create_batch jobs in one call, one atomic write; a result (job or error) per item."""
 
 @_typing.type_check_only
 class JobsAsyncStub(JobsStub):
@@ -58,6 +60,8 @@ class JobsAsyncStub(JobsStub):
     RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     ListJobsLog: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsLogRequest, _jobs_pb2.ListJobsLogResponse]  # type: ignore[assignment]
     GetWorkspace: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetWorkspaceRequest, _jobs_pb2.Workspace]  # type: ignore[assignment]
+    CreateJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CreateJobsRequest, _jobs_pb2.CreateJobsResponse]  # type: ignore[assignment]
+    """Protocol v2: up to max_create_batch jobs in one call, one atomic write; a result (job or error) per item."""
 
 class JobsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -123,6 +127,14 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Workspace, _abc.Awaitable[_jobs_pb2.Workspace]]: ...
 
+    @_abc_1.abstractmethod
+    def CreateJobs(
+        self,
+        request: _jobs_pb2.CreateJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.CreateJobsResponse, _abc.Awaitable[_jobs_pb2.CreateJobsResponse]]:
+        """Protocol v2: up to max_create_batch jobs in one call, one atomic write; a result (job or error) per item."""
+
 def add_JobsServicer_to_server(servicer: JobsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class WorkersStub:
@@ -133,6 +145,8 @@ class WorkersStub:
     ClaimJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ClaimJobRequest, _jobs_pb2.ClaimJobResponse]
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.HeartbeatRequest, _jobs_pb2.HeartbeatResponse]
     FinishJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.FinishJobRequest, _jobs_pb2.Job]
+    Connect: _grpc.StreamStreamMultiCallable[_jobs_pb2.WorkerMessage, _jobs_pb2.ServerMessage]
+    """Protocol v2: one stream per worker (see ConnectHello)."""
 
 @_typing.type_check_only
 class WorkersAsyncStub(WorkersStub):
@@ -140,6 +154,8 @@ class WorkersAsyncStub(WorkersStub):
     ClaimJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ClaimJobRequest, _jobs_pb2.ClaimJobResponse]  # type: ignore[assignment]
     Heartbeat: _aio.UnaryUnaryMultiCallable[_jobs_pb2.HeartbeatRequest, _jobs_pb2.HeartbeatResponse]  # type: ignore[assignment]
     FinishJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.FinishJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
+    Connect: _aio.StreamStreamMultiCallable[_jobs_pb2.WorkerMessage, _jobs_pb2.ServerMessage]  # type: ignore[assignment]
+    """Protocol v2: one stream per worker (see ConnectHello)."""
 
 class WorkersServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -162,5 +178,13 @@ class WorkersServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.FinishJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]: ...
+
+    @_abc_1.abstractmethod
+    def Connect(
+        self,
+        request_iterator: _MaybeAsyncIterator[_jobs_pb2.WorkerMessage],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.ServerMessage], _abc.AsyncIterator[_jobs_pb2.ServerMessage]]:
+        """Protocol v2: one stream per worker (see ConnectHello)."""
 
 def add_WorkersServicer_to_server(servicer: WorkersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

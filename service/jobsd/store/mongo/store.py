@@ -53,6 +53,7 @@ from pymongo.read_concern import ReadConcern
 from jobsd.domain.model import RUNNING_STATUSES, Job, LogEntry, TokenRecord, Workspace
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import (
+    BatchWrites,
     Capability,
     ChangeEvent,
     ClaimRequest,
@@ -139,7 +140,7 @@ def _slot_holder(job_id: str, claim: str | None) -> Document:
     return {"job": job_id, "claim": claim}
 
 
-class MongoStore:
+class MongoStore(BatchWrites):
     """`jobsd.store.base.JobStore` on MongoDB. Create, `await open()`, use, `await close()`.
 
     `client`: an already-built client (tests pass the in-process emulation); the store then does not close it.

@@ -266,27 +266,43 @@ class SqliteStore:
         row = _job_row(job, self._wire(job))
         log = log_entry_for(job)
         with self._write("insert a job") as conn:
-            if job.idempotency_key is not None:
-                existing = conn.execute(
-                    f"SELECT doc FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND {_VISIBLE}",
-                    (job.workspace_id, job.idempotency_key, to_micros(job.created_at)),
-                ).fetchone()
-                if existing is not None:
-                    return _job_from_doc(existing[0])
-                # A job that is no longer visible keeps no claim on its key.
-                conn.execute(
-                    "UPDATE jobs SET idempotency_key = NULL WHERE workspace_id = ? AND idempotency_key = ?",
-                    (job.workspace_id, job.idempotency_key),
-                )
-            try:
-                conn.execute(
-                    f"INSERT INTO jobs (id, idempotency_key, {_JOB_COLUMNS}) VALUES (?, ?{', ?' * len(row)})",
-                    (job.id, job.idempotency_key, *row),
-                )
-            except sqlite3.IntegrityError:
-                raise AlreadyExists(f"Job with id {job.id!r} already exists") from None
-            self._append_log(conn, log)
-        self._publish(job)
+            stored = self._insert(conn, job, row, log)
+        if stored is job:
+            self._publish(job)
+        return stored
+
+    async def insert_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+        """One transaction for the whole batch: one commit's WAL pages instead of one per job."""
+        rows = [(job, _job_row(job, self._wire(job)), log_entry_for(job)) for job in jobs]
+        with self._write("insert jobs") as conn:
+            stored = [self._insert(conn, job, row, log) for job, row, log in rows]
+        for job, kept in zip(jobs, stored, strict=True):
+            if kept is job:
+                self._publish(job)
+        return stored
+
+    def _insert(self, conn: sqlite3.Connection, job: Job, row: tuple[Any, ...], log: LogEntry) -> Job:
+        """Insert `job` inside the caller's transaction; the visible job holding its idempotency key instead."""
+        if job.idempotency_key is not None:
+            existing = conn.execute(
+                f"SELECT doc FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND {_VISIBLE}",
+                (job.workspace_id, job.idempotency_key, to_micros(job.created_at)),
+            ).fetchone()
+            if existing is not None:
+                return _job_from_doc(existing[0])
+            # A job that is no longer visible keeps no claim on its key.
+            conn.execute(
+                "UPDATE jobs SET idempotency_key = NULL WHERE workspace_id = ? AND idempotency_key = ?",
+                (job.workspace_id, job.idempotency_key),
+            )
+        try:
+            conn.execute(
+                f"INSERT INTO jobs (id, idempotency_key, {_JOB_COLUMNS}) VALUES (?, ?{', ?' * len(row)})",
+                (job.id, job.idempotency_key, *row),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"Job with id {job.id!r} already exists") from None
+        self._append_log(conn, log)
         return job
 
     async def get_job(self, job_id: str, now: datetime) -> Job | None:
@@ -425,24 +441,67 @@ class SqliteStore:
             self._publish(new)
         return written
 
+    async def compare_and_set_many(self, pairs: Sequence[tuple[Job, Job]]) -> list[bool]:
+        """Each pair its own compare-and-set, all in one transaction (one commit for the batch)."""
+        for old, new in pairs:
+            if new.id != old.id or new.revision <= old.revision:
+                raise InvalidArgument("pairs", f"each pair must be one job at a higher revision, got {old.id!r}")
+        prepared = [
+            (old, new, _encode_json(job_to_plain(new)), self._wire(new), new.status is not old.status)
+            for old, new in pairs
+        ]
+        with self._write("update jobs") as conn:
+            outcomes = []
+            for old, new, doc, wire, status_changed in prepared:
+                written = self._write_if_revision(conn, old, new, doc, wire)
+                if written and status_changed:
+                    self._append_log(conn, log_entry_for(new))
+                outcomes.append(written)
+        for (_old, new, *_rest), written in zip(prepared, outcomes, strict=True):
+            if written:
+                self._publish(new)
+        return outcomes
+
+    async def claim_batch(self, request: ClaimRequest, limit: int) -> list[Job]:
+        """Up to `limit` claims in one transaction, each chosen as `claim_next` would choose it."""
+        if isinstance(request.kinds, str):
+            raise InvalidArgument("kinds", f"expected a collection of kinds, got the string {request.kinds!r}")
+        now = to_micros(request.now)
+        claimed: list[Job] = []
+        with self._write("claim jobs") as conn:
+            while len(claimed) < limit:
+                job = self._claim_in(conn, request, now)
+                if job is None:
+                    break
+                claimed.append(job)
+        for job in claimed:
+            self._publish(job)
+        return claimed
+
     async def claim_next(self, request: ClaimRequest) -> Job | None:
         if isinstance(request.kinds, str):
             # A bare string would be read as a set of one-letter kinds and silently match nothing.
             raise InvalidArgument("kinds", f"expected a collection of kinds, got the string {request.kinds!r}")
         now = to_micros(request.now)
         with self._write("claim a job") as conn:
-            chosen = self._choose_claimable(conn, request, now)
-            if chosen is None:
-                return None
-            job = _job_from_doc(chosen)
-            claimed = request.claim(job)
-            doc = _encode_json(job_to_plain(claimed))
-            if not self._write_if_revision(conn, job, claimed, doc, self._wire(claimed)):
-                # Impossible while we hold the write lock; refuse rather than hand out a job twice.
-                raise Unavailable(f"SQLite store {self._path}: job {job.id} changed during its claim")
-            if claimed.status is not job.status:
-                self._append_log(conn, log_entry_for(claimed))
-        self._publish(claimed)
+            claimed = self._claim_in(conn, request, now)
+        if claimed is not None:
+            self._publish(claimed)
+        return claimed
+
+    def _claim_in(self, conn: sqlite3.Connection, request: ClaimRequest, now: int) -> Job | None:
+        """Choose and claim one job inside the caller's write transaction."""
+        chosen = self._choose_claimable(conn, request, now)
+        if chosen is None:
+            return None
+        job = _job_from_doc(chosen)
+        claimed = request.claim(job)
+        doc = _encode_json(job_to_plain(claimed))
+        if not self._write_if_revision(conn, job, claimed, doc, self._wire(claimed)):
+            # Impossible while we hold the write lock; refuse rather than hand out a job twice.
+            raise Unavailable(f"SQLite store {self._path}: job {job.id} changed during its claim")
+        if claimed.status is not job.status:
+            self._append_log(conn, log_entry_for(claimed))
         return claimed
 
     def _choose_claimable(self, conn: sqlite3.Connection, request: ClaimRequest, now: int) -> str | None:
