@@ -343,3 +343,59 @@ def test_a_worker_built_before_the_event_loop_runs_works(tmp_path: Path) -> None
             await app.stop()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("protocol", ["v2", "v1"])
+async def test_the_worker_speaks_v2_by_default_and_v1_when_asked(
+    jobsd: Jobsd, client: AsyncJobsClient, protocol: str
+) -> None:
+    ran: list[str] = []
+
+    async def handle(ctx: JobContext) -> None:
+        ran.append(ctx.job_id)
+        ctx.report(progress_percentage=60)
+        await ctx.flush()  # a heartbeat over the protocol in use
+
+    jobs = [await create_import(client, name=f"t{i}") for i in range(3)]
+    worker = Worker(
+        jobsd.target,
+        jobsd.worker,
+        {"import": handle},
+        concurrency=2,
+        wait_seconds=1.0,
+        protocol="auto" if protocol == "v2" else "v1",
+    )
+    async with running(worker):
+        for job in jobs:
+            done = await wait_for_status(client, job.id, pb.JOB_STATUS_DONE)
+            assert done.progress_percentage == 60
+        assert worker.protocol_in_use == protocol
+    assert sorted(ran) == sorted(j.id for j in jobs)
+    assert jobsd.app.dispatcher.session_count == 0  # the stream ended with the worker
+
+
+async def test_a_cancel_reaches_a_v2_handler_and_the_job_ends_cancelled(jobsd: Jobsd, client: AsyncJobsClient) -> None:
+    started = asyncio.Event()
+
+    async def handle(ctx: JobContext) -> None:
+        started.set()
+        await ctx.wait_cancel_requested()
+        raise JobCancelled()
+
+    job = await client.create_job("copy", query_sql="SELECT 1", mode="append", datasource={"name": "t"})
+    async with running(make_worker(jobsd, {"copy": handle})):
+        async with asyncio.timeout(PATIENCE):
+            await started.wait()
+        await client.cancel_job(job.id)
+        finished = await wait_for_status(client, job.id, pb.JOB_STATUS_CANCELLED)
+    assert finished.status == pb.JOB_STATUS_CANCELLED
+
+
+def test_an_unknown_protocol_is_refused_up_front() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        Worker("127.0.0.1:1", "t", {"import": _noop}, protocol="v3")
+    assert refused.value.field == "protocol"
+
+
+async def _noop(ctx: JobContext) -> None:
+    return None

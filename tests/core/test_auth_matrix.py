@@ -4,7 +4,8 @@ has a workspace_id, so the other workspace's token is asked to reach across. A r
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +127,26 @@ WORK = {
     "right-worker-every-workspace": OK,
 }
 
+
+async def connect_until_assigned(server: Server, md: Metadata) -> list[pb.Assignment]:
+    """Workers.Connect with one free slot; the assignments of the first message that has any."""
+    hello = pb.WorkerMessage(hello=pb.ConnectHello(worker_id="w", workspace_id=server.workspace_id, slots=1))
+
+    async def requests() -> AsyncIterator[pb.WorkerMessage]:
+        yield hello
+        await asyncio.Event().wait()  # keep our side open: a worker that closes it gets nothing more assigned
+
+    stream = server.workers.Connect(requests(), metadata=md)
+    try:
+        while True:
+            message = await bounded(stream.read())
+            assert message is not grpc.aio.EOF, "the worker stream ended without an assignment"
+            if message.assignments:
+                return list(message.assignments)
+    finally:
+        stream.cancel()
+
+
 RPCS = [
     Rpc(
         "Jobs",
@@ -181,6 +202,19 @@ RPCS = [
     ),
     Rpc(
         "Jobs",
+        "CreateJobs",
+        waiting_job,
+        lambda s, st, md: s.jobs.CreateJobs(
+            pb.CreateJobsRequest(
+                jobs=[pb.CreateJobRequest(workspace_id=s.workspace_id, kind="query", query_sql="SELECT 1")] * 2
+            ),
+            metadata=md,
+        ),
+        lambda r, st, s: len(r.results) == 2 and all(x.job.workspace_id == s.workspace_id for x in r.results),
+        WRITE,
+    ),
+    Rpc(
+        "Jobs",
         "RetryJob",
         cancelled_job,
         lambda s, st, md: s.jobs.RetryJob(pb.RetryJobRequest(job_id=st.job.id), metadata=md),
@@ -211,6 +245,14 @@ RPCS = [
             pb.ClaimJobRequest(worker_id="w", workspace_id=s.workspace_id), metadata=md
         ),
         lambda r, st, s: r.job.id == st.job.id and bool(r.lease_token),
+        WORK,
+    ),
+    Rpc(
+        "Workers",
+        "Connect",
+        waiting_job,
+        lambda s, st, md: connect_until_assigned(s, md),
+        lambda r, st, s: [a.job.id for a in r] == [st.job.id] and bool(r[0].lease_token),
         WORK,
     ),
     Rpc(

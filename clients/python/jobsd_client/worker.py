@@ -20,9 +20,9 @@ A handler that returns finishes its job as `done` with the figures it reported; 
 with its message; `JobCancelled` (after a cancel request) as `cancelled`; any other exception as `error` with
 "<ExceptionType>: <message>". While a handler runs, a background heartbeat every `heartbeat_interval_seconds`
 (given by the server with the claim) extends the lease and carries the figures reported since the last one; its
-answer (or, on v2, the server's push) is how the handler learns about a cancel request. If the lease is lost (the server gave the job to someone
-else), the handler is cancelled and the job is left alone. Handlers must let `asyncio.CancelledError` through:
-it is how a graceful stop and a lost lease reach them.
+answer (or, on v2, the server's push) is how the handler learns about a cancel request. If the lease is lost (the
+server gave the job to someone else), the handler is cancelled and the job is left alone. Handlers must let
+`asyncio.CancelledError` through: it is how a graceful stop and a lost lease reach them.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ from jobsd_client.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
-    Unimplemented,
     Unavailable,
+    Unimplemented,
     error_from_item,
 )
 from jobsd_client.signals import STOP_SIGNALS, stop_on_signals
@@ -359,7 +359,7 @@ class _WorkerStream:
         self,
         job_id: str,
         lease_token: str,
-        status: pb.JobStatus.ValueType,
+        status: pb.JobStatus,
         error: str | None,
         progress: pb.ProgressUpdate | None,
         release: bool,
@@ -451,7 +451,9 @@ class Worker:
                         return
                     except _NoStreams:
                         if self._protocol == "v2":
-                            raise Unimplemented("the server does not offer worker protocol v2 (Workers.Connect)") from None
+                            raise Unimplemented(
+                                "the server does not offer worker protocol v2 (Workers.Connect)"
+                            ) from None
                         _log.info("the server has no worker streams; claiming with ClaimJob (v1)")
                 self.protocol_in_use = "v1"
                 await self._claim_loop()
@@ -508,12 +510,11 @@ class Worker:
     def _on_server_message(self, message: pb.ServerMessage) -> None:
         self.protocol_in_use = "v2"
         stream = self._stream
-        for answer in message.heartbeats:
-            if stream is not None:
-                stream.answer(answer.ref, answer)
-        for answer in message.finishes:
-            if stream is not None:
-                stream.answer(answer.ref, answer)
+        if stream is not None:
+            for beat in message.heartbeats:
+                stream.answer(beat.ref, beat)
+            for end in message.finishes:
+                stream.answer(end.ref, end)
         for notice in message.cancels:
             running = self._running.get(notice.job_id)
             if running is not None:
@@ -729,7 +730,7 @@ class Worker:
     async def _finish_call(
         self,
         ctx: JobContext,
-        status: pb.JobStatus.ValueType,
+        status: pb.JobStatus,
         error: str | None,
         progress: pb.ProgressUpdate | None,
         release: bool,
@@ -741,7 +742,9 @@ class Worker:
                 raise InvalidArgument.for_field("status", "is required unless release is set")
             await stream.finish(ctx.job_id, ctx._lease_token, status, error, progress, release)
             return
-        await self._client.finish_job(ctx.job_id, ctx._lease_token, status, error=error, progress=progress, release=release)
+        await self._client.finish_job(
+            ctx.job_id, ctx._lease_token, status, error=error, progress=progress, release=release
+        )
 
     # ------------------------------------------------------------ shutdown
 

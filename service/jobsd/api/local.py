@@ -142,7 +142,11 @@ class LocalJobsApi:
         results = await self.service.create_jobs(principal, [_new_job(r) for r in request.jobs])
         parts = []
         for r in results:
-            item = length_delimited(2, item_error_bytes(r)) if isinstance(r, JobsdError) else length_delimited(1, self._codec(r))
+            item = (
+                length_delimited(2, item_error_bytes(r))
+                if isinstance(r, JobsdError)
+                else length_delimited(1, self._codec(r))
+            )
             parts.append(length_delimited(1, item))
         return b"".join(parts)
 
@@ -217,7 +221,9 @@ class LocalWorkersApi:
                 await reader
             await session.close()
 
-    async def _read(self, session: WorkerSession, first: pb.WorkerMessage, requests: AsyncIterator[pb.WorkerMessage]) -> None:
+    async def _read(
+        self, session: WorkerSession, first: pb.WorkerMessage, requests: AsyncIterator[pb.WorkerMessage]
+    ) -> None:
         try:
             await self._apply(session, first)
             async for message in requests:

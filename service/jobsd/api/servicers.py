@@ -210,6 +210,6 @@ class WorkersServicer(_Edge):
     async def FinishJob(self, request: pb.FinishJobRequest, context: Any) -> bytes:
         return await self._unary("FinishJob", self._api.finish_job_wire, request, context)
 
-    async def Connect(self, request_iterator: AsyncIterator[pb.WorkerMessage], context: Any) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def Connect(self, request_iterator: AsyncIterator[pb.WorkerMessage], context: Any) -> AsyncIterator[bytes]:
         async for message in self._stream("Connect", self._api.connect, request_iterator, context):
             yield message

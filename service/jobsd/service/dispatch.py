@@ -256,9 +256,7 @@ class Dispatcher:
             raise ResourceExhausted(f"Too many worker streams on this server (limit {self.max_streams})")
         if self._task is None:
             raise Unavailable("The server is not accepting workers (starting or shutting down)")
-        session = WorkerSession(
-            self, principal, worker_id, tuple(sorted(set(kinds))), workspace, slots, self.max_slots
-        )
+        session = WorkerSession(self, principal, worker_id, tuple(sorted(set(kinds))), workspace, slots, self.max_slots)
         self._sessions.append(session)
         self.wake()
         return session

@@ -255,12 +255,16 @@ class JobService:
     async def create_jobs(self, principal: Principal, specs: Sequence[NewJob]) -> list[Job | JobsdError]:
         """Each spec as `create_job` would create it, in one store write; per item the job or why it was refused.
 
-        The call as a whole is refused only for who asks (token, scope) or for the batch's size."""
+        The call as a whole is refused only for who asks (token, scope, a workspace it cannot reach) or for the
+        batch's size; an item that is bad in itself is refused alone."""
         principal.require_create()
         if not specs:
             raise InvalidArgument("jobs", "at least one job is required")
         if len(specs) > self.max_create_batch:
             raise InvalidArgument("jobs", f"at most {self.max_create_batch} jobs per call, got {len(specs)}")
+        # Whom the token may create for is about who asks: a workspace it cannot reach refuses the whole call.
+        for spec in specs:
+            principal.workspace(spec.workspace_id)
         results: list[Job | JobsdError | None] = []
         pending: list[tuple[int, Job]] = []
         workspaces: dict[str, bool] = {}
