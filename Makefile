@@ -56,6 +56,18 @@ proto: install
 bench: install
 	$(BIN)/python -m bench
 
+# The peers of bench/peers.py in their own virtual environment (never jobsd's dependencies) and their servers.
+PEERS := .venv-peers
+peers:
+	@command -v redis-server >/dev/null && command -v wrk >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk; }
+	@test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	@$(PEERS)/bin/python -m pip install -q --disable-pip-version-check 'celery[redis]>=5.4,<6' 'redis>=5,<7' 'flower>=2.2,<2.3'
+
+# `make bench` plus the peers (Celery + Redis, Flower), measured in the same run with the same loads.
+bench-peers: install peers
+	$(BIN)/python -m bench --peers --peers-python $(PEERS)/bin/python
+
 # The store contract and MongoDB-specific tests against a real server, e.g.
 #   JOBSD_TEST_MONGODB_URI=mongodb://127.0.0.1:27017/?replicaSet=rs0 make test-mongo
 test-mongo: install
@@ -63,4 +75,4 @@ test-mongo: install
 	$(BIN)/pytest -q tests/contract tests/mongo -k mongo
 
 clean:
-	rm -rf $(VENV) .jobsd .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) .jobsd .pytest_cache .mypy_cache .ruff_cache

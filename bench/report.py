@@ -7,7 +7,8 @@ import json
 import math
 import platform
 import pstats
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,12 +44,22 @@ class Figure:
     note: str = ""
     # For "unchanged within ±x": the lower edge of the accepted band (the target is the upper one).
     band_low: float | None = None
+    # The ratio of each round (a figure's window next to its anchor's): the figure is judged on their median.
+    rounds: list[float] = field(default_factory=list)
 
     @property
     def ratio(self) -> float | None:
+        if self.rounds:
+            return statistics.median(self.rounds)
         if self.value is None or self.anchor is None or not self.anchor or _nan(self.value) or _nan(self.anchor):
             return None
         return self.value / self.anchor
+
+    @property
+    def spread(self) -> str:
+        if len(self.rounds) < 2:
+            return "-"
+        return f"{_fmt(min(self.rounds))}..{_fmt(max(self.rounds))}"
 
     @property
     def cpu_ratio(self) -> float | None:
@@ -78,6 +89,7 @@ class Figure:
             "anchor": _round(self.anchor),
             "ratio": _round(self.ratio),
             "ratio_by_cpu": _round(self.cpu_ratio),
+            "round_ratios": [_round(r) for r in self.rounds],
             "target": self.target,
             "bound": self.bound,
             "unit": self.unit,
@@ -122,6 +134,26 @@ def _round(x: float | None) -> float | None:
     return float(f"{x:.4g}")
 
 
+def _median(values: list[float]) -> float:
+    kept = [v for v in values if not _nan(v)]
+    return statistics.median(kept) if kept else float("nan")
+
+
+def _windowed(
+    f: Figure, figure: list[LoadResult] | None, anchor: list[LoadResult] | None, per_op: float = 1.0
+) -> Figure:
+    """Value, anchor and CPU per op as medians of the windows; the ratio as the median of the rounds' ratios."""
+    if not figure:
+        return f
+    f.value = _median([w.rate * per_op for w in figure])
+    f.server_cpu_us = _median([w.server_cpu_us / per_op for w in figure])
+    if anchor:
+        f.anchor = _median([w.rate for w in anchor])
+        f.anchor_cpu_us = _median([w.server_cpu_us for w in anchor])
+        f.rounds = [a.rate * per_op / b.rate for a, b in zip(figure, anchor, strict=False) if b.rate > 0]
+    return f
+
+
 def _load_figure(
     name: str,
     label: str,
@@ -131,6 +163,8 @@ def _load_figure(
     unit: str,
     anchor_label: str,
     note: str = "",
+    windows: tuple[list[LoadResult] | None, list[LoadResult] | None] | None = None,
+    per_op: float = 1.0,
 ) -> Figure:
     f = Figure(name, label, None, None, target, "min", unit, anchor_label, note=note)
     if fig is not None:
@@ -146,11 +180,16 @@ def _load_figure(
             anchor.server_cpu_us,
         )
         f.anchor_client_cpu = anchor.client_cpu / anchor.seconds
+    if per_op != 1.0 and fig is not None:
+        f.value, f.server_cpu_us = fig.rate * per_op, fig.server_cpu_us / per_op
+    if windows is not None:
+        _windowed(f, *windows, per_op=per_op)
     return f
 
 
 def figures(run: Run, opts: Options) -> list[Figure]:
     loads = run.loads
+    w = run.windows
     v = run.values
     small = max(1, opts.jobs // opts.grow)
     out: list[Figure] = []
@@ -161,9 +200,10 @@ def figures(run: Run, opts: Options) -> list[Figure]:
                 "GetJob",
                 loads.get("getjob"),
                 loads.get("echo@getjob"),
-                0.6,
+                0.7,
                 "calls/s",
                 "unary echo",
+                windows=(w.get("getjob"), w.get("echo@getjob")),
             )
         )
     if opts.wants("listjobs"):
@@ -175,10 +215,11 @@ def figures(run: Run, opts: Options) -> list[Figure]:
                 "ListJobs 100 rows, filters",
                 loads.get("listjobs"),
                 loads.get("echo@listjobs"),
-                0.3,
+                0.35,
                 "calls/s",
                 "unary echo",
                 note=f"{len(rows)} filter sets, {full} return a full page of 100",
+                windows=(w.get("listjobs"), w.get("echo@listjobs")),
             )
         )
         big, little = loads.get("listjobs_probe"), loads.get("listjobs_probe_small")
@@ -204,15 +245,31 @@ def figures(run: Run, opts: Options) -> list[Figure]:
         life = loads.get("lifecycle")
         f = _load_figure(
             "lifecycle_rate",
-            "lifecycle (4 RPCs)",
+            "lifecycle v1 (4 unary RPCs)",
             life,
             loads.get("echo@lifecycle"),
-            0.2,
+            0.15,
             "jobs/s",
             "unary echo RPC/s",
             note=(f"= {4 * life.rate:,.0f} RPC/s; claim retries {v.get('claim_retries', 0)}" if life else ""),
+            windows=(w.get("lifecycle"), w.get("echo@lifecycle")),
         )
         out.append(f)
+    if opts.wants("lifecycle_v2"):
+        out.append(
+            _load_figure(
+                "lifecycle_v2_rate",
+                "lifecycle v2 (CreateJobs + worker stream)",
+                loads.get("lifecycle_v2"),
+                loads.get("echo@lifecycle_v2"),
+                0.3,
+                "jobs/s",
+                "unary echo RPC/s",
+                note="per job: created in a CreateJobs of 50, assigned on the stream, one heartbeat with progress, the"
+                " finish with figures, each answered; p50/p99 from assignment to the finish's answer",
+                windows=(w.get("lifecycle_v2"), w.get("echo@lifecycle_v2")),
+            )
+        )
     if opts.wants("watch"):
         w: FanoutResult | None = v.get("watch")
         a: FanoutResult | None = v.get("echo_fanout")
@@ -250,10 +307,11 @@ def figures(run: Run, opts: Options) -> list[Figure]:
                 "gateway GET /v0/jobs/{id}",
                 gw,
                 loads.get("hello"),
-                0.5,
+                0.6,
                 "requests/s",
                 "bare aiohttp hello",
                 note=note if not gw else f"body {v.get('gateway_bytes', 0)} B; hello answers as many bytes",
+                windows=(w.get("gateway"), w.get("hello")),
             )
         )
     if opts.wants("memory"):
@@ -276,9 +334,30 @@ def figures(run: Run, opts: Options) -> list[Figure]:
         )
     sqlite = v.get("sqlite", {})
     if opts.wants("create"):
-        f = _load_figure("create_job", "CreateJob (informational)", loads.get("create"), None, None, "calls/s", "")
-        f.anchor, f.anchor_label = sqlite.get("commit_rate"), "bare SQLite insert+commit/s"
-        out.append(f)
+        anchor_label = "bare SQLite insert+commit/s"
+        for name, label, key, target, per_op in (
+            ("create_job", "CreateJob", "create", 0.1, 1.0),
+            ("create_jobs_batched", "CreateJobs, 50 a call", "create_batched", 0.3, 50.0),
+        ):
+            f = _load_figure(
+                name,
+                label,
+                loads.get(key),
+                None,
+                target,
+                "jobs/s",
+                anchor_label,
+                windows=(w.get(key), w.get("sqlite")),
+                per_op=per_op,
+            )
+            if f.anchor is None:
+                f.anchor = sqlite.get("commit_rate")
+            # The anchor is one CPU-bound loop: its CPU per insert is the inverse of its rate.
+            f.anchor_cpu_us = 1e6 / f.anchor if f.anchor else None
+            out.append(f)
+    peers = v.get("peers")
+    if opts.wants("peers") and peers is not None:
+        out.extend(_peer_figures(peers))
     if opts.wants("seed"):
         info = v.get("seed")
         rate = info.rate if info is not None and info.added else None
@@ -350,6 +429,7 @@ def _rows(figs: list[Figure]) -> list[list[str]]:
             "by CPU",
             "target",
             "status",
+            "spread",
             "p50/p99 ms",
             "anchor p50/p99 ms",
             "srv CPU µs/op (anchor)",
@@ -366,6 +446,7 @@ def _rows(figs: list[Figure]) -> list[list[str]]:
                 _fmt(f.cpu_ratio),
                 _target(f),
                 f.status,
+                f.spread,
                 f"{_fmt(f.p50_ms)} / {_fmt(f.p99_ms)}",
                 f"{_fmt(f.anchor_p50_ms)} / {_fmt(f.anchor_p99_ms)}",
                 f"{_fmt(f.server_cpu_us)} ({_fmt(f.anchor_cpu_us)})",
@@ -516,3 +597,35 @@ def write_profile(prof: Path, out: Path) -> None:
     stats.sort_stats("cumulative").print_stats(60)
     out.write_text(buf.getvalue())
     print(f"wrote {out}")
+
+
+def _peer_figures(peers: Any) -> list[Figure]:
+    """jobsd against the peers (bench/peers.py): medians of alternating windows, the by-CPU ratio from the CPU of
+    every process involved (server, worker, producer)."""
+    out = []
+    for name, label, key, target, unit, anchor_label in (
+        ("peers_e2e_noop", "end-to-end no-op jobs vs Celery + Redis", "e2e", 2.0, "jobs/s", "Celery + Redis jobs/s"),
+        ("peers_rest_get", "REST GET one job vs Flower", "rest_get", 3.0, "requests/s", "Flower /api/task/info"),
+        ("peers_rest_list", "REST list 100 vs Flower (info)", "rest_list", None, "requests/s", "Flower /api/tasks"),
+    ):
+        ours, theirs = peers.windows.get(key, []), peers.windows.get(key + "@peer", [])
+        f = Figure(name, label, None, None, target, "min", unit, anchor_label)
+        if ours and theirs:
+            f.value = _median([x.rate for x in ours])
+            f.anchor = _median([x.rate for x in theirs])
+            f.server_cpu_us = _median([x.cpu_us for x in ours])
+            f.anchor_cpu_us = _median([x.cpu_us for x in theirs])
+            f.rounds = [a.rate / b.rate for a, b in zip(ours, theirs, strict=False) if b.rate > 0]
+            p50 = [x.p50_ms for x in ours if x.p50_ms is not None]
+            if p50:
+                f.p50_ms = _median(p50)
+                f.p99_ms = _median([x.p99_ms for x in ours if x.p99_ms is not None])
+                f.anchor_p50_ms = _median([x.p50_ms for x in theirs if x.p50_ms is not None])
+                f.anchor_p99_ms = _median([x.p99_ms for x in theirs if x.p99_ms is not None])
+            f.note = (
+                "CPU per op: every process of each side (server, worker, producer)"
+                if key == "e2e"
+                else "wrk 1 thread, 32 connections; CPU per op: the answering server"
+            )
+        out.append(f)
+    return out

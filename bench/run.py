@@ -15,10 +15,11 @@ import gc
 import json
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,14 +30,18 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from bench import report
-from bench.load import LoadResult, Phase, channels, close_all, drive, fanout, merge, percentile
+from bench.load import LoadResult, Phase, ServerProcessStats, channels, close_all, drive, fanout, merge, percentile
 from bench.procs import ServerProcess
 from bench.seed import ADMIN_TOKEN, SERVICE_TOKEN, count_jobs, sample, seed_to, verify
 from jobsd_client import pb
 
 __all__ = ["main"]
 
-FIGURES = ("getjob", "listjobs", "lifecycle", "watch", "gateway", "memory", "create", "seed")
+FIGURES = ("getjob", "listjobs", "lifecycle", "lifecycle_v2", "watch", "gateway", "memory", "create", "seed", "peers")
+# Figures a plain `make bench` measures; `peers` needs `--peers` (or `--only peers`): it installs nothing itself.
+DEFAULT_FIGURES = tuple(f for f in FIGURES if f != "peers")
+# Jobs per CreateJobs call in the batched-create and lifecycle v2 loads.
+CREATE_BATCH = 50
 _ROOT = Path(__file__).resolve().parent.parent
 RESULTS = _ROOT / "bench" / "results"
 
@@ -54,10 +59,12 @@ class Options:
     keep: bool
     profile: bool
     out: Path
+    peers_python: Path = Path(".venv-peers/bin/python")
+    celery_pool: str = "threads"
 
     @property
     def profile_path(self) -> Path:
-        part = "all" if set(FIGURES) <= self.only else "-".join(sorted(self.only))
+        part = "all" if set(DEFAULT_FIGURES) <= self.only else "-".join(sorted(self.only))
         return self.out / f"profile-{part}.prof"
 
     def wants(self, *names: str) -> bool:
@@ -69,6 +76,8 @@ class Run:
     """Everything measured, by name, before it becomes figures."""
 
     loads: dict[str, LoadResult] = field(default_factory=dict)
+    # Each load's measured windows, in order (a figure's window r is next to its anchor's window r).
+    windows: dict[str, list[LoadResult]] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -121,14 +130,26 @@ class Load:
     server: ServerProcess
 
 
-async def interleave(loads: dict[str, Load], phase: Phase, rounds: int) -> dict[str, LoadResult]:
-    """Each load in turn, `rounds` times (order reversed every other round), merged per load. A figure and its
-    anchor thus share the machine's background noise (other work on a shared machine moves both alike)."""
+WindowFn = Callable[[Phase], Awaitable[LoadResult]]
+
+
+async def interleave(
+    loads: dict[str, Load | WindowFn], phase: Phase, rounds: int, run: Run | None = None
+) -> dict[str, LoadResult]:
+    """Each load in turn, `rounds` times (order reversed every other round: A B B A A B), merged per load; with
+    `run`, each window is kept too (`run.windows`), so figures are judged on the median of the rounds. A figure
+    and its anchor thus share the machine's background noise (other work on a shared machine moves both alike)."""
     window = Phase(phase.warmup, phase.seconds / rounds, phase.concurrency, phase.channels)
     parts: dict[str, list[LoadResult]] = {name: [] for name in loads}
     for r in range(rounds):
         for name in list(loads) if r % 2 == 0 else list(reversed(loads)):
-            parts[name].append(await drive(loads[name].call, window, loads[name].server.stats))
+            load = loads[name]
+            if isinstance(load, Load):
+                parts[name].append(await drive(load.call, window, load.server.stats))
+            else:
+                parts[name].append(await load(window))
+    if run is not None:
+        run.windows.update(parts)
     return {name: merge(results) for name, results in parts.items()}
 
 
@@ -234,6 +255,131 @@ def lifecycle_call(chans: list[grpc.aio.Channel], ws: str, concurrency: int, cou
     return call
 
 
+async def lifecycle_v2_window(
+    chans: list[grpc.aio.Channel], ws: str, phase: Phase, server: ServerProcessStats, batch: int = 50
+) -> LoadResult:
+    """create -> claim -> heartbeat -> finish per job on worker protocol v2: producers send CreateJobs of `batch`
+    jobs (keeping about `phase.concurrency` jobs queued), one Workers.Connect stream per connection runs
+    `phase.concurrency / connections` jobs at once (a heartbeat with progress, then the finish with figures, each
+    answered before the next step). The rate is finishes answered in the window; the latency is per job, from its
+    assignment to its finish's answer."""
+    md = _md(SERVICE_TOKEN)
+    loop_time = time.perf_counter
+    started = loop_time()
+    window_start, window_end = started + phase.warmup, started + phase.warmup + phase.seconds
+    creates = [c.unary_unary("/jobsd.v1.Jobs/CreateJobs") for c in chans]
+    create_body = pb.CreateJobsRequest(
+        jobs=[pb.CreateJobRequest(workspace_id=ws, kind="query", query_sql="SELECT 1")] * batch
+    ).SerializeToString()
+    latencies: list[float] = []
+    counters = {"created": 0, "finished": 0, "settled": 0, "errors": 0}
+    first_error: list[str] = []
+    stop = asyncio.Event()
+    slots = max(1, phase.concurrency // len(chans))
+
+    async def produce(c: int) -> None:
+        while not stop.is_set():
+            if counters["created"] - counters["settled"] > 2 * phase.concurrency:
+                await asyncio.sleep(0.001)
+                continue
+            counters["created"] += batch
+            await creates[c](create_body, metadata=md)
+
+    async def work(c: int) -> None:
+        queue: asyncio.Queue[pb.WorkerMessage | None] = asyncio.Queue()
+        call = chans[c].stream_stream(
+            "/jobsd.v1.Workers/Connect",
+            request_serializer=pb.WorkerMessage.SerializeToString,
+            response_deserializer=pb.ServerMessage.FromString,
+        )
+
+        async def requests() -> AsyncIterator[pb.WorkerMessage]:
+            while (message := await queue.get()) is not None:
+                yield message
+
+        stream = call(requests(), metadata=md)
+        queue.put_nowait(
+            pb.WorkerMessage(hello=pb.ConnectHello(worker_id=f"bench-v2-{c}", kinds=["query"], slots=slots))
+        )
+        assigned_at: dict[str, float] = {}
+        leases: dict[str, str] = {}
+        try:
+            async for message in stream:
+                out = pb.WorkerMessage()
+                for a in message.assignments:
+                    assigned_at[a.job.id] = loop_time()
+                    leases[a.job.id] = a.lease_token
+                    beat = out.heartbeats.add(ref=1, job_id=a.job.id, lease_token=a.lease_token)
+                    beat.progress.progress_percentage = 50
+                for h in message.heartbeats:
+                    if h.HasField("error"):
+                        counters["errors"] += 1
+                        first_error[:] = first_error or [h.error.message]
+                        continue
+                    end = out.finishes.add(
+                        ref=2, job_id=h.job_id, lease_token=leases[h.job_id], status=pb.JOB_STATUS_DONE
+                    )
+                    end.progress.progress_percentage = 100
+                    end.progress.processed_data.read_rows = 1000
+                    end.progress.processed_data.written_rows = 1000
+                    out.add_slots += 1
+                for f in message.finishes:
+                    counters["settled"] += 1
+                    leases.pop(f.job_id, None)
+                    t0 = assigned_at.pop(f.job_id, None)
+                    if f.HasField("error"):
+                        counters["errors"] += 1
+                        first_error[:] = first_error or [f.error.message]
+                        continue
+                    now = loop_time()
+                    if window_start <= now <= window_end:
+                        counters["finished"] += 1
+                        if t0 is not None:
+                            latencies.append(now - t0)
+                if out.ByteSize() and not stop.is_set():
+                    queue.put_nowait(out)
+        except grpc.aio.AioRpcError as exc:
+            if not stop.is_set():
+                raise
+            del exc
+        finally:
+            queue.put_nowait(None)
+            stream.cancel()
+
+    tasks = [asyncio.create_task(work(c)) for c in range(len(chans))]
+    tasks += [asyncio.create_task(produce(c)) for c in range(2)]
+    await asyncio.sleep(max(0.0, window_start - loop_time()))
+    cpu0, client0 = server.cpu_seconds(), time.process_time()
+    await asyncio.sleep(max(0.0, window_end - loop_time()))
+    cpu, client = server.cpu_seconds() - cpu0, time.process_time() - client0
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return LoadResult(
+        counters["finished"],
+        phase.seconds,
+        latencies,
+        counters["errors"],
+        cpu,
+        first_error[0] if first_error else "",
+        client,
+    )
+
+
+def create_batched_call(chans: list[grpc.aio.Channel], ws: str, batch: int) -> Call:
+    md = _md(SERVICE_TOKEN)
+    callers = [c.unary_unary("/jobsd.v1.Jobs/CreateJobs") for c in chans]
+    req = pb.CreateJobRequest(workspace_id=ws, kind="import", url="https://example.com/data.csv")
+    req.datasource.update({"name": "bench_imports"})
+    body = pb.CreateJobsRequest(jobs=[req] * batch).SerializeToString()
+
+    async def call(i: int) -> object:
+        return await callers[i % len(callers)](body, metadata=md)
+
+    return call
+
+
 def create_call(chans: list[grpc.aio.Channel], ws: str) -> Call:
     md = _md(SERVICE_TOKEN)
     callers = [
@@ -334,19 +480,34 @@ async def _echo_fanout(opts: Options, echo: ServerProcess, run: Run) -> None:
         await ctl.close(None)
 
 
-async def _sqlite_anchor(opts: Options, run: Run) -> None:
+async def _sqlite_rates(seconds: float) -> dict[str, float]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bench.servers",
         "sqlite",
         "--seconds",
-        str(opts.phase.seconds / 2),
+        str(seconds),
         cwd=_ROOT,
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    run.values["sqlite"] = json.loads(out)
+    return dict(json.loads(out))
+
+
+async def _sqlite_anchor(opts: Options, run: Run) -> None:
+    run.values["sqlite"] = await _sqlite_rates(opts.phase.seconds / 2)
+
+
+def sqlite_window(samples: list[dict[str, float]]) -> WindowFn:
+    """The bare SQLite insert+commit rate as a window of its own (its own process, as long as a window)."""
+
+    async def window(phase: Phase) -> LoadResult:
+        rates = await _sqlite_rates(phase.seconds)
+        samples.append(rates)
+        return LoadResult(round(rates["commit_rate"] * phase.seconds), phase.seconds, [], 0, float("nan"), "", 0.0)
+
+    return window
 
 
 # ---------------------------------------------------------------- the run
@@ -368,21 +529,45 @@ def _copy_store(src: Path, dst: Path) -> None:
         target.close()
 
 
+async def _peers(opts: Options, run: Run, log: Path) -> None:
+    if not opts.wants("peers"):
+        return
+    from bench.peers import PeerOptions, measure_peers
+
+    _say("peers: end-to-end no-op jobs jobsd | Celery + Redis; REST reads jobsd | Flower (wrk)")
+    peers = await measure_peers(
+        PeerOptions(
+            python=opts.peers_python,
+            rounds=3,
+            e2e_jobs=1_000 if opts.quick else 3_000,
+            wrk_seconds=3.0 if opts.quick else 8.0,
+            celery_pool=opts.celery_pool,
+            out=opts.out,
+        ),
+        log,
+    )
+    run.values["peers"] = peers
+    run.notes.extend(peers.notes)
+
+
 async def _measure(opts: Options, data_dir: Path) -> Run:
     run = Run()
     big_db, small_db = data_dir / "jobs.db", data_dir / "jobs-small.db"
     log = opts.out / "servers.log"
     log.write_text("")
     small = max(1, opts.jobs // opts.grow)
-    rpc = opts.wants("getjob", "listjobs", "lifecycle", "watch")
+    rpc = opts.wants("getjob", "listjobs", "lifecycle", "lifecycle_v2", "watch")
     need_small = opts.wants("getjob", "listjobs", "memory")
-    need_jobsd = opts.wants("getjob", "listjobs", "lifecycle", "watch", "gateway", "memory", "create", "seed")
+    need_jobsd = opts.wants(
+        "getjob", "listjobs", "lifecycle", "lifecycle_v2", "watch", "gateway", "memory", "create", "seed"
+    )
     rounds = 3
 
-    if opts.wants("create", "seed"):
+    if opts.wants("seed") and not opts.wants("create"):
         _say("anchor: bare SQLite inserts")
         await _sqlite_anchor(opts, run)
     if not need_jobsd:
+        await _peers(opts, run, log)
         return run
 
     # Seeding: the small store, then the large one grown from a copy of it.
@@ -406,7 +591,7 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
             + ", echo, hello"
         )
         big = await stack.enter_async_context(
-            ServerProcess("jobsd", "--store", str(big_db), "--http", *profile, log_path=log)
+            ServerProcess("jobsd", "--store", str(big_db), "--http", "--limits", "query=64", *profile, log_path=log)
         )
         little = None
         if need_small:
@@ -434,7 +619,7 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
             if little:
                 small_ids = await asyncio.to_thread(sample, small_db, 5_000)
                 loads["getjob_small"] = Load(get_job_call(small_ch, small_ids), little)
-            run.loads.update(await interleave(loads, opts.phase, rounds))
+            run.loads.update(await interleave(loads, opts.phase, rounds, run))
         if opts.wants("listjobs", "memory"):
             _say("  ListJobs | echo" + (" | ListJobs on the small store" if little else ""))
             rows: dict[str, int] = {}
@@ -443,7 +628,7 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
                 loads["echo@listjobs"] = echo_load
             if little:
                 loads["listjobs_small"] = Load(list_jobs_call(small_ch, {}), little)
-            run.loads.update(await interleave(loads, opts.phase, rounds))
+            run.loads.update(await interleave(loads, opts.phase, rounds, run))
             run.values["list_rows"] = rows
             if little:
                 _say("  ListJobs one at a time: large | small store")
@@ -473,11 +658,34 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
             loads = {"lifecycle": Load(lifecycle_call(big_ch, ws, opts.phase.concurrency, counters), big)}
             if echo_load:
                 loads["echo@lifecycle"] = echo_load
-            run.loads.update(await interleave(loads, opts.phase, rounds))
+            run.loads.update(await interleave(loads, opts.phase, rounds, run))
             run.values["claim_retries"] = counters.get("claim_retries", 0)
+        if opts.wants("lifecycle_v2"):
+            _say("  lifecycle on worker protocol v2 (CreateJobs -> stream: assign, heartbeat, finish) | echo")
+            loads = {"lifecycle_v2": lambda phase: lifecycle_v2_window(big_ch, ws, phase, big.stats, CREATE_BATCH)}
+            if echo_load:
+                loads["echo@lifecycle_v2"] = echo_load
+            run.loads.update(await interleave(loads, opts.phase, rounds, run))
         if opts.wants("create"):
-            _say("  CreateJob")
-            run.loads["create"] = await drive(create_call(big_ch, ws), opts.phase, big.stats)
+            _say(f"  CreateJob | CreateJobs of {CREATE_BATCH} | bare SQLite insert+commit")
+            samples: list[dict[str, float]] = []
+            batched = Phase(
+                opts.phase.warmup, opts.phase.seconds, max(2, opts.phase.concurrency // 8), opts.phase.channels
+            )
+            loads = {
+                "create": Load(create_call(big_ch, ws), big),
+                "create_batched": lambda phase: drive(
+                    create_batched_call(big_ch, ws, CREATE_BATCH),
+                    Phase(phase.warmup, phase.seconds, batched.concurrency, phase.channels),
+                    big.stats,
+                ),
+                "sqlite": sqlite_window(samples),
+            }
+            run.loads.update(await interleave(loads, opts.phase, rounds, run))
+            run.values["sqlite"] = {
+                "commit_rate": statistics.median(x["commit_rate"] for x in samples),
+                "bulk_rate": statistics.median(x["bulk_rate"] for x in samples),
+            }
         if opts.wants("gateway"):
             if big.info.get("http") is None:
                 run.notes.append("gateway: the jobsd server did not start the REST gateway")
@@ -497,13 +705,14 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
                 url = f"http://127.0.0.1:{hello.http_port}/hello"
                 _say("  gateway GET /v0/jobs/{id} | aiohttp hello")
                 loads = {"gateway": Load(gateway, big), "hello": Load(http_call(session, lambda i: url, []), hello)}
-                run.loads.update(await interleave(loads, opts.phase, rounds))
+                run.loads.update(await interleave(loads, opts.phase, rounds, run))
                 run.values["gateway_bytes"] = hello_size
         if opts.wants("watch") and echo is not None:
             _say(f"  one update to {opts.streams:,} WatchJob streams | the same on a bare streaming server")
             await _watch(opts, big, ws, run)
             await _echo_fanout(opts, echo, run)
         run.values["rss_end"] = big.stats.rss_mb()
+    await _peers(opts, run, log)
     return run
 
 
@@ -519,6 +728,11 @@ def _parse(argv: list[str] | None) -> Options:
     parser.add_argument("--data-dir", type=Path, default=None, help="keep the seeded store here (reused if present)")
     parser.add_argument("--profile", action="store_true", help="run the full-store jobsd under cProfile")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
+    parser.add_argument("--peers", action="store_true", help="also measure the peers (Celery + Redis, Flower)")
+    parser.add_argument(
+        "--peers-python", type=Path, default=_ROOT / ".venv-peers" / "bin" / "python", help="the peers' Python"
+    )
+    parser.add_argument("--celery-pool", choices=("threads", "solo"), default="threads", help="Celery worker pool")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     seconds = args.seconds if args.seconds is not None else (2.0 if quick else 5.0)
@@ -526,7 +740,7 @@ def _parse(argv: list[str] | None) -> Options:
         jobs=args.jobs if args.jobs is not None else (50_000 if quick else 1_000_000),
         grow=max(2, args.grow),
         quick=quick,
-        only=set(args.only or FIGURES),
+        only=set(args.only or DEFAULT_FIGURES) | ({"peers"} if args.peers else set()),
         phase=Phase(warmup=0.5 if quick else 1.0, seconds=seconds, concurrency=args.concurrency, channels=4),
         streams=args.streams if args.streams is not None else (2_000 if quick else 10_000),
         rounds=4 if quick else 6,
@@ -534,6 +748,8 @@ def _parse(argv: list[str] | None) -> Options:
         keep=args.data_dir is not None,
         profile=bool(args.profile),
         out=args.out,
+        peers_python=args.peers_python,
+        celery_pool=args.celery_pool,
     )
 
 

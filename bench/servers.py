@@ -50,7 +50,7 @@ def _ready(**ports: int | None) -> None:
 
 async def _serve_jobsd(args: argparse.Namespace) -> None:
     from jobsd.app import JobsdApp
-    from jobsd.settings import Settings
+    from jobsd.settings import Settings, settings_from
 
     settings = Settings(
         grpc_addr="127.0.0.1:0",
@@ -59,6 +59,8 @@ async def _serve_jobsd(args: argparse.Namespace) -> None:
         executors=False,
         log_level="WARNING",
         grace_seconds=1.0,
+        # As JOBSD_CONCURRENCY_LIMITS would set them (the operator's setting).
+        kind_limits=settings_from({"JOBSD_CONCURRENCY_LIMITS": args.limits}).kind_limits,
     )
     app = JobsdApp(settings)
     await app.start()
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--store", required=True)
     p.add_argument("--http", action="store_true")
     p.add_argument("--profile", default="")
+    p.add_argument("--limits", default="", help="JOBSD_CONCURRENCY_LIMITS, e.g. query=64")
     sub.add_parser("echo")
     p = sub.add_parser("hello")
     p.add_argument("--size", type=int, default=64)
