@@ -215,7 +215,17 @@ async def measure_peers(opts: PeerOptions, log: Path) -> PeerResults:
             db = tmp / "jobsd.db"
             await asyncio.to_thread(seed_to, db, 0, progress=False)
             server = await stack.enter_async_context(
-                ServerProcess("jobsd", "--store", str(db), "--http", "--limits", "query=64", log_path=log)
+                ServerProcess(
+                    "jobsd",
+                    "--store",
+                    str(db),
+                    "--http",
+                    "--limits",
+                    "query=64",
+                    "--watch-buffer",
+                    "8192",
+                    log_path=log,
+                )
             )
             target = f"127.0.0.1:{server.grpc_port}"
             jobs_worker = await _Proc(

@@ -61,6 +61,9 @@ async def _serve_jobsd(args: argparse.Namespace) -> None:
         grace_seconds=1.0,
         # As JOBSD_CONCURRENCY_LIMITS would set them (the operator's setting).
         kind_limits=settings_from({"JOBSD_CONCURRENCY_LIMITS": args.limits}).kind_limits,
+        # The end-to-end producer watches every completion on one WatchJobs stream (as Celery's join_native
+        # follows every result): a buffer that holds a whole batch, so a busy producer is never cut off.
+        watch_buffer=args.watch_buffer,
     )
     app = JobsdApp(settings)
     await app.start()
@@ -192,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--http", action="store_true")
     p.add_argument("--profile", default="")
     p.add_argument("--limits", default="", help="JOBSD_CONCURRENCY_LIMITS, e.g. query=64")
+    p.add_argument("--watch-buffer", type=int, default=256, help="events buffered per watcher")
     sub.add_parser("echo")
     p = sub.add_parser("hello")
     p.add_argument("--size", type=int, default=64)

@@ -70,7 +70,7 @@ async def create_in_order(server: Server, count: int, kind: str = "query", targe
     return jobs
 
 
-def finish(a: pb.Assignment, ref: int, status: pb.JobStatus = pb.JOB_STATUS_DONE) -> pb.StreamFinish:
+def finish(a: pb.Assignment, ref: int, status: pb.JobStatus.ValueType = pb.JOB_STATUS_DONE) -> pb.StreamFinish:
     return pb.StreamFinish(ref=ref, job_id=a.job.id, lease_token=a.lease_token, status=status)
 
 
@@ -86,7 +86,7 @@ async def test_create_jobs_creates_each_valid_item_and_refuses_a_bad_one_alone(s
     kinds = [r.WhichOneof("result") for r in response.results]
     assert kinds == ["job", "error", "job"]
     refused = response.results[1].error
-    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and refused.field == "jobs[1].kind"
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT.name and refused.field == "jobs[1].kind"
     listed = await server.list_ids()
     assert sorted(listed) == sorted([response.results[0].job.id, response.results[2].job.id])
     for result in (response.results[0], response.results[2]):
@@ -163,8 +163,8 @@ async def test_a_refused_item_is_answered_with_its_error_and_the_stream_goes_on(
     stream.send(pb.WorkerMessage(heartbeats=[stale, bad_figure], finishes=[no_status]))
     answer = await stream.read()
     by_ref = {h.ref: h for h in answer.heartbeats}
-    assert by_ref[1].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
-    assert by_ref[2].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert by_ref[1].error.code == grpc.StatusCode.FAILED_PRECONDITION.name
+    assert by_ref[2].error.code == grpc.StatusCode.INVALID_ARGUMENT.name
     assert by_ref[2].error.field == "heartbeats[1].progress.progress_percentage"
     assert answer.finishes[0].error.field == "finishes[0].status"
     job = await server.get(a.job.id)
@@ -254,7 +254,7 @@ async def test_a_dropped_stream_leaves_its_jobs_to_their_leases(server: Server) 
     # The old lease is dead everywhere: a reconnected worker that heartbeats with it is refused.
     other = Stream(server).hello(slots=0)
     other.send(pb.WorkerMessage(heartbeats=[pb.StreamHeartbeat(ref=1, job_id=job.id, lease_token=a.lease_token)]))
-    assert (await other.read()).heartbeats[0].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert (await other.read()).heartbeats[0].error.code == grpc.StatusCode.FAILED_PRECONDITION.name
     other.close()
 
 

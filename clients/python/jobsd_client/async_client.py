@@ -274,10 +274,12 @@ class AsyncJobsClient:
         return await self._unary(self._jobs.CreateJob, request)
 
     async def create_jobs(self, jobs: Iterable[pb.CreateJobRequest]) -> list[pb.Job | JobsdClientError]:
-        """Several jobs in one call and one write on the server (worker protocol v2). Per job, in order, the
-        created job or the error that refused it alone (the others are created)."""
+        """Create several jobs in one call and one write on the server (worker protocol v2).
+
+        Per job, in order: the created job, or the error that refused it alone (the others are created).
+        """
         request = pb.CreateJobsRequest(jobs=list(jobs))
-        response = cast(pb.CreateJobsResponse, await self._unary(self._jobs.CreateJobs, request))
+        response = await self._unary(self._jobs.CreateJobs, request)
         return [r.job if r.HasField("job") else error_from_item(r.error) for r in response.results]
 
     async def retry_job(self, job_id: str) -> pb.Job:
@@ -328,12 +330,14 @@ class AsyncJobsClient:
         return await self._unary(self._workers.ClaimJob, request, deadline)
 
     async def worker_stream(self, requests: AsyncIterator[pb.WorkerMessage]) -> AsyncGenerator[pb.ServerMessage, None]:
-        """Workers.Connect (worker protocol v2): send `requests` (a ConnectHello first), receive the server's
-        messages. Used by `Worker`; raises JobsdClientError subclasses like every call."""
+        """Open Workers.Connect (worker protocol v2): send `requests` (a ConnectHello first), yield the answers.
+
+        Used by `Worker`; raises JobsdClientError subclasses like every call.
+        """
         call = self._workers.Connect(requests, metadata=self._metadata)
         try:
             async for message in call:
-                yield cast(pb.ServerMessage, message)
+                yield message
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
         finally:

@@ -269,8 +269,10 @@ class _NoStreams(Exception):
 
 
 class _WorkerStream:
-    """One Workers.Connect stream of a Worker: what is sent in one loop turn goes as one message; every answer is
-    routed to the call that waits for it by `ref`."""
+    """One Workers.Connect stream of a Worker.
+
+    What is sent in one loop turn goes as one message; every answer is routed to the call that waits for it by `ref`.
+    """
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
@@ -359,7 +361,7 @@ class _WorkerStream:
         self,
         job_id: str,
         lease_token: str,
-        status: pb.JobStatus,
+        status: pb.JobStatus.ValueType,
         error: str | None,
         progress: pb.ProgressUpdate | None,
         release: bool,
@@ -730,7 +732,7 @@ class Worker:
     async def _finish_call(
         self,
         ctx: JobContext,
-        status: pb.JobStatus,
+        status: pb.JobStatus.ValueType,
         error: str | None,
         progress: pb.ProgressUpdate | None,
         release: bool,

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -30,6 +31,12 @@ _MATCH_NOTHING_FIELDS = frozenset({"kind", "status"})
 
 _ListRequest = TypeVar("_ListRequest", pb.ListJobsRequest, pb.ListJobsLogRequest)
 _ListResponse = TypeVar("_ListResponse", pb.ListJobsResponse, pb.ListJobsLogResponse)
+
+
+def _json(body: object) -> web.Response:
+    """A JSON answer encoded by orjson (UTF-8 bytes in one C call; the gateway's GET paid most of its own time in
+    `json.dumps` and the str -> bytes copy aiohttp's json_response makes)."""
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 def _token(request: web.Request) -> str | None:
@@ -126,21 +133,21 @@ class JobsRoutes:
         body: dict[str, Any] = {"jobs": [render.job_list_item(job, base) for job in listed.jobs]}
         if listed.next_page_token:
             body["next"] = self._next_link(request, listed.next_page_token)
-        return web.json_response(body)
+        return _json(body)
 
     async def get_job(self, request: web.Request) -> web.Response:
         job = await self._api.get_job(_token(request), pb.GetJobRequest(job_id=request.match_info["id"]))
-        return web.json_response(render.job_detail(job))
+        return _json(render.job_detail(job))
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         await self._drain_body(request)
         job = await self._api.cancel_job(_token(request), pb.CancelJobRequest(job_id=request.match_info["id"]))
-        return web.json_response(render.job_detail(job))
+        return _json(render.job_detail(job))
 
     async def retry_job(self, request: web.Request) -> web.Response:
         await self._drain_body(request)
         job = await self._api.retry_job(_token(request), pb.RetryJobRequest(job_id=request.match_info["id"]))
-        return web.json_response(render.job_detail(job))
+        return _json(render.job_detail(job))
 
     async def job_events(self, request: web.Request) -> web.StreamResponse:
         watch = pb.WatchJobRequest(
@@ -191,7 +198,7 @@ class JobsRoutes:
         }
         if listed.next_page_token:
             body["next"] = self._next_link(request, listed.next_page_token)
-        return web.json_response(body)
+        return _json(body)
 
     async def workspace(self, request: web.Request) -> web.Response:
         workspace = await self._api.get_workspace(_token(request), pb.GetWorkspaceRequest())
