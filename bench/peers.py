@@ -24,6 +24,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,14 +276,15 @@ async def measure_peers(opts: PeerOptions, log: Path) -> PeerResults:
                 base, _prefix, _ids, _header, stats = scripts[name]
                 return await _wrk(base, tmp / f"{name}.lua", opts.wrk_seconds, stats)
 
-            pairs = {
+            pairs: dict[str, tuple[Callable[[], Awaitable[PeerWindow]], Callable[[], Awaitable[PeerWindow]]]] = {
                 "e2e": (lambda: jobsd_window(opts.e2e_jobs), lambda: celery_window(opts.e2e_jobs)),
                 "rest_get": (lambda: rest("rest_get_jobsd"), lambda: rest("rest_get_flower")),
                 "rest_list": (lambda: rest("rest_list_jobsd"), lambda: rest("rest_list_flower")),
             }
             for name in ("rest_get", "rest_list", "e2e"):
                 ours, theirs = pairs[name]
-                mine, peer_windows = [], []
+                mine: list[PeerWindow] = []
+                peer_windows: list[PeerWindow] = []
                 for r in range(opts.rounds):
                     order = (ours, theirs) if r % 2 == 0 else (theirs, ours)
                     for fn in order:

@@ -189,7 +189,7 @@ def _load_figure(
 
 def figures(run: Run, opts: Options) -> list[Figure]:
     loads = run.loads
-    w = run.windows
+    wins = run.windows
     v = run.values
     small = max(1, opts.jobs // opts.grow)
     out: list[Figure] = []
@@ -203,7 +203,7 @@ def figures(run: Run, opts: Options) -> list[Figure]:
                 0.7,
                 "calls/s",
                 "unary echo",
-                windows=(w.get("getjob"), w.get("echo@getjob")),
+                windows=(wins.get("getjob"), wins.get("echo@getjob")),
             )
         )
     if opts.wants("listjobs"):
@@ -219,7 +219,7 @@ def figures(run: Run, opts: Options) -> list[Figure]:
                 "calls/s",
                 "unary echo",
                 note=f"{len(rows)} filter sets, {full} return a full page of 100",
-                windows=(w.get("listjobs"), w.get("echo@listjobs")),
+                windows=(wins.get("listjobs"), wins.get("echo@listjobs")),
             )
         )
         big, little = loads.get("listjobs_probe"), loads.get("listjobs_probe_small")
@@ -252,7 +252,7 @@ def figures(run: Run, opts: Options) -> list[Figure]:
             "jobs/s",
             "unary echo RPC/s",
             note=(f"= {4 * life.rate:,.0f} RPC/s; claim retries {v.get('claim_retries', 0)}" if life else ""),
-            windows=(w.get("lifecycle"), w.get("echo@lifecycle")),
+            windows=(wins.get("lifecycle"), wins.get("echo@lifecycle")),
         )
         out.append(f)
     if opts.wants("lifecycle_v2"):
@@ -267,7 +267,7 @@ def figures(run: Run, opts: Options) -> list[Figure]:
                 "unary echo RPC/s",
                 note="per job: created in a CreateJobs of 50, assigned on the stream, one heartbeat with progress, the"
                 " finish with figures, each answered; p50/p99 from assignment to the finish's answer",
-                windows=(w.get("lifecycle_v2"), w.get("echo@lifecycle_v2")),
+                windows=(wins.get("lifecycle_v2"), wins.get("echo@lifecycle_v2")),
             )
         )
     if opts.wants("watch"):
@@ -311,7 +311,7 @@ def figures(run: Run, opts: Options) -> list[Figure]:
                 "requests/s",
                 "bare aiohttp hello",
                 note=note if not gw else f"body {v.get('gateway_bytes', 0)} B; hello answers as many bytes",
-                windows=(w.get("gateway"), w.get("hello")),
+                windows=(wins.get("gateway"), wins.get("hello")),
             )
         )
     if opts.wants("memory"):
@@ -347,7 +347,7 @@ def figures(run: Run, opts: Options) -> list[Figure]:
                 target,
                 "jobs/s",
                 anchor_label,
-                windows=(w.get(key), w.get("sqlite")),
+                windows=(wins.get(key), wins.get("sqlite")),
                 per_op=per_op,
             )
             if f.anchor is None:

@@ -19,7 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -134,7 +134,7 @@ WindowFn = Callable[[Phase], Awaitable[LoadResult]]
 
 
 async def interleave(
-    loads: dict[str, Load | WindowFn], phase: Phase, rounds: int, run: Run | None = None
+    loads: Mapping[str, Load | WindowFn], phase: Phase, rounds: int, run: Run | None = None
 ) -> dict[str, LoadResult]:
     """Each load in turn, `rounds` times (order reversed every other round: A B B A A B), merged per load; with
     `run`, each window is kept too (`run.windows`), so figures are judged on the median of the rounds. A figure
@@ -142,7 +142,8 @@ async def interleave(
     window = Phase(phase.warmup, phase.seconds / rounds, phase.concurrency, phase.channels)
     parts: dict[str, list[LoadResult]] = {name: [] for name in loads}
     for r in range(rounds):
-        for name in list(loads) if r % 2 == 0 else list(reversed(loads)):
+        names = list(loads)
+        for name in names if r % 2 == 0 else names[::-1]:
             load = loads[name]
             if isinstance(load, Load):
                 parts[name].append(await drive(load.call, window, load.server.stats))
@@ -267,7 +268,9 @@ async def lifecycle_v2_window(
     loop_time = time.perf_counter
     started = loop_time()
     window_start, window_end = started + phase.warmup, started + phase.warmup + phase.seconds
-    creates = [c.unary_unary("/jobsd.v1.Jobs/CreateJobs") for c in chans]
+    creates = [
+        c.unary_unary("/jobsd.v1.Jobs/CreateJobs", request_serializer=None, response_deserializer=None) for c in chans
+    ]
     create_body = pb.CreateJobsRequest(
         jobs=[pb.CreateJobRequest(workspace_id=ws, kind="query", query_sql="SELECT 1")] * batch
     ).SerializeToString()
@@ -369,7 +372,9 @@ async def lifecycle_v2_window(
 
 def create_batched_call(chans: list[grpc.aio.Channel], ws: str, batch: int) -> Call:
     md = _md(SERVICE_TOKEN)
-    callers = [c.unary_unary("/jobsd.v1.Jobs/CreateJobs") for c in chans]
+    callers = [
+        c.unary_unary("/jobsd.v1.Jobs/CreateJobs", request_serializer=None, response_deserializer=None) for c in chans
+    ]
     req = pb.CreateJobRequest(workspace_id=ws, kind="import", url="https://example.com/data.csv")
     req.datasource.update({"name": "bench_imports"})
     body = pb.CreateJobsRequest(jobs=[req] * batch).SerializeToString()
@@ -662,17 +667,19 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
             run.values["claim_retries"] = counters.get("claim_retries", 0)
         if opts.wants("lifecycle_v2"):
             _say("  lifecycle on worker protocol v2 (CreateJobs -> stream: assign, heartbeat, finish) | echo")
-            loads = {"lifecycle_v2": lambda phase: lifecycle_v2_window(big_ch, ws, phase, big.stats, CREATE_BATCH)}
+            v2: dict[str, Load | WindowFn] = {
+                "lifecycle_v2": lambda phase: lifecycle_v2_window(big_ch, ws, phase, big.stats, CREATE_BATCH)
+            }
             if echo_load:
-                loads["echo@lifecycle_v2"] = echo_load
-            run.loads.update(await interleave(loads, opts.phase, rounds, run))
+                v2["echo@lifecycle_v2"] = echo_load
+            run.loads.update(await interleave(v2, opts.phase, rounds, run))
         if opts.wants("create"):
             _say(f"  CreateJob | CreateJobs of {CREATE_BATCH} | bare SQLite insert+commit")
             samples: list[dict[str, float]] = []
             batched = Phase(
                 opts.phase.warmup, opts.phase.seconds, max(2, opts.phase.concurrency // 8), opts.phase.channels
             )
-            loads = {
+            creates: dict[str, Load | WindowFn] = {
                 "create": Load(create_call(big_ch, ws), big),
                 "create_batched": lambda phase: drive(
                     create_batched_call(big_ch, ws, CREATE_BATCH),
@@ -681,7 +688,7 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
                 ),
                 "sqlite": sqlite_window(samples),
             }
-            run.loads.update(await interleave(loads, opts.phase, rounds, run))
+            run.loads.update(await interleave(creates, opts.phase, rounds, run))
             run.values["sqlite"] = {
                 "commit_rate": statistics.median(x["commit_rate"] for x in samples),
                 "bulk_rate": statistics.median(x["bulk_rate"] for x in samples),

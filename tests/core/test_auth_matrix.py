@@ -140,7 +140,9 @@ async def connect_until_assigned(server: Server, md: Metadata) -> list[pb.Assign
     try:
         while True:
             message = await bounded(stream.read())
-            assert message is not grpc.aio.EOF, "the worker stream ended without an assignment"
+            # grpc-stubs does not declare grpc.aio.EOF
+            assert message is not grpc.aio.EOF, "the worker stream ended without an assignment"  # type: ignore[attr-defined]
+            assert isinstance(message, pb.ServerMessage)
             if message.assignments:
                 return list(message.assignments)
     finally:

@@ -40,7 +40,7 @@ class Stream:
     async def read(self) -> pb.ServerMessage:
         while True:
             message = await bounded(self.call.read())
-            assert message is not grpc.aio.EOF, "the server ended the worker stream"
+            assert message is not grpc.aio.EOF, "the server ended the worker stream"  # type: ignore[attr-defined]  # grpc-stubs does not declare grpc.aio.EOF
             if message.ByteSize():
                 return message  # type: ignore[no-any-return]
 
@@ -54,7 +54,7 @@ class Stream:
         return await rpc_error(self._drain())
 
     async def _drain(self) -> None:
-        while (await self.call.read()) is not grpc.aio.EOF:
+        while (await self.call.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]  # grpc-stubs does not declare grpc.aio.EOF
             pass
 
     def close(self) -> None:
