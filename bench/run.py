@@ -418,10 +418,12 @@ async def _watch(opts: Options, server: ServerProcess, ws: str, run: Run) -> Non
     (chan,) = channels(server.grpc_port, 1)
     try:
         svc = _md(SERVICE_TOKEN)
-        req = pb.CreateJobRequest(workspace_id=ws, kind="query", query_sql="SELECT 1")
+        # A kind no other load creates, so the claim below gets this very job.
+        req = pb.CreateJobRequest(workspace_id=ws, kind="populateview", query_sql="SELECT 1")
+        req.datasource.update({"name": "bench_watch"})
         create = chan.unary_unary("/jobsd.v1.Jobs/CreateJob", request_serializer=None, response_deserializer=None)
         job = pb.Job.FromString(await create(req.SerializeToString(), metadata=svc))
-        claim_req = pb.ClaimJobRequest(worker_id="bench-watch", kinds=["query"], wait_seconds=5)
+        claim_req = pb.ClaimJobRequest(worker_id="bench-watch", kinds=["populateview"], wait_seconds=5)
         got = pb.ClaimJobResponse.FromString(
             await chan.unary_unary("/jobsd.v1.Workers/ClaimJob", request_serializer=None, response_deserializer=None)(
                 claim_req.SerializeToString(), metadata=svc
