@@ -57,7 +57,7 @@ class JobsdApp:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         # Every job write stores the job's serialised message too; reads and write responses reuse those bytes.
-        self.codec = JobWireCodec()
+        self.codec = JobWireCodec(settings.kind_registry)
         self.store: JobStore = store or open_store(
             settings.store, log_retention=settings.log_retention, encoder=self.codec
         )
@@ -66,7 +66,7 @@ class JobsdApp:
         self.service = JobService(
             self.store,
             self.clock,
-            settings.rules,
+            settings.kind_registry,
             self.hub,
             self.metrics,
             log_retention=settings.log_retention,

@@ -34,6 +34,9 @@ class Metrics:
         )
         self.watchers = Gauge("jobsd_watchers", "Open watch streams", registry=self.registry)
         self.lease_lapses = Counter("jobsd_lease_lapses", "Leases recovered by the sweeper", registry=self.registry)
+        self.run_time_exceeded = Counter(
+            "jobsd_run_time_exceeded", "Jobs ended for running past their kind's run-time limit", registry=self.registry
+        )
         # Labelled children by label values: `labels()` is a lock and a dict lookup per call, on every RPC and
         # every job write. Bounded by the label values that exist (methods x codes, kinds x statuses).
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}

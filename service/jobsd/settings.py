@@ -1,88 +1,42 @@
-"""One frozen settings object, read from flags and JOBSD_* environment variables (flags win)."""
+"""One frozen settings object, read from flags and JOBSD_* environment variables (flags win).
+
+Each field says, once, what it means, its variable, how its text is parsed and how its default reads; the
+`jobsd serve` flags and their `--help`, the README's settings table (a test compares them) and the errors are all
+made from that. A bad value is an `InvalidArgument` naming the variable (or flag) and what was wrong with it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from jobsd.domain.rules import DEFAULT_KIND_LIMITS, QueueRules
+from jobsd.domain.kinds import BUILTIN_KINDS, KindDefaults, KindRegistry, build_registry, parse_kind_declarations
 from jobsd.errors import InvalidArgument
 
-__all__ = ["Settings", "add_arguments", "settings_from", "split_addr"]
+__all__ = ["SETTINGS", "Setting", "Settings", "add_arguments", "settings_from", "split_addr"]
+
+Parser = Callable[[str, str], Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    grpc_addr: str = "127.0.0.1:50051"
-    # Empty disables the REST gateway.
-    http_addr: str = "127.0.0.1:8080"
-    # A bare /metrics listener for processes without the gateway (the gateway serves /metrics too); empty: none.
-    metrics_addr: str = ""
-    store: str = "sqlite:///.jobsd/jobsd.db"
-    # Base of job_url and next links; empty: a trusted Host (trusted_hosts), else the gateway's own address.
-    public_url: str = ""
-    # Host header values (host or host:port) links may be built on; never an untrusted Host.
-    trusted_hosts: tuple[str, ...] = ()
-    admin_token: str = ""
-    service_token: str = ""
-    executors: bool = True
-    retention_hours: float = 48.0
-    log_retention_days: float = 30.0
-    lease_seconds: float = 30.0
-    max_attempts: int = 3
-    kind_limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_KIND_LIMITS))
-    # Background sweeps (leases, retention): how often they run.
-    sweep_interval_seconds: float = 1.0
-    # Where the executors keep their DuckDB data plane; empty: next to the SQLite file, or ./.jobsd.
-    data_dir: str = ""
-    executor_concurrency: int = 4
-    # Workspace files of the data plane kept open at once (least recently used idle ones are closed).
-    dataplane_max_open_workspaces: int = 16
-    # file:// imports read only under this directory; empty: file imports are off.
-    import_file_root: str = ""
-    # CIDR networks imports may fetch from although they are not public (loopback, private, link-local...).
-    import_allow_networks: tuple[str, ...] = ()
-    import_max_redirects: int = 5
-    # Nesting depth of any JSON input: REST bodies, NDJSON lines, Struct fields.
-    max_json_depth: int = 64
-    max_watch_streams: int = 20_000
-    watch_buffer: int = 256
-    max_request_bytes: int = 4 * 1024 * 1024
-    # Worker protocol v2: jobs per CreateJobs call, worker streams per server, free slots per worker stream.
-    max_create_batch: int = 500
-    max_worker_streams: int = 1_000
-    max_worker_slots: int = 256
-    grace_seconds: float = 5.0
-    log_level: str = "INFO"
+def _number(kind: type[int] | type[float], minimum: float) -> Parser:
+    def parse(name: str, raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise InvalidArgument(name, f"expected {what}, got {raw!r}") from None
+        if value < minimum:
+            raise InvalidArgument(name, f"must be at least {minimum:g}, got {raw!r}")
+        return value
 
-    @property
-    def rules(self) -> QueueRules:
-        return QueueRules(
-            retention=timedelta(hours=self.retention_hours),
-            lease=timedelta(seconds=self.lease_seconds),
-            max_attempts=self.max_attempts,
-            kind_limits=dict(self.kind_limits),
-        )
-
-    @property
-    def log_retention(self) -> timedelta:
-        return timedelta(days=self.log_retention_days)
-
-    def with_changes(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
-
-
-def split_addr(name: str, addr: str) -> tuple[str, int]:
-    """`host:port` (IPv6 as `[::1]:8080`) -> (host, port); port 0 asks for an ephemeral one."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not host or int(port) > 65535:
-        raise InvalidArgument(name, f"expected HOST:PORT, got {addr!r}")
-    return host.strip("[]"), int(port)
+    return parse
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -94,24 +48,19 @@ def _bool(name: str, raw: str) -> bool:
     raise InvalidArgument(name, f"expected on/off, got {raw!r}")
 
 
-def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) -> Any:
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise InvalidArgument(name, f"expected a number, got {raw!r}") from None
-    if value < minimum:
-        raise InvalidArgument(name, f"must be at least {minimum}, got {raw!r}")
-    return value
+def _per_kind(kind: type[int] | type[float], minimum: float, unit: str) -> Parser:
+    number = _number(kind, minimum)
 
+    def parse(name: str, raw: str) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            kind_name, sep, value = part.partition("=")
+            if not sep or not kind_name.strip():
+                raise InvalidArgument(name, f"expected kind={unit}[,kind={unit}...], got {part!r}")
+            values[kind_name.strip()] = number(f"{name} ({kind_name.strip()})", value.strip())
+        return values
 
-def _limits(name: str, raw: str) -> dict[str, int]:
-    limits = dict(DEFAULT_KIND_LIMITS)
-    for part in filter(None, (p.strip() for p in raw.split(","))):
-        kind, sep, value = part.partition("=")
-        if not sep:
-            raise InvalidArgument(name, f"expected kind=N[,kind=N...], got {part!r}")
-        limits[kind.strip()] = int(_number(name, value.strip(), int, 1))
-    return limits
+    return parse
 
 
 def _networks(name: str, raw: str) -> tuple[str, ...]:
@@ -124,57 +73,357 @@ def _networks(name: str, raw: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
-# setting name -> (environment variable, parser)
-_FIELDS: dict[str, tuple[str, Any]] = {
-    "grpc_addr": ("JOBSD_GRPC_ADDR", None),
-    "http_addr": ("JOBSD_HTTP_ADDR", None),
-    "metrics_addr": ("JOBSD_METRICS_ADDR", None),
-    "store": ("JOBSD_STORE", None),
-    "public_url": ("JOBSD_PUBLIC_URL", None),
-    "trusted_hosts": ("JOBSD_TRUSTED_HOSTS", lambda n, r: tuple(h.strip() for h in r.split(",") if h.strip())),
-    "admin_token": ("JOBSD_ADMIN_TOKEN", None),
-    "service_token": ("JOBSD_SERVICE_TOKEN", None),
-    "executors": ("JOBSD_EXECUTORS", _bool),
-    "retention_hours": ("JOBSD_RETENTION_HOURS", lambda n, r: _number(n, r, float, 0.001)),
-    "log_retention_days": ("JOBSD_LOG_RETENTION_DAYS", lambda n, r: _number(n, r, float, 0.001)),
-    "lease_seconds": ("JOBSD_LEASE_SECONDS", lambda n, r: _number(n, r, float, 0.1)),
-    "max_attempts": ("JOBSD_MAX_ATTEMPTS", lambda n, r: _number(n, r, int, 1)),
-    "kind_limits": ("JOBSD_CONCURRENCY_LIMITS", _limits),
-    "sweep_interval_seconds": ("JOBSD_SWEEP_INTERVAL_SECONDS", lambda n, r: _number(n, r, float, 0.01)),
-    "data_dir": ("JOBSD_DATA_DIR", None),
-    "executor_concurrency": ("JOBSD_EXECUTOR_CONCURRENCY", lambda n, r: _number(n, r, int, 1)),
-    "dataplane_max_open_workspaces": ("JOBSD_DATAPLANE_MAX_OPEN_WORKSPACES", lambda n, r: _number(n, r, int, 1)),
-    "import_file_root": ("JOBSD_IMPORT_FILE_ROOT", None),
-    "import_allow_networks": ("JOBSD_IMPORT_ALLOW_NETWORKS", _networks),
-    "import_max_redirects": ("JOBSD_IMPORT_MAX_REDIRECTS", lambda n, r: _number(n, r, int, 0)),
-    "max_json_depth": ("JOBSD_MAX_JSON_DEPTH", lambda n, r: _number(n, r, int, 1)),
-    "max_watch_streams": ("JOBSD_MAX_WATCH_STREAMS", lambda n, r: _number(n, r, int, 1)),
-    "max_create_batch": ("JOBSD_MAX_CREATE_BATCH", lambda n, r: _number(n, r, int, 1)),
-    "max_worker_streams": ("JOBSD_MAX_WORKER_STREAMS", lambda n, r: _number(n, r, int, 1)),
-    "max_worker_slots": ("JOBSD_MAX_WORKER_SLOTS", lambda n, r: _number(n, r, int, 1)),
-    "grace_seconds": ("JOBSD_GRACE_SECONDS", lambda n, r: _number(n, r, float, 0)),
-    "log_level": ("JOBSD_LOG_LEVEL", None),
-}
+def _choice(*choices: str) -> Parser:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise InvalidArgument(name, f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _log_level(name: str, raw: str) -> str:
+    level: str = _choice("debug", "info", "warning", "error", "critical")(name, raw)
+    return level.upper()
+
+
+def _setting(
+    default: Any,
+    env: str,
+    meaning: str,
+    parse: Parser | None = None,
+    *,
+    shown: str | None = None,
+    metavar: str | None = None,
+    aliases: tuple[str, ...] = (),
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A Settings field with its variable and meaning (and how to parse it and how its default reads)."""
+    metadata = {"env": env, "meaning": meaning, "parse": parse, "shown": shown, "metavar": metavar, "aliases": aliases}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_BUILTIN_LIMITS = ",".join(f"{spec.name}={spec.concurrency_limit}" for spec in BUILTIN_KINDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    grpc_addr: str = _setting("127.0.0.1:50051", "JOBSD_GRPC_ADDR", "gRPC listen address (port 0: any free port)")
+    http_addr: str = _setting("127.0.0.1:8080", "JOBSD_HTTP_ADDR", "REST gateway address; empty disables it")
+    metrics_addr: str = _setting(
+        "",
+        "JOBSD_METRICS_ADDR",
+        "a bare `/metrics` listener for processes without the gateway (the gateway serves `/metrics` too)",
+    )
+    store: str = _setting(
+        "sqlite:///.jobsd/jobsd.db", "JOBSD_STORE", "`sqlite:///path` or a `mongodb://` / `mongodb+srv://` URI"
+    )
+    public_url: str = _setting(
+        "",
+        "JOBSD_PUBLIC_URL",
+        "base of `job_url` and `next` links; without it a Host in `JOBSD_TRUSTED_HOSTS`, else the gateway's own "
+        "address (never an untrusted Host header)",
+        metavar="URL",
+    )
+    trusted_hosts: tuple[str, ...] = _setting(
+        (),
+        "JOBSD_TRUSTED_HOSTS",
+        "Host header values (`host` or `host:port`) links may be built on",
+        lambda n, r: tuple(h.strip() for h in r.split(",") if h.strip()),
+        metavar="HOST,...",
+    )
+    admin_token: str = _setting(
+        "", "JOBSD_ADMIN_TOKEN", "ensures an ADMIN token of workspace `default` with exactly this value"
+    )
+    service_token: str = _setting(
+        "", "JOBSD_SERVICE_TOKEN", "ensures a token with JOBS:CREATE and JOBS:EXECUTE on every workspace"
+    )
+    executors: bool = _setting(True, "JOBSD_EXECUTORS", "run the built-in executors in-process", _bool)
+    kinds_file: str = _setting(
+        "", "JOBSD_KINDS_FILE", "a TOML file declaring job kinds and their rules (see Job kinds)", metavar="PATH"
+    )
+    kinds: str = _setting(
+        "",
+        "JOBSD_KINDS",
+        "job kinds as TOML text, as in the file, e.g. `thumbnail = {cancellable_while_working = true}`",
+        metavar="TOML",
+    )
+    retention_hours: float = _setting(
+        48.0,
+        "JOBSD_RETENTION_HOURS",
+        "the visibility window of a job (of every kind that sets none)",
+        _number(float, 0.001),
+    )
+    log_retention_days: float = _setting(
+        30.0, "JOBSD_LOG_RETENTION_DAYS", "how long `jobs_log` keeps status changes", _number(float, 0.001)
+    )
+    lease_seconds: float = _setting(
+        30.0,
+        "JOBSD_LEASE_SECONDS",
+        "worker lease (of every kind that sets none); workers heartbeat every third of it",
+        _number(float, 0.1),
+    )
+    max_attempts: int = _setting(
+        3,
+        "JOBSD_MAX_ATTEMPTS",
+        "lease lapses before a job ends in `error` (of every kind that sets none)",
+        _number(int, 1),
+    )
+    time_limit_seconds: float = _setting(
+        86_400.0,
+        "JOBSD_TIME_LIMIT_SECONDS",
+        "run-time limit from a job's first start (of every kind that sets none); 0: none",
+        _number(float, 0),
+    )
+    kind_limits: Mapping[str, int] = _setting(
+        None,
+        "JOBSD_CONCURRENCY_LIMITS",
+        "running jobs per concurrency key, by kind (`kind=N,...`; wins over the kind's own)",
+        _per_kind(int, 1, "N"),
+        shown=_BUILTIN_LIMITS,
+        metavar="KIND=N,...",
+        aliases=("--kind-limits",),
+        factory=dict,
+    )
+    time_limits: Mapping[str, float] = _setting(
+        None,
+        "JOBSD_TIME_LIMITS",
+        "run-time limit by kind (`kind=seconds,...`; 0: none; wins over the kind's own)",
+        _per_kind(float, 0, "seconds"),
+        shown="each kind's own",
+        metavar="KIND=SECONDS,...",
+        factory=dict,
+    )
+    sweep_interval_seconds: float = _setting(
+        1.0,
+        "JOBSD_SWEEP_INTERVAL_SECONDS",
+        "how often the background sweeps run (lapsed leases, run-time limits, retention)",
+        _number(float, 0.01),
+    )
+    data_dir: str = _setting(
+        "",
+        "JOBSD_DATA_DIR",
+        "where the executors keep the DuckDB data plane (`dataplane/`, one file per workspace); one process each",
+        shown="the SQLite file's directory, else .jobsd/",
+        metavar="DIR",
+    )
+    executor_concurrency: int = _setting(
+        4, "JOBSD_EXECUTOR_CONCURRENCY", "jobs the in-process executors run at once", _number(int, 1)
+    )
+    dataplane_max_open_workspaces: int = _setting(
+        16,
+        "JOBSD_DATAPLANE_MAX_OPEN_WORKSPACES",
+        "workspace files of the data plane open at once (idle ones closed, least recently used first)",
+        _number(int, 1),
+    )
+    import_file_root: str = _setting(
+        "",
+        "JOBSD_IMPORT_FILE_ROOT",
+        "the one directory `file://` imports may read; must not overlap the store or the data directory; empty: off",
+        shown="off (`make run`: examples/)",
+        metavar="DIR",
+    )
+    import_allow_networks: tuple[str, ...] = _setting(
+        (),
+        "JOBSD_IMPORT_ALLOW_NETWORKS",
+        "CIDRs imports may fetch from although not public (loopback, private, link-local are refused otherwise)",
+        _networks,
+        shown="none",
+        metavar="CIDR,...",
+    )
+    import_max_redirects: int = _setting(
+        5, "JOBSD_IMPORT_MAX_REDIRECTS", "redirects an import follows, each checked like the first URL", _number(int, 0)
+    )
+    max_json_depth: int = _setting(
+        64,
+        "JOBSD_MAX_JSON_DEPTH",
+        "nesting depth of any JSON input (REST bodies, NDJSON lines, Struct fields); deeper is refused",
+        _number(int, 1),
+    )
+    max_watch_streams: int = _setting(
+        20_000, "JOBSD_MAX_WATCH_STREAMS", "open watch streams per process", _number(int, 1)
+    )
+    watch_buffer: int = _setting(
+        256,
+        "JOBSD_WATCH_BUFFER",
+        "events buffered per watch stream (beyond it progress events are coalesced)",
+        _number(int, 8),
+    )
+    max_request_bytes: int = _setting(
+        4 * 1024 * 1024, "JOBSD_MAX_REQUEST_BYTES", "largest gRPC message or REST body accepted", _number(int, 1024)
+    )
+    max_create_batch: int = _setting(
+        500, "JOBSD_MAX_CREATE_BATCH", "jobs one `CreateJobs` call may create", _number(int, 1)
+    )
+    max_worker_streams: int = _setting(
+        1_000, "JOBSD_MAX_WORKER_STREAMS", "open `Workers.Connect` streams per process", _number(int, 1)
+    )
+    max_worker_slots: int = _setting(
+        256,
+        "JOBSD_MAX_WORKER_SLOTS",
+        "free slots one worker stream may have (and heartbeats / finishes per message)",
+        _number(int, 1),
+    )
+    grace_seconds: float = _setting(
+        5.0, "JOBSD_GRACE_SECONDS", "graceful-shutdown grace for in-flight RPCs and running jobs", _number(float, 0)
+    )
+    log_level: str = _setting("INFO", "JOBSD_LOG_LEVEL", "debug, info, warning or error", _log_level)
+    log_format: str = _setting(
+        "",
+        "JOBSD_LOG_FORMAT",
+        "`text` (one readable line per record) or `json` (one object per line)",
+        _choice("text", "json"),
+        shown="text on a terminal, else json",
+    )
+    # The kinds this process knows (built from the fields above when the settings are made).
+    kind_registry: KindRegistry = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind_registry", self._build_registry())
+
+    def _build_registry(self) -> KindRegistry:
+        declarations = []
+        if self.kinds_file:
+            path = Path(self.kinds_file)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise InvalidArgument("JOBSD_KINDS_FILE", f"cannot read {path}: {exc.strerror or exc}") from None
+            declarations.append(
+                (f"JOBSD_KINDS_FILE ({path})", parse_kind_declarations(f"JOBSD_KINDS_FILE ({path})", text))
+            )
+        if self.kinds.strip():
+            declarations.append(("JOBSD_KINDS", parse_kind_declarations("JOBSD_KINDS", self.kinds)))
+        return build_registry(
+            self.kind_defaults,
+            declarations,
+            concurrency_limits=self.kind_limits,
+            time_limits=self.time_limits,
+        )
+
+    @property
+    def kind_defaults(self) -> KindDefaults:
+        return KindDefaults(
+            lease=timedelta(seconds=self.lease_seconds),
+            max_attempts=self.max_attempts,
+            time_limit=timedelta(seconds=self.time_limit_seconds) if self.time_limit_seconds > 0 else None,
+            retention=timedelta(hours=self.retention_hours),
+        )
+
+    @property
+    def log_retention(self) -> timedelta:
+        return timedelta(days=self.log_retention_days)
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting as the CLI and the docs see it."""
+
+    name: str
+    env: str
+    meaning: str
+    parse: Parser | None
+    default: Any
+    shown: str | None
+    metavar: str | None
+    aliases: tuple[str, ...]
+
+    @property
+    def flag(self) -> str:
+        """`--` and the variable's name without JOBSD_: JOBSD_CONCURRENCY_LIMITS is --concurrency-limits."""
+        return "--" + self.env.removeprefix("JOBSD_").lower().replace("_", "-")
+
+    @property
+    def default_text(self) -> str:
+        """How the default reads in `--help` and the README."""
+        if self.shown is not None:
+            return self.shown
+        value = self.default
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        if value in ("", (), None):
+            return "none"
+        return str(value)
+
+    @property
+    def placeholder(self) -> str:
+        """What the flag takes, as `--help` shows it."""
+        if self.metavar:
+            return self.metavar
+        name = self.name
+        if name.endswith("_addr"):
+            return "HOST:PORT"
+        for suffix in ("seconds", "hours", "days"):
+            if name.endswith("_" + suffix):
+                return suffix.upper()
+        if isinstance(self.default, bool):
+            return "on|off"
+        if isinstance(self.default, int):
+            return "N"
+        return {"store": "URI", "public_url": "URL", "log_level": "LEVEL", "log_format": "text|json"}.get(name, "TOKEN")
+
+
+def _settings_table() -> tuple[Setting, ...]:
+    rows = []
+    for f in dataclasses.fields(Settings):
+        if "env" not in f.metadata:
+            continue
+        factory: Any = f.default_factory
+        default = factory() if f.default is dataclasses.MISSING else f.default
+        m = f.metadata
+        rows.append(
+            Setting(f.name, m["env"], m["meaning"], m["parse"], default, m["shown"], m["metavar"], m["aliases"])
+        )
+    return tuple(rows)
+
+
+# Every setting, in the order of the Settings fields.
+SETTINGS: tuple[Setting, ...] = _settings_table()
+
+
+def split_addr(name: str, addr: str) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:8080`) -> (host, port); port 0 asks for an ephemeral one."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise InvalidArgument(name, f"expected HOST:PORT, got {addr!r}")
+    return host.strip("[]"), int(port)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --flag per setting (--grpc-addr, --store, ...); the help names the environment variable."""
-    for name, (env, _) in _FIELDS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=f"(env {env})")
+    """One flag per setting, named after its variable (--grpc-addr, --concurrency-limits, ...), with its meaning,
+    its variable and its default in the help."""
+    group = parser.add_argument_group("settings (each flag wins over its JOBSD_* variable)")
+    for setting in SETTINGS:
+        group.add_argument(
+            setting.flag,
+            *setting.aliases,
+            dest=setting.name,
+            default=None,
+            metavar=setting.placeholder,
+            help=f"{setting.meaning} [{setting.env}; default: {setting.default_text}]".replace("%", "%%"),
+        )
 
 
 def settings_from(environ: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Settings:
     """Defaults, overridden by JOBSD_* variables, overridden by flags that were given."""
     values: dict[str, Any] = {}
-    for name, (env, parse) in _FIELDS.items():
-        raw = (flags or {}).get(name)
-        source = "--" + name.replace("_", "-")
+    for setting in SETTINGS:
+        raw = (flags or {}).get(setting.name)
+        source = setting.flag
         if raw is None:
-            raw = environ.get(env)
-            source = env
+            raw = environ.get(setting.env)
+            source = setting.env
         if raw is None:
             continue
-        values[name] = parse(source, str(raw)) if parse else str(raw)
+        values[setting.name] = setting.parse(source, str(raw)) if setting.parse else str(raw)
     return Settings(**values)
 
 

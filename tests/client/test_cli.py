@@ -78,7 +78,11 @@ async def test_cancel_and_retry(jobsd: Jobsd, client: AsyncJobsClient) -> None:
     assert (await client.get_job(job.id)).status == pb.JOB_STATUS_CANCELLED
 
     code, _, err = await jobsctl("cancel", job.id, target=jobsd.target, token=jobsd.admin)
-    assert (code, err) == (1, "error: Job is not in cancellable status\n")
+    assert (code, err) == (
+        1,
+        "error: Job is not in cancellable status: it is cancelled, and import jobs can be cancelled only while "
+        "waiting\n",
+    )
 
     code, out, _ = await jobsctl("retry", job.id, "--json", target=jobsd.target, token=jobsd.admin)
     retried = json.loads(out)

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 
+from jobsd.domain.kinds import BUILTIN_KINDS
 from jobsd.domain.model import Job, JobStatus
 from jobsd.domain.rules import concurrency_key
 from jobsd.domain.states import Action, transition
@@ -69,7 +70,7 @@ def move(job: Job, action: Action, now: datetime, *, worker: str = "worker-1", e
         job,
         action,
         now,
-        retention=RETENTION,
+        kind=BUILTIN_KINDS.get(job.kind),
         worker_id=worker,
         lease_token=f"lease-{uuid.uuid4().hex[:8]}",
         lease_expires_at=now + LEASE,

@@ -117,6 +117,8 @@ WORKSPACE = {  # GetWorkspace answers about the caller's own workspace: never th
     "right-datasources-create": OK,
     "right-service-every-workspace": HIDDEN,  # spans every workspace: it has none of its own
 }
+# ListKinds shows the server's configuration, not a workspace's data: any valid token reads it.
+ANY_TOKEN = {caller: OK for caller in JOBS_CALLERS if caller not in _UNAUTH_ROWS}
 WORK = {
     "other-workspace": DENIED,
     "narrow-datasource-other": DENIED,
@@ -238,6 +240,14 @@ RPCS = [
         lambda s, st, md: s.jobs.GetWorkspace(pb.GetWorkspaceRequest(), metadata=md),
         lambda r, st, s: r.id == s.workspace_id and r.name == "default",
         WORKSPACE,
+    ),
+    Rpc(
+        "Jobs",
+        "ListKinds",
+        waiting_job,
+        lambda s, st, md: s.jobs.ListKinds(pb.ListKindsRequest(), metadata=md),
+        lambda r, st, s: {"import", "populateview"} <= {k.name for k in r.kinds},
+        ANY_TOKEN,
     ),
     Rpc(
         "Workers",

@@ -247,7 +247,7 @@ async def test_a_dropped_stream_leaves_its_jobs_to_their_leases(server: Server) 
     stream.close()  # the worker vanishes mid-job
     await asyncio.sleep(0.1)
     assert (await server.get(job.id)).status == pb.JOB_STATUS_WORKING  # until its lease lapses
-    server.clock.advance(server.app.settings.rules.lease + timedelta(seconds=1))
+    server.clock.advance(server.app.settings.kind_registry.get("import").lease + timedelta(seconds=1))
     assert await server.app.service.sweep_leases() == 1
     again = await server.get(job.id)
     assert again.status == pb.JOB_STATUS_WAITING and again.attempt == 1

@@ -70,7 +70,9 @@ class Reply:
 
     @property
     def error(self) -> str:
-        assert isinstance(self.body, dict) and set(self.body) == {"error", "documentation"}, self.body
+        # Tinybird's shape; `detail` only beside a documented message that is the start of ours (the reason).
+        assert isinstance(self.body, dict), self.body
+        assert set(self.body) in ({"error", "documentation"}, {"error", "detail", "documentation"}), self.body
         message: str = self.body["error"]
         return message
 

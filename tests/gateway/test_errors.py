@@ -35,7 +35,9 @@ async def test_cancelling_a_finished_job_is_400_not_cancellable(gw: Gateway) -> 
 
     reply = await gw.post(f"/v0/jobs/{job.id}/cancel")
 
+    # The documented message as it is (clients compare it); why, in its own field.
     assert (reply.status, reply.error) == (400, "Job is not in cancellable status")
+    assert reply.body["detail"] == "it is done, and import jobs can be cancelled only while waiting"
     assert "cancel" in reply.body["documentation"]
 
 
@@ -46,6 +48,7 @@ async def test_cancelling_a_working_import_is_400_not_cancellable(gw: Gateway) -
     reply = await gw.post(f"/v0/jobs/{job.id}/cancel")
 
     assert (reply.status, reply.error) == (400, "Job is not in cancellable status")
+    assert reply.body["detail"] == "it is working, and import jobs can be cancelled only while waiting"
     assert (await gw.get(f"/v0/jobs/{job.id}")).body["status"] == "working"
 
 
@@ -198,6 +201,7 @@ async def test_errors_over_grpc_keep_their_status_message_and_field(remote_gw: G
 
     assert (not_found.status, not_found.error) == (404, 'Job with id "nope" not found')
     assert (not_cancellable.status, not_cancellable.error) == (400, "Job is not in cancellable status")
+    assert not_cancellable.body["detail"] == "it is done, and import jobs can be cancelled only while waiting"
     assert bad_page.status == 400 and bad_page.error.startswith("page_token:")
     assert (no_token.status, no_token.error) == (403, "invalid authentication token")
 

@@ -41,30 +41,68 @@ async def test_metrics_count_requests_by_route_template_and_status(gw: Gateway) 
     assert "jobsd_http_request_duration_seconds_bucket" in text
 
 
-async def test_openapi_describes_exactly_the_gateway_endpoints(gw: Gateway) -> None:
-    reply = await gw.get("/openapi.json", anonymous=True)
+_JOBS_API_PATHS = {
+    "/v0/jobs",
+    "/v0/jobs/events",
+    "/v0/jobs/{id}",
+    "/v0/jobs/{id}/cancel",
+    "/v0/jobs/{id}/retry",
+    "/v0/jobs/{id}/events",
+    "/v0/jobs_log",
+    "/v0/workspace",
+    "/v1/workspace",
+    "/v0/kinds",
+    "/v0/regions",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+}
 
-    assert reply.status == 200
-    document = reply.body
+
+async def _served_operations(http: aiohttp.ClientSession, port: int) -> dict[str, set[str]]:
+    async with http.get(f"http://127.0.0.1:{port}/openapi.json") as reply:
+        assert reply.status == 200
+        document = await reply.json()
     assert document["openapi"].startswith("3.")
-    assert set(document["paths"]) == {
-        "/v0/jobs",
-        "/v0/jobs/events",
-        "/v0/jobs/{id}",
-        "/v0/jobs/{id}/cancel",
-        "/v0/jobs/{id}/retry",
-        "/v0/jobs/{id}/events",
-        "/v0/jobs_log",
-        "/v0/workspace",
-        "/v1/workspace",
-        "/v0/regions",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    }
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            assert "200" in operation["responses"], (method, path)
+            assert {"200", "204"} & set(operation["responses"]), (method, path)
+    return {path: set(operations) for path, operations in document["paths"].items()}
+
+
+def _routed(app: JobsdApp) -> dict[str, set[str]]:
+    """Every (path, method) the running gateway answers, from its router (HEAD beside GET left out)."""
+    routed: dict[str, set[str]] = {}
+    assert app._gateway is not None and app._gateway._runner is not None
+    for route in app._gateway._runner.app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter")
+        if path and route.method != "HEAD" and path not in ("/openapi.json", "/v0/jobs/"):
+            routed.setdefault(path, set()).add(route.method.lower())
+    return routed
+
+
+async def test_openapi_describes_exactly_the_gateway_endpoints(gw: Gateway) -> None:
+    served = await _served_operations(gw.http, gw.app.http_port or 0)
+
+    assert set(served) == _JOBS_API_PATHS
+    assert served == _routed(gw.app)
+
+
+async def test_with_the_executors_openapi_lists_the_datasource_routes_too(tmp_path: Path) -> None:
+    app = JobsdApp(make_settings(tmp_path, executors=True, data_dir=str(tmp_path / "data")))
+    await app.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            served = await _served_operations(http, app.http_port or 0)
+        routed = _routed(app)
+    finally:
+        await app.stop()
+
+    assert served["/v0/datasources"] == {"get", "post"}
+    assert served["/v0/datasources/{name}"] == {"get", "delete"}
+    assert set(served) == _JOBS_API_PATHS | {"/v0/datasources", "/v0/datasources/{name}"}
+    assert served == routed
 
 
 async def test_workspace_gives_the_cli_its_id_name_and_scope(gw: Gateway) -> None:

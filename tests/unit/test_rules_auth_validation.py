@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from jobsd.domain.auth import NO_ACCESS, Principal, ReadScope, hash_token, new_token_secret, validate_scope
+from jobsd.domain.kinds import BUILTIN_KINDS
 from jobsd.domain.model import Job, JobStatus, TokenRecord
-from jobsd.domain.rules import QueueRules, concurrency_key, is_visible
+from jobsd.domain.rules import concurrency_key, is_visible
 from jobsd.domain.validation import NewJob, validate_new_job
 from jobsd.errors import InvalidArgument, PermissionDenied
 
@@ -64,12 +65,13 @@ def test_two_targets_of_one_kind_queue_separately_but_imports_share_one_queue() 
     assert concurrency_key("ws1", "import", "a") != concurrency_key("ws2", "import", "a")
 
 
-def test_queue_rules_defaults_and_limits() -> None:
-    rules = QueueRules(kind_limits={"import": 7})
-    assert rules.limit_for("import") == 7
-    assert rules.limit_for("copy") == 1  # an unlisted kind runs one at a time
-    assert rules.retention == timedelta(hours=48) and rules.lease == timedelta(seconds=30)
-    assert rules.heartbeat_interval * 3 == rules.lease
+def test_built_in_kinds_have_the_documented_defaults() -> None:
+    limits = {spec.name: spec.concurrency_limit for spec in BUILTIN_KINDS}
+    assert limits == {"import": 4, "query": 4, "populateview": 1, "copy": 1, "delete_data": 1, "sink": 2}
+    for spec in BUILTIN_KINDS:
+        assert spec.retention == timedelta(hours=48) and spec.lease == timedelta(seconds=30)
+        assert spec.heartbeat_interval * 3 == spec.lease and spec.max_attempts == 3
+    assert BUILTIN_KINDS.limit_for("thumbnail") == 1  # a kind no longer declared runs one at a time
 
 
 def test_visibility_bound_is_exact_to_the_microsecond() -> None:

@@ -29,7 +29,15 @@ from google.protobuf.message import Message
 
 from jobsd_client import pb
 from jobsd_client._datasources import DEFAULT_HTTP_TARGET, DataSourcesClient, DataSourcesError
-from jobsd_client._render import datasource_text, datasources_table, details_text, jobs_table, log_table, progress_line
+from jobsd_client._render import (
+    datasource_text,
+    datasources_table,
+    details_text,
+    jobs_table,
+    kinds_table,
+    log_table,
+    progress_line,
+)
 from jobsd_client.async_client import AsyncJobsClient
 from jobsd_client.convert import STATUS_NAMES, TERMINAL_STATUSES, message_to_dict, status_name
 from jobsd_client.errors import JobsdClientError, Unauthenticated, Unavailable
@@ -58,6 +66,16 @@ def _iso_datetime(value: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid ISO 8601 date {value!r}") from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def _json_object(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"images\": 4}'")
+    return parsed
 
 
 def _positive_int(value: str) -> int:
@@ -108,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help_text, description=help_text, parents=common)
 
     ls = command("ls", "list jobs of the last 48 hours, newest first")
-    ls.add_argument("--kind", help="import, populateview, copy, query, delete_data, sink")
+    ls.add_argument("--kind", help="import, populateview, copy, query, delete_data, sink, or a declared kind")
     ls.add_argument("--status", choices=STATUS_NAMES)
     ls.add_argument("--pipe-id")
     ls.add_argument("--pipe-name")
@@ -133,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--limit", type=_positive_int, default=100)
 
     command("workspace", "show the token's workspace and scopes")
+    command("kinds", "the kinds of job the server accepts, with their rules")
 
     def creating(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = command(name, help_text)
@@ -162,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = creating("query", "run SQL in the background and keep its result")
     query.add_argument("--sql", required=True)
+
+    create = creating("create", "create a job of any kind the server accepts (see `jobsctl kinds`)")
+    create.add_argument("kind", metavar="KIND")
+    create.add_argument("--params", type=_json_object, default=None, metavar="JSON", help="e.g. '{\"images\": 4}'")
+    create.add_argument("--datasource", metavar="NAME", help="the data source the job writes (if its kind needs one)")
+    create.add_argument("--pipe", metavar="NAME", help="the pipe name, if any")
 
     datasource = command("datasource", "create, list and show data sources (over the REST gateway)")
     actions = datasource.add_subparsers(dest="datasource_command", metavar="ACTION", required=True)
@@ -333,6 +358,15 @@ async def _workspace(client: AsyncJobsClient, args: argparse.Namespace, out: Tex
     return 0
 
 
+async def _kinds(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    kinds = await client.list_kinds()
+    if args.json:
+        _print_json({"kinds": [message_to_dict(kind) for kind in kinds]}, out)
+    else:
+        out.write(kinds_table(kinds) + "\n")
+    return 0
+
+
 async def _create(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO, **fields: Any) -> int:
     job = await client.create_job(workspace_id=args.workspace, idempotency_key=args.idempotency_key, **fields)
     _created(job, args, out)
@@ -386,6 +420,18 @@ async def _query(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO)
     return await _create(client, args, out, kind="query", query_sql=args.sql, params={"sql": args.sql})
 
 
+async def _create_any(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    return await _create(
+        client,
+        args,
+        out,
+        kind=args.kind,
+        params=args.params,
+        datasource={"name": args.datasource} if args.datasource else None,
+        pipe_name=args.pipe,
+    )
+
+
 _COMMANDS: dict[str, _Command] = {
     "ls": _ls,
     "details": _details,
@@ -398,6 +444,8 @@ _COMMANDS: dict[str, _Command] = {
     "populate": _populate,
     "copy": _copy,
     "query": _query,
+    "create": _create_any,
+    "kinds": _kinds,
 }
 
 

@@ -26,9 +26,11 @@ __all__ = [
     "datasource_text",
     "datasources_table",
     "details_text",
+    "duration_text",
     "human_bytes",
     "job_figures",
     "jobs_table",
+    "kinds_table",
     "log_table",
     "progress_line",
     "table",
@@ -77,6 +79,36 @@ def jobs_table(jobs: Sequence[pb.Job]) -> str:
         [job.id, job.kind, status_name(job.status), time_text(job.created_at), _datasource_name(job)] for job in jobs
     ]
     return table(LIST_COLUMNS, rows)
+
+
+def duration_text(value: float) -> str:
+    """Seconds as a person reads them: 30s, 10m, 24h; 0 as "none"."""
+    if value <= 0:
+        return "none"
+    for unit, size in (("h", 3600), ("m", 60)):
+        if value >= size and value % size == 0:
+            return f"{int(value // size)}{unit}"
+    return f"{value:g}s"
+
+
+def kinds_table(kinds: Sequence[pb.Kind]) -> str:
+    """`jobsctl kinds`: each kind's rules, one row per kind."""
+    rows = [
+        [
+            kind.name,
+            "built-in" if kind.builtin else "declared",
+            "yes" if kind.cancellable_while_working else "waiting only",
+            f"{kind.concurrency_key}, {kind.concurrency_limit}",
+            duration_text(kind.lease_seconds),
+            str(kind.max_attempts),
+            duration_text(kind.time_limit_seconds),
+            duration_text(kind.retention_hours * 3600),
+            kind.description,
+        ]
+        for kind in kinds
+    ]
+    headers = ("kind", "origin", "cancellable", "key, limit", "lease", "attempts", "time_limit", "retention", "about")
+    return table(headers, rows)
 
 
 def log_table(entries: Sequence[pb.JobLogEntry]) -> str:

@@ -319,6 +319,11 @@ class AsyncJobsClient:
         """The workspace of this client's token, with the token's scopes."""
         return await self._unary(self._jobs.GetWorkspace, pb.GetWorkspaceRequest())
 
+    async def list_kinds(self) -> list[pb.Kind]:
+        """The kinds of job the server accepts, with their rules (built in and declared by its operator)."""
+        response = await self._unary(self._jobs.ListKinds, pb.ListKindsRequest())
+        return list(response.kinds)
+
     # --------------------------------------------------------------- Workers
 
     async def claim_job(

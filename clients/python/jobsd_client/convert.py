@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from jobsd_client import pb
@@ -18,6 +19,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "from_timestamp",
     "message_to_dict",
+    "plain_struct",
     "status_name",
     "status_value",
     "to_timestamp",
@@ -84,21 +86,61 @@ _INT64_TYPES = frozenset(
 )
 
 
-def _humanise(descriptor: Any, data: dict[str, Any]) -> dict[str, Any]:
-    # The proto3 JSON mapping writes int64 as strings and enums by their long names; a person (and jq) wants
-    # numbers and the status names the REST API shows, so both are turned back here, guided by the descriptor.
+# Doubles represent every integer up to 2**53 exactly; past it a whole double may already have lost digits.
+_MAX_EXACT_INT = 2**53
+
+
+def _plain_value(value: Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if number.is_integer() and abs(number) <= _MAX_EXACT_INT:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return plain_struct(value.struct_value)
+    if kind == "list_value":
+        return [_plain_value(item) for item in value.list_value.values]
+    return None  # null_value, or no value at all
+
+
+def plain_struct(struct: Struct) -> dict[str, Any]:
+    """A Struct (params, result, datasource) as plain Python, whole numbers as `int`.
+
+    A Struct has one number type, a double (JSON's), so `{"images": 4}` travels as 4.0. Whole numbers within
+    ±2**53 (where a double is exact) come back as ints, the others as floats: 4 and 4.0 cannot be told apart on
+    the wire, and an int is what a JSON writer meant by `4`. Integers beyond 2**53 lose digits in a double:
+    send them as strings.
+    """
+    return {key: _plain_value(value) for key, value in struct.fields.items()}
+
+
+def _humanise(message: Message, data: dict[str, Any]) -> dict[str, Any]:
+    # The proto3 JSON mapping writes int64 as strings, enums by their long names and Struct numbers as floats; a
+    # person (and jq) wants numbers, the status names the REST API shows and 4 rather than 4.0, so all three are
+    # turned back here, guided by the descriptor.
+    descriptor = message.DESCRIPTOR
     for name, value in list(data.items()):
         field = descriptor.fields_by_name.get(name)
         if field is None:
             continue
         values = value if isinstance(value, list) else [value]
+        messages = getattr(message, name) if isinstance(value, list) else [getattr(message, name)]
         converted: list[Any]
         if field.type in _INT64_TYPES:
             converted = [int(v) for v in values]
         elif field.enum_type is not None and field.enum_type.full_name == "jobsd.v1.JobStatus":
             converted = [status_name(pb.JobStatus.Value(v)) for v in values]
+        elif field.enum_type is not None:
+            continue
+        elif field.message_type is not None and field.message_type.full_name == "google.protobuf.Struct":
+            converted = [plain_struct(m) for m in messages]
         elif field.message_type is not None and not field.message_type.full_name.startswith("google.protobuf."):
-            converted = [_humanise(field.message_type, v) for v in values]
+            converted = [_humanise(m, v) for m, v in zip(messages, values, strict=True)]
         else:
             continue
         data[name] = converted if isinstance(value, list) else converted[0]
@@ -106,8 +148,11 @@ def _humanise(descriptor: Any, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def message_to_dict(message: Message) -> dict[str, Any]:
-    """A jobsd.v1 message as JSON-ready data: proto field names, integers as numbers, statuses as "waiting"."""
+    """A jobsd.v1 message as JSON-ready data: proto field names, numbers, status names.
+
+    Integers are numbers (also the whole numbers inside params and results), statuses are "waiting", ...
+    """
     data = json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-    return _humanise(message.DESCRIPTOR, data)
+    return _humanise(message, data)

@@ -242,6 +242,10 @@ class JobsClient:
         """The workspace of this client's token, with the token's scopes."""
         return self._unary(self._jobs.GetWorkspace, pb.GetWorkspaceRequest())
 
+    def list_kinds(self) -> list[pb.Kind]:
+        """The kinds of job the server accepts, with their rules (built in and declared by its operator)."""
+        return list(self._unary(self._jobs.ListKinds, pb.ListKindsRequest()).kinds)
+
     # --------------------------------------------------------------- Workers
 
     def claim_job(

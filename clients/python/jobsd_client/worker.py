@@ -41,11 +41,11 @@ from typing import Any, Unpack
 
 import grpc
 import grpc.aio
-from google.protobuf import json_format
 
 from jobsd_client import pb
 from jobsd_client._figures import QUERY_STATUSES, Figures, ReportFigures, validate_report
 from jobsd_client.async_client import AsyncJobsClient
+from jobsd_client.convert import plain_struct
 from jobsd_client.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -148,8 +148,9 @@ class JobContext:
         self.job = job
         self.job_id = job.id
         self.kind = job.kind
-        self.params: dict[str, Any] = json_format.MessageToDict(job.params)
-        self.datasource: dict[str, Any] = json_format.MessageToDict(job.datasource)
+        # Whole numbers as ints ({"images": 4}, not 4.0): see `jobsd_client.convert.plain_struct`.
+        self.params: dict[str, Any] = plain_struct(job.params)
+        self.datasource: dict[str, Any] = plain_struct(job.datasource)
         self.worker_id = worker_id
         self._lease_token = lease_token
         self._client = client

@@ -11,6 +11,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from jobsd.domain.clock import to_micros
 from jobsd.domain.filters import JobFilter
+from jobsd.domain.kinds import BUILTIN_KINDS, KindRegistry, KindSpec
 from jobsd.domain.model import Job, JobStatus, LogEntry, ProcessedData, Progress, QueryProgress, Statistics, Workspace
 from jobsd.domain.redaction import redact_url, scrub
 from jobsd.errors import InvalidArgument, JobsdError
@@ -24,6 +25,7 @@ __all__ = [
     "filter_from_pb",
     "item_error_bytes",
     "job_to_pb",
+    "kind_to_pb",
     "length_delimited",
     "list_response_bytes",
     "log_to_pb",
@@ -96,7 +98,8 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return st
 
 
-def job_to_pb(job: Job) -> pb.Job:
+def job_to_pb(job: Job, kinds: KindRegistry = BUILTIN_KINDS) -> pb.Job:
+    """The job as a message; `kinds` decides the derived `is_cancellable`."""
     msg = pb.Job(
         id=job.id,
         workspace_id=job.workspace_id,
@@ -104,7 +107,7 @@ def job_to_pb(job: Job) -> pb.Job:
         status=STATUS_TO_PB[job.status],
         created_at=_ts(job.created_at),
         updated_at=_ts(job.updated_at),
-        is_cancellable=job.is_cancellable,
+        is_cancellable=kinds.is_cancellable(job),
         revision=job.revision,
         progress_percentage=job.progress_percentage,
         queries=[pb.QueryProgress(query_id=q.query_id, status=q.status) for q in job.queries],
@@ -232,7 +235,8 @@ class JobWireCodec:
     building the message again. Bounded, so nothing grows with the store.
     """
 
-    def __init__(self, capacity: int = 256) -> None:
+    def __init__(self, kinds: KindRegistry = BUILTIN_KINDS, capacity: int = 256) -> None:
+        self.kinds = kinds
         self._capacity = capacity
         self._recent: OrderedDict[int, tuple[Job, bytes]] = OrderedDict()
 
@@ -240,7 +244,7 @@ class JobWireCodec:
         hit = self._recent.get(id(job))
         if hit is not None and hit[0] is job:
             return hit[1]
-        wire = job_to_pb(job).SerializeToString()
+        wire = job_to_pb(job, self.kinds).SerializeToString()
         self._recent[id(job)] = (job, wire)
         if len(self._recent) > self._capacity:
             self._recent.popitem(last=False)
@@ -295,3 +299,20 @@ def length_delimited(field_number: int, payload: bytes) -> bytes:
 def item_error_bytes(exc: JobsdError) -> bytes:
     """A serialised `ItemError` for one refused item of a batch."""
     return pb.ItemError(code=exc.code_name, message=exc.message, field=exc.field or "").SerializeToString()
+
+
+def kind_to_pb(spec: KindSpec) -> pb.Kind:
+    msg = pb.Kind(
+        name=spec.name,
+        description=spec.description,
+        builtin=spec.builtin,
+        cancellable_while_working=spec.cancellable_while_working,
+        concurrency_key=spec.concurrency_key.value,
+        concurrency_limit=spec.concurrency_limit,
+        lease_seconds=spec.lease.total_seconds(),
+        max_attempts=spec.max_attempts,
+        time_limit_seconds=0.0 if spec.time_limit is None else spec.time_limit.total_seconds(),
+        retention_hours=spec.retention.total_seconds() / 3600,
+        needs_datasource=spec.needs_datasource,
+    )
+    return msg

@@ -19,6 +19,7 @@ from jobsd.api.codec import (
     filter_from_pb,
     item_error_bytes,
     job_to_pb,
+    kind_to_pb,
     length_delimited,
     list_response_bytes,
     log_to_pb,
@@ -54,7 +55,8 @@ class _EventEncoder:
     it remembers only the most recent revisions, never anything that grows with the store.
     """
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, codec: JobWireCodec, capacity: int = 1024) -> None:
+        self._codec = codec
         self._capacity = capacity
         self._recent: OrderedDict[tuple[str, int, str], pb.JobEvent] = OrderedDict()
 
@@ -68,7 +70,9 @@ class _EventEncoder:
         cached = self._recent.get(key)
         if cached is None:
             job = event.job
-            cached = pb.JobEvent(type=_EVENT_TYPES[event.type], job=job_to_pb(job), revision=job.revision)
+            cached = pb.JobEvent(
+                type=_EVENT_TYPES[event.type], job=job_to_pb(job, self._codec.kinds), revision=job.revision
+            )
             cached.resume_after.FromMicroseconds(to_micros(job.updated_at))
             self._recent[key] = cached
             if len(self._recent) > self._capacity:
@@ -98,8 +102,8 @@ class LocalJobsApi:
 
     def __init__(self, service: JobService, codec: JobWireCodec | None = None) -> None:
         self.service = service
-        self._codec = codec or JobWireCodec()
-        self._events = _EventEncoder()
+        self._codec = codec or JobWireCodec(service.kinds)
+        self._events = _EventEncoder(self._codec)
 
     async def list_jobs(self, token: str | None, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
         return pb.ListJobsResponse.FromString(await self.list_jobs_wire(token, request))
@@ -168,6 +172,10 @@ class LocalJobsApi:
         ws = await self.service.workspace(principal)
         return workspace_to_pb(ws, principal.scopes, principal.token_name)
 
+    async def list_kinds(self, token: str | None, request: pb.ListKindsRequest) -> pb.ListKindsResponse:
+        principal = await self.service.authenticate(token)
+        return pb.ListKindsResponse(kinds=[kind_to_pb(spec) for spec in self.service.list_kinds(principal)])
+
     async def watch_job(self, token: str | None, request: pb.WatchJobRequest) -> AsyncIterator[pb.JobEvent]:
         principal = await self.service.authenticate(token)
         async for event in self.service.watch_job(principal, request.job_id, request.since_revision):
@@ -194,7 +202,7 @@ class LocalWorkersApi:
         self, service: JobService, codec: JobWireCodec | None = None, dispatcher: Dispatcher | None = None
     ) -> None:
         self.service = service
-        self._codec = codec or JobWireCodec()
+        self._codec = codec or JobWireCodec(service.kinds)
         self.dispatcher = dispatcher or Dispatcher(service)
 
     async def connect(self, token: str | None, requests: AsyncIterator[pb.WorkerMessage]) -> AsyncIterator[bytes]:

@@ -77,6 +77,10 @@ class GrpcJobsApi:
     async def get_workspace(self, token: str | None, request: pb.GetWorkspaceRequest) -> pb.Workspace:
         return await self._unary(self._jobs.GetWorkspace, token, request)
 
+    async def list_kinds(self, token: str | None, request: pb.ListKindsRequest) -> pb.ListKindsResponse:
+        response: pb.ListKindsResponse = await self._unary(self._jobs.ListKinds, token, request)
+        return response
+
     async def _stream(
         self, method: grpc.aio.UnaryStreamMultiCallable[_Request, pb.JobEvent], token: str | None, request: _Request
     ) -> AsyncIterator[pb.JobEvent]:

@@ -185,6 +185,9 @@ class JobsServicer(_Edge):
     async def GetWorkspace(self, request: pb.GetWorkspaceRequest, context: Any) -> pb.Workspace:
         return await self._unary("GetWorkspace", self._api.get_workspace, request, context)
 
+    async def ListKinds(self, request: pb.ListKindsRequest, context: Any) -> pb.ListKindsResponse:
+        return await self._unary("ListKinds", self._api.list_kinds, request, context)
+
     async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.JobEvent]:
         async for event in self._stream("WatchJob", self._api.watch_job, request, context):
             yield event

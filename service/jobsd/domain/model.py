@@ -9,8 +9,6 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
-    "CANCELLABLE_WHILE_WORKING",
-    "KNOWN_KINDS",
     "TERMINAL_STATUSES",
     "Job",
     "JobKind",
@@ -54,17 +52,14 @@ RUNNING_STATUSES = frozenset({JobStatus.WORKING, JobStatus.CANCELLING})
 
 
 class JobKind(enum.StrEnum):
+    """The built-in (Tinybird) kinds. The kinds a jobsd knows, with their rules, are its `KindRegistry`."""
+
     IMPORT = "import"
     POPULATEVIEW = "populateview"
     COPY = "copy"
     QUERY = "query"
     DELETE_DATA = "delete_data"
     SINK = "sink"
-
-
-KNOWN_KINDS = frozenset(k.value for k in JobKind)
-# Kinds a worker can stop part-way (between partitions / batches); the others only while waiting.
-CANCELLABLE_WHILE_WORKING = frozenset({JobKind.POPULATEVIEW, JobKind.COPY})
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +162,6 @@ class Job:
     def datasource_name(self) -> str | None:
         value = (self.datasource or {}).get("name")
         return str(value) if value is not None else None
-
-    @property
-    def is_cancellable(self) -> bool:
-        """Derived, never stored: waiting, or working for a kind that can stop part-way."""
-        if self.status is JobStatus.WAITING:
-            return True
-        return self.status is JobStatus.WORKING and self.kind in CANCELLABLE_WHILE_WORKING
 
 
 @dataclass(frozen=True, slots=True)

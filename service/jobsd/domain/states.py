@@ -12,7 +12,8 @@ import enum
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from jobsd.domain.model import CANCELLABLE_WHILE_WORKING, RUNNING_STATUSES, Job, JobStatus, Progress
+from jobsd.domain.kinds import KindSpec
+from jobsd.domain.model import RUNNING_STATUSES, Job, JobStatus, Progress
 from jobsd.errors import FailedPrecondition
 
 __all__ = ["TRANSITIONS", "Action", "apply_progress", "transition"]
@@ -27,6 +28,7 @@ class Action(enum.StrEnum):
     RELEASE = "release"  # the worker shuts down gracefully and gives the job back
     LEASE_REQUEUE = "lease_requeue"  # the lease lapsed; attempts are left
     LEASE_EXHAUSTED = "lease_exhausted"  # the lease lapsed; no attempts are left
+    RUN_TIME_EXCEEDED = "run_time_exceeded"  # it ran past its kind's run-time limit
 
 
 # (from status, action) -> to status. Anything missing is refused.
@@ -36,12 +38,13 @@ TRANSITIONS: dict[tuple[JobStatus, Action], JobStatus] = {
     (
         JobStatus.WORKING,
         Action.CANCEL,
-    ): JobStatus.CANCELLING,  # only for kinds in CANCELLABLE_WHILE_WORKING (guard below)
+    ): JobStatus.CANCELLING,  # only for kinds cancellable while working (guard below)
     (JobStatus.WORKING, Action.FINISH_DONE): JobStatus.DONE,
     (JobStatus.WORKING, Action.FINISH_ERROR): JobStatus.ERROR,
     (JobStatus.WORKING, Action.RELEASE): JobStatus.WAITING,
     (JobStatus.WORKING, Action.LEASE_REQUEUE): JobStatus.WAITING,
     (JobStatus.WORKING, Action.LEASE_EXHAUSTED): JobStatus.ERROR,
+    (JobStatus.WORKING, Action.RUN_TIME_EXCEEDED): JobStatus.ERROR,
     (JobStatus.CANCELLING, Action.FINISH_DONE): JobStatus.DONE,  # it finished before it noticed the cancel
     (JobStatus.CANCELLING, Action.FINISH_ERROR): JobStatus.ERROR,
     (JobStatus.CANCELLING, Action.FINISH_CANCELLED): JobStatus.CANCELLED,
@@ -51,17 +54,22 @@ TRANSITIONS: dict[tuple[JobStatus, Action], JobStatus] = {
         Action.LEASE_REQUEUE,
     ): JobStatus.CANCELLED,  # a cancelling job whose worker died is cancelled
     (JobStatus.CANCELLING, Action.LEASE_EXHAUSTED): JobStatus.CANCELLED,
+    (JobStatus.CANCELLING, Action.RUN_TIME_EXCEEDED): JobStatus.CANCELLED,  # it was asked to stop anyway
 }
 
 # How long a job that ends after its 48 h window stays visible.
 LINGER_AFTER_END = timedelta(hours=1)
 
 
-def _refuse(job: Job, action: Action) -> FailedPrecondition:
+# The start of the refusal the Tinybird API documents (its CLIs match on it); the rest says why.
+NOT_CANCELLABLE = "Job is not in cancellable status"
+
+
+def _refuse(job: Job, action: Action, kind: KindSpec) -> FailedPrecondition:
     if action is Action.CANCEL:
         if job.status is JobStatus.CANCELLING:
             return FailedPrecondition("Job is already being cancelled")
-        return FailedPrecondition("Job is not in cancellable status")
+        return FailedPrecondition(f"{NOT_CANCELLABLE}: it is {job.status.value}, and {kind.cancel_rule()}")
     return FailedPrecondition(f"Job {job.id} cannot {action.value.replace('_', ' ')} while {job.status.value}")
 
 
@@ -70,19 +78,23 @@ def transition(
     action: Action,
     now: datetime,
     *,
-    retention: timedelta,
+    kind: KindSpec,
     worker_id: str | None = None,
     lease_token: str | None = None,
     lease_expires_at: datetime | None = None,
     error: str | None = None,
     progress: Progress | None = None,
 ) -> Job:
-    """The job after `action`, or FailedPrecondition if the table does not allow it."""
+    """The job after `action`, or FailedPrecondition if the table does not allow it. `kind` is the registry's
+    entry for the job's kind: whether a working job may be cancelled, and its retention."""
+    if kind.name != job.kind:
+        raise ValueError(f"the rules of kind {kind.name!r} were given for a {job.kind!r} job")
     target = TRANSITIONS.get((job.status, action))
     if target is None or (
-        action is Action.CANCEL and job.status is JobStatus.WORKING and job.kind not in CANCELLABLE_WHILE_WORKING
+        action is Action.CANCEL and job.status is JobStatus.WORKING and not kind.cancellable_while_working
     ):
-        raise _refuse(job, action)
+        raise _refuse(job, action, kind)
+    retention = kind.retention
     moved = job if progress is None else _with_progress(job, progress)
     changes: dict[str, object] = {
         "status": target,

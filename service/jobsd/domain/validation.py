@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from jobsd.domain.model import KNOWN_KINDS, JobKind
+from jobsd.domain.kinds import BUILTIN_KINDS, KindRegistry
+from jobsd.domain.model import JobKind
 from jobsd.domain.redaction import redact_url
 from jobsd.errors import InvalidArgument
 
@@ -20,8 +21,6 @@ _MAX_TEXT = 256
 _MAX_SQL = 100_000
 _MAX_PARAMS_BYTES = 64 * 1024
 _MODES = ("append", "replace")
-# Kinds that write one target data source: they need datasource.name.
-_NEEDS_TARGET = frozenset({JobKind.IMPORT, JobKind.POPULATEVIEW, JobKind.COPY, JobKind.DELETE_DATA})
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +51,13 @@ def _text(name: str, value: str | None, limit: int = _MAX_TEXT) -> str | None:
     return value
 
 
-def validate_new_job(spec: NewJob) -> NewJob:
-    """The spec, normalised, or InvalidArgument naming the first bad field."""
+def validate_new_job(spec: NewJob, kinds: KindRegistry = BUILTIN_KINDS) -> NewJob:
+    """The spec, normalised, or InvalidArgument naming the first bad field. Only declared kinds are accepted;
+    the built-in ones also get their own checks (an import needs a URL, a copy its SQL, ...)."""
     if not spec.kind:
-        raise InvalidArgument("kind", f"is required; one of {', '.join(sorted(KNOWN_KINDS))}")
-    if spec.kind not in KNOWN_KINDS:
-        raise InvalidArgument("kind", f"unknown kind {spec.kind!r}; expected one of {', '.join(sorted(KNOWN_KINDS))}")
-    kind = JobKind(spec.kind)
+        raise InvalidArgument("kind", f"is required; one of {', '.join(kinds.names)}")
+    rules = kinds.require(spec.kind)
+    kind: JobKind | None = JobKind(spec.kind) if rules.builtin else None
 
     datasource = dict(spec.datasource) if spec.datasource else None
     if datasource is not None:
@@ -70,8 +69,8 @@ def validate_new_job(spec: NewJob) -> NewJob:
         ds_id = datasource.get("id")
         if ds_id is not None and (not isinstance(ds_id, str) or len(ds_id) > _MAX_TEXT):
             raise InvalidArgument("datasource.id", f"must be a string of at most {_MAX_TEXT} characters")
-    elif kind in _NEEDS_TARGET:
-        raise InvalidArgument("datasource", f'is required for {kind.value} jobs (at least {{"name": ...}})')
+    elif rules.needs_datasource:
+        raise InvalidArgument("datasource", f'is required for {rules.name} jobs (at least {{"name": ...}})')
 
     mode = _text("mode", spec.mode)
     if kind in (JobKind.IMPORT, JobKind.COPY):
@@ -99,14 +98,14 @@ def validate_new_job(spec: NewJob) -> NewJob:
     query_sql = _text("query_sql", spec.query_sql, _MAX_SQL)
     sql = query_sql or params.get("sql")
     if kind in (JobKind.COPY, JobKind.QUERY, JobKind.POPULATEVIEW) and not (isinstance(sql, str) and sql.strip()):
-        raise InvalidArgument("params.sql", f"is required for {kind.value} jobs (or query_sql)")
+        raise InvalidArgument("params.sql", f"is required for {rules.name} jobs (or query_sql)")
     if kind is JobKind.DELETE_DATA:
         condition = params.get("delete_condition")
         if not isinstance(condition, str) or not condition.strip():
             raise InvalidArgument("params.delete_condition", "is required for delete_data jobs")
 
     return NewJob(
-        kind=kind.value,
+        kind=rules.name,
         workspace_id=spec.workspace_id or None,
         datasource=datasource,
         pipe_id=_text("pipe_id", spec.pipe_id),

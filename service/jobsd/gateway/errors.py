@@ -1,4 +1,5 @@
-"""Errors on the wire: `{"error": "<message>", "documentation": "<link>"}`, mapped in exactly one middleware.
+"""Errors on the wire: `{"error": "<message>", "documentation": "<link>"}` (plus `detail` where the documented
+message is only the start of ours), mapped in exactly one middleware.
 
 `JobsdError.http_status` decides the status; aiohttp's own refusals (no such route, wrong method, body too large)
 get the same body shape; anything unexpected is a 500 with a generic message and a log line, never a stack trace.
@@ -12,6 +13,7 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from jobsd.domain.states import NOT_CANCELLABLE
 from jobsd.errors import JobsdError
 
 __all__ = ["DOCS_JOBS_API", "MAX_REQUEST_BYTES", "documentation_for", "error_middleware", "error_response"]
@@ -49,11 +51,17 @@ def documentation_for(request: web.Request, status: int) -> str:
     return _DOCS_BY_ROUTE.get(route.name or "", DOCS_JOBS_API)
 
 
+# Messages whose start the Tinybird API documents word for word (clients compare it): the REST body keeps that
+# start as `error` and carries the rest (why: the kind, the status, the rule) as `detail`.
+_DOCUMENTED_STARTS = (NOT_CANCELLABLE,)
+
+
 def error_response(request: web.Request, status: int, message: str) -> web.Response:
-    return web.json_response(
-        {"error": message, "documentation": documentation_for(request, status)},
-        status=status,
-    )
+    body = {"error": message, "documentation": documentation_for(request, status)}
+    for start in _DOCUMENTED_STARTS:
+        if message.startswith(start + ": "):
+            body = {"error": start, "detail": message[len(start) + 2 :], "documentation": body["documentation"]}
+    return web.json_response(body, status=status)
 
 
 def _aiohttp_message(exc: web.HTTPException, request: web.Request) -> str:

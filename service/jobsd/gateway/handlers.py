@@ -17,7 +17,7 @@ from jobsd.errors import InvalidArgument
 from jobsd.gateway import params, render
 from jobsd.gateway.errors import documentation_for, error_response
 from jobsd.gateway.metrics import GatewayMetrics
-from jobsd.gateway.openapi import openapi_document
+from jobsd.gateway.openapi import openapi_document, routed_paths, served_document
 from jobsd.gateway.origin import PublicOrigin
 from jobsd.gateway.sse import EventStreamOptions, ResumeCursor, resume_point, since_revision, stream_job_events
 from jobsd_client import pb
@@ -60,7 +60,7 @@ class JobsRoutes:
         self._metrics = metrics
         self._closing = closing
         self._stream_options = stream_options
-        self._openapi = openapi_document()
+        self._openapi: dict[str, Any] | None = None
 
     def install(self, app: web.Application) -> None:
         router = app.router
@@ -74,6 +74,7 @@ class JobsRoutes:
         router.add_get("/v0/jobs_log", self.jobs_log, name="jobs_log")
         router.add_get("/v0/workspace", self.workspace, name="workspace_v0")
         router.add_get("/v1/workspace", self.workspace, name="workspace_v1")
+        router.add_get("/v0/kinds", self.kinds, name="kinds")
         router.add_get("/v0/regions", self.regions, name="regions")
         router.add_get("/openapi.json", self.openapi, name="openapi")
         router.add_get("/healthz", self.healthz, name="healthz")
@@ -204,6 +205,10 @@ class JobsRoutes:
         workspace = await self._api.get_workspace(_token(request), pb.GetWorkspaceRequest())
         return web.json_response(render.workspace_info(workspace))
 
+    async def kinds(self, request: web.Request) -> web.Response:
+        listed = await self._api.list_kinds(_token(request), pb.ListKindsRequest())
+        return web.json_response({"kinds": [render.kind_info(kind) for kind in listed.kinds]})
+
     async def regions(self, request: web.Request) -> web.Response:
         """The one region this gateway is. The `tinybird` CLI asks for it at start-up (public, as in Tinybird)."""
         base = self._base_url(request)
@@ -211,6 +216,9 @@ class JobsRoutes:
         return web.json_response({"regions": [region]})
 
     async def openapi(self, request: web.Request) -> web.Response:
+        if self._openapi is None:
+            # Made on first use, when every route is mounted: the paths this application routes, no others.
+            self._openapi = served_document(openapi_document(), routed_paths(request.app))
         return web.json_response(self._openapi)
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -1,5 +1,9 @@
 """The OpenAPI 3 document of exactly the gateway's endpoints (served at `/openapi.json`).
 
+`openapi_document()` describes every endpoint the gateway can serve; the handler serves the paths the running
+application routes (the `/v0/datasources` ones only where the executors' data plane is mounted), and a test
+checks the two against each other route by route.
+
 Schemas are strict (required keys, `additionalProperties: false`, timestamp pattern, status enum) so that a
 schema-driven fuzzer catches any response that drifts from what the renderers promise.
 """
@@ -9,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["openapi_document"]
+__all__ = ["openapi_document", "routed_paths", "served_document"]
 
 Schema = dict[str, Any]
 
@@ -55,7 +59,15 @@ _SCHEMAS: dict[str, Schema] = {
     "Error": {
         "type": "object",
         "required": ["error", "documentation"],
-        "properties": {"error": _str(), "documentation": _str()},
+        "properties": {
+            "error": _str(),
+            "detail": {
+                "type": "string",
+                "description": "Why, where the documented message is only the start of jobsd's (e.g. a cancel "
+                "refusal: the job's status and its kind's rule)",
+            },
+            "documentation": _str(),
+        },
         "additionalProperties": False,
     },
     "DataSourceRef": {
@@ -101,7 +113,8 @@ _SCHEMAS: dict[str, Schema] = {
     "JobDetail": {
         "type": "object",
         "description": "Common fields, plus the fields of the job's kind (import, populateview, copy, query, "
-        "delete_data, sink).",
+        "delete_data, sink); a kind the operator declared adds pipe_id, pipe_name, progress_percentage, "
+        "statistics, params and result.",
         "required": [
             "kind",
             "id",
@@ -144,6 +157,8 @@ _SCHEMAS: dict[str, Schema] = {
             # delete_data
             "delete_condition": _nullable(_str()),
             "rows_affected": _nullable(_int()),
+            # a declared kind: the creator's inputs
+            "params": {"type": "object", "additionalProperties": True},
         },
         "additionalProperties": False,
     },
@@ -291,6 +306,90 @@ _SCHEMAS: dict[str, Schema] = {
             },
         },
     },
+    "Kind": {
+        "type": "object",
+        "description": "A kind of job this jobsd accepts, with its rules.",
+        "required": [
+            "name",
+            "description",
+            "builtin",
+            "cancellable_while_working",
+            "concurrency_key",
+            "concurrency_limit",
+            "lease_seconds",
+            "max_attempts",
+            "time_limit_seconds",
+            "retention_hours",
+            "needs_datasource",
+        ],
+        "properties": {
+            "name": _str(),
+            "description": _str(),
+            "builtin": {"type": "boolean"},
+            "cancellable_while_working": {"type": "boolean"},
+            "concurrency_key": {"type": "string", "enum": ["workspace", "target"]},
+            "concurrency_limit": {"type": "integer", "minimum": 1},
+            "lease_seconds": {"type": "number"},
+            "max_attempts": {"type": "integer", "minimum": 1},
+            "time_limit_seconds": {"type": "number", "description": "0: no limit"},
+            "retention_hours": {"type": "number"},
+            "needs_datasource": {"type": "boolean"},
+        },
+        "additionalProperties": False,
+    },
+    "KindList": {
+        "type": "object",
+        "required": ["kinds"],
+        "properties": {"kinds": {"type": "array", "items": _ref("Kind")}},
+        "additionalProperties": False,
+    },
+    "DataSourceDetail": {
+        "type": "object",
+        "description": "A data source of the embedded data plane: what job details render, with its columns.",
+        "required": ["id", "name", "columns", "statistics"],
+        "properties": {
+            "id": _str(),
+            "name": _str(),
+            "columns": {
+                "type": "array",
+                "items": {"type": "object", "required": ["name", "type"], "additionalProperties": True},
+            },
+            "statistics": {"type": "object", "additionalProperties": True},
+        },
+        "additionalProperties": True,
+    },
+    "DataSourceCreated": {
+        "type": "object",
+        "required": ["datasource"],
+        "properties": {"datasource": _ref("DataSourceDetail")},
+        "additionalProperties": False,
+    },
+    "DataSourceList": {
+        "type": "object",
+        "required": ["datasources"],
+        "properties": {"datasources": {"type": "array", "items": _ref("DataSourceDetail")}},
+        "additionalProperties": False,
+    },
+    "NewDataSource": {
+        "type": "object",
+        "required": ["name", "schema"],
+        "properties": {
+            "name": _str(),
+            "schema": {
+                "description": 'Tinybird\'s text form ("date DateTime, user_id Int64") or a list of {name, type}',
+                "oneOf": [
+                    _str(),
+                    {
+                        "type": "array",
+                        "items": {"type": "object", "required": ["name", "type"], "additionalProperties": True},
+                    },
+                ],
+            },
+            "description": _str(),
+            "engine_sorting_key": _str(),
+            "engine_partition_key": _str(),
+        },
+    },
     "Status": {
         "type": "object",
         "required": ["status"],
@@ -332,7 +431,10 @@ _FILTERS: list[Schema] = [
     _param("page_token", "The page to read, as carried by the `next` link."),
 ]
 _REVISION: Schema = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
-_JOB_ID = _param("id", "The job id.", where="path")
+_JOB_ID = _param(
+    "id", "The job id, or a prefix of it of at least 8 characters that only one visible job has.", where="path"
+)
+_DATASOURCE_NAME = _param("name", "The data source name.", where="path")
 
 
 def _json(schema_name: str, description: str) -> Schema:
@@ -343,7 +445,8 @@ def _errors(*statuses: int) -> dict[str, Schema]:
     meaning = {
         400: "Bad request: a parameter is invalid, or the job is not in a state that allows the operation",
         403: "Missing or invalid token, or the token has no access to this resource",
-        404: "No such job (or it is past the 48 h window)",
+        404: "No such job (or it is past the 48 h window), or no such data source",
+        409: "A data source of that name exists already",
         413: "Request body too large",
         500: "Unexpected server error",
         503: "The service cannot reach its store",
@@ -360,6 +463,28 @@ def _operation(summary: str, ok: Schema, params: list[Schema], errors: tuple[int
         "parameters": params,
         "responses": {"200": ok, **_errors(*errors)},
     }
+
+
+def routed_paths(app: Any) -> dict[str, set[str]]:
+    """The paths an aiohttp application routes, as OpenAPI writes them, each with its lower-case methods (HEAD,
+    which aiohttp adds beside every GET, left out)."""
+    paths: dict[str, set[str]] = {}
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter")
+        if path is None or route.method in ("HEAD", "*"):
+            continue
+        paths.setdefault(path, set()).add(route.method.lower())
+    return paths
+
+
+def served_document(document: dict[str, Any], routed: dict[str, set[str]]) -> dict[str, Any]:
+    """`document` with only the operations `routed` (a trailing-slash alias is the same operation)."""
+    paths = {
+        path: {method: op for method, op in operations.items() if method in routed.get(path, set())}
+        for path, operations in document["paths"].items()
+    }
+    return {**document, "paths": {path: ops for path, ops in paths.items() if ops}}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -427,6 +552,53 @@ def openapi_document() -> dict[str, Any]:
                 [_param("job_id", "Only the rows of this job."), *_FILTERS],
                 _COMMON_ERRORS,
             )
+        },
+        "/v0/kinds": {
+            "get": _operation(
+                "The kinds of job this jobsd accepts, with their rules (any valid token)",
+                _json("KindList", "Every kind, by name"),
+                [],
+                (403, 500, 503),
+            )
+        },
+        "/v0/datasources": {
+            "get": _operation(
+                "The workspace's data sources (served where the executors run)",
+                _json("DataSourceList", "The data sources the token may read"),
+                [_param("workspace_id", "The workspace, for tokens that span every workspace.")],
+                _COMMON_ERRORS,
+            ),
+            "post": {
+                **_operation(
+                    "Create an empty data source with a schema (ADMIN or DATASOURCES:CREATE)",
+                    _json("DataSourceCreated", "The new data source"),
+                    [_param("workspace_id", "The workspace, for tokens that span every workspace.")],
+                    (*_COMMON_ERRORS, 409, 413),
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref("NewDataSource")},
+                        "application/x-www-form-urlencoded": {"schema": _ref("NewDataSource")},
+                    },
+                },
+            },
+        },
+        "/v0/datasources/{name}": {
+            "get": _operation(
+                "One data source: id, engine, columns, statistics",
+                _json("DataSourceDetail", "The data source"),
+                [_DATASOURCE_NAME, _param("workspace_id", "The workspace, for tokens that span every workspace.")],
+                (*_COMMON_ERRORS, 404),
+            ),
+            "delete": {
+                "summary": "Drop a data source and its quarantine table (ADMIN or DATASOURCES:CREATE)",
+                "parameters": [
+                    _DATASOURCE_NAME,
+                    _param("workspace_id", "The workspace, for tokens that span every workspace."),
+                ],
+                "responses": {"204": {"description": "Dropped"}, **_errors(*_COMMON_ERRORS, 404)},
+            },
         },
         "/v0/workspace": {
             "get": _operation("The token's workspace", _json("Workspace", "The workspace"), [], (403, 500, 503))

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from jobsd_client import pb
+from jobsd_client.convert import plain_struct
 
 __all__ = [
     "JOBS_LOG_COLUMNS",
@@ -21,6 +22,7 @@ __all__ = [
     "job_event_detail",
     "job_list_event",
     "job_list_item",
+    "kind_info",
     "log_entry_row",
     "plain_struct",
     "status_name",
@@ -29,10 +31,6 @@ __all__ = [
 ]
 
 _STATUS_PREFIX = "JOB_STATUS_"
-
-# Struct numbers are doubles; integral ones are shown as ints (the reference shows "version": 0, not 0.0).
-# Beyond 2**53 a double no longer holds every integer, so such values stay floats rather than pretend precision.
-_MAX_EXACT_INT = 2**53
 
 JsonObject = dict[str, Any]
 _TIME_TEXT = "%d-%02d-%02d %02d:%02d:%02d.%06d"
@@ -55,29 +53,6 @@ def status_name(status: int) -> str:
     """JOB_STATUS_DONE -> "done"."""
     name: str = pb.JobStatus.Name(pb.JobStatus.ValueType(status))
     return name.removeprefix(_STATUS_PREFIX).lower()
-
-
-def _plain_value(value: struct_pb2.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        number = value.number_value
-        if number.is_integer() and abs(number) <= _MAX_EXACT_INT:
-            return int(number)
-        return number
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return plain_struct(value.struct_value)
-    if kind == "list_value":
-        return [_plain_value(item) for item in value.list_value.values]
-    return None  # null_value, or no value at all
-
-
-def plain_struct(struct: struct_pb2.Struct) -> JsonObject:
-    """A Struct as plain JSON, integral numbers as ints."""
-    return {key: _plain_value(value) for key, value in struct.fields.items()}
 
 
 def _optional(message: Any, field: str) -> str | None:
@@ -245,6 +220,18 @@ def _sink_fields(job: pb.Job) -> JsonObject:
     }
 
 
+def _custom_fields(job: pb.Job) -> JsonObject:
+    """A kind the operator declared: what every worker can report, and its own inputs and outputs."""
+    return {
+        "pipe_id": _optional(job, "pipe_id"),
+        "pipe_name": _optional(job, "pipe_name"),
+        "progress_percentage": float(job.progress_percentage),
+        "statistics": _statistics(job),
+        "params": plain_struct(job.params),
+        "result": plain_struct(job.result),
+    }
+
+
 _KIND_FIELDS: dict[str, Callable[[pb.Job], JsonObject]] = {
     "import": _import_fields,
     "populateview": _populate_fields,
@@ -255,8 +242,26 @@ _KIND_FIELDS: dict[str, Callable[[pb.Job], JsonObject]] = {
 }
 
 
+def kind_info(kind: pb.Kind) -> JsonObject:
+    """One entry of `GET /v0/kinds`."""
+    return {
+        "name": kind.name,
+        "description": kind.description,
+        "builtin": kind.builtin,
+        "cancellable_while_working": kind.cancellable_while_working,
+        "concurrency_key": kind.concurrency_key,
+        "concurrency_limit": kind.concurrency_limit,
+        "lease_seconds": kind.lease_seconds,
+        "max_attempts": kind.max_attempts,
+        "time_limit_seconds": kind.time_limit_seconds,
+        "retention_hours": kind.retention_hours,
+        "needs_datasource": kind.needs_datasource,
+    }
+
+
 def job_detail(job: pb.Job) -> JsonObject:
-    """`GET /v0/jobs/{id}` (and the body of cancel / retry): the common fields, then the kind's own."""
+    """`GET /v0/jobs/{id}` (and the body of cancel / retry): the common fields, then the kind's own (for a kind the
+    operator declared: pipe, progress, statistics, params and result)."""
     detail: JsonObject = {
         "kind": job.kind,
         "id": job.id,
@@ -268,9 +273,7 @@ def job_detail(job: pb.Job) -> JsonObject:
         "is_cancellable": job.is_cancellable,
         "datasource": _datasource_full(job),
     }
-    kind_fields = _KIND_FIELDS.get(job.kind)
-    if kind_fields is not None:
-        detail.update(kind_fields(job))
+    detail.update(_KIND_FIELDS.get(job.kind, _custom_fields)(job))
     if job.HasField("error"):
         detail["error"] = job.error
     if job.errors:

@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 from jobsd.domain.auth import Principal, hash_token
 from jobsd.domain.clock import Clock, to_micros
 from jobsd.domain.filters import JobFilter
-from jobsd.domain.model import KNOWN_KINDS, Job, JobStatus, LogEntry, Progress, Workspace, datasource_id_for
-from jobsd.domain.rules import QueueRules, concurrency_key, is_visible
+from jobsd.domain.kinds import KindRegistry, KindSpec
+from jobsd.domain.model import Job, JobStatus, LogEntry, Progress, Workspace, datasource_id_for
+from jobsd.domain.rules import is_visible
 from jobsd.domain.states import Action, apply_progress, transition
 from jobsd.domain.validation import NewJob, validate_new_job
 from jobsd.errors import FailedPrecondition, InvalidArgument, JobsdError, NotFound, StaleLease, Unauthenticated
@@ -98,7 +99,7 @@ class JobService:
         self,
         store: JobStore,
         clock: Clock,
-        rules: QueueRules,
+        kinds: KindRegistry,
         hub: WatchHub,
         metrics: Metrics,
         *,
@@ -108,7 +109,7 @@ class JobService:
         self.store = store
         self.max_create_batch = max_create_batch
         self.clock = clock
-        self.rules = rules
+        self.kinds = kinds
         self.hub = hub
         self.metrics = metrics
         self.log_retention = log_retention
@@ -170,6 +171,12 @@ class JobService:
         return ws
 
     # ------------------------------------------------------------------ reads
+
+    def list_kinds(self, principal: Principal) -> list[KindSpec]:
+        """Every kind CreateJob and ClaimJob accept, by name. Any valid token may read them (they are the server's
+        configuration, not a workspace's data)."""
+        del principal
+        return list(self.kinds)
 
     async def _visible(self, job_id: str) -> Job:
         job = await self.store.get_job(_require_id(job_id), self.clock.now())
@@ -296,7 +303,8 @@ class JobService:
             exists = workspaces[workspace_id] = await self.store.get_workspace(workspace_id) is not None
         if not exists:
             raise NotFound(f'Workspace "{workspace_id}" not found')
-        valid = validate_new_job(spec)
+        valid = validate_new_job(spec, self.kinds)
+        kind = self.kinds.get(valid.kind)
         now = self.clock.now()
         job_id = str(uuid.uuid4())
         datasource = dict(valid.datasource) if valid.datasource is not None else None
@@ -315,8 +323,8 @@ class JobService:
             updated_at=now,
             revision=1,
             status_revision=1,
-            concurrency_key=concurrency_key(workspace_id, valid.kind, (datasource or {}).get("name")),
-            expires_at=now + self.rules.retention,
+            concurrency_key=kind.key_for(workspace_id, (datasource or {}).get("name")),
+            expires_at=now + kind.retention,
             datasource=datasource,
             pipe_id=valid.pipe_id,
             pipe_name=valid.pipe_name,
@@ -412,7 +420,7 @@ class JobService:
 
     async def cancel_job(self, principal: Principal, job_id: str) -> Job:
         def decide(job: Job) -> Job:
-            return transition(job, Action.CANCEL, self.clock.now(), retention=self.rules.retention)
+            return transition(job, Action.CANCEL, self.clock.now(), kind=self.kinds.get(job.kind))
 
         return await self._move(job_id, decide, check=principal.check_write)
 
@@ -484,10 +492,7 @@ class JobService:
         if len(worker_id) > MAX_ID_LENGTH:
             raise InvalidArgument("worker_id", f"is longer than {MAX_ID_LENGTH} characters")
         for kind in kinds:
-            if kind not in KNOWN_KINDS:
-                raise InvalidArgument(
-                    "kinds", f"unknown kind {kind!r}; expected some of {', '.join(sorted(KNOWN_KINDS))}"
-                )
+            self.kinds.require(kind, "kinds")
         workspace = workspace_id or None
         if principal.workspace_id is not None:
             workspace = principal.workspace(workspace)
@@ -498,21 +503,23 @@ class JobService:
     ) -> list[Claim]:
         """Up to `limit` claims now (no waiting) for a worker `claim_scope` has checked; each its own lease."""
         now = self.clock.now()
-        lease_expires_at = now + self.rules.lease
 
         def claim(job: Job) -> Job:
+            kind = self.kinds.get(job.kind)
+            # The lease is measured on the job as started (a first claim starts its run-time clock now).
+            started = job if job.started_at is not None else replace(job, started_at=now)
             return transition(
                 job,
                 Action.CLAIM,
                 now,
-                retention=self.rules.retention,
+                kind=kind,
                 worker_id=worker_id,
                 lease_token=uuid.uuid4().hex,
-                lease_expires_at=lease_expires_at,
+                lease_expires_at=kind.lease_until(started, now),
             )
 
         request = ClaimRequest(
-            now=now, kinds=tuple(kinds), workspace_id=workspace_id, limit_for=self.rules.limit_for, claim=claim
+            now=now, kinds=tuple(kinds), workspace_id=workspace_id, limit_for=self.kinds.limit_for, claim=claim
         )
         if limit == 1:
             one = await self.store.claim_next(request)
@@ -525,7 +532,10 @@ class JobService:
             self.metrics.transition(job.kind, job.status.value)
             self.metrics.queued(job.kind, max(0.0, (now - job.created_at).total_seconds()))
             assert job.lease_token is not None
-            claims.append(Claim(job, job.lease_token, lease_expires_at, self.rules.heartbeat_interval))
+            assert job.lease_expires_at is not None
+            claims.append(
+                Claim(job, job.lease_token, job.lease_expires_at, self.kinds.get(job.kind).heartbeat_interval)
+            )
         return claims
 
     def _check_lease(self, principal: Principal, lease_token: str) -> Callable[[Job], None]:
@@ -538,7 +548,12 @@ class JobService:
                 principal.check_write(job)
             if job.lease_token != lease_token or job.status.is_terminal:
                 raise StaleLease(f"Job {job.id}: this worker no longer holds its lease (job is {job.status.value})")
-            if job.lease_expires_at is not None and self.clock.now() >= job.lease_expires_at:
+            now = self.clock.now()
+            if job.lease_expires_at is not None and now >= job.lease_expires_at:
+                kind = self.kinds.get(job.kind)
+                deadline = kind.deadline(job)
+                if deadline is not None and now >= deadline:
+                    raise StaleLease(f"Job {job.id}: {kind.run_time_error()}")
                 raise StaleLease(f"Job {job.id}: the lease lapsed at {job.lease_expires_at.isoformat()}")
 
         return check
@@ -583,7 +598,9 @@ class JobService:
 
         def decide(job: Job) -> Job:
             now = self.clock.now()
-            return replace(apply_progress(job, progress, now), lease_expires_at=now + self.rules.lease)
+            return replace(
+                apply_progress(job, progress, now), lease_expires_at=self.kinds.get(job.kind).lease_until(job, now)
+            )
 
         return job_id, decide, check
 
@@ -633,7 +650,7 @@ class JobService:
 
         def decide(job: Job) -> Job:
             return transition(
-                job, action, self.clock.now(), retention=self.rules.retention, error=error, progress=progress
+                job, action, self.clock.now(), kind=self.kinds.get(job.kind), error=error, progress=progress
             )
 
         return item.job_id, decide, check
@@ -651,22 +668,35 @@ class JobService:
     # ------------------------------------------------------------------ sweeps
 
     async def sweep_leases(self) -> int:
-        """Recover jobs whose worker stopped heartbeating: requeue, or error after max attempts."""
+        """Recover jobs whose lease lapsed: past their kind's run-time limit they end (`error`, or `cancelled` if
+        a cancel was asked); else they are requeued, or end in `error` after the kind's max attempts. A lease never
+        outlasts the run-time deadline, so this one query finds both."""
         now = self.clock.now()
         recovered = 0
         for job in await self.store.lapsed_leases(now, 100):
-            exhausted = job.attempt >= self.rules.max_attempts
-            action = Action.LEASE_EXHAUSTED if exhausted else Action.LEASE_REQUEUE
-            error = (
-                f"Job abandoned: its worker {job.worker_id or '?'} stopped heartbeating "
-                f"{job.attempt} time(s) (max attempts {self.rules.max_attempts})"
-            )
-            new = transition(job, action, now, retention=self.rules.retention, error=error)
+            kind = self.kinds.get(job.kind)
+            deadline = kind.deadline(job)
+            if deadline is not None and now >= deadline:
+                action, error = Action.RUN_TIME_EXCEEDED, kind.run_time_error()
+            else:
+                exhausted = job.attempt >= kind.max_attempts
+                action = Action.LEASE_EXHAUSTED if exhausted else Action.LEASE_REQUEUE
+                error = (
+                    f"Job abandoned: its worker {job.worker_id or '?'} stopped heartbeating "
+                    f"{job.attempt} time(s) (max attempts {kind.max_attempts} for {kind.name} jobs)"
+                )
+            new = transition(job, action, now, kind=kind, error=error)
             if await self.store.compare_and_set(job, new):
                 recovered += 1
-                self.metrics.lease_lapses.inc()
+                if action is Action.RUN_TIME_EXCEEDED:
+                    self.metrics.run_time_exceeded.inc()
+                else:
+                    self.metrics.lease_lapses.inc()
                 self.metrics.transition(new.kind, new.status.value)
-                log.info("lease lapsed", extra={"job_id": job.id, "new_status": new.status.value})
+                log.info(
+                    "run-time limit reached" if action is Action.RUN_TIME_EXCEEDED else "lease lapsed",
+                    extra={"job_id": job.id, "new_status": new.status.value},
+                )
         return recovered
 
     async def sweep_retention(self) -> int:

@@ -14,8 +14,8 @@ Rules every backend keeps:
 - Every job write also stores the job's `wire` form, made by the encoder the store was built with (the API layer
   passes one that serialises the `jobsd.v1.Job` message), in the same atomic write: the read paths
   (`get_record`, `list_records`) answer from those bytes without building a `Job` per row. The store never
-  looks inside them; `is_cancellable` and the other derived fields depend on the stored job alone, so bytes made
-  at write time stay exact until the next write.
+  looks inside them; `is_cancellable` and the other derived fields depend on the stored job and its kind's rules,
+  so bytes made at write time stay exact until the next write (or a restart that changes the kind's rules).
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ class Job(_message.Message):
     id: _builtins.str
     workspace_id: _builtins.str
     kind: _builtins.str
-    """import | populateview | copy | query | delete_data | sink"""
+    """import | populateview | copy | query | delete_data | sink, or a kind the operator declared (ListKinds)"""
     status: Global___JobStatus.ValueType
     is_cancellable: _builtins.bool
     """Derived, never stored."""
@@ -953,6 +953,102 @@ class CreateJobsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateJobsResponse: _TypeAlias = CreateJobsResponse  # noqa: Y015
+
+@_typing.final
+class Kind(_message.Message):
+    """A kind of job this jobsd knows, with its rules (built in, or declared by the operator)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    BUILTIN_FIELD_NUMBER: _builtins.int
+    CANCELLABLE_WHILE_WORKING_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    TIME_LIMIT_SECONDS_FIELD_NUMBER: _builtins.int
+    RETENTION_HOURS_FIELD_NUMBER: _builtins.int
+    NEEDS_DATASOURCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    builtin: _builtins.bool
+    """One of the Tinybird kinds (import, populateview, copy, query, delete_data, sink)."""
+    cancellable_while_working: _builtins.bool
+    """True: a cancel reaches a working job (it goes to CANCELLING); false: only waiting jobs can be cancelled."""
+    concurrency_key: _builtins.str
+    """"workspace" (key workspace:kind) or "target" (workspace:kind:target data source)."""
+    concurrency_limit: _builtins.int
+    """Running jobs per concurrency key."""
+    lease_seconds: _builtins.float
+    max_attempts: _builtins.int
+    """Lease lapses before a job ends in ERROR."""
+    time_limit_seconds: _builtins.float
+    """Run time allowed from a job's first start; 0: no limit."""
+    retention_hours: _builtins.float
+    """How long a job stays visible after it is created."""
+    needs_datasource: _builtins.bool
+    """Jobs of this kind must name a data source."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        builtin: _builtins.bool = ...,
+        cancellable_while_working: _builtins.bool = ...,
+        concurrency_key: _builtins.str = ...,
+        concurrency_limit: _builtins.int = ...,
+        lease_seconds: _builtins.float = ...,
+        max_attempts: _builtins.int = ...,
+        time_limit_seconds: _builtins.float = ...,
+        retention_hours: _builtins.float = ...,
+        needs_datasource: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["builtin", b"builtin", "cancellable_while_working", b"cancellable_while_working", "concurrency_key", b"concurrency_key", "concurrency_limit", b"concurrency_limit", "description", b"description", "lease_seconds", b"lease_seconds", "max_attempts", b"max_attempts", "name", b"name", "needs_datasource", b"needs_datasource", "retention_hours", b"retention_hours", "time_limit_seconds", b"time_limit_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Kind: _TypeAlias = Kind  # noqa: Y015
+
+@_typing.final
+class ListKindsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKindsRequest: _TypeAlias = ListKindsRequest  # noqa: Y015
+
+@_typing.final
+class ListKindsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KINDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Kind]:
+        """Sorted by name."""
+
+    def __init__(
+        self,
+        *,
+        kinds: _abc.Iterable[Global___Kind] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKindsResponse: _TypeAlias = ListKindsResponse  # noqa: Y015
 
 @_typing.final
 class ClaimJobRequest(_message.Message):

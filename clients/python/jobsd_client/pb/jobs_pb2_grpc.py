@@ -85,6 +85,11 @@ class JobsStub:
                 request_serializer=jobsd_dot_v1_dot_jobs__pb2.CreateJobsRequest.SerializeToString,
                 response_deserializer=jobsd_dot_v1_dot_jobs__pb2.CreateJobsResponse.FromString,
                 _registered_method=True)
+        self.ListKinds = channel.unary_unary(
+                '/jobsd.v1.Jobs/ListKinds',
+                request_serializer=jobsd_dot_v1_dot_jobs__pb2.ListKindsRequest.SerializeToString,
+                response_deserializer=jobsd_dot_v1_dot_jobs__pb2.ListKindsResponse.FromString,
+                _registered_method=True)
 
 
 class JobsServicer:
@@ -151,6 +156,13 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListKinds(self, request, context):
+        """The kinds CreateJob and ClaimJob accept, with their rules. Any valid token may ask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +215,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.CreateJobs,
                     request_deserializer=jobsd_dot_v1_dot_jobs__pb2.CreateJobsRequest.FromString,
                     response_serializer=jobsd_dot_v1_dot_jobs__pb2.CreateJobsResponse.SerializeToString,
+            ),
+            'ListKinds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKinds,
+                    request_deserializer=jobsd_dot_v1_dot_jobs__pb2.ListKindsRequest.FromString,
+                    response_serializer=jobsd_dot_v1_dot_jobs__pb2.ListKindsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -475,6 +492,33 @@ class Jobs:
             '/jobsd.v1.Jobs/CreateJobs',
             jobsd_dot_v1_dot_jobs__pb2.CreateJobsRequest.SerializeToString,
             jobsd_dot_v1_dot_jobs__pb2.CreateJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKinds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobsd.v1.Jobs/ListKinds',
+            jobsd_dot_v1_dot_jobs__pb2.ListKindsRequest.SerializeToString,
+            jobsd_dot_v1_dot_jobs__pb2.ListKindsResponse.FromString,
             options,
             channel_credentials,
             insecure,

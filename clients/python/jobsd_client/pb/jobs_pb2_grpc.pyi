@@ -47,6 +47,8 @@ class JobsStub:
     GetWorkspace: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetWorkspaceRequest, _jobs_pb2.Workspace]
     CreateJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CreateJobsRequest, _jobs_pb2.CreateJobsResponse]
     """Protocol v2: up to max_create_batch jobs in one call, one atomic write; a result (job or error) per item."""
+    ListKinds: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListKindsRequest, _jobs_pb2.ListKindsResponse]
+    """The kinds CreateJob and ClaimJob accept, with their rules. Any valid token may ask."""
 
 @_typing.type_check_only
 class JobsAsyncStub(JobsStub):
@@ -62,6 +64,8 @@ class JobsAsyncStub(JobsStub):
     GetWorkspace: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetWorkspaceRequest, _jobs_pb2.Workspace]  # type: ignore[assignment]
     CreateJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CreateJobsRequest, _jobs_pb2.CreateJobsResponse]  # type: ignore[assignment]
     """Protocol v2: up to max_create_batch jobs in one call, one atomic write; a result (job or error) per item."""
+    ListKinds: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListKindsRequest, _jobs_pb2.ListKindsResponse]  # type: ignore[assignment]
+    """The kinds CreateJob and ClaimJob accept, with their rules. Any valid token may ask."""
 
 class JobsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -134,6 +138,14 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.CreateJobsResponse, _abc.Awaitable[_jobs_pb2.CreateJobsResponse]]:
         """Protocol v2: up to max_create_batch jobs in one call, one atomic write; a result (job or error) per item."""
+
+    @_abc_1.abstractmethod
+    def ListKinds(
+        self,
+        request: _jobs_pb2.ListKindsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.ListKindsResponse, _abc.Awaitable[_jobs_pb2.ListKindsResponse]]:
+        """The kinds CreateJob and ClaimJob accept, with their rules. Any valid token may ask."""
 
 def add_JobsServicer_to_server(servicer: JobsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
