@@ -70,14 +70,18 @@ async def _served_operations(http: aiohttp.ClientSession, port: int) -> dict[str
     return {path: set(operations) for path, operations in document["paths"].items()}
 
 
+# The dashboard's page and its static assets: HTML, JS and CSS for a browser, not operations of the API.
+_NOT_API = ("/", "/ui/{name}")
+
+
 def _routed(app: JobsdApp) -> dict[str, set[str]]:
-    """Every (path, method) the running gateway answers, from its router (HEAD beside GET left out)."""
+    """Every (path, method) of the API the running gateway answers, from its router (HEAD beside GET left out)."""
     routed: dict[str, set[str]] = {}
     assert app._gateway is not None and app._gateway._runner is not None
     for route in app._gateway._runner.app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
-        if path and route.method != "HEAD" and path not in ("/openapi.json", "/v0/jobs/"):
+        if path and route.method != "HEAD" and path not in ("/openapi.json", "/v0/jobs/", *_NOT_API):
             routed.setdefault(path, set()).add(route.method.lower())
     return routed
 
