@@ -41,15 +41,53 @@ from jobsd.store import open_store
 from jobsd.store.base import JobStore
 from jobsd_client import pb
 
-__all__ = ["JobsdApp"]
+__all__ = ["MAX_SEND_MESSAGE_BYTES", "JobsdApp", "grpc_server_options"]
 
 log = logging.getLogger(__name__)
 _SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Jobs"].full_name,
     pb.DESCRIPTOR.services_by_name["Workers"].full_name,
 )
+# The largest message the server sends (a page is cut well below it: JOBSD_MAX_PAGE_BYTES).
+MAX_SEND_MESSAGE_BYTES = 16 * 1024 * 1024
 # Retention purges are cheap but need not run on every lease sweep.
 _PURGE_EVERY_SWEEPS = 10
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments: message sizes and the connection limits, each from a setting.
+
+    - `grpc.server_handshake_timeout_ms`: a connection that has not finished its handshake (for plaintext, sent
+      the HTTP/2 preface) by then is closed: the gRPC face of the REST header time-out.
+    - `grpc.max_connection_idle_ms`: a connection with no RPC in flight that long gets GOAWAY (clients reconnect
+      transparently when they need it). Connection age is left unbounded: a watch stream may last for hours.
+    - `grpc.keepalive_time_ms` / `grpc.keepalive_timeout_ms`: the server pings its peers and closes a connection
+      whose peer stops answering, so a vanished client's watch streams end instead of holding their places.
+    - `grpc.http2.min_recv_ping_interval_without_data_ms` / `grpc.http2.max_ping_strikes`: a client may ping no
+      more often than that (with or without calls in flight, `grpc.keepalive_permit_without_calls`); more than
+      the strikes allowed, and the connection is sent away (GOAWAY ENHANCE_YOUR_CALM, "too_many_pings").
+    - `grpc.max_concurrent_streams`: HTTP/2 streams one connection may have open; a client beyond it waits for a
+      stream to end (it is told so in the SETTINGS frame) rather than piling work onto the server.
+    """
+    return [
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+        ("grpc.server_handshake_timeout_ms", _ms(settings.grpc_handshake_timeout_seconds)),
+        ("grpc.max_connection_idle_ms", _ms(settings.grpc_max_connection_idle_seconds)),
+        ("grpc.keepalive_time_ms", _ms(settings.grpc_keepalive_seconds)),
+        ("grpc.keepalive_timeout_ms", _ms(settings.grpc_keepalive_timeout_seconds)),
+        # grpc core (1.85) closes a peer that leaves a ping unanswered after this one, not keepalive_timeout_ms.
+        ("grpc.http2.ping_timeout_ms", _ms(settings.grpc_keepalive_timeout_seconds)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", round(settings.grpc_min_ping_interval_seconds * 1000)),
+        ("grpc.http2.max_ping_strikes", settings.grpc_max_ping_strikes),
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+    ]
 
 
 class JobsdApp:
@@ -118,13 +156,7 @@ class JobsdApp:
             self.metrics_port = await self._metrics_server.start()
 
     async def _start_grpc(self) -> None:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self.settings.max_request_bytes),
-                ("grpc.max_send_message_length", 16 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        server = grpc.aio.server(options=grpc_server_options(self.settings))
         add_servicer(server, "Jobs", JobsServicer(self.api, self.metrics))
         add_servicer(server, "Workers", WorkersServicer(self.workers_api, self.metrics))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

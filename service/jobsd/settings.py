@@ -278,6 +278,75 @@ class Settings:
         _choice("text", "json"),
         shown="text on a terminal, else json",
     )
+    # REST connections (gateway/protocol.py, gateway/connections.py; docs/security.md#limits).
+    http_header_timeout_seconds: float = _setting(
+        10.0,
+        "JOBSD_HTTP_HEADER_TIMEOUT_SECONDS",
+        "a REST request's line and headers must arrive within this (from the connection's start, or the "
+        "request's first byte); else 408 and the connection is closed",
+        _number(float, 0.01),
+    )
+    http_body_timeout_seconds: float = _setting(
+        30.0,
+        "JOBSD_HTTP_BODY_TIMEOUT_SECONDS",
+        "a REST request's body must arrive within this after its headers; else 408",
+        _number(float, 0.01),
+    )
+    http_idle_timeout_seconds: float = _setting(
+        75.0,
+        "JOBSD_HTTP_IDLE_TIMEOUT_SECONDS",
+        "a kept-alive REST connection with no request this long is closed",
+        _number(float, 0.01),
+    )
+    http_max_connections: int = _setting(
+        1_000,
+        "JOBSD_HTTP_MAX_CONNECTIONS",
+        "REST connections open at once; beyond it a new one is answered 503 and closed",
+        _number(int, 1),
+    )
+    # gRPC connections (app.py: grpc_server_options; docs/security.md#limits).
+    grpc_handshake_timeout_seconds: float = _setting(
+        10.0,
+        "JOBSD_GRPC_HANDSHAKE_TIMEOUT_SECONDS",
+        "a gRPC connection must send its HTTP/2 preface within this; else it is closed",
+        _number(float, 0.01),
+    )
+    grpc_max_connection_idle_seconds: float = _setting(
+        300.0,
+        "JOBSD_GRPC_MAX_CONNECTION_IDLE_SECONDS",
+        "a gRPC connection with no RPC in flight this long gets GOAWAY (clients reconnect when they need to)",
+        _number(float, 0.01),
+    )
+    grpc_keepalive_seconds: float = _setting(
+        60.0,
+        "JOBSD_GRPC_KEEPALIVE_SECONDS",
+        "how often the server pings each gRPC peer (a vanished client's streams end)",
+        _number(float, 0.01),
+    )
+    grpc_keepalive_timeout_seconds: float = _setting(
+        20.0,
+        "JOBSD_GRPC_KEEPALIVE_TIMEOUT_SECONDS",
+        "a gRPC peer that leaves a ping unanswered this long is dropped",
+        _number(float, 0.01),
+    )
+    grpc_min_ping_interval_seconds: float = _setting(
+        10.0,
+        "JOBSD_GRPC_MIN_PING_INTERVAL_SECONDS",
+        "clients may ping at most this often (with or without calls in flight)",
+        _number(float, 0),
+    )
+    grpc_max_ping_strikes: int = _setting(
+        2,
+        "JOBSD_GRPC_MAX_PING_STRIKES",
+        "pings too early a client may send before it gets GOAWAY `too_many_pings`",
+        _number(int, 0),
+    )
+    grpc_max_concurrent_streams: int = _setting(
+        1_000,
+        "JOBSD_GRPC_MAX_CONCURRENT_STREAMS",
+        "HTTP/2 streams at once on one gRPC connection (a client beyond it waits)",
+        _number(int, 1),
+    )
     # The kinds this process knows (built from the fields above when the settings are made).
     kind_registry: KindRegistry = field(init=False, repr=False, compare=False)
 

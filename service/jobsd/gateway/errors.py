@@ -16,7 +16,14 @@ from aiohttp.typedefs import Handler
 from jobsd.domain.states import NOT_CANCELLABLE
 from jobsd.errors import JobsdError
 
-__all__ = ["DOCS_JOBS_API", "MAX_REQUEST_BYTES", "documentation_for", "error_middleware", "error_response"]
+__all__ = [
+    "DOCS_JOBS_API",
+    "MAX_REQUEST_BYTES",
+    "BodyTimeout",
+    "documentation_for",
+    "error_middleware",
+    "error_response",
+]
 
 log = logging.getLogger("jobsd.gateway")
 
@@ -39,6 +46,18 @@ _DOCS_BY_ROUTE: dict[str, str] = {
 
 # The body limit the application enforces, kept on the app so the 413 message can state it.
 MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
+
+
+class BodyTimeout(TimeoutError):
+    """The request body did not arrive within the body time-out: raised to the handler that reads it.
+
+    A TimeoutError, so that aiohttp's own discarding of an unread body after the response takes it as the end of
+    that body rather than as an unexpected error."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"Request timeout: the request body did not arrive within {seconds:g} seconds")
+        self.seconds = seconds
+
 
 _GENERIC_500 = "Internal server error: the request could not be completed; it has been logged"
 
@@ -82,6 +101,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.http_status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.path, exc.http_status, exc.message)
         return error_response(request, exc.http_status, exc.message)
+    except BodyTimeout as exc:
+        # The connection closes after this answer (the protocol said so when the body's time ran out).
+        return error_response(request, 408, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -11,11 +11,12 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry
 
 from jobsd.api.base import JobsApi
+from jobsd.gateway.connections import GuardedSite
 from jobsd.gateway.errors import MAX_REQUEST_BYTES, error_middleware
 from jobsd.gateway.handlers import JobsRoutes
 from jobsd.gateway.metrics import GatewayMetrics, metrics_middleware
 from jobsd.gateway.origin import PublicOrigin
-from jobsd.gateway.protocol import CleanErrorsRunner
+from jobsd.gateway.protocol import CleanErrorsRunner, ConnectionLimits
 from jobsd.gateway.sse import EventStreamOptions
 from jobsd.gateway.ui import DashboardRoutes
 from jobsd.settings import Settings, split_addr
@@ -105,8 +106,10 @@ class GatewayServer:
             raise RuntimeError("the gateway is already started")
         host, port = parse_http_addr(self._settings.http_addr)
         self._closing.clear()
+        limits = ConnectionLimits.from_settings(self._settings)
         runner = CleanErrorsRunner(
             self.build_app(),
+            limits=limits,
             access_log=None,
             shutdown_timeout=self._settings.grace_seconds,
             max_line_size=MAX_LINE_BYTES,
@@ -114,7 +117,8 @@ class GatewayServer:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host or None, port)
+            # Not web.TCPSite: the gateway's own accept loop caps connections and copes with the descriptor limit.
+            site = GuardedSite(runner, host or None, port, limits)
             await site.start()
         except BaseException:
             await runner.cleanup()

@@ -1,0 +1,147 @@
+"""The process runs out of file descriptors: `jobsd serve` under a small RLIMIT_NOFILE, flooded with sockets.
+
+A real subprocess (the limit is per process), both ports, raw sockets that stay silent. While the process has no
+descriptor left, a new REST connection is refused with a JSON 503 instead of hanging in the backlog, the log gains
+a handful of lines rather than asyncio's `socket.accept() out of system resource` in a loop, and once the
+sockets close both ports answer again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import socket
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+DESCRIPTORS = 256
+START = 30.0  # seconds: the process coming up, the ports coming back
+WAIT = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _limit_descriptors() -> None:  # runs in the child, before exec
+    resource.setrlimit(resource.RLIMIT_NOFILE, (DESCRIPTORS, DESCRIPTORS))
+
+
+def _healthz(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+        body: bytes = response.read()
+        return body
+
+
+async def _until(check: object, what: str) -> None:
+    """Poll `check()` (a blocking call, in a thread) until it succeeds, within START."""
+    assert callable(check)
+    try:
+        async with asyncio.timeout(START):
+            while True:
+                try:
+                    await asyncio.to_thread(check)
+                    return
+                except OSError:
+                    await asyncio.sleep(0.05)  # polling another process's port until it answers
+    except TimeoutError:
+        raise AssertionError(what) from None
+
+
+def _grpc_serving(port: int) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        if answer.status != health_pb2.HealthCheckResponse.SERVING:
+            raise OSError("not serving")
+
+
+@pytest.fixture
+def held() -> Iterator[list[socket.socket]]:
+    sockets: list[socket.socket] = []
+    try:
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def test_at_the_descriptor_limit_rest_refuses_cleanly_logs_little_and_both_ports_come_back(
+    tmp_path: Path, held: list[socket.socket]
+) -> None:
+    grpc_port, http_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSD_")}
+    # Silent sockets must stay open for the test, not be closed by the time-outs (tests/security tests those).
+    env.update(
+        JOBSD_HTTP_HEADER_TIMEOUT_SECONDS="120",
+        JOBSD_GRPC_HANDSHAKE_TIMEOUT_SECONDS="120",
+        JOBSD_LOG_LEVEL="INFO",
+    )
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "jobsd.cli",
+            "serve",
+            "--grpc-addr",
+            f"127.0.0.1:{grpc_port}",
+            "--http-addr",
+            f"127.0.0.1:{http_port}",
+            "--store",
+            f"sqlite:///{tmp_path}/jobsd.db",
+            "--executors",
+            "off",
+            env=env,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_limit_descriptors,
+        )
+    try:
+        await _until(lambda: _healthz(http_port), "the REST port never answered")
+
+        # Silent connections to both ports, more than the process has descriptors: the REST ones take what is
+        # left, the gRPC ones wait in the kernel's backlog (grpc core cannot accept them either).
+        for port, count in ((http_port, DESCRIPTORS), (grpc_port, 64)):
+            for _ in range(count):
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=WAIT))
+        lines_before = log_path.read_text().count("\n")
+
+        # Out of descriptors: each new REST connection is answered 503 at once (not left hanging in the backlog).
+        refusals = 0
+        for _ in range(50):
+            with socket.create_connection(("127.0.0.1", http_port), timeout=WAIT) as probe:
+                probe.settimeout(WAIT)
+                answer = probe.recv(4096)
+            if answer.startswith(b"HTTP/1.1 503"):
+                refusals += 1
+                assert b"out of file descriptors" in answer
+        assert refusals == 50, f"only {refusals} of 50 connections were refused with a 503"
+        text = log_path.read_text()
+        added = text.count("\n") - lines_before
+        # One WARNING from the gateway, and grpc core's own "File descriptor limit reached" once a second.
+        assert added <= 10, text.splitlines()[lines_before:][:20]
+        assert "socket.accept() out of system resource" not in text
+        assert "out of file descriptors" in text
+
+        for sock in held:
+            sock.close()
+        held.clear()
+        await _until(lambda: _healthz(http_port), "the REST port did not come back")
+        await _until(lambda: _grpc_serving(grpc_port), "the gRPC port did not come back")
+
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), START) == 0, log_path.read_text()[-2000:]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
