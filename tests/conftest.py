@@ -1,8 +1,11 @@
-"""Fixtures every suite shares: the one `clock`, and the backend the end-to-end servers run on."""
+"""Fixtures every suite shares: the one `clock`, the backend the end-to-end servers run on, and `wire_server`:
+one MongoDB wire-protocol server (SecantusDB, tests/support/wire_server.py) for the whole session, started the
+first time a test asks for it (the `mongo-wire` backend), stopped at the end; each test uses a database of its own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from jobsd.domain.clock import ManualClock
 from jobsd.store.base import JobStore
 from tests.support.backends import e2e_backends
 from tests.support.server import T0, e2e_store
+from tests.support.wire_server import WireServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,3 +47,12 @@ async def e2e_backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> A
     """The store of this test's end-to-end server (None: SQLite from the settings' URL, as `jobsd serve` does)."""
     async with e2e_store(request, request.param, tmp_path) as store:
         yield store
+
+
+@pytest.fixture(scope="session")
+def wire_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WireServer]:
+    server = WireServer(log_path=tmp_path_factory.mktemp("wire-server") / "secantusd.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()

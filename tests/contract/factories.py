@@ -24,7 +24,11 @@ __all__ = [
     "no_limits",
 ]
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+# Noon (UTC) of the day the suite runs, not a fixed date: a real server's TTL monitor deletes every job whose
+# expires_at (created_at + 48 h) has passed on *its* wall clock, whatever time the test injects. Jobs made at a fixed
+# past date vanished mid-test on the wire server (about once a minute, when its monitor swept), which is how the
+# 500-claimer test came to find "no job" while it still expected some.
+T0 = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 USEC = timedelta(microseconds=1)
 RETENTION = timedelta(hours=48)
 LEASE = timedelta(seconds=30)

@@ -5,8 +5,9 @@ itself, or `JobsdApp` in the end-to-end suites) and cleans up after it. Adding a
 `BACKENDS`: its `make` may ask pytest for fixtures (`request.getfixturevalue`), e.g. a session-scoped server
 process. What a backend cannot do is asked of the store itself (`JobStore.supports`), not listed here.
 
-Test ids name the backend: `sqlite`, `mongo-emulated` (in-process, mongomock), `mongo-real` (only with
-JOBSD_TEST_MONGODB_URI, so it is never a skip in CI).
+Test ids name the backend: `sqlite`, `mongo-emulated` (in-process, mongomock), `mongo-wire` (the MongoDB
+wire-protocol test server SecantusDB, one process per session: tests/support/wire_server.py; not mongod),
+`mongo-real` (only with JOBSD_TEST_MONGODB_URI, so it is never a skip in CI).
 """
 
 from __future__ import annotations
@@ -63,15 +64,12 @@ async def _mongo_emulated(
 
 
 @asynccontextmanager
-async def _mongo_real(
-    request: pytest.FixtureRequest, tmp_path: Path, encoder: JobEncoder | None
-) -> AsyncIterator[JobStore]:
-    """A fresh database on the server at JOBSD_TEST_MONGODB_URI, dropped afterwards."""
+async def _mongo_server(uri: str, encoder: JobEncoder | None) -> AsyncIterator[JobStore]:
+    """A fresh database on the server at `uri`, dropped afterwards."""
     from pymongo import AsyncMongoClient
 
     from jobsd.store.mongo import MongoStore
 
-    uri = os.environ[REAL_MONGO_ENV]
     database = f"jobsd_test_{uuid.uuid4().hex[:12]}"
     try:
         yield MongoStore(uri, database=database, encoder=encoder)
@@ -83,12 +81,28 @@ async def _mongo_real(
             await cleanup.close()
 
 
+def _mongo_wire(
+    request: pytest.FixtureRequest, tmp_path: Path, encoder: JobEncoder | None
+) -> AbstractAsyncContextManager[JobStore]:
+    """A fresh database on the session's wire server (started on first use)."""
+    return _mongo_server(request.getfixturevalue("wire_server").uri, encoder)
+
+
+def _mongo_real(
+    request: pytest.FixtureRequest, tmp_path: Path, encoder: JobEncoder | None
+) -> AbstractAsyncContextManager[JobStore]:
+    """A fresh database on the server at JOBSD_TEST_MONGODB_URI."""
+    return _mongo_server(os.environ[REAL_MONGO_ENV], encoder)
+
+
 BACKENDS: dict[str, Backend] = {
     backend.name: backend
     for backend in (
         Backend("sqlite", _sqlite, e2e=frozenset({"*"})),
         # The gRPC end-to-end suite on the emulation too (about 25 s more); the others on SQLite unless asked.
         Backend("mongo-emulated", _mongo_emulated, e2e=frozenset({"core"})),
+        # The wire server: the whole contract, and the gRPC and REST end-to-end suites.
+        Backend("mongo-wire", _mongo_wire, e2e=frozenset({"core", "gateway"})),
         Backend("mongo-real", _mongo_real, available=lambda: bool(os.environ.get(REAL_MONGO_ENV))),
     )
 }

@@ -19,7 +19,7 @@ Never used by `jobsd serve`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -188,6 +188,9 @@ class _EmulatedCollection:
         fault = self._client.take_fault(self.name, operation)
         if fault is not None:
             raise fault
+        hook = self._client.take_hook(self.name, operation)
+        if hook is not None:
+            await hook()
         if not data:
             return
         concern = self._options.get("write_concern" if write else "read_concern")
@@ -468,7 +471,8 @@ class EmulatedAsyncMongoClient:
 
     `calls` records every collection call (collection, operation, filter, sort, hint) for tests to inspect;
     `reachable = False` makes every call fail as an unreachable server does (ServerSelectionTimeoutError);
-    `fail_next()` makes one call fail.
+    `fail_next()` makes one call fail; `before_next()` runs a coroutine just before one call, to put another
+    client's operations at an exact point of an interleaving.
     """
 
     def __init__(self) -> None:
@@ -478,6 +482,7 @@ class EmulatedAsyncMongoClient:
         self.admin = _EmulatedDatabase(self, self._sync.get_database("admin"), {})
         self._held: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self._faults: dict[tuple[str, str], Exception] = {}
+        self._hooks: dict[tuple[str, str], list[Callable[[], Awaitable[None]]]] = {}
 
     def fail_next(self, collection: str, operation: str, error: Exception) -> None:
         """Make the next `operation` on `collection` raise `error` (a lost connection, say) instead of running."""
@@ -485,6 +490,15 @@ class EmulatedAsyncMongoClient:
 
     def take_fault(self, collection: str, operation: str) -> Exception | None:
         return self._faults.pop((collection, operation), None)
+
+    def before_next(self, collection: str, operation: str, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `hook` (to completion) just before the next `operation` on `collection`, whichever client makes
+        it; hooks queue up in the order given, one per call. Operations the hook makes run normally."""
+        self._hooks.setdefault((collection, operation), []).append(hook)
+
+    def take_hook(self, collection: str, operation: str) -> Callable[[], Awaitable[None]] | None:
+        queued = self._hooks.get((collection, operation))
+        return queued.pop(0) if queued else None
 
     def raw_database(self, name: str) -> Any:
         """The emulated server's data as a synchronous mongomock database, for tests to set up or inspect what a
