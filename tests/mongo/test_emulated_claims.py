@@ -1,0 +1,118 @@
+"""Claims under exact interleavings (the emulation's `before_next` puts other replicas' work at a chosen point of
+one claim): a claim returns a job whenever one is claimable, however other claimers fill and free its key or
+how many keys fill up under it, and never takes a place a key does not have."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from jobsd.domain.model import Job, JobStatus
+from jobsd.domain.states import Action
+from jobsd.store.mongo.store import MongoStore
+from tests.contract.factories import T0, claim_request, move, new_job, new_workspace_id
+from tests.support.mongo_emulation import EmulatedAsyncMongoClient
+
+NOW = T0 + timedelta(minutes=1)
+DATABASE = "jobsd"
+
+
+def one_each(kind: str) -> int:
+    return 1
+
+
+@pytest.fixture
+async def replicas(emulated_client: EmulatedAsyncMongoClient) -> AsyncIterator[tuple[MongoStore, MongoStore]]:
+    stores = [MongoStore(f"mongodb://emulated.invalid/{DATABASE}", client=emulated_client.as_client()) for _ in "ab"]
+    for store in stores:
+        await store.open()
+    yield stores[0], stores[1]
+    for store in stores:
+        await store.close()
+
+
+async def test_a_key_that_others_keep_filling_and_freeing_does_not_make_a_claim_give_up(
+    emulated_client: EmulatedAsyncMongoClient, replicas: tuple[MongoStore, MongoStore]
+) -> None:
+    """Each time this claim tries to take the key's only place, another replica has just taken it (so the
+    conditional upsert meets the existing slot document: DuplicateKeyError), and each time it reads the slot to
+    see why, that replica has just let go. The key has room whenever it looks; the claim must not give up."""
+    store = replicas[0]
+    ws = new_workspace_id()
+    waiting = await store.insert_job(new_job(ws, kind="populateview", datasource_name="t", created_at=T0))
+    slots = emulated_client.raw_database(DATABASE)["slots"]
+    elsewhere = {"job": "a-job-of-another-replica", "claim": "its-lease"}
+
+    async def another_replica_takes_the_place() -> None:
+        slots.update_one(
+            {"_id": waiting.concurrency_key},
+            {"$push": {"holders": elsewhere}, "$setOnInsert": {"kind": "populateview"}},
+            upsert=True,
+        )
+
+    async def another_replica_lets_go() -> None:
+        slots.update_one({"_id": waiting.concurrency_key}, {"$pull": {"holders": elsewhere}})
+
+    for _ in range(5):
+        for operation in ("find_one_and_update", "update_one"):
+            emulated_client.before_next("slots", operation, another_replica_takes_the_place)
+        emulated_client.before_next("slots", "find_one", another_replica_lets_go)
+
+    claimed = await store.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each))
+
+    assert claimed is not None and claimed.id == waiting.id
+    slot = slots.find_one({"_id": waiting.concurrency_key})
+    assert slot is not None and [h["job"] for h in slot["holders"]] == [waiting.id]
+
+
+async def test_keys_that_fill_up_during_a_claim_do_not_make_it_give_up_on_the_one_that_has_room(
+    replicas: tuple[MongoStore, MongoStore], emulated_client: EmulatedAsyncMongoClient
+) -> None:
+    """40 keys with a limit of one. Right after this claim read which keys are full (none), another replica
+    claims the oldest job of each of them. Every job this claim then locks is on a full key, 40 in a row; the
+    newest job, on a key of its own, is claimable all along and must be the answer."""
+    this, other = replicas
+    ws = new_workspace_id()
+    keys = 40
+
+    def copy(target: str, second: int) -> Job:
+        return new_job(ws, kind="copy", datasource_name=target, created_at=T0 + timedelta(seconds=second))
+
+    for i in range(keys):
+        await this.insert_job(copy(f"t{i}", i))
+    for i in range(keys):
+        await this.insert_job(copy(f"t{i}", 100 + i))
+    claimable = await this.insert_job(copy("free", 200))
+
+    async def another_replica_claims_one_job_per_key() -> None:
+        for _ in range(keys):
+            assert await other.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each, worker="b"))
+
+    emulated_client.before_next("jobs", "find_one_and_update", another_replica_claims_one_job_per_key)
+    claimed = await this.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each, worker="a"))
+
+    assert claimed is not None and claimed.id == claimable.id
+    assert claimed.status is JobStatus.WORKING
+
+
+async def test_a_key_freed_after_the_claim_read_it_full_is_looked_at_again_before_giving_up(
+    replicas: tuple[MongoStore, MongoStore], emulated_client: EmulatedAsyncMongoClient
+) -> None:
+    """The claim reads the key full (its one place is taken), then, before it looks for a job, the running job
+    ends and frees the place. Its job is claimable when the claim answers: the answer must be that job."""
+    this, other = replicas
+    ws = new_workspace_id()
+    first = await this.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0))
+    second = await this.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0 + timedelta(seconds=1)))
+    taken = await other.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each, worker="b"))
+    assert taken is not None and taken.id == first.id
+
+    async def the_running_job_ends() -> None:
+        assert await other.compare_and_set(taken, move(taken, Action.FINISH_DONE, NOW))
+
+    emulated_client.before_next("jobs", "find_one_and_update", the_running_job_ends)
+    claimed = await this.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each, worker="a"))
+
+    assert claimed is not None and claimed.id == second.id
