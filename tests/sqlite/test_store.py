@@ -89,14 +89,14 @@ async def test_every_list_query_is_an_index_search_without_a_sort(sqlite_store: 
 _CRASHING_WRITER = textwrap.dedent(
     """
     import asyncio, sys, uuid
-    from datetime import UTC, datetime, timedelta
+    from datetime import datetime, timedelta
     from jobsd.domain.model import Job, JobStatus
     from jobsd.store.sqlite import SqliteStore
 
     async def main() -> None:
         store = SqliteStore(sys.argv[1])
         await store.open()
-        t0 = datetime(2026, 3, 1, tzinfo=UTC)
+        t0 = datetime.fromisoformat(sys.argv[3])
         for i in range(int(sys.argv[2])):
             job = Job(
                 id=str(uuid.uuid4()), workspace_id="ws", kind="import", status=JobStatus.WAITING,
@@ -115,7 +115,7 @@ _CRASHING_WRITER = textwrap.dedent(
 def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     path = tmp_path / "crash" / "jobsd.db"
     writer = subprocess.Popen(
-        [sys.executable, "-c", _CRASHING_WRITER, str(path), "25"],
+        [sys.executable, "-c", _CRASHING_WRITER, str(path), "25", T0.isoformat()],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

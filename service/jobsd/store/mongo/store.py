@@ -106,8 +106,6 @@ Document = dict[str, Any]
 DEFAULT_DATABASE: Final = "jobsd"
 # How long a claimer may hold a waiting job between locking it and writing it claimed; only matters if it dies.
 CLAIM_LOCK_TTL: Final = timedelta(seconds=30)
-# A claim gives up (and the worker polls again) after this many jobs turned out unclaimable mid-claim.
-_CLAIM_ROUNDS: Final = 32
 # A health check or a first request fails fast instead of hanging for pymongo's default 30 s.
 _SERVER_SELECTION_TIMEOUT_MS: Final = 2_000
 _MAJORITY_WRITES: Final = WriteConcern("majority", wtimeout=10_000)
@@ -378,10 +376,17 @@ class MongoStore(BatchWrites):
         return True
 
     async def claim_next(self, request: ClaimRequest) -> Job | None:
+        """The oldest claimable job, claimed; None only when there is none.
+
+        No fixed number of rounds: a round that claims nothing has learnt something that cannot repeat for ever —
+        a key it read full (excluded from here on; keys are finite), or a job that changed under it (it is no
+        longer waiting at that revision). A slot is refused only when a read of it shows it full, never because
+        others kept creating or filling it. And before answering None, the keys excluded as full are read again:
+        one freed meanwhile is looked at once more, so None never rests on a stale reading."""
         self._check_open()
         with self._reachable("claim a job"):
             full_keys = await self._full_keys(request)
-            for _ in range(_CLAIM_ROUNDS):
+            while True:
                 nonce = uuid.uuid4().hex
                 plan = claim_plan(request, sorted(full_keys), request.now)
                 locked = await self._jobs.find_one_and_update(
@@ -392,7 +397,11 @@ class MongoStore(BatchWrites):
                     return_document=ReturnDocument.AFTER,
                 )
                 if locked is None:
-                    return None
+                    still_full = await self._full_keys(request)
+                    if full_keys <= still_full:
+                        return None
+                    full_keys = still_full
+                    continue
                 job = job_from_document(locked)
                 try:
                     claimed = request.claim(job)
@@ -408,7 +417,6 @@ class MongoStore(BatchWrites):
                     return claimed
                 # Changed since we locked it (cancelled): give the slot back and take the next job.
                 await self._slots.update_one({"_id": job.concurrency_key}, {"$pull": {"holders": holder}})
-        return None
 
     async def _full_keys(self, request: ClaimRequest) -> set[str]:
         """Concurrency keys that already run as many jobs as their kind's limit allows."""
@@ -419,24 +427,27 @@ class MongoStore(BatchWrites):
         return {s["_id"] for s in slots if len(s["holders"]) >= request.limit_for(s["kind"])}
 
     async def _reserve_slot(self, key: str, kind: str, holder: Document, limit: int) -> bool:
-        """Atomically add `holder` to the key's slot document if it has fewer than `limit` holders."""
+        """Atomically add `holder` to the key's slot document while it has fewer than `limit` holders. False only
+        when a read of the slot shows it full; every other outcome (the document did not exist, another claimer
+        created it first, a place was freed between the attempt and the read) tries again."""
         if limit < 1:
             return False
-        for _ in range(3):
+        while True:
+            added = await self._slots.update_one(
+                {"_id": key, f"holders.{limit - 1}": {"$exists": False}}, {"$addToSet": {"holders": holder}}
+            )
+            if added.matched_count:
+                return True
+            slot = await self._slots.find_one({"_id": key}, {"holders": 1})
+            if slot is not None:
+                if len(slot["holders"]) >= limit:
+                    return False
+                continue  # a place was freed after the attempt: try it
             try:
-                await self._slots.find_one_and_update(
-                    {"_id": key, f"holders.{limit - 1}": {"$exists": False}},
-                    {"$addToSet": {"holders": holder}, "$setOnInsert": {"kind": kind}},
-                    upsert=True,
-                )
+                await self._slots.insert_one({"_id": key, "kind": kind, "holders": [holder]})
                 return True
             except DuplicateKeyError:
-                # Either the key is full (the upsert tried to insert a second document for it), or two claimers
-                # created its document at once. Only the first is a refusal.
-                slot = await self._slots.find_one({"_id": key})
-                if slot is not None and len(slot["holders"]) >= limit:
-                    return False
-        return False
+                continue  # another claimer created the document first: join it, if it has room
 
     async def _release_slot(self, key: str, job: Job) -> None:
         holder = _slot_holder(job.id, job.lease_token) if job.lease_token else {"job": job.id}
