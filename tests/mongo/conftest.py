@@ -1,14 +1,14 @@
 """MongoDB-specific tests.
 
-`test_emulated_*.py` and `test_change_stream_pump.py` always run (on the in-process emulation, or on a scripted
-change stream). `test_real_server.py` needs a MongoDB replica set at JOBSD_TEST_MONGODB_URI; without it, it is not
-even collected (`make test-mongo` sets it).
+`test_emulated_*.py` and `test_change_stream_pump.py` run on the in-process emulation (or a scripted change
+stream). `test_real_server.py` runs on a server process: the wire server (SecantusDB, test ids `mongo-wire`)
+always, and a real MongoDB replica set at JOBSD_TEST_MONGODB_URI too when it is set (`mongo-real`,
+`make test-mongo`).
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,10 +16,10 @@ from pymongo import AsyncMongoClient
 
 from jobsd.store.mongo import MongoStore
 from tests.support.mongo_emulation import EmulatedAsyncMongoClient
+from tests.support.wire_server import fresh_database_name
 
 REAL_MONGO_ENV = "JOBSD_TEST_MONGODB_URI"
-
-collect_ignore = [] if os.environ.get(REAL_MONGO_ENV) else ["test_real_server.py"]
+SERVERS = ["mongo-wire", *(["mongo-real"] if os.environ.get(REAL_MONGO_ENV) else [])]
 
 
 @pytest.fixture
@@ -37,11 +37,12 @@ async def emulated_store(emulated_client: EmulatedAsyncMongoClient) -> AsyncIter
         await store.close()
 
 
-@pytest.fixture
-async def real_database() -> AsyncIterator[tuple[str, str]]:
-    """(uri, database name): a fresh database on the real server, dropped afterwards."""
-    uri = os.environ[REAL_MONGO_ENV]
-    name = f"jobsd_test_{uuid.uuid4().hex[:12]}"
+@pytest.fixture(params=SERVERS)
+async def real_database(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, str]]:
+    """(uri, database name): a fresh database on a server process (the wire server, or the real one at
+    JOBSD_TEST_MONGODB_URI), dropped afterwards."""
+    uri = request.getfixturevalue("wire_server").uri if request.param == "mongo-wire" else os.environ[REAL_MONGO_ENV]
+    name = fresh_database_name()
     yield uri, name
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, serverSelectionTimeoutMS=5_000)
     try:
