@@ -90,7 +90,8 @@ async def test_keys_that_fill_up_during_a_claim_do_not_make_it_give_up_on_the_on
         for _ in range(keys):
             assert await other.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each, worker="b"))
 
-    emulated_client.before_next("jobs", "find_one_and_update", another_replica_claims_one_job_per_key)
+    # Right after the claim read the full keys, before its first look at the jobs.
+    emulated_client.before_next("jobs", "find_one", another_replica_claims_one_job_per_key)
     claimed = await this.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each, worker="a"))
 
     assert claimed is not None and claimed.id == claimable.id
@@ -112,7 +113,33 @@ async def test_a_key_freed_after_the_claim_read_it_full_is_looked_at_again_befor
     async def the_running_job_ends() -> None:
         assert await other.compare_and_set(taken, move(taken, Action.FINISH_DONE, NOW))
 
-    emulated_client.before_next("jobs", "find_one_and_update", the_running_job_ends)
+    emulated_client.before_next("jobs", "find_one", the_running_job_ends)
     claimed = await this.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each, worker="a"))
 
     assert claimed is not None and claimed.id == second.id
+
+
+async def test_a_newer_job_of_a_key_never_starts_while_an_older_one_waits_for_a_claimer_that_loses_the_place(
+    replicas: tuple[MongoStore, MongoStore], emulated_client: EmulatedAsyncMongoClient
+) -> None:
+    """Key limit one, jobs `older` and `newer`. Claimer C has picked `older`; just before it takes the key's place,
+    claimer A runs a whole claim. Whoever wins the place, the job that runs must be `older` (FIFO per key)."""
+    c, a = replicas
+    ws = new_workspace_id()
+    older = await c.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0))
+    newer = await c.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0 + timedelta(seconds=1)))
+    ran: list[Job | None] = []
+
+    async def a_claims_first() -> None:
+        if not ran:
+            ran.append(await a.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each, worker="a")))
+
+    # C's first write to `slots` (taking the place), whichever operation does it.
+    for operation in ("find_one_and_update", "update_one"):
+        emulated_client.before_next("slots", operation, a_claims_first)
+    by_c = await c.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each, worker="c"))
+
+    started = [job for job in (*ran, by_c) if job is not None]
+    assert [job.id for job in started] == [older.id]
+    stored = await c.get_job(newer.id, NOW)
+    assert stored is not None and stored.status is JobStatus.WAITING

@@ -217,10 +217,18 @@ class _EmulatedCollection:
 
     # -- reads
 
-    async def find_one(self, filter_: Mapping[str, Any], projection: Any = None) -> dict[str, Any] | None:
+    async def find_one(
+        self, filter_: Mapping[str, Any], projection: Any = None, *, sort: Any = None, hint: Any = None
+    ) -> dict[str, Any] | None:
         await self._enter("find_one", write=False)
         _check_filter(f"{self.name}.find_one filter", filter_)
-        self._record("find_one", filter_)
+        self._check_sorted("find_one", filter_, sort, hint)
+        self._record("find_one", filter_, sort, hint)
+        if sort:
+            first = self._sorted_ids(filter_, sort, 1)
+            if not first:
+                return None
+            filter_ = {"_id": first[0]}
         found: dict[str, Any] | None = self._sync.find_one(filter_, projection)
         return found
 

@@ -191,15 +191,20 @@ def list_plans(query: JobQuery) -> list[FindPlan]:
     return plans
 
 
-def claim_plan(request: ClaimRequest, full_keys: Sequence[str], lock_free_at: datetime) -> FindPlan:
-    """The oldest waiting, visible, unlocked job of the requested kinds whose concurrency key is not full."""
+def claim_plan(
+    request: ClaimRequest, full_keys: Sequence[str], lock_free_at: datetime, *, concurrency_key: str | None = None
+) -> FindPlan:
+    """The oldest waiting, visible, unlocked job of the requested kinds whose concurrency key is not full (or, with
+    `concurrency_key`, of that one key)."""
     kinds = sorted(set(request.kinds))
     doc: dict[str, Any] = {"status": JobStatus.WAITING.value}
     if kinds:
         doc["kind"] = kinds[0] if len(kinds) == 1 else {"$in": kinds}
     if request.workspace_id is not None:
         doc["workspace_id"] = request.workspace_id
-    if full_keys:
+    if concurrency_key is not None:
+        doc["concurrency_key"] = concurrency_key
+    elif full_keys:
         doc["concurrency_key"] = {"$nin": sorted(full_keys)}
     doc["$and"] = [
         visible_at(request.now),

@@ -25,6 +25,7 @@ back by a failover. Connection failures surface as `Unavailable`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections import OrderedDict
@@ -378,45 +379,74 @@ class MongoStore(BatchWrites):
     async def claim_next(self, request: ClaimRequest) -> Job | None:
         """The oldest claimable job, claimed; None only when there is none.
 
+        A place first, then the job: the claim looks up the oldest eligible waiting job (no lock) for its
+        concurrency key, reserves a place in that key (a holder naming this claim's nonce, until the lock
+        lapses), and only then locks the oldest unlocked waiting job *of that key*. Locks are therefore held only
+        by claims that hold a place, so a job of a key never starts while an older one of the same key waits for
+        a claimer that will lose the race for the last place (FIFO per key under any interleaving). The place is
+        turned into the job's claim before the job is written claimed.
+
         No fixed number of rounds: a round that claims nothing has learnt something that cannot repeat for ever —
-        a key it read full (excluded from here on; keys are finite), or a job that changed under it (it is no
-        longer waiting at that revision). A slot is refused only when a read of it shows it full, never because
-        others kept creating or filling it. And before answering None, the keys excluded as full are read again:
-        one freed meanwhile is looked at once more, so None never rests on a stale reading."""
+        a key it read full (excluded from here on; keys are finite), or that others took every job of a key (each
+        such round is another claim's success). A place is refused only when a read of the slot shows it full.
+        Before answering None, the keys excluded as full are read again: one freed meanwhile is looked at once
+        more, so None never rests on a stale reading."""
         self._check_open()
         with self._reachable("claim a job"):
             full_keys = await self._full_keys(request)
             while True:
-                nonce = uuid.uuid4().hex
                 plan = claim_plan(request, sorted(full_keys), request.now)
-                locked = await self._jobs.find_one_and_update(
-                    plan.filter,
-                    {"$set": {CLAIM_LOCK: nonce, CLAIM_LOCK_UNTIL: micros(request.now + CLAIM_LOCK_TTL)}},
-                    sort=list(plan.sort),
-                    hint=plan.hint,
-                    return_document=ReturnDocument.AFTER,
+                candidate = await self._jobs.find_one(
+                    plan.filter, {"concurrency_key": 1, "kind": 1}, sort=list(plan.sort), hint=plan.hint
                 )
-                if locked is None:
+                if candidate is None:
                     still_full = await self._full_keys(request)
                     if full_keys <= still_full:
                         return None
                     full_keys = still_full
                     continue
-                job = job_from_document(locked)
-                try:
-                    claimed = request.claim(job)
-                except BaseException:
-                    await self._unlock(job, nonce)
-                    raise
-                holder = _slot_holder(job.id, claimed.lease_token or nonce)
-                if not await self._reserve_slot(job.concurrency_key, job.kind, holder, request.limit_for(job.kind)):
-                    full_keys.add(job.concurrency_key)
-                    await self._unlock(job, nonce)
+                key: str = candidate["concurrency_key"]
+                kind: str = candidate["kind"]
+                nonce = uuid.uuid4().hex
+                lock_until = micros(request.now + CLAIM_LOCK_TTL)
+                place = {"job": None, "claim": nonce, "until": lock_until}
+                if not await self._reserve_slot(key, kind, place, request.limit_for(kind)):
+                    full_keys.add(key)
                     continue
-                if await self._write(job, claimed, {CLAIM_LOCK: nonce}):
+                claimed = await self._claim_in_key(request, key, nonce, lock_until, place)
+                if claimed is not None:
                     return claimed
-                # Changed since we locked it (cancelled): give the slot back and take the next job.
-                await self._slots.update_one({"_id": job.concurrency_key}, {"$pull": {"holders": holder}})
+
+    async def _claim_in_key(
+        self, request: ClaimRequest, key: str, nonce: str, lock_until: int | None, place: Document
+    ) -> Job | None:
+        """Holding `place` in `key`: claim the oldest unlocked waiting job of the key. None (the place given back)
+        if other claimers took them all."""
+        plan = claim_plan(request, (), request.now, concurrency_key=key)
+        while True:
+            locked = await self._jobs.find_one_and_update(
+                plan.filter,
+                {"$set": {CLAIM_LOCK: nonce, CLAIM_LOCK_UNTIL: lock_until}},
+                sort=list(plan.sort),
+                hint=plan.hint,
+                return_document=ReturnDocument.AFTER,
+            )
+            if locked is None:
+                await self._slots.update_one({"_id": key}, {"$pull": {"holders": place}})
+                return None
+            job = job_from_document(locked)
+            try:
+                claimed = request.claim(job)
+            except BaseException:
+                await self._unlock(job, nonce)
+                await self._slots.update_one({"_id": key}, {"$pull": {"holders": place}})
+                raise
+            holder = _slot_holder(job.id, claimed.lease_token or nonce)
+            await self._slots.update_one({"_id": key, "holders": place}, {"$set": {"holders.$": holder}})
+            if await self._write(job, claimed, {CLAIM_LOCK: nonce}):
+                return claimed
+            # Changed since we locked it (cancelled): keep the place and take the key's next job.
+            await self._slots.update_one({"_id": key, "holders": holder}, {"$set": {"holders.$": place}})
 
     async def _full_keys(self, request: ClaimRequest) -> set[str]:
         """Concurrency keys that already run as many jobs as their kind's limit allows."""
@@ -508,7 +538,7 @@ class MongoStore(BatchWrites):
         """Drop slot holders whose claim is over (a process died between its write and freeing the slot)."""
         for slot in await self._slots.find({"holders.0": {"$exists": True}}).to_list(None):
             holders: list[Document] = slot["holders"]
-            ids = sorted({h["job"] for h in holders})
+            ids = sorted({h["job"] for h in holders if h.get("job") is not None})
             jobs = {
                 d["_id"]: d
                 for d in await self._jobs.find(
@@ -566,13 +596,19 @@ class MongoStore(BatchWrites):
         self._check_open()
         # An upsert copies the filter's equality fields (`name`) into the document it inserts.
         created = {"_id": str(uuid.uuid4()), "created_at": now, "created_at_us": micros(now)}
+        found: Document | None = None
         with self._reachable("create a workspace"):
-            try:
-                found = await self._workspaces.find_one_and_update(
-                    {"name": name}, {"$setOnInsert": created}, upsert=True, return_document=ReturnDocument.AFTER
-                )
-            except DuplicateKeyError:  # another replica created it at the same moment
-                found = await self._workspaces.find_one({"name": name})
+            for _ in range(_INSERT_ATTEMPTS):
+                # Another replica may create it at the same moment: the upsert then raises DuplicateKeyError
+                # (mongod), or answers no document (the wire server, for two of three replicas starting at once).
+                # Either way the next upsert matches the document that now exists. Not a read to find it: a
+                # majority read need not see a write committed but not yet majority-committed.
+                with contextlib.suppress(DuplicateKeyError):
+                    found = await self._workspaces.find_one_and_update(
+                        {"name": name}, {"$setOnInsert": created}, upsert=True, return_document=ReturnDocument.AFTER
+                    )
+                if found is not None:
+                    break
         if found is None:
             raise Unavailable(f"MongoDB store cannot create workspace {name!r}: it vanished as it was created")
         return workspace_from_document(found)
@@ -654,6 +690,9 @@ _RECORD_FIELDS: Final = {"_id": 1, "workspace_id": 1, "created_at_us": 1, "datas
 
 def _holds(job: Document | None, holder: Document, now_us: int) -> bool:
     """Whether a slot holder still belongs to a live claim: its job runs under that claim, or is being claimed."""
+    if holder.get("job") is None:  # a place reserved by a claim still choosing its job
+        until = holder.get("until")
+        return until is not None and until > now_us
     if job is None:
         return False
     if job.get("status") in {s.value for s in RUNNING_STATUSES}:
