@@ -68,11 +68,12 @@ peers:
 bench-peers: install peers
 	$(BIN)/python -m bench --peers --peers-python $(PEERS)/bin/python
 
-# The store contract and MongoDB-specific tests against a real server, e.g.
+# The store contract, the MongoDB-specific tests and the multi-replica tests against a real server (mongod), e.g.
 #   JOBSD_TEST_MONGODB_URI=mongodb://127.0.0.1:27017/?replicaSet=rs0 make test-mongo
+# (`make test` runs the same tests on the MongoDB wire-protocol test server, as `mongo-wire`.)
 test-mongo: install
 	@test -n "$$JOBSD_TEST_MONGODB_URI" || { echo "set JOBSD_TEST_MONGODB_URI to a MongoDB replica set"; exit 2; }
-	$(BIN)/pytest -q tests/contract tests/mongo -k mongo
+	$(BIN)/pytest -q -p no:cacheprovider tests/contract tests/mongo -k mongo-real
 
 clean:
 	rm -rf $(VENV) $(PEERS) .jobsd .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 """Fixtures every suite shares: the one `clock`, the backend the end-to-end servers run on, and `wire_server`:
 one MongoDB wire-protocol server (SecantusDB, tests/support/wire_server.py) for the whole session, started the
 first time a test asks for it (the `mongo-wire` backend), stopped at the end; each test uses a database of its own.
+`ttl_probe`: jobs for the server's TTL monitor, seeded as the session starts (see tests/support/ttl_probe.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from jobsd.domain.clock import ManualClock
 from jobsd.store.base import JobStore
 from tests.support.backends import e2e_backends
 from tests.support.server import T0, e2e_store
+from tests.support.ttl_probe import TtlProbe, seed_ttl_probe
 from tests.support.wire_server import WireServer
 
 
@@ -56,3 +58,17 @@ def wire_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WireServer
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def ttl_probe(wire_server: WireServer) -> Iterator[TtlProbe]:
+    probe = seed_ttl_probe(wire_server.uri)
+    yield probe
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _seed_the_ttl_probe_first(request: pytest.FixtureRequest) -> None:
+    """Seed the TTL probe when the session starts, if a collected test uses it: the server's monitor then
+    deletes its jobs while the rest of the suite runs, instead of a test waiting up to a minute for it."""
+    if any("ttl_probe" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("ttl_probe")

@@ -1,16 +1,17 @@
 """Several `jobsd serve` replicas on one replica set, for real: separate processes on the wire server (SecantusDB,
-`mongo-wire`; not mongod). What they must do together: hold claims and concurrency limits across replicas, carry
-every status change made through one to the watchers of another in order, list on one what another created, and
-survive a replica killed with -9 mid-load (no acknowledged job lost, its leases recovered by a survivor, its
-watchers resuming elsewhere with since_revision without missing a status change).
+`mongo-wire`; not mongod), and on a real one too when JOBSD_TEST_MONGODB_URI is set (`mongo-real`).
 
-Each test prints one `replicas:` line with its figures (jobs, replicas, duplicates, lost, missed events).
+What they must do together: hold claims and concurrency limits across replicas, carry every status change made
+through one to the watchers of another in order, list on one what another created, and survive a replica killed
+with -9 mid-load (no acknowledged job lost, its leases recovered by a survivor, its watchers resuming elsewhere
+with since_revision without missing a status change). Each test prints one `replicas:` line with its figures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from jobsd_client import pb
 from tests.support.wire_server import WireServer, fresh_database_name
 
+from .conftest import REAL_MONGO_ENV, SERVERS
 from .replicas import ADMIN, WAIT, Replica, md, replicas
 
 pytestmark = pytest.mark.mongo
@@ -28,9 +30,17 @@ TARGETS = ("t0", "t1", "t2")
 COPY_LIMIT = 2
 
 
-@pytest.fixture
-def store_uri(wire_server: WireServer) -> str:
-    return f"mongodb://127.0.0.1:{wire_server.port}/{fresh_database_name('jobsd_replicas')}?replicaSet=secantus"
+@pytest.fixture(params=SERVERS)
+def store_uri(request: pytest.FixtureRequest) -> str:
+    """A fresh database on the wire server (`mongo-wire`) or the real server at JOBSD_TEST_MONGODB_URI."""
+    database = fresh_database_name("jobsd_replicas")
+    if request.param == "mongo-wire":
+        server: WireServer = request.getfixturevalue("wire_server")
+        return f"mongodb://127.0.0.1:{server.port}/{database}?replicaSet=secantus"
+    base, _, options = os.environ[REAL_MONGO_ENV].partition("?")
+    scheme, _, rest = base.partition("://")
+    hosts = rest.split("/", 1)[0]
+    return f"{scheme}://{hosts}/{database}" + (f"?{options}" if options else "")
 
 
 async def watch_all(replica: Replica, events: list[pb.JobEvent], synced: asyncio.Event) -> None:
