@@ -61,6 +61,19 @@ def wire_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WireServer
 
 
 @pytest.fixture(scope="session")
+def wire_server_without_ttl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WireServer]:
+    """A second wire server whose TTL monitor is off (mongod: ttlMonitorEnabled=false), for the end-to-end suites:
+    their ManualClock sits at a fixed date, so the wall-clock monitor would delete their jobs mid-test. Reads
+    still carry the retention bound; the TTL monitor itself is tested on `wire_server` (tests/mongo)."""
+    here = tmp_path_factory.mktemp("wire-server-without-ttl")
+    server = WireServer(log_path=here / "secantusd.log", ttl_sweep_seconds=0, config_dir=here).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def ttl_probe(wire_server: WireServer) -> Iterator[TtlProbe]:
     probe = seed_ttl_probe(wire_server.uri)
     yield probe

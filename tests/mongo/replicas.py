@@ -51,8 +51,8 @@ class Replica:
     http_port: int
     log: Path
     channel: grpc.aio.Channel = field(init=False)
-    jobs: pb_grpc.JobsStub = field(init=False)
-    workers: pb_grpc.WorkersStub = field(init=False)
+    jobs: pb_grpc.JobsAsyncStub = field(init=False)
+    workers: pb_grpc.WorkersAsyncStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}")
@@ -104,7 +104,7 @@ class Replica:
             os.kill(self.process.pid, signal.SIGKILL)
 
     async def stop(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
             try:

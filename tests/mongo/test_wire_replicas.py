@@ -133,7 +133,7 @@ async def test_three_replicas_hold_claims_and_limits_and_carry_every_status_chan
     running: Counter[str] = Counter()
     most: Counter[str] = Counter()
     for event in events:
-        target = event.job.datasource["name"]
+        target = str(event.job.datasource["name"])
         if event.job.status == pb.JOB_STATUS_WORKING:
             running[target] += 1
             most[target] = max(most[target], running[target])
@@ -163,7 +163,8 @@ async def first_status_change(replica: Replica, job: pb.Job) -> pb.Job:
         # change itself, when it is the latest).
         if event.type in (pb.JobEvent.TYPE_STATUS, pb.JobEvent.TYPE_SNAPSHOT) and event.job.status != job.status:
             stream.cancel()
-            return event.job
+            found: pb.Job = event.job
+            return found
     raise AssertionError(f"the watch of {job.id} ended without a status change")
 
 

@@ -69,6 +69,11 @@ class WireServer:
 
     storage: Path | None = None
     log_path: Path | None = None
+    # None: the server's default TTL monitor (a sweep every 60 s, as mongod). 0 turns the monitor off, as
+    # mongod's `ttlMonitorEnabled=false` does: for suites whose injected clock sits at a fixed past date.
+    ttl_sweep_seconds: float | None = None
+    # Where a config file is written when one is needed (ttl_sweep_seconds).
+    config_dir: Path | None = None
     port: int = 0
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -89,6 +94,11 @@ class WireServer:
             self.port = _free_port()
             storage = ":memory:" if self.storage is None else str(self.storage)
             command = [str(program), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", storage]
+            if self.ttl_sweep_seconds is not None:
+                assert self.config_dir is not None, "a TTL setting needs a config_dir for secantusd.toml"
+                config = self.config_dir / "secantusd.toml"
+                config.write_text(f"[storage]\nttl_sweep_seconds = {self.ttl_sweep_seconds}\n", encoding="utf-8")
+                command += ["--config", str(config)]
             # cwd: the server auto-discovers ./secantusd.toml; run it where there is none.
             cwd = self.storage if self.storage is not None else Path(os.sep)
             self._process = subprocess.Popen(
