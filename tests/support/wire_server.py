@@ -14,6 +14,7 @@ with a fresh database each (`fresh_database_name()`), dropped afterwards.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import selectors
 import signal
@@ -50,6 +51,19 @@ def wire_server_program() -> Path:
             "pip install -e '.[dev]')"
         )
     return program
+
+
+def _die_with_parent() -> None:
+    """In the server's process before exec: on Linux, SIGTERM it when the test process dies (a killed or timed-out
+    pytest must not leave a server running); elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+_PR_SET_PDEATHSIG: Final = 1
 
 
 def fresh_database_name(prefix: str = "jobsd_test") -> str:
@@ -108,6 +122,7 @@ class WireServer:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             try:
                 self._await_listening()
