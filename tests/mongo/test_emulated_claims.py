@@ -143,3 +143,30 @@ async def test_a_newer_job_of_a_key_never_starts_while_an_older_one_waits_for_a_
     assert [job.id for job in started] == [older.id]
     stored = await c.get_job(newer.id, NOW)
     assert stored is not None and stored.status is JobStatus.WAITING
+
+
+async def test_a_claim_whose_place_was_swept_away_takes_a_new_one_before_it_claims(
+    replicas: tuple[MongoStore, MongoStore], emulated_client: EmulatedAsyncMongoClient
+) -> None:
+    """The sweep drops a place whose claim outlived its lock. If that happens between the claim taking the place
+    and handing it to the job, the job must not be claimed without a place (the key's limit would no longer
+    hold): the claim takes a new place first."""
+    store = replicas[0]
+    ws = new_workspace_id()
+    waiting = await store.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0))
+    slots = emulated_client.raw_database(DATABASE)["slots"]
+
+    async def nothing() -> None:
+        return None
+
+    async def the_sweep_drops_the_place() -> None:
+        slots.update_one({"_id": waiting.concurrency_key}, {"$set": {"holders": []}})
+
+    emulated_client.before_next("slots", "update_one", nothing)  # taking the place
+    emulated_client.before_next("slots", "update_one", the_sweep_drops_the_place)  # handing it to the job
+    claimed = await store.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each))
+
+    assert claimed is not None and claimed.id == waiting.id
+    slot = slots.find_one({"_id": waiting.concurrency_key})
+    assert slot is not None
+    assert [(h["job"], h["claim"]) for h in slot["holders"]] == [(waiting.id, claimed.lease_token)]

@@ -442,7 +442,12 @@ class MongoStore(BatchWrites):
                 await self._slots.update_one({"_id": key}, {"$pull": {"holders": place}})
                 raise
             holder = _slot_holder(job.id, claimed.lease_token or nonce)
-            await self._slots.update_one({"_id": key, "holders": place}, {"$set": {"holders.$": holder}})
+            handed = await self._slots.update_one({"_id": key, "holders": place}, {"$set": {"holders.$": holder}})
+            if not handed.matched_count:
+                # The place is gone (the sweep dropped it: this claim outlived its lock). Claiming now could
+                # exceed the limit: give the job back and look again.
+                await self._unlock(job, nonce)
+                return None
             if await self._write(job, claimed, {CLAIM_LOCK: nonce}):
                 return claimed
             # Changed since we locked it (cancelled): keep the place and take the key's next job.
