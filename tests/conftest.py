@@ -1,7 +1,7 @@
 """Fixtures every suite shares: the one `clock`, the backend the end-to-end servers run on, and `wire_server`:
 one MongoDB wire-protocol server (SecantusDB, tests/support/wire_server.py) for the whole session, started the
 first time a test asks for it (the `mongo-wire` backend), stopped at the end; each test uses a database of its own.
-`ttl_probe`: jobs for the server's TTL monitor, seeded as the session starts (see tests/support/ttl_probe.py).
+`ttl_probe`: jobs for the server's TTL monitor, seeded when the wire server starts (tests/support/ttl_probe.py).
 """
 
 from __future__ import annotations
@@ -51,10 +51,18 @@ async def e2e_backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> A
         yield store
 
 
+_TTL_PROBE = pytest.StashKey[TtlProbe]()
+
+
 @pytest.fixture(scope="session")
-def wire_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WireServer]:
+def wire_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WireServer]:
+    """Started by the first test that needs it. If the session has the TTL test, its probe is seeded right then:
+    the server's monitor then deletes the probe's jobs while the rest of the suite runs, instead of that test
+    waiting up to a minute for it (and the server is not started earlier than a test needs it)."""
     server = WireServer(log_path=tmp_path_factory.mktemp("wire-server") / "secantusd.log").start()
     try:
+        if any("ttl_probe" in getattr(item, "fixturenames", ()) for item in request.session.items):
+            request.config.stash[_TTL_PROBE] = seed_ttl_probe(server.uri)
         yield server
     finally:
         server.stop()
@@ -74,14 +82,6 @@ def wire_server_without_ttl(tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="session")
-def ttl_probe(wire_server: WireServer) -> Iterator[TtlProbe]:
-    probe = seed_ttl_probe(wire_server.uri)
-    yield probe
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _seed_the_ttl_probe_first(request: pytest.FixtureRequest) -> None:
-    """Seed the TTL probe when the session starts, if a collected test uses it: the server's monitor then
-    deletes its jobs while the rest of the suite runs, instead of a test waiting up to a minute for it."""
-    if any("ttl_probe" in getattr(item, "fixturenames", ()) for item in request.session.items):
-        request.getfixturevalue("ttl_probe")
+def ttl_probe(request: pytest.FixtureRequest, wire_server: WireServer) -> TtlProbe:
+    probe = request.config.stash.get(_TTL_PROBE, None)
+    return probe if probe is not None else seed_ttl_probe(wire_server.uri)

@@ -1,7 +1,7 @@
-"""Jobs left for the wire server's TTL monitor, seeded at the start of the session and checked at its end.
+"""Jobs left for the wire server's TTL monitor, seeded when the wire server starts and checked late in the session.
 
 The monitor sweeps every 60 s, so a test that seeds and then waits costs up to a minute of wall time. Instead
-`seed_ttl_probe()` runs when the session starts (if a test asks for the probe): it stores jobs whose window ends
+`seed_ttl_probe()` runs when the wire server starts (if a test asks for the probe): it stores jobs whose window ends
 a few seconds later and checks, right then — while the documents are certainly still stored — that every read
 (get, list, claim) already hides them at the instant their window ends. The test that asks for the probe runs
 later and only has to see that the monitor deleted them, which by then it has usually done.
