@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from jobsd.domain.clock import to_micros
 from jobsd.domain.filters import JobFilter
@@ -86,10 +87,37 @@ def filter_from_pb(request: pb.ListJobsRequest | pb.ListJobsLogRequest | pb.Watc
     )
 
 
-def struct_to_dict(msg: Any, field: str) -> dict[str, Any] | None:
+def struct_to_dict(msg: Any, field: str, path: str | None = None) -> dict[str, Any] | None:
+    """The Struct field of `msg` as a dict (what `json_format.MessageToDict` gives: numbers stay floats), or None
+    if unset. Walked directly: MessageToDict's descriptor-driven walk was a visible share of every CreateJob."""
     if not msg.HasField(field):
         return None
-    return json_format.MessageToDict(getattr(msg, field))
+    try:
+        return _struct_dict(getattr(msg, field))
+    except ValueError:
+        raise InvalidArgument(path or field, "a number must be finite (JSON has no NaN or Infinity)") from None
+
+
+def _struct_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return {key: _value_plain(value) for key, value in struct.fields.items()}
+
+
+def _value_plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if math.isinf(number) or math.isnan(number):
+            raise ValueError(number)  # as MessageToDict refuses them
+        return number
+    if kind == "struct_value":
+        return _struct_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value_plain(item) for item in value.list_value.values]
+    if kind == "bool_value":
+        return value.bool_value
+    return None  # null_value, or unset (MessageToDict reads both as null)
 
 
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -193,7 +221,7 @@ def progress_from_pb(msg: pb.ProgressUpdate, field: str = "progress") -> Progres
         quarantine_rows=msg.quarantine_rows if msg.HasField("quarantine_rows") else None,
         invalid_lines=msg.invalid_lines if msg.HasField("invalid_lines") else None,
         processed_data=processed,
-        result=json_format.MessageToDict(msg.result) if msg.HasField("result") else None,
+        result=struct_to_dict(msg, "result", f"{field}.result"),
         errors=tuple(msg.errors) if msg.errors else None,
     )
 

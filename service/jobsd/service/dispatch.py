@@ -295,8 +295,10 @@ class Dispatcher:
                 self.forget(holder, job.id)  # requeued or ended by someone else: no longer this worker's
             elif job.status is JobStatus.CANCELLING:
                 holder.cancel_requested(job.id)
-        # A new waiting job, or a slot freed by a job leaving working: there may be work to assign.
-        if job.status is JobStatus.WAITING or job.status.is_terminal:
+        # A new waiting job, or a slot freed by a job leaving working: there may be work to assign — if a stream
+        # has free slots (a stream that gains slots or connects wakes the loop itself). Waking with no one to assign
+        # to cost every unary CreateJob a dispatcher round and a wait_for on its timer.
+        if (job.status is JobStatus.WAITING or job.status.is_terminal) and any(s.wants_jobs for s in self._sessions):
             self.wake()
 
     async def _run(self) -> None:

@@ -39,6 +39,8 @@ MAX_WAIT_SECONDS = 60.0
 MAX_ID_LENGTH = 128
 # Jobs this process wrote last, by id (see JobService._move).
 WRITTEN_KEPT = 1_024
+# Workspace ids remembered as existing (see JobService._workspace_exists).
+KNOWN_WORKSPACES_KEPT = 1_024
 INVALID_TOKEN = "invalid authentication token"
 # Jobs CreateJobs takes in one call unless the settings say otherwise (JOBSD_MAX_CREATE_BATCH).
 DEFAULT_MAX_CREATE_BATCH = 500
@@ -116,6 +118,8 @@ class JobService:
         self._queue_changed = asyncio.Event()
         self._closing = False
         self._token_cache: dict[str, tuple[float, Principal]] = {}
+        # Ids of workspaces known to exist (see _workspace_exists).
+        self._known_workspaces: set[str] = set()
         # Tokens this process accepts without the store (the in-process executors'): by hash, never persisted.
         self._in_memory_tokens: dict[str, Principal] = {}
         self._watches = JobWatches(store, hub, clock, metrics, self.get_job)
@@ -300,7 +304,7 @@ class JobService:
         workspace_id = principal.workspace(spec.workspace_id)
         exists = workspaces.get(workspace_id)
         if exists is None:
-            exists = workspaces[workspace_id] = await self.store.get_workspace(workspace_id) is not None
+            exists = workspaces[workspace_id] = await self._workspace_exists(workspace_id)
         if not exists:
             raise NotFound(f'Workspace "{workspace_id}" not found')
         valid = validate_new_job(spec, self.kinds)
@@ -337,6 +341,18 @@ class JobService:
             idempotency_key=valid.idempotency_key,
             request_id=valid.request_id or job_id,
         )
+
+    async def _workspace_exists(self, workspace_id: str) -> bool:
+        """Whether the workspace exists. A workspace is never deleted, so one seen once is remembered (bounded):
+        a create then pays no store read for it."""
+        if workspace_id in self._known_workspaces:
+            return True
+        if await self.store.get_workspace(workspace_id) is None:
+            return False
+        if len(self._known_workspaces) >= KNOWN_WORKSPACES_KEPT:
+            self._known_workspaces.clear()
+        self._known_workspaces.add(workspace_id)
+        return True
 
     async def _move(self, job_id: str, decide: _Decide, check: _Check | None = None) -> Job:
         """Read, decide, compare-and-set; on a lost race re-read and decide again.
