@@ -181,6 +181,23 @@ def _make_private(path: Path) -> None:
             os.chmod(f"{path}{suffix}", 0o600)
 
 
+class _Guard:
+    """SqliteStore._guard's context manager: a class, not @contextmanager (whose generator every read paid)."""
+
+    __slots__ = ("_action", "_path")
+
+    def __init__(self, path: Path, action: str) -> None:
+        self._path = path
+        self._action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, sqlite3.Error):
+            raise Unavailable(f"SQLite store {self._path} cannot {self._action}: {exc}") from None
+
+
 class SqliteStore:
     """`jobsd.store.base.JobStore` on one SQLite file. Create, `await open()`, use, `await close()`."""
 
@@ -746,13 +763,9 @@ class SqliteStore:
             raise Unavailable(f"SQLite store {self._path}: the database file was replaced; restart jobsd")
         self._file_ok_until = time.monotonic() + FILE_CHECK_INTERVAL
 
-    @contextmanager
-    def _guard(self, action: str) -> Iterator[None]:
+    def _guard(self, action: str) -> _Guard:
         """Any SQLite failure surfaces as Unavailable naming the file and what we were doing."""
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise Unavailable(f"SQLite store {self._path} cannot {action}: {exc}") from None
+        return _Guard(self._path, action)
 
     @contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
