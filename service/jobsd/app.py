@@ -109,6 +109,7 @@ class JobsdApp:
             self.metrics,
             log_retention=settings.log_retention,
             max_create_batch=settings.max_create_batch,
+            max_returns=settings.max_returns,
         )
         self.dispatcher = Dispatcher(
             self.service, max_streams=settings.max_worker_streams, max_slots=settings.max_worker_slots
@@ -206,21 +207,20 @@ class JobsdApp:
             self._stopped = True
             return
         self._stopped = True
+        loop = asyncio.get_running_loop()
+        # One grace period for the whole stop, not one per part: running jobs, REST requests and RPCs share it.
+        grace_ends = loop.time() + self.settings.grace_seconds
         await self._set_serving(False)
         self.service.close()
-        if self.executors is not None:
-            with contextlib.suppress(Exception):
-                await self.executors.stop()
-        if self._gateway is not None:
-            await self._gateway.stop()
-        if self._metrics_server is not None:
-            await self._metrics_server.stop()
+        # The REST gateway stops accepting at once and winds down while the executors finish or hand back their
+        # jobs (their statements interrupted once the grace runs out).
+        await asyncio.gather(self._stop_executors(), self._stop_http())
         # After the executors (they give their jobs back over their worker stream): end every worker stream.
         await self.dispatcher.stop()
         # Close watch streams so they end with a status instead of hanging the grace period.
         await self.hub.stop()
         if self._server is not None:
-            await self._server.stop(self.settings.grace_seconds)
+            await self._server.stop(max(0.0, grace_ends - loop.time()))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -228,6 +228,19 @@ class JobsdApp:
                 await task
         self._tasks.clear()
         await self.store.close()
+
+    async def _stop_executors(self) -> None:
+        if self.executors is not None:
+            try:
+                await self.executors.stop()
+            except Exception:
+                log.exception("the executors did not stop cleanly")
+
+    async def _stop_http(self) -> None:
+        if self._gateway is not None:
+            await self._gateway.stop()
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
 
     async def wait_for_termination(self) -> None:
         if self._server is not None:

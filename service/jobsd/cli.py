@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 from jobsd.app import JobsdApp
@@ -15,6 +18,26 @@ from jobsd.settings import Settings, add_arguments, settings_from
 from jobsd_client.signals import stop_on_signals, until_signalled
 
 __all__ = ["main"]
+
+_log = logging.getLogger("jobsd")
+
+
+def _exit_within(seconds: float) -> None:
+    """A watchdog: unless the process has exited within `seconds`, it exits then (status 1) whatever still runs.
+
+    The last line of defence of "SIGTERM always ends the process": a stop that hangs (a thread that does not
+    return, so the interpreter cannot finish; a peer that never answers) must not keep a process half-alive until
+    someone sends SIGKILL. Jobs it did not hand back are recovered when their leases lapse (a return each). A
+    daemon thread: a process that exits in time takes it along."""
+
+    def watch() -> None:
+        time.sleep(seconds)
+        _log.error("shutdown did not finish within %.1f s of the signal: exiting now", seconds)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="jobsd-shutdown-watchdog", daemon=True).start()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +113,7 @@ async def _serve(settings: Settings, banner: bool) -> int:
     try:
         await until_signalled()
     finally:
+        _exit_within(settings.grace_seconds + settings.shutdown_margin_seconds)
         await app.stop()
     return 0
 
@@ -135,6 +159,7 @@ async def _worker(args: argparse.Namespace) -> int:
         for task in (signalled, worker_ended):
             task.cancel()
         await asyncio.gather(signalled, worker_ended, return_exceptions=True)
+        _exit_within(settings.grace_seconds + settings.shutdown_margin_seconds)
         await runner.stop()
     if runner.failure is not None:
         print(f"error: {runner.failure}", file=sys.stderr)

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -23,6 +24,16 @@ from jobsd.errors import InvalidArgument
 __all__ = ["SETTINGS", "Setting", "Settings", "add_arguments", "settings_from", "split_addr"]
 
 Parser = Callable[[str, str], Any]
+
+_MiB = 1024 * 1024
+_GiB = 1024 * _MiB
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    **{unit: 1000**power for power, pair in enumerate(("k kb", "m mb", "g gb", "t tb"), 1) for unit in pair.split()},
+    **{unit: 1024**power for power, unit in enumerate(("kib", "mib", "gib", "tib"), 1)},
+}
 
 
 def _number(kind: type[int] | type[float], minimum: float) -> Parser:
@@ -61,6 +72,18 @@ def _per_kind(kind: type[int] | type[float], minimum: float, unit: str) -> Parse
         return values
 
     return parse
+
+
+def _size(name: str, raw: str) -> int:
+    """A byte count: `1048576`, `512MiB`, `4GiB`, `100MB` (KB/MB/GB powers of 1000, KiB/MiB/GiB of 1024)."""
+    match = _SIZE.match(raw)
+    unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+    if match is None or unit is None:
+        raise InvalidArgument(name, f"expected a size such as 512MiB, 4GiB or 1048576, got {raw!r}")
+    value = int(float(match.group(1)) * unit)
+    if value < 1:
+        raise InvalidArgument(name, f"must be at least 1 byte, got {raw!r}")
+    return value
 
 
 def _networks(name: str, raw: str) -> tuple[str, ...]:
@@ -172,6 +195,13 @@ class Settings:
         "lease lapses before a job ends in `error` (of every kind that sets none)",
         _number(int, 1),
     )
+    max_returns: int = _setting(
+        5,
+        "JOBSD_MAX_RETURNS",
+        "times a job may go back to the queue unfinished (a lapsed lease, or a release when its worker stops); "
+        "the next return ends it in `error`",
+        _number(int, 0),
+    )
     time_limit_seconds: float = _setting(
         86_400.0,
         "JOBSD_TIME_LIMIT_SECONDS",
@@ -237,6 +267,88 @@ class Settings:
     import_max_redirects: int = _setting(
         5, "JOBSD_IMPORT_MAX_REDIRECTS", "redirects an import follows, each checked like the first URL", _number(int, 0)
     )
+    import_timeout_seconds: float = _setting(
+        1800.0,
+        "JOBSD_IMPORT_TIMEOUT_SECONDS",
+        "an import's whole download, from the request to the last byte",
+        _number(float, 0.1),
+    )
+    import_min_bytes_per_second: int = _setting(
+        1024,
+        "JOBSD_IMPORT_MIN_BYTES_PER_SECOND",
+        "transfer rate an import's origin must keep up over each rate window of waiting for it; 0: no minimum",
+        _number(int, 0),
+    )
+    import_rate_window_seconds: float = _setting(
+        30.0,
+        "JOBSD_IMPORT_RATE_WINDOW_SECONDS",
+        "the window the minimum rate is measured over (and the most an origin's response headers may take)",
+        _number(float, 0.1),
+    )
+    import_max_bytes: int = _setting(
+        4 * _GiB,
+        "JOBSD_IMPORT_MAX_BYTES",
+        "bytes one import may transfer (compressed or not; `512MiB`, `4GiB`, ... or a number)",
+        _size,
+        shown="4GiB",
+        metavar="SIZE",
+    )
+    import_max_decompressed_bytes: int = _setting(
+        16 * _GiB,
+        "JOBSD_IMPORT_MAX_DECOMPRESSED_BYTES",
+        "bytes one import's data may decompress to (gzip files, gzip/deflate Content-Encoding)",
+        _size,
+        shown="16GiB",
+        metavar="SIZE",
+    )
+    import_max_line_bytes: int = _setting(
+        8 * _MiB,
+        "JOBSD_IMPORT_MAX_LINE_BYTES",
+        "bytes of one line of an imported file; a longer one stops the import",
+        _size,
+        shown="8MiB",
+        metavar="SIZE",
+    )
+    max_columns: int = _setting(
+        500,
+        "JOBSD_MAX_COLUMNS",
+        "columns of a data source: an import's CSV header or NDJSON keys, a schema given to `POST /v0/datasources`",
+        _number(int, 1),
+    )
+    job_memory_limit: int = _setting(
+        1 * _GiB,
+        "JOBSD_JOB_MEMORY_LIMIT",
+        "DuckDB memory of one workspace's database (its jobs running at once share it; beyond it statements spill "
+        "to disk, then fail)",
+        _size,
+        shown="1GiB",
+        metavar="SIZE",
+    )
+    dataplane_memory_limit: int = _setting(
+        4 * _GiB,
+        "JOBSD_DATAPLANE_MEMORY_LIMIT",
+        "DuckDB memory of the whole data plane: each open workspace database gets at most its share",
+        _size,
+        shown="4GiB",
+        metavar="SIZE",
+    )
+    job_threads: int = _setting(2, "JOBSD_JOB_THREADS", "DuckDB threads one statement may use", _number(int, 1))
+    job_temp_disk_limit: int = _setting(
+        8 * _GiB,
+        "JOBSD_JOB_TEMP_DISK_LIMIT",
+        "disk one workspace's database may spill to while its statements run",
+        _size,
+        shown="8GiB",
+        metavar="SIZE",
+    )
+    dataplane_threads: int = _setting(
+        0,
+        "JOBSD_DATAPLANE_THREADS",
+        "statements the data plane runs at once (so at most this times `JOBSD_JOB_THREADS` DuckDB threads); 0: "
+        "`JOBSD_EXECUTOR_CONCURRENCY` + 2",
+        _number(int, 0),
+        shown="0",
+    )
     max_json_depth: int = _setting(
         64,
         "JOBSD_MAX_JSON_DEPTH",
@@ -269,6 +381,13 @@ class Settings:
     )
     grace_seconds: float = _setting(
         5.0, "JOBSD_GRACE_SECONDS", "graceful-shutdown grace for in-flight RPCs and running jobs", _number(float, 0)
+    )
+    shutdown_margin_seconds: float = _setting(
+        10.0,
+        "JOBSD_SHUTDOWN_MARGIN_SECONDS",
+        "after SIGTERM the process exits within the grace plus this, whatever still runs (then with status 1, "
+        "leaving unreleased leases to lapse)",
+        _number(float, 0.1),
     )
     log_level: str = _setting("INFO", "JOBSD_LOG_LEVEL", "debug, info, warning or error", _log_level)
     log_format: str = _setting(

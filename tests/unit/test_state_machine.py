@@ -64,6 +64,9 @@ EXPECTED: dict[tuple[JobStatus, Action], JobStatus] = {
     (C, Action.LEASE_EXHAUSTED): CAN,
     (R, Action.RUN_TIME_EXCEEDED): ERR,
     (C, Action.RUN_TIME_EXCEEDED): CAN,
+    # A release of a job that has come back to the queue too often (JOBSD_MAX_RETURNS) ends it instead.
+    (R, Action.RELEASE_EXHAUSTED): ERR,
+    (C, Action.RELEASE_EXHAUSTED): CAN,
 }
 ALL_PAIRS = [(s, a) for s in JobStatus for a in Action]
 REFUSED = [pair for pair in ALL_PAIRS if pair not in EXPECTED]
@@ -210,6 +213,15 @@ def test_attempt_counts_claims_a_lapse_keeps_it_a_release_gives_it_back() -> Non
     released = move(job, Action.RELEASE, T0)
     assert released.attempt == 1
     assert move(released, Action.CLAIM, T0).attempt == 2
+
+
+def test_returns_count_every_way_back_to_the_queue_lapses_and_releases_alike() -> None:
+    job = make_job()
+    for action in (Action.LEASE_REQUEUE, Action.RELEASE, Action.RELEASE, Action.LEASE_REQUEUE):
+        job = move(move(job, Action.CLAIM, T0), action, T0)
+    assert job.status is W and job.returns == 4
+    ended = move(move(job, Action.CLAIM, T0), Action.RELEASE_EXHAUSTED, T0, error="came back too often")
+    assert ended.status is ERR and ended.error == "came back too often" and ended.returns == 4
 
 
 def test_claim_records_the_worker_and_its_lease() -> None:

@@ -21,8 +21,15 @@ with its message; `JobCancelled` (after a cancel request) as `cancelled`; any ot
 "<ExceptionType>: <message>". While a handler runs, a background heartbeat every `heartbeat_interval_seconds`
 (given by the server with the claim) extends the lease and carries the figures reported since the last one; its
 answer (or, on v2, the server's push) is how the handler learns about a cancel request. If the lease is lost (the
-server gave the job to someone else), the handler is cancelled and the job is left alone. Handlers must let
-`asyncio.CancelledError` through: it is how a graceful stop and a lost lease reach them.
+server gave the job to someone else), the handler is cancelled and the job is left alone; the worker also takes
+the lease as lost when no heartbeat has reached jobsd for a whole lease (three heartbeat intervals), so a job is
+never run on behind jobsd's back while it is being given to another worker.
+
+Run time: a claim carries what is left of the kind's run-time limit (and `Worker(time_limits=...)` can set a
+tighter one per kind). When it runs out the handler is cancelled and the job finished as `error`, "Job exceeded
+the run-time limit of ...", on this worker's clock, whether heartbeats get through or not (`ctx.time_left` says
+how much is left). Handlers must let `asyncio.CancelledError` through: it is how a graceful stop, a lost lease
+and the run-time limit reach them (the built-in executors interrupt their running statement then).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import os
 import random
 import signal
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Unpack
@@ -144,6 +152,7 @@ class JobContext:
         client: AsyncJobsClient,
         heartbeat_interval: float,
         heartbeat: _HeartbeatCall | None = None,
+        run_time: _RunTime | None = None,
     ) -> None:
         self.job = job
         self.job_id = job.id
@@ -164,6 +173,12 @@ class JobContext:
         self._heartbeat_lock = asyncio.Lock()
         self._lease_lost = False
         self._handler_task: asyncio.Task[None] | None = None
+        # On this process's monotonic clock: until when the lease surely holds (jobsd gives three heartbeat
+        # intervals from each heartbeat), and when the run time runs out.
+        self._lease_until = time.monotonic() + 3 * heartbeat_interval
+        self._run_time = run_time
+        self._deadline = None if run_time is None else time.monotonic() + run_time.left
+        self._ran_out_of_time = False
 
     def __repr__(self) -> str:
         return f"JobContext(job_id={self.job_id!r}, kind={self.kind!r}, worker_id={self.worker_id!r})"
@@ -176,6 +191,17 @@ class JobContext:
     async def wait_cancel_requested(self) -> None:
         """Return when a cancel has been requested (learned on a heartbeat, within one heartbeat period)."""
         await self._cancel_requested.wait()
+
+    @property
+    def time_left(self) -> float | None:
+        """Seconds of run time the job has left; None when it has no limit.
+
+        The limit is the kind's in jobsd, or this worker's (`Worker(time_limits=...)`), whichever ends first. When
+        it reaches 0 the handler is cancelled and the job ends in error.
+        """
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
 
     @property
     def lease_lost(self) -> bool:
@@ -219,6 +245,7 @@ class JobContext:
             if self._lease_lost:
                 return
             update, fields = self._figures.take()
+            sent_at = time.monotonic()
             try:
                 response = await self._send_heartbeat(update)
             except (FailedPrecondition, NotFound) as exc:
@@ -233,6 +260,7 @@ class JobContext:
             except BaseException:
                 self._figures.restore(fields)
                 raise
+            self._lease_until = sent_at + 3 * self._heartbeat_interval
         if response.cancel_requested and not self._cancel_requested.is_set():
             _log.info("job %s: cancel requested", self.job_id, extra={"job_id": self.job_id})
             self._cancel_requested.set()
@@ -259,6 +287,49 @@ class JobContext:
         while not self._lease_lost:
             await asyncio.sleep(self._heartbeat_interval)
             await self._heartbeat()
+            if not self._lease_lost and time.monotonic() >= self._lease_until:
+                # jobsd has requeued (or ended) the job by now: stop working on it.
+                self._lose_lease(f"no heartbeat reached jobsd for {3 * self._heartbeat_interval:g} s")
+
+    def _run_out_of_time(self) -> None:
+        """The run time is up: cancel the handler (the job then finishes as error)."""
+        self._ran_out_of_time = True
+        _log.warning("job %s: %s; stopping it", self.job_id, self._run_time_error(), extra={"job_id": self.job_id})
+        if self._handler_task is not None and not self._handler_task.done():
+            self._handler_task.cancel()
+
+    def _run_time_error(self) -> str:
+        run_time = self._run_time
+        assert run_time is not None
+        if run_time.from_jobsd:
+            # As jobsd says it when its sweep ends the job (whichever of the two gets there first).
+            return (
+                f"Job exceeded the run-time limit of {run_time.limit:g} s for {self.kind} jobs "
+                "(time_limit_seconds; JOBSD_TIME_LIMITS)"
+            )
+        return f"Job exceeded the run-time limit of {run_time.limit:g} s this worker sets for {self.kind} jobs"
+
+
+class _RunTime:
+    """The run-time limit a job runs under: `left` seconds of `limit`, set by jobsd (the kind's) or the worker."""
+
+    __slots__ = ("from_jobsd", "left", "limit")
+
+    def __init__(self, limit: float, left: float, from_jobsd: bool) -> None:
+        self.limit = limit
+        self.left = left
+        self.from_jobsd = from_jobsd
+
+    @classmethod
+    def for_claim(cls, claimed: pb.ClaimJobResponse, local_limit: float | None) -> _RunTime | None:
+        """The tighter of what the claim says is left of the kind's limit and the worker's own limit."""
+        limits: list[_RunTime] = []
+        if claimed.HasField("run_seconds_left"):
+            limit = claimed.time_limit_seconds if claimed.HasField("time_limit_seconds") else claimed.run_seconds_left
+            limits.append(cls(limit, claimed.run_seconds_left, True))
+        if local_limit is not None:
+            limits.append(cls(local_limit, local_limit, False))
+        return min(limits, key=lambda run_time: run_time.left, default=None)
 
 
 Handler = Callable[[JobContext], Awaitable[None]]
@@ -390,7 +461,11 @@ def _default_worker_id() -> str:
 
 
 class Worker:
-    """Claims jobs of the handled kinds (long-poll), runs up to `concurrency` at once, until `stop()`."""
+    """Claims jobs of the handled kinds (long-poll), runs up to `concurrency` at once, until `stop()`.
+
+    `time_limits`: seconds a job of a kind may run on this worker (`{"query": 300}`), enforced by the worker on
+    top of the kind's run-time limit in jobsd (each claim says what is left of it): whichever ends first stops it.
+    """
 
     def __init__(
         self,
@@ -403,6 +478,7 @@ class Worker:
         wait_seconds: float = 5.0,
         channel: grpc.aio.Channel | None = None,
         protocol: str = "auto",
+        time_limits: Mapping[str, float] | None = None,
     ) -> None:
         if not handlers:
             raise InvalidArgument.for_field("handlers", "at least one kind -> handler is required")
@@ -415,6 +491,11 @@ class Worker:
             raise InvalidArgument.for_field("wait_seconds", f"must be between 0 and 60, got {wait_seconds}")
         if protocol not in PROTOCOLS:
             raise InvalidArgument.for_field("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        for kind, seconds in (time_limits or {}).items():
+            if not seconds > 0:
+                raise InvalidArgument.for_field("time_limits", f"{kind}: must be more than 0 seconds, got {seconds!r}")
+        # Run-time limits per kind this worker enforces itself (jobsd's own, sent with each claim, apply too).
+        self._time_limits = dict(time_limits or {})
         self._protocol = protocol
         self._concurrency = concurrency
         # v2: slots held by jobs assigned and not yet given back (the rest are free).
@@ -530,6 +611,10 @@ class Worker:
                 heartbeat_interval_seconds=assignment.heartbeat_interval_seconds,
             )
             claimed.lease_expires_at.CopyFrom(assignment.lease_expires_at)
+            if assignment.HasField("run_seconds_left"):
+                claimed.run_seconds_left = assignment.run_seconds_left
+            if assignment.HasField("time_limit_seconds"):
+                claimed.time_limit_seconds = assignment.time_limit_seconds
             task = asyncio.create_task(self._run_job(claimed, streamed=True), name=f"jobsd-worker-job-{claimed.job.id}")
             self._job_tasks.add(task)
             task.add_done_callback(self._job_tasks.discard)
@@ -609,6 +694,7 @@ class Worker:
             client=self._client,
             heartbeat_interval=claimed.heartbeat_interval_seconds or _DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat=self._heartbeat_call if streamed else None,
+            run_time=_RunTime.for_claim(claimed, self._time_limits.get(job.kind)),
         )
         if not streamed:
             ctx._slot_returned = True  # v1 slots are the semaphore's
@@ -641,7 +727,10 @@ class Worker:
         _log.info("job %s (%s): started", ctx.job_id, ctx.kind, extra={"job_id": ctx.job_id})
         heartbeat_task = asyncio.create_task(ctx._heartbeat_forever(), name=f"jobsd-heartbeat-{ctx.job_id}")
         try:
-            await asyncio.wait({handler_task})
+            await asyncio.wait({handler_task}, timeout=ctx.time_left)
+            if not handler_task.done():
+                ctx._run_out_of_time()
+                await asyncio.wait({handler_task})
         finally:
             # Also reached if this task itself is cancelled: nothing is left running behind it.
             for task in (handler_task, heartbeat_task):
@@ -653,6 +742,10 @@ class Worker:
         if ctx.lease_lost:
             # The job belongs to someone else now (requeued or ended by the server): leave it alone.
             _log.warning("job %s: not finishing, its lease was lost", ctx.job_id, extra={"job_id": ctx.job_id})
+            return
+        if ctx._ran_out_of_time:
+            # Before `released`: a job out of run time is not given back to the queue to run out again.
+            await self._finish(ctx, status=pb.JOB_STATUS_ERROR, error=ctx._run_time_error())
             return
         if running.released:
             await self._finish(ctx, release=True)

@@ -268,6 +268,9 @@ class LocalWorkersApi:
                 lease_token=claim.lease_token, heartbeat_interval_seconds=claim.heartbeat_interval.total_seconds()
             )
             head.lease_expires_at.FromMicroseconds(to_micros(claim.lease_expires_at))
+            if claim.time_limit is not None and claim.run_time_left is not None:
+                head.time_limit_seconds = claim.time_limit.total_seconds()
+                head.run_seconds_left = max(0.0, claim.run_time_left.total_seconds())
             job = claim.job
             body = head.SerializeToString() + length_delimited(1, self._codec(job)) + claimed_url_patch(job)
             parts.append(length_delimited(1, body))
@@ -306,6 +309,9 @@ class LocalWorkersApi:
             lease_token=claim.lease_token, heartbeat_interval_seconds=claim.heartbeat_interval.total_seconds()
         )
         response.lease_expires_at.FromMicroseconds(to_micros(claim.lease_expires_at))
+        if claim.time_limit is not None and claim.run_time_left is not None:
+            response.time_limit_seconds = claim.time_limit.total_seconds()
+            response.run_seconds_left = max(0.0, claim.run_time_left.total_seconds())
         # Serialised messages concatenate as a merge: the rest of the response, then field 1 (job) as stored.
         job = claim.job
         return response.SerializeToString() + list_response_bytes([self._codec(job)], "") + claimed_url_patch(job)

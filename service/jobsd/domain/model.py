@@ -145,6 +145,9 @@ class Job:
     error: str | None = None
     errors: tuple[str, ...] = ()
     attempt: int = 0
+    # Times the job went back to the queue unfinished: its lease lapsed, or its worker released it (a graceful
+    # stop). Bounded by the service's max_returns (JOBSD_MAX_RETURNS), so a job that keeps coming back ends.
+    returns: int = 0
     worker_id: str | None = None
     lease_token: str | None = None
     lease_expires_at: datetime | None = None

@@ -26,8 +26,9 @@ class Action(enum.StrEnum):
     FINISH_ERROR = "finish_error"  # the worker failed
     FINISH_CANCELLED = "finish_cancelled"  # the worker stopped after a cancel request
     RELEASE = "release"  # the worker shuts down gracefully and gives the job back
+    RELEASE_EXHAUSTED = "release_exhausted"  # ... but the job has come back to the queue too often already
     LEASE_REQUEUE = "lease_requeue"  # the lease lapsed; attempts are left
-    LEASE_EXHAUSTED = "lease_exhausted"  # the lease lapsed; no attempts are left
+    LEASE_EXHAUSTED = "lease_exhausted"  # the lease lapsed; no attempts (or returns) are left
     RUN_TIME_EXCEEDED = "run_time_exceeded"  # it ran past its kind's run-time limit
 
 
@@ -42,6 +43,7 @@ TRANSITIONS: dict[tuple[JobStatus, Action], JobStatus] = {
     (JobStatus.WORKING, Action.FINISH_DONE): JobStatus.DONE,
     (JobStatus.WORKING, Action.FINISH_ERROR): JobStatus.ERROR,
     (JobStatus.WORKING, Action.RELEASE): JobStatus.WAITING,
+    (JobStatus.WORKING, Action.RELEASE_EXHAUSTED): JobStatus.ERROR,
     (JobStatus.WORKING, Action.LEASE_REQUEUE): JobStatus.WAITING,
     (JobStatus.WORKING, Action.LEASE_EXHAUSTED): JobStatus.ERROR,
     (JobStatus.WORKING, Action.RUN_TIME_EXCEEDED): JobStatus.ERROR,
@@ -49,6 +51,7 @@ TRANSITIONS: dict[tuple[JobStatus, Action], JobStatus] = {
     (JobStatus.CANCELLING, Action.FINISH_ERROR): JobStatus.ERROR,
     (JobStatus.CANCELLING, Action.FINISH_CANCELLED): JobStatus.CANCELLED,
     (JobStatus.CANCELLING, Action.RELEASE): JobStatus.CANCELLED,  # a cancelling job handed back is simply cancelled
+    (JobStatus.CANCELLING, Action.RELEASE_EXHAUSTED): JobStatus.CANCELLED,
     (
         JobStatus.CANCELLING,
         Action.LEASE_REQUEUE,
@@ -116,8 +119,9 @@ def transition(
             worker_id=None,
             lease_token=None,
             lease_expires_at=None,
-            # A graceful release does not use up an attempt; a lapsed lease does.
+            # A graceful release does not use up an attempt; a lapsed lease does. Both are a return.
             attempt=job.attempt - 1 if action is Action.RELEASE else job.attempt,
+            returns=job.returns + 1,
             expires_at=max(job.created_at + retention, now + LINGER_AFTER_END),
         )
     elif target is JobStatus.CANCELLING:

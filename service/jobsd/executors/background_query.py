@@ -5,12 +5,13 @@ Job fields: params `sql` (one SELECT; `query_sql` is used when params.sql is abs
 cannot be taken by one), for as long as the job is visible (the runner prunes older results). Figures:
 `statistics` = rows returned and the result's size in bytes (the same uncompressed measure as data sources),
 `result` = {"table", "columns": [{name, type}], "row_count", "preview": first rows}.
-A worker shutdown interrupts the query; it is not cancellable by users while working (docs/contract.md#the-job).
+The running statement is interrupted when the job is stopped — its run-time limit, a lost lease, a worker
+shutdown — or cancelled (a `query` job is not cancellable by users while working, docs/contract.md#the-job; a
+declared kind running this executor may be).
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import decimal
 import threading
@@ -23,6 +24,7 @@ from jobsd.executors.abortable import Interrupted, run_interruptible
 from jobsd.executors.coltypes import type_from_duckdb
 from jobsd.executors.context import ExecutionContext, JobInput
 from jobsd.executors.dataplane import DataPlane, Session, TableStats
+from jobsd.executors.errors import ExecutionCancelled
 
 __all__ = ["PREVIEW_ROWS", "result_table_name", "run_query"]
 
@@ -82,16 +84,17 @@ def _query(session: Session, stopping: threading.Event, job: JobInput, sql: str)
 async def run_query(ctx: ExecutionContext, plane: DataPlane) -> None:
     job = JobInput.of(ctx)
     sql = job.text_param("sql", required=True, fallback=job.query_sql)
-    stats, result = await run_interruptible(
-        plane, job.workspace, lambda session, stopping: _query(session, stopping, job, sql), _never
-    )
+    try:
+        stats, result = await run_interruptible(
+            plane,
+            job.workspace,
+            lambda session, stopping: _query(session, stopping, job, sql),
+            ctx.wait_cancel_requested,
+        )
+    except Interrupted:
+        raise ExecutionCancelled from None
     ctx.report(
         progress_percentage=100.0,
         statistics={"bytes": stats.bytes, "row_count": stats.row_count},
         result=result,
     )
-
-
-async def _never() -> None:
-    # Users cannot cancel a working query job; only a worker shutdown (task cancellation) interrupts it.
-    await asyncio.Event().wait()

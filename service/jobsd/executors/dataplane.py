@@ -51,6 +51,7 @@ from jobsd.domain.model import datasource_id_for
 from jobsd.errors import AlreadyExists, InvalidArgument, NotFound
 from jobsd.executors.coltypes import Column, ColumnType, parse_column_type, type_from_duckdb
 from jobsd.executors.errors import ExecutionFailed
+from jobsd.executors.limits import LimitExceeded, PlaneLimits, format_bytes
 from jobsd.executors.sqlcheck import TableName, check_expression, check_query
 from jobsd.executors.sqltext import NAME_PATTERN, describe_duckdb_error, quote_ident
 
@@ -379,7 +380,9 @@ class Session:
 
     def sql_failure(self, error: BaseException, field: str) -> ExecutionFailed:
         """The ExecutionFailed for a DuckDB error raised by user SQL (`field` names the job field that held it)."""
-        return ExecutionFailed(f"Invalid SQL in {field}: {self.plane.describe_error(error)}")
+        return self.plane.resource_failure(error) or ExecutionFailed(
+            f"Invalid SQL in {field}: {self.plane.describe_error(error)}"
+        )
 
     # -- the catalog
 
@@ -551,6 +554,7 @@ class DataPlane:
         threads: int = 6,
         max_open: int = DEFAULT_MAX_OPEN_WORKSPACES,
         legacy_file: Path | None = None,
+        limits: PlaneLimits | None = None,
     ) -> None:
         if max_open < 1:
             raise ValueError("max_open must be at least 1")
@@ -558,12 +562,27 @@ class DataPlane:
         self.clock: Clock = clock or SystemClock()
         self.max_open = max_open
         self.legacy_file = legacy_file
+        self.limits = limits or PlaneLimits()
         self._threads = threads
+        # Files open at once: at most max_open idle ones, or one per plane thread while more are busy (see
+        # _close_idle_beyond_bound). Each gets an equal share of the plane's memory, so together they stay in it.
+        self.databases_open_at_most = max(max_open, threads)
+        self.memory_per_database = self.limits.memory_per_database(self.databases_open_at_most)
+        self._connect_config: dict[str, str | bool | int] = {
+            **_CONNECT_CONFIG,
+            "memory_limit": f"{self.memory_per_database}B",
+            "threads": self.limits.job_threads,
+            "max_temp_directory_size": f"{self.limits.job_temp_disk_bytes}B",
+        }
+        # lock_configuration last: after it, no statement can change a setting.
+        self._connect_config["lock_configuration"] = self._connect_config.pop("lock_configuration")
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._open: OrderedDict[str, _OpenWorkspace] = OrderedDict()
         self._opened_once: set[str] = set()
         self._write_locks: dict[str, threading.Lock] = {}
+        # Cursors of the sessions running now (what interrupt_all reaches).
+        self._active: set[duckdb.DuckDBPyConnection] = set()
         # Path prefixes never shown in an error: the root as given and as resolved.
         self._hidden = tuple(sorted({str(self.root), str(self.root.resolve())}, key=len, reverse=True))
 
@@ -592,7 +611,7 @@ class DataPlane:
         if self.legacy_file is not None and self.legacy_file.is_file():
             from jobsd.executors.migration import migrate_single_file
 
-            migrate_single_file(self.legacy_file, self.root)
+            migrate_single_file(self.legacy_file, self.root, self.limits.plane_memory_bytes)
 
     @property
     def open_workspaces(self) -> int:
@@ -618,13 +637,70 @@ class DataPlane:
             text = text.replace(hidden, "<data plane>")
         return text
 
-    async def close(self) -> None:
+    def interrupt_all(self) -> int:
+        """Interrupt every statement running on the plane now (DuckDB rolls each back); how many sessions ran."""
+        with self._lock:
+            cursors = list(self._active)
+        for cursor in cursors:
+            with contextlib.suppress(duckdb.Error):
+                cursor.interrupt()
+        return len(cursors)
+
+    def resource_failure(self, error: BaseException) -> LimitExceeded | None:
+        """For DuckDB running out of the memory or the temporary disk a workspace may use: the error that says
+        so and names the setting (None for any other error)."""
+        if not isinstance(error, duckdb.OutOfMemoryException):
+            return None
+        limits = self.limits
+        if "max_temp_directory_size" in str(error):
+            spill = format_bytes(limits.job_temp_disk_bytes)
+            return LimitExceeded(
+                f"The job ran out of temporary disk: its workspace may spill {spill} to disk while its statements run",
+                setting="JOBSD_JOB_TEMP_DISK_LIMIT",
+                value=limits.job_temp_disk_bytes,
+            )
+        return LimitExceeded(
+            f"The job ran out of memory: its workspace may use {format_bytes(self.memory_per_database)} of DuckDB "
+            f"memory (the least of JOBSD_JOB_MEMORY_LIMIT and an equal share of JOBSD_DATAPLANE_MEMORY_LIMIT="
+            f"{limits.plane_memory_bytes} among {self.databases_open_at_most} workspaces open at once)",
+            setting="JOBSD_JOB_MEMORY_LIMIT",
+            value=limits.job_memory_bytes,
+        )
+
+    async def close(self, give_up_after: float = 10.0) -> None:
+        """Refuse new work, interrupt what runs, and close every file. Idempotent.
+
+        Sessions still running are interrupted (again and again, as DuckDB forgets an interrupt between two
+        statements) until their threads return; after `give_up_after` seconds the plane stops waiting, says so, and
+        leaves the files still in use open (closing a connection under a running statement is not safe)."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, True)
+            pool.shutdown(wait=False, cancel_futures=True)
+            finished = threading.Event()
+
+            def wait_for_pool() -> None:
+                pool.shutdown(wait=True)
+                finished.set()
+
+            # A daemon thread waits for the pool, so that a thread that never returns cannot also hold up the
+            # event loop's default executor at exit.
+            threading.Thread(target=wait_for_pool, name="jobsd-dataplane-close", daemon=True).start()
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + give_up_after
+            while not finished.is_set():
+                if loop.time() >= give_up:
+                    _log.error(
+                        "data plane: %d statements still running %.0f s after the plane began to close; leaving them",
+                        self.interrupt_all(),
+                        give_up_after,
+                    )
+                    break
+                self.interrupt_all()
+                await asyncio.sleep(0.02)
         with self._lock:
-            entries = list(self._open.values())
-            self._open.clear()
+            entries = [entry for entry in self._open.values() if entry.users == 0]
+            for entry in entries:
+                del self._open[entry.workspace]
         for entry in entries:
             entry.conn.close()
 
@@ -637,7 +713,7 @@ class DataPlane:
             entry = self._open.get(workspace)
             if entry is None:
                 path = self.path_of(workspace)
-                conn = duckdb.connect(str(path), config=dict(_CONNECT_CONFIG))
+                conn = duckdb.connect(str(path), config=dict(self._connect_config))
                 try:
                     _prepare(conn, first_open=workspace not in self._opened_once)
                 except BaseException:
@@ -678,9 +754,13 @@ class DataPlane:
         if self._pool is None:
             raise RuntimeError("the data plane is closed")
         entry, cursor = self._acquire(workspace)
+        with self._lock:
+            self._active.add(cursor)
         try:
             return fn(Session(self, workspace, cursor))
         finally:
+            with self._lock:
+                self._active.discard(cursor)
             cursor.close()
             self._release(entry)
 
@@ -739,6 +819,9 @@ class DataPlane:
         parsed = tuple(c for c in columns if isinstance(c, Column))
         if not parsed or len(parsed) != len(columns):
             parsed = parse_columns(columns)
+        problem = self.limits.column_count_problem(len(parsed), "The schema")
+        if problem is not None:
+            raise InvalidArgument("schema", problem)
         return await self.run(
             workspace, lambda s: s.create(name, parsed, type=type, description=description, engine=engine)
         )

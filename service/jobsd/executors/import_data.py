@@ -19,20 +19,21 @@ from typing import cast
 import aiohttp
 
 from jobsd.domain.json_depth import DEFAULT_MAX_JSON_DEPTH
-from jobsd.executors.abortable import run_abortable
+from jobsd.executors.abortable import Interrupted, run_interruptible
 from jobsd.executors.context import ExecutionContext, JobInput
 from jobsd.executors.dataplane import DataPlane
-from jobsd.executors.errors import ExecutionFailed
+from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
+from jobsd.executors.limits import DEFAULT_IMPORT_LIMITS, ImportLimits
 from jobsd.executors.loader import ImportOutcome, ImportProgress, ImportRequest, Loader, Mode
 from jobsd.executors.outbound import ImportPolicy
-from jobsd.executors.sources import open_source
+from jobsd.executors.sources import ImportAborted, open_source
 
 __all__ = ["run_import"]
 
 _MODES = ("append", "replace", "create")
 
 
-def _request(job: JobInput, max_json_depth: int) -> tuple[ImportRequest, str]:
+def _request(job: JobInput, max_json_depth: int, limits: ImportLimits) -> tuple[ImportRequest, str]:
     name = job.require_datasource()
     mode = job.mode or "append"
     if mode not in _MODES:
@@ -46,6 +47,7 @@ def _request(job: JobInput, max_json_depth: int) -> tuple[ImportRequest, str]:
         format=job.text_param("format") or None,
         delimiter=job.text_param("dialect_delimiter") or None,
         max_json_depth=max_json_depth,
+        limits=limits,
     )
     if request.delimiter is not None and len(request.delimiter) != 1:
         raise ExecutionFailed(f"params.dialect_delimiter must be one character, got {request.delimiter!r}")
@@ -90,12 +92,13 @@ async def run_import(
     policy: ImportPolicy | None = None,
     http: aiohttp.ClientSession | None = None,
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+    limits: ImportLimits = DEFAULT_IMPORT_LIMITS,
 ) -> None:
     """Run one import job to the end; raises ExecutionFailed with a message for the user when it cannot.
 
     `policy` says what may be read (the default: no file, public addresses only); `http`, when given, must come
     from `outbound.client_session(policy)`."""
-    request, url = _request(JobInput.of(ctx), max_json_depth)
+    request, url = _request(JobInput.of(ctx), max_json_depth, limits)
     loop = asyncio.get_running_loop()
     abort = threading.Event()
 
@@ -103,11 +106,20 @@ async def run_import(
         # Called on the loader's thread; the context belongs to the event loop.
         loop.call_soon_threadsafe(_report_progress, ctx, progress)
 
-    async with open_source(url, abort=abort, policy=policy or ImportPolicy(), session=http) as source:
-        outcome = await run_abortable(
-            plane,
-            request.workspace,
-            lambda session: Loader(session, request, source, on_progress=on_progress, abort=abort).run(),
-            abort,
-        )
+    source_opened = open_source(url, abort=abort, policy=policy or ImportPolicy(), session=http, limits=limits)
+    try:
+        async with source_opened as source:
+            outcome = await run_interruptible(
+                plane,
+                request.workspace,
+                lambda session, stopping: Loader(
+                    session, request, source, on_progress=on_progress, abort=stopping
+                ).run(),
+                ctx.wait_cancel_requested,
+                stopping=abort,
+            )
+    except (Interrupted, ImportAborted):
+        # Only a cancel request gets here (a stopped task ends in CancelledError); imports of the built-in kind
+        # are not cancellable while working, but a declared kind running this executor may be.
+        raise ExecutionCancelled from None
     _report_outcome(ctx, outcome)

@@ -13,7 +13,7 @@ Later rows that do not fit the inferred types go to quarantine, like rows that d
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jobsd.executors.coltypes import Column, parse_column_type
@@ -23,6 +23,8 @@ from jobsd.executors.errors import ExecutionFailed
 __all__ = ["SAMPLE_RECORDS", "infer_csv_columns", "infer_ndjson_columns"]
 
 SAMPLE_RECORDS = 1000
+# ... or fewer, when their text passes this many bytes: the sample is held whole while the schema is decided.
+SAMPLE_BYTES = 4 * 1024 * 1024
 _INT64 = (-(2**63), 2**63 - 1)
 
 # (type, SQL that is TRUE when non-empty value `v` does NOT fit it), narrowest first.
@@ -78,11 +80,17 @@ def _json_kind(value: Any) -> str:
     return "nested"
 
 
-def infer_ndjson_columns(session: Session, objects: Sequence[Mapping[str, Any]]) -> list[Column]:
+def infer_ndjson_columns(
+    session: Session, objects: Sequence[Mapping[str, Any]], check_width: Callable[[int, str], None] | None = None
+) -> list[Column]:
+    """`check_width(count, what)` raises when the keys seen so far are more columns than a data source may have:
+    it is asked after every object, so a sample of wide objects stops at the first one that is too wide."""
     order: dict[str, set[str]] = {}
     for obj in objects:
         for key, value in obj.items():
             order.setdefault(key, set()).add(_json_kind(value))
+        if check_width is not None:
+            check_width(len(order), "The NDJSON sample")
     if not order:
         raise ExecutionFailed("The NDJSON objects have no keys: there are no columns to create")
     string_keys = [key for key, kinds in order.items() if kinds - {"null"} == {"str"}]

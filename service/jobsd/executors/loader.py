@@ -26,7 +26,8 @@ from jobsd.domain.json_depth import DEFAULT_MAX_JSON_DEPTH
 from jobsd.executors.coltypes import Column, ColumnType, type_from_duckdb
 from jobsd.executors.dataplane import STAGING_SCHEMA, DataSource, Session, TableStats
 from jobsd.executors.errors import ExecutionFailed
-from jobsd.executors.inference import SAMPLE_RECORDS, infer_csv_columns, infer_ndjson_columns
+from jobsd.executors.inference import SAMPLE_BYTES, SAMPLE_RECORDS, infer_csv_columns, infer_ndjson_columns
+from jobsd.executors.limits import DEFAULT_IMPORT_LIMITS, ImportLimits
 from jobsd.executors.records import (
     CsvRecords,
     Format,
@@ -60,6 +61,7 @@ class ImportRequest:
     format: str | None = None
     delimiter: str | None = None
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    limits: ImportLimits = DEFAULT_IMPORT_LIMITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +170,7 @@ class Loader:
 
     def _run(self) -> ImportOutcome:
         session, request = self._session, self._request
-        first, lines = peek_first_line(text_lines(self._source.reader))
+        first, lines = peek_first_line(text_lines(self._source.reader, request.limits))
         fmt = choose_format(request.format, self._source.path, first)
         if first is None:
             raise ExecutionFailed("The file is empty: there is nothing to import")
@@ -178,6 +180,8 @@ class Loader:
         target = session.find(request.datasource)
         if target is not None and request.mode == "create":
             raise ExecutionFailed(f'Data source "{request.datasource}" already exists (mode "create" makes a new one)')
+        if isinstance(reader, CsvRecords):
+            self._check_width(len(reader.header), "The CSV header")
         records: Iterator[Record | InvalidLine] = iter(reader)
         if target is not None:
             columns = [
@@ -226,14 +230,22 @@ class Loader:
                 f"{', '.join(unknown)} (its columns: {', '.join(c.name for c in columns)})"
             )
 
+    def _check_width(self, count: int, what: str) -> None:
+        problem = self._session.plane.limits.column_count_problem(count, what)
+        if problem is not None:
+            raise ExecutionFailed(problem)
+
     def _take_sample(self, records: Iterator[Record | InvalidLine]) -> list[Record | InvalidLine]:
+        """The first records, up to SAMPLE_RECORDS good ones or SAMPLE_BYTES of text (lines may be long)."""
         sample: list[Record | InvalidLine] = []
         good = 0
+        reader = self._source.reader
+        until = reader.bytes_decoded + SAMPLE_BYTES
         for item in records:
             sample.append(item)
             if not isinstance(item, InvalidLine):
                 good += 1
-                if good >= SAMPLE_RECORDS:
+                if good >= SAMPLE_RECORDS or reader.bytes_decoded > until:
                     break
         return sample
 
@@ -249,7 +261,7 @@ class Loader:
             )
         if isinstance(reader, CsvRecords):
             return infer_csv_columns(self._session, reader.header, good)
-        return infer_ndjson_columns(self._session, good)
+        return infer_ndjson_columns(self._session, good, check_width=self._check_width)
 
     def _create_staging(self, columns: list[Column]) -> None:
         typed = ", ".join(f"{quote_ident(c.name)} {c.type.duckdb}" for c in columns)
@@ -271,7 +283,8 @@ class Loader:
         reader = self._source.reader
         batch_lines: list[int] = []
         batch_values: list[list[str | None]] = []
-        batch_start = reader.bytes_read
+        # Batches are bounded by the text they hold (decompressed), not by what was transferred.
+        batch_start = reader.bytes_decoded
         for item in records:
             if isinstance(item, InvalidLine):
                 self._invalid += 1
@@ -281,11 +294,11 @@ class Loader:
             line, payload = item
             batch_lines.append(line)
             batch_values.append(payload if project is None else project(payload))
-            if len(batch_lines) >= BATCH_ROWS or reader.bytes_read - batch_start >= BATCH_BYTES:
+            if len(batch_lines) >= BATCH_ROWS or reader.bytes_decoded - batch_start >= BATCH_BYTES:
                 self._records += len(batch_lines)
                 self._flush(batch_lines, batch_values, plan, width)
                 batch_lines, batch_values = [], []
-                batch_start = reader.bytes_read
+                batch_start = reader.bytes_decoded
         self._records += len(batch_lines)
         self._flush(batch_lines, batch_values, plan, width)
 

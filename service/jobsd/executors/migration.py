@@ -99,11 +99,17 @@ def _copy_workspace(conn: duckdb.DuckDBPyConnection, workspace: str, target: Pat
         conn.execute("DETACH dest")
 
 
-def migrate_single_file(legacy_file: Path, root: Path) -> list[str]:
-    """Copy every workspace of `legacy_file` into `root/<id>.duckdb`; rename the old file; the workspaces moved."""
+def migrate_single_file(legacy_file: Path, root: Path, memory_limit_bytes: int | None = None) -> list[str]:
+    """Copy every workspace of `legacy_file` into `root/<id>.duckdb`; rename the old file; the workspaces moved.
+
+    `memory_limit_bytes`: DuckDB's memory limit for the copy (the plane's; DuckDB's own default is most of the
+    machine)."""
     from jobsd.executors.dataplane import validate_workspace_id
 
-    conn = duckdb.connect(":memory:")
+    config: dict[str, str | bool | int | float | list[str]] = {}
+    if memory_limit_bytes is not None:
+        config["memory_limit"] = f"{memory_limit_bytes}B"
+    conn = duckdb.connect(":memory:", config=config)
     try:
         conn.execute(f"ATTACH {_literal(str(legacy_file))} AS {_LEGACY} (READ_ONLY)")
         workspaces = _workspaces(conn)

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
@@ -36,6 +37,7 @@ from yarl import URL
 from jobsd.domain.redaction import redact_url
 from jobsd.errors import InvalidArgument
 from jobsd.executors.errors import ExecutionFailed
+from jobsd.executors.limits import DEFAULT_IMPORT_LIMITS, ImportLimits
 
 __all__ = [
     "DEFAULT_MAX_REDIRECTS",
@@ -64,6 +66,8 @@ _SPECIAL_PURPOSE = tuple(
     )
 )  # fmt: skip
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=120)
+# Encodings the import undoes itself (`sources`), counting and bounding every byte; never brotli or zstd.
+_ACCEPT_ENCODING = "gzip, deflate"
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -220,19 +224,33 @@ class PolicyResolver(AbstractResolver):
 
 
 def client_session(policy: ImportPolicy) -> aiohttp.ClientSession:
-    """An HTTP client for imports: it resolves through the policy and ignores proxy variables."""
+    """An HTTP client for imports: it resolves through the policy, ignores proxy variables and leaves the body
+    encoded (the import decodes it, within its limits)."""
     connector = aiohttp.TCPConnector(resolver=PolicyResolver(policy))
-    return aiohttp.ClientSession(connector=connector, timeout=_HTTP_TIMEOUT, trust_env=False)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=_HTTP_TIMEOUT,
+        trust_env=False,
+        auto_decompress=False,
+        headers={"Accept-Encoding": _ACCEPT_ENCODING},
+    )
 
 
-async def fetch(session: aiohttp.ClientSession, url: str, policy: ImportPolicy) -> aiohttp.ClientResponse:
+async def fetch(
+    session: aiohttp.ClientSession, url: str, policy: ImportPolicy, limits: ImportLimits = DEFAULT_IMPORT_LIMITS
+) -> aiohttp.ClientResponse:
     """GET `url`, following redirects ourselves so every hop is checked; the final response (not yet read).
 
+    Each hop's status and headers must arrive within the rate window (`limits.rate_window_seconds`), all of them
+    within the download's time limit; a hop that does not is a target that does not answer (the one message).
     `session` must come from `client_session(policy)`. The caller closes the response."""
     target = policy.check_url(url)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.timeout_seconds
     for _ in range(policy.max_redirects + 1):
         try:
-            response = await session.get(target, allow_redirects=False, timeout=_HTTP_TIMEOUT)
+            async with asyncio.timeout(min(deadline - loop.time(), limits.rate_window_seconds)):
+                response = await session.get(target, allow_redirects=False, timeout=_HTTP_TIMEOUT)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
             raise unreachable(url) from None
         if response.status not in _REDIRECTS:

@@ -9,9 +9,10 @@ there is no partition_by — each with a ULID in `queries[]` and a status waitin
 fails). For each query the source name, inside the SQL, means only that partition's rows: a temporary view of the
 same name shadows the table. `progress_percentage` = done / total * 100 as they finish.
 
-Cancellable between partitions: after each partition the executor flushes its figures (which also refreshes the
-cancel flag), and when a cancel was requested it stops with the finished partitions kept in the target, the
-remaining queries left "waiting" (as the reference shows them while cancelling), and the job ends CANCELLED.
+Cancellable while working: after each partition the executor flushes its figures (which also refreshes the
+cancel flag), and a cancel request interrupts the partition in flight (its transaction is rolled back). It stops
+with the finished partitions kept in the target, the remaining queries left "waiting" (as the reference shows
+them while cancelling), and the job ends CANCELLED.
 
 When partitions were written (done, or cancelled after some): `statistics` of the target, `result.written_rows`, and
 `result.datasource` = the target's full metadata object as it is then (the job detail's `datasource`).
@@ -21,11 +22,14 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import duckdb
 
 from jobsd.domain.clock import Clock
+from jobsd.executors.abortable import Interrupted, run_interruptible
 from jobsd.executors.context import ExecutionContext, JobInput
 from jobsd.executors.dataplane import DataPlane, DataSource, Session, TableStats, validate_datasource_name
 from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
@@ -35,6 +39,7 @@ from jobsd.executors.sqltext import quote_ident
 __all__ = ["MAX_PARTITIONS", "run_populate"]
 
 MAX_PARTITIONS = 1000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +150,20 @@ async def run_populate(ctx: ExecutionContext, plane: DataPlane, *, clock: Clock)
     source = _source_name(job)
     sql = job.text_param("sql", required=True, fallback=job.query_sql)
     partition_by = job.text_param("partition_by")
-    plan = await plane.run(job.workspace, lambda session: _plan(session, job, target, source, sql, partition_by))
+
+    def step(fn: Callable[[Session], T], *, cancellable: bool = False) -> Awaitable[T]:
+        """One step on the plane, its statement interrupted when the job is stopped (and, if `cancellable`, on a
+        cancel request: Interrupted)."""
+        cancel = ctx.wait_cancel_requested if cancellable else None
+        return run_interruptible(plane, job.workspace, lambda session, _: fn(session), cancel)
+
+    # Planning and creating the target are short; a cancel request is noticed after them, before a partition.
+    plan = await step(lambda session: _plan(session, job, target, source, sql, partition_by))
     try:
         queries = [{"query_id": new_query_id(clock), "status": "waiting"} for _ in range(plan.partitions)]
         ctx.report(queries=queries, progress_percentage=0.0)
         await ctx.flush()
-        await plane.run(job.workspace, lambda session: _ensure_target(session, plan))
+        await step(lambda session: _ensure_target(session, plan))
         written = 0
         for index, query in enumerate(queries):
             if ctx.cancel_requested:
@@ -160,7 +173,14 @@ async def run_populate(ctx: ExecutionContext, plane: DataPlane, *, clock: Clock)
             query["status"] = "working"
             ctx.report(queries=queries)
             try:
-                written += await plane.run(job.workspace, functools.partial(_run_partition, plan=plan, index=index))
+                written += await step(functools.partial(_run_partition, plan=plan, index=index), cancellable=True)
+            except Interrupted:
+                # The partition's transaction was rolled back: it is as if it had not started.
+                query["status"] = "waiting"
+                ctx.report(queries=queries)
+                if index:
+                    _report_target(ctx, *await plane.run(job.workspace, lambda s: _target_now(s, plan)), written)
+                raise ExecutionCancelled from None
             except Exception:
                 query["status"] = "error"
                 ctx.report(queries=queries)

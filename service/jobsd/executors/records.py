@@ -1,7 +1,8 @@
 """From a byte stream to records: text lines, the CSV and NDJSON readers, and which one a file needs.
 
 Everything here is a generator over bounded pieces: lines are cut from 256 KiB chunks, a line longer than
-`MAX_LINE_CHARS` stops the import (that is not a CSV or NDJSON file), and nothing holds more than one record.
+`JOBSD_IMPORT_MAX_LINE_BYTES` stops the import (that is not a CSV or NDJSON file), and nothing holds more than one
+record.
 Text is UTF-8 (a BOM is skipped); undecodable bytes become U+FFFD rather than failing the import.
 
 What counts as an invalid line (and so in `invalid_lines`, with its line number in `errors`):
@@ -26,10 +27,10 @@ from typing import Any, Literal
 
 from jobsd.domain.json_depth import DEFAULT_MAX_JSON_DEPTH, json_depth_within
 from jobsd.executors.errors import ExecutionFailed
+from jobsd.executors.limits import DEFAULT_IMPORT_LIMITS, ImportLimits
 from jobsd.executors.sources import ByteSource
 
 __all__ = [
-    "MAX_LINE_CHARS",
     "CsvRecords",
     "Format",
     "InvalidLine",
@@ -42,7 +43,6 @@ __all__ = [
 ]
 
 Format = Literal["csv", "ndjson"]
-MAX_LINE_CHARS = 16 * 1024 * 1024
 _DELIMITERS = (",", ";", "\t", "|")
 _FORMAT_NAMES: dict[str, Format] = {"csv": "csv", "tsv": "csv", "ndjson": "ndjson", "jsonl": "ndjson", "json": "ndjson"}
 
@@ -61,27 +61,50 @@ class InvalidLine:
         return f"line {self.line}: {self.problem}"
 
 
-def text_lines(source: ByteSource) -> Iterator[str]:
-    """The lines of the stream, each with its "\\n" (the last one may lack it)."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
-    pending = ""
+def text_lines(source: ByteSource, limits: ImportLimits = DEFAULT_IMPORT_LIMITS) -> Iterator[str]:
+    """The lines of the stream, each with its "\\n" (the last one may lack it); LimitExceeded as soon as a line
+    is longer than `limits.max_line_bytes` (its newline not counted), without holding more of it than that.
+
+    Lines are cut from the bytes (a "\\n" byte never occurs inside a UTF-8 character), so a line's length is
+    exact in bytes whatever it holds; each chunk's complete lines are then decoded at once."""
+    limit = limits.max_line_bytes
+    pending: list[bytes] = []  # the start of a line that continues in the next chunk
+    pending_bytes = 0
+    lines = 0
+    first = True
     while True:
         chunk = source.read()
-        text = decoder.decode(chunk, final=not chunk)
-        if text:
-            pieces = (pending + text).split("\n")
-            pending = pieces.pop()
-            for piece in pieces:
-                yield piece + "\n"
-            if len(pending) > MAX_LINE_CHARS:
-                raise ExecutionFailed(
-                    f"A line is longer than {MAX_LINE_CHARS // (1024 * 1024)} MiB: this does not look like a CSV "
-                    "or NDJSON file"
-                )
         if not chunk:
             break
+        if first:
+            first = False
+            chunk = chunk.removeprefix(codecs.BOM_UTF8)
+        parts = chunk.split(b"\n")
+        if len(parts) == 1:
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes > limit:
+                raise limits.line_too_long(lines + 1)
+            continue
+        if pending_bytes + len(parts[0]) > limit:
+            raise limits.line_too_long(lines + 1)
+        if len(parts) > 2 and max(map(len, parts[1:-1])) > limit:
+            longest = max(range(1, len(parts) - 1), key=lambda i: len(parts[i]))
+            raise limits.line_too_long(lines + 1 + longest)
+        rest = parts[-1]
+        if len(rest) > limit:
+            raise limits.line_too_long(lines + len(parts))
+        complete = chunk[: len(chunk) - len(rest)]
+        if pending:
+            complete = b"".join(pending) + complete
+        text = complete.decode("utf-8", "replace").split("\n")
+        text.pop()  # the empty string after the last newline
+        lines += len(text)
+        for line in text:
+            yield line + "\n"
+        pending, pending_bytes = ([rest], len(rest)) if rest else ([], 0)
     if pending:
-        yield pending
+        yield b"".join(pending).decode("utf-8", "replace")
 
 
 def choose_format(requested: str | None, path: str, first_line: str | None) -> Format:
@@ -139,10 +162,12 @@ class CsvRecords:
             if fields:
                 break
         names: list[str] = []
+        seen: set[str] = set()  # a set: a header of thousands of names must not take a quadratic look-up
         for index, raw in enumerate(fields):
             name = raw.strip() or f"column_{index:02d}"
-            if name in names:
+            if name in seen:
                 raise ExecutionFailed(f"The CSV header names column {name!r} twice")
+            seen.add(name)
             names.append(name)
         return names
 

@@ -29,12 +29,21 @@ from jobsd.executors.dataplane import DataPlane
 from jobsd.executors.delete_data import run_delete
 from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
 from jobsd.executors.import_data import run_import
+from jobsd.executors.limits import ImportLimits, PlaneLimits, format_bytes
 from jobsd.executors.outbound import ImportPolicy, client_session
 from jobsd.executors.populate_view import run_populate
 from jobsd.settings import Settings
 from jobsd_client.worker import Handler, JobCancelled, JobContext, JobFailed, Worker
 
-__all__ = ["DATAPLANE_DIR", "LEGACY_DATAPLANE_FILE", "ExecutorRunner", "data_dir_for", "import_policy_for"]
+__all__ = [
+    "DATAPLANE_DIR",
+    "LEGACY_DATAPLANE_FILE",
+    "ExecutorRunner",
+    "data_dir_for",
+    "import_limits_for",
+    "import_policy_for",
+    "plane_limits_for",
+]
 
 _log = logging.getLogger("jobsd.executors")
 # One DuckDB file per workspace in <data dir>/dataplane/; the older single file is migrated from.
@@ -73,6 +82,29 @@ def import_policy_for(settings: Settings, extra_state: Sequence[Path] = ()) -> I
     )
 
 
+def import_limits_for(settings: Settings) -> ImportLimits:
+    """The settings' limits on one import's source."""
+    return ImportLimits(
+        timeout_seconds=settings.import_timeout_seconds,
+        min_bytes_per_second=settings.import_min_bytes_per_second,
+        rate_window_seconds=settings.import_rate_window_seconds,
+        max_bytes=settings.import_max_bytes,
+        max_decompressed_bytes=settings.import_max_decompressed_bytes,
+        max_line_bytes=settings.import_max_line_bytes,
+    )
+
+
+def plane_limits_for(settings: Settings) -> PlaneLimits:
+    """The settings' limits on the data plane's DuckDB databases."""
+    return PlaneLimits(
+        job_memory_bytes=settings.job_memory_limit,
+        plane_memory_bytes=settings.dataplane_memory_limit,
+        job_threads=settings.job_threads,
+        job_temp_disk_bytes=settings.job_temp_disk_limit,
+        max_columns=settings.max_columns,
+    )
+
+
 def _adapt(kind: str, executor: Executor, plane: DataPlane) -> Handler:
     async def handle(ctx: JobContext) -> None:
         try:
@@ -82,6 +114,9 @@ def _adapt(kind: str, executor: Executor, plane: DataPlane) -> Handler:
         except ExecutionCancelled:
             raise JobCancelled() from None
         except duckdb.Error as error:
+            exceeded = plane.resource_failure(error)
+            if exceeded is not None:
+                raise JobFailed(exceeded.message) from None
             described = plane.describe_error(error)
             _log.warning("job %s (%s): data plane error: %s", ctx.job_id, kind, described, extra={"job_id": ctx.job_id})
             raise JobFailed(f"The data plane failed: {described}") from None
@@ -107,12 +142,14 @@ class ExecutorRunner:
         self.clock: Clock = clock or SystemClock()
         self.data_dir = data_dir_for(settings)
         self.import_policy = import_policy_for(settings)
+        self.import_limits = import_limits_for(settings)
         self.dataplane = DataPlane(
             self.data_dir / DATAPLANE_DIR,
             clock=self.clock,
-            threads=settings.executor_concurrency + 2,
+            threads=settings.dataplane_threads or settings.executor_concurrency + 2,
             max_open=settings.dataplane_max_open_workspaces,
             legacy_file=self.data_dir / LEGACY_DATAPLANE_FILE,
+            limits=plane_limits_for(settings),
         )
         self._token = token
         self._worker_id = worker_id
@@ -130,7 +167,12 @@ class ExecutorRunner:
 
         async def import_job(ctx: ExecutionContext) -> None:
             await run_import(
-                ctx, plane, policy=self.import_policy, http=self._http, max_json_depth=self.settings.max_json_depth
+                ctx,
+                plane,
+                policy=self.import_policy,
+                http=self._http,
+                max_json_depth=self.settings.max_json_depth,
+                limits=self.import_limits,
             )
 
         async def populate_job(ctx: ExecutionContext) -> None:
@@ -169,7 +211,13 @@ class ExecutorRunner:
         )
         self._task = asyncio.create_task(self._run(self._worker), name="jobsd-executors")
         self._pruner = asyncio.create_task(self._prune_results_forever(), name="jobsd-executors-prune")
-        _log.info("executors running against %s, data plane %s", self.target, self.dataplane.root)
+        _log.info(
+            "executors running against %s, data plane %s (%s of DuckDB memory per workspace, %d threads per job)",
+            self.target,
+            self.dataplane.root,
+            format_bytes(self.dataplane.memory_per_database),
+            self.dataplane.limits.job_threads,
+        )
 
     async def _run(self, worker: Worker) -> None:
         try:
@@ -214,4 +262,4 @@ class ExecutorRunner:
                 await self._task
         if self._http is not None:
             await self._http.close()
-        await self.dataplane.close()
+        await self.dataplane.close(give_up_after=self.settings.shutdown_margin_seconds / 2)

@@ -44,6 +44,7 @@ KNOWN_WORKSPACES_KEPT = 1_024
 INVALID_TOKEN = "invalid authentication token"
 # Jobs CreateJobs takes in one call unless the settings say otherwise (JOBSD_MAX_CREATE_BATCH).
 DEFAULT_MAX_CREATE_BATCH = 500
+DEFAULT_MAX_RETURNS = 5
 
 _Decide = Callable[[Job], Job]
 _Check = Callable[[Job], Awaitable[None] | None]
@@ -55,6 +56,10 @@ class Claim:
     lease_token: str
     lease_expires_at: datetime
     heartbeat_interval: timedelta
+    # The kind's run-time limit and what is left of it (from the job's first start); None: no limit. The worker
+    # stops the job when it runs out, without waiting for a heartbeat to be refused.
+    time_limit: timedelta | None = None
+    run_time_left: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +112,12 @@ class JobService:
         *,
         log_retention: timedelta = timedelta(days=30),
         max_create_batch: int = DEFAULT_MAX_CREATE_BATCH,
+        max_returns: int = DEFAULT_MAX_RETURNS,
     ) -> None:
         self.store = store
         self.max_create_batch = max_create_batch
+        # Times a job may go back to the queue unfinished (lapsed leases and releases); the next return ends it.
+        self.max_returns = max_returns
         self.clock = clock
         self.kinds = kinds
         self.hub = hub
@@ -549,8 +557,17 @@ class JobService:
             self.metrics.queued(job.kind, max(0.0, (now - job.created_at).total_seconds()))
             assert job.lease_token is not None
             assert job.lease_expires_at is not None
+            kind = self.kinds.get(job.kind)
+            deadline = kind.deadline(job)
             claims.append(
-                Claim(job, job.lease_token, job.lease_expires_at, self.kinds.get(job.kind).heartbeat_interval)
+                Claim(
+                    job,
+                    job.lease_token,
+                    job.lease_expires_at,
+                    kind.heartbeat_interval,
+                    time_limit=kind.time_limit,
+                    run_time_left=None if deadline is None else deadline - now,
+                )
             )
         return claims
 
@@ -665,11 +682,21 @@ class JobService:
         progress = None if item.progress.is_empty() else item.progress
 
         def decide(job: Job) -> Job:
-            return transition(
-                job, action, self.clock.now(), kind=self.kinds.get(job.kind), error=error, progress=progress
-            )
+            chosen, why = action, error
+            if action is Action.RELEASE and job.returns >= self.max_returns:
+                chosen, why = Action.RELEASE_EXHAUSTED, self._returned_too_often(job, "its worker released it")
+            kind = self.kinds.get(job.kind)
+            return transition(job, chosen, self.clock.now(), kind=kind, error=why, progress=progress)
 
         return item.job_id, decide, check
+
+    def _returned_too_often(self, job: Job, how: str) -> str:
+        """The `error` of a job that came back once more than JOBSD_MAX_RETURNS allows."""
+        return (
+            f"Job came back to the queue {job.returns + 1} times without finishing ({how} this time; a lapsed "
+            f"lease or a release at a worker's shutdown each count): at most {self.max_returns} are allowed "
+            f"(JOBSD_MAX_RETURNS={self.max_returns})"
+        )
 
     # ------------------------------------------------------------------ watch (jobsd.service.watches)
 
@@ -694,6 +721,9 @@ class JobService:
             deadline = kind.deadline(job)
             if deadline is not None and now >= deadline:
                 action, error = Action.RUN_TIME_EXCEEDED, kind.run_time_error()
+            elif job.attempt < kind.max_attempts and job.returns >= self.max_returns:
+                action = Action.LEASE_EXHAUSTED
+                error = self._returned_too_often(job, f"its worker {job.worker_id or '?'} stopped heartbeating")
             else:
                 exhausted = job.attempt >= kind.max_attempts
                 action = Action.LEASE_EXHAUSTED if exhausted else Action.LEASE_REQUEUE

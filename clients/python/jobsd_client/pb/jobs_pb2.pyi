@@ -1093,9 +1093,16 @@ class ClaimJobResponse(_message.Message):
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    TIME_LIMIT_SECONDS_FIELD_NUMBER: _builtins.int
+    RUN_SECONDS_LEFT_FIELD_NUMBER: _builtins.int
     lease_token: _builtins.str
     heartbeat_interval_seconds: _builtins.float
     """How often to heartbeat to keep the lease."""
+    time_limit_seconds: _builtins.float
+    """The job kind's run-time limit, and what is left of it now (counted from the job's first start); unset: no
+    limit. When it runs out the worker stops the job (and jobsd ends it in ERROR).
+    """
+    run_seconds_left: _builtins.float
     @_builtins.property
     def job(self) -> Global___Job:
         """Unset when nothing was claimed within wait_seconds."""
@@ -1109,12 +1116,21 @@ class ClaimJobResponse(_message.Message):
         lease_token: _builtins.str = ...,
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         heartbeat_interval_seconds: _builtins.float = ...,
+        time_limit_seconds: _builtins.float | None = ...,
+        run_seconds_left: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "lease_expires_at", b"lease_expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_run_seconds_left", b"_run_seconds_left", "_time_limit_seconds", b"_time_limit_seconds", "job", b"job", "lease_expires_at", b"lease_expires_at", "run_seconds_left", b"run_seconds_left", "time_limit_seconds", b"time_limit_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "job", b"job", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_run_seconds_left", b"_run_seconds_left", "_time_limit_seconds", b"_time_limit_seconds", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "job", b"job", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token", "run_seconds_left", b"run_seconds_left", "time_limit_seconds", b"time_limit_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__run_seconds_left: _TypeAlias = _typing.Literal["run_seconds_left"]  # noqa: Y015
+    _WhichOneofArgType__run_seconds_left: _TypeAlias = _typing.Literal["_run_seconds_left", b"_run_seconds_left"]  # noqa: Y015
+    _WhichOneofReturnType__time_limit_seconds: _TypeAlias = _typing.Literal["time_limit_seconds"]  # noqa: Y015
+    _WhichOneofArgType__time_limit_seconds: _TypeAlias = _typing.Literal["_time_limit_seconds", b"_time_limit_seconds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__run_seconds_left) -> _WhichOneofReturnType__run_seconds_left | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__time_limit_seconds) -> _WhichOneofReturnType__time_limit_seconds | None: ...
 
 Global___ClaimJobResponse: _TypeAlias = ClaimJobResponse  # noqa: Y015
 
@@ -1422,8 +1438,13 @@ class Assignment(_message.Message):
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    TIME_LIMIT_SECONDS_FIELD_NUMBER: _builtins.int
+    RUN_SECONDS_LEFT_FIELD_NUMBER: _builtins.int
     lease_token: _builtins.str
     heartbeat_interval_seconds: _builtins.float
+    time_limit_seconds: _builtins.float
+    """As in ClaimJobResponse."""
+    run_seconds_left: _builtins.float
     @_builtins.property
     def job(self) -> Global___Job: ...
     @_builtins.property
@@ -1435,12 +1456,21 @@ class Assignment(_message.Message):
         lease_token: _builtins.str = ...,
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         heartbeat_interval_seconds: _builtins.float = ...,
+        time_limit_seconds: _builtins.float | None = ...,
+        run_seconds_left: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "lease_expires_at", b"lease_expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_run_seconds_left", b"_run_seconds_left", "_time_limit_seconds", b"_time_limit_seconds", "job", b"job", "lease_expires_at", b"lease_expires_at", "run_seconds_left", b"run_seconds_left", "time_limit_seconds", b"time_limit_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "job", b"job", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_run_seconds_left", b"_run_seconds_left", "_time_limit_seconds", b"_time_limit_seconds", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "job", b"job", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token", "run_seconds_left", b"run_seconds_left", "time_limit_seconds", b"time_limit_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__run_seconds_left: _TypeAlias = _typing.Literal["run_seconds_left"]  # noqa: Y015
+    _WhichOneofArgType__run_seconds_left: _TypeAlias = _typing.Literal["_run_seconds_left", b"_run_seconds_left"]  # noqa: Y015
+    _WhichOneofReturnType__time_limit_seconds: _TypeAlias = _typing.Literal["time_limit_seconds"]  # noqa: Y015
+    _WhichOneofArgType__time_limit_seconds: _TypeAlias = _typing.Literal["_time_limit_seconds", b"_time_limit_seconds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__run_seconds_left) -> _WhichOneofReturnType__run_seconds_left | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__time_limit_seconds) -> _WhichOneofReturnType__time_limit_seconds | None: ...
 
 Global___Assignment: _TypeAlias = Assignment  # noqa: Y015
 
