@@ -71,30 +71,39 @@ def text_lines(source: ByteSource, limits: ImportLimits = DEFAULT_IMPORT_LIMITS)
     pending: list[bytes] = []  # the start of a line that continues in the next chunk
     pending_bytes = 0
     lines = 0
-    first = True
+    head: bytes | None = b""  # the stream's first bytes, until it is known whether they are a BOM (skipped)
     while True:
         chunk = source.read()
-        if not chunk:
+        ended = not chunk
+        if head is not None:
+            head += chunk
+            if len(head) < len(codecs.BOM_UTF8) and not ended:
+                continue
+            chunk, head = head.removeprefix(codecs.BOM_UTF8), None
+        if ended and not chunk:
             break
-        if first:
-            first = False
-            chunk = chunk.removeprefix(codecs.BOM_UTF8)
-        parts = chunk.split(b"\n")
-        if len(parts) == 1:
+        if not chunk:
+            continue
+        first_newline = chunk.find(b"\n")
+        if first_newline < 0:
             pending.append(chunk)
             pending_bytes += len(chunk)
             if pending_bytes > limit:
                 raise limits.line_too_long(lines + 1)
             continue
-        if pending_bytes + len(parts[0]) > limit:
+        if pending_bytes + first_newline > limit:
             raise limits.line_too_long(lines + 1)
-        if len(parts) > 2 and max(map(len, parts[1:-1])) > limit:
-            longest = max(range(1, len(parts) - 1), key=lambda i: len(parts[i]))
-            raise limits.line_too_long(lines + 1 + longest)
-        rest = parts[-1]
+        last_newline = chunk.rfind(b"\n")
+        if len(chunk) > limit:
+            # Only a chunk longer than the limit can hold a whole line that is too long.
+            inner = chunk[first_newline + 1 : last_newline].split(b"\n")
+            too_long = next((i for i, part in enumerate(inner) if len(part) > limit), None)
+            if too_long is not None:
+                raise limits.line_too_long(lines + 2 + too_long)
+        rest = chunk[last_newline + 1 :]
         if len(rest) > limit:
-            raise limits.line_too_long(lines + len(parts))
-        complete = chunk[: len(chunk) - len(rest)]
+            raise limits.line_too_long(lines + chunk.count(b"\n", 0, last_newline + 1) + 1)
+        complete = chunk[: last_newline + 1]
         if pending:
             complete = b"".join(pending) + complete
         text = complete.decode("utf-8", "replace").split("\n")
