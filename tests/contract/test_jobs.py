@@ -46,6 +46,7 @@ async def test_every_field_survives_the_round_trip(store: JobStore) -> None:
         error="boom",
         errors=("e1", "e2"),
         attempt=2,
+        returns=4,
         worker_id="worker-9",
         lease_token="lease-9",
         lease_expires_at=T0 + timedelta(seconds=35, microseconds=999_999),
