@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from jobsd.api.codec import JobWireCodec
 from jobsd.api.local import LocalJobsApi, LocalWorkersApi
-from jobsd.api.servicers import JobsServicer, WorkersServicer, add_servicer
+from jobsd.api.servicers import GenericHandlersOnly, JobsServicer, WorkersServicer, add_servicer
 from jobsd.domain.auth import (
     ADMIN,
     JOBS_CREATE,
@@ -160,10 +160,12 @@ class JobsdApp:
         server = grpc.aio.server(options=grpc_server_options(self.settings))
         add_servicer(server, "Jobs", JobsServicer(self.api, self.metrics))
         add_servicer(server, "Workers", WorkersServicer(self.workers_api, self.metrics))
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        # Generic handlers only (see add_servicer): every registered method costs every call a wait on its request.
+        generic_only: Any = GenericHandlersOnly(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, generic_only)
         reflection.enable_server_reflection(
             (*_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
+            generic_only,
         )
         host, port = split_addr("grpc_addr", self.settings.grpc_addr)
         self.grpc_port = server.add_insecure_port(f"{host}:{port}")

@@ -127,33 +127,54 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
 
 
 def job_to_pb(job: Job, kinds: KindRegistry = BUILTIN_KINDS) -> pb.Job:
-    """The job as a message; `kinds` decides the derived `is_cancellable`."""
+    """The job as a message; `kinds` decides the derived `is_cancellable`.
+
+    Every write encodes its job once (the stored wire), so sub-messages are filled in place (`FromMicroseconds`,
+    `Struct.update`, `SetInParent`) rather than built apart and copied in: the same bytes, fewer objects."""
     msg = pb.Job(
         id=job.id,
         workspace_id=job.workspace_id,
         kind=job.kind,
         status=STATUS_TO_PB[job.status],
-        created_at=_ts(job.created_at),
-        updated_at=_ts(job.updated_at),
         is_cancellable=kinds.is_cancellable(job),
         revision=job.revision,
         progress_percentage=job.progress_percentage,
-        queries=[pb.QueryProgress(query_id=q.query_id, status=q.status) for q in job.queries],
         quarantine_rows=job.quarantine_rows,
         invalid_lines=job.invalid_lines,
-        errors=[scrub(text, job.url) for text in job.errors] if job.url else list(job.errors),
         attempt=job.attempt,
         concurrency_key=job.concurrency_key,
     )
+    msg.created_at.FromMicroseconds(to_micros(job.created_at))
+    msg.updated_at.FromMicroseconds(to_micros(job.updated_at))
+    if job.queries:
+        add_query = msg.queries.add
+        for q in job.queries:
+            add_query(query_id=q.query_id, status=q.status)
+    if job.errors:
+        msg.errors.extend([scrub(text, job.url) for text in job.errors] if job.url else job.errors)
     if job.started_at is not None:
-        msg.started_at.CopyFrom(_ts(job.started_at))
+        msg.started_at.FromMicroseconds(to_micros(job.started_at))
     if job.datasource is not None:
-        msg.datasource_ref.CopyFrom(pb.DataSourceRef(id=job.datasource_id or "", name=job.datasource_name or ""))
-        msg.datasource.CopyFrom(_struct(job.datasource))
-    for name in ("pipe_id", "pipe_name", "query_id", "query_sql", "mode", "import_id", "worker_id"):
-        value = getattr(job, name)
-        if value is not None:
-            setattr(msg, name, value)
+        ref = msg.datasource_ref
+        ref.SetInParent()
+        ref.id = job.datasource_id or ""
+        ref.name = job.datasource_name or ""
+        msg.datasource.SetInParent()
+        msg.datasource.update(job.datasource)
+    if job.pipe_id is not None:
+        msg.pipe_id = job.pipe_id
+    if job.pipe_name is not None:
+        msg.pipe_name = job.pipe_name
+    if job.query_id is not None:
+        msg.query_id = job.query_id
+    if job.query_sql is not None:
+        msg.query_sql = job.query_sql
+    if job.mode is not None:
+        msg.mode = job.mode
+    if job.import_id is not None:
+        msg.import_id = job.import_id
+    if job.worker_id is not None:
+        msg.worker_id = job.worker_id
     # An import URL is shown without its credentials, and so is anything a worker wrote that repeats them. The
     # worker running the import gets the real URL in its claim (`claimed_url_patch`), nowhere else.
     if job.url is not None:
@@ -163,23 +184,24 @@ def job_to_pb(job: Job, kinds: KindRegistry = BUILTIN_KINDS) -> pb.Job:
     if job.idempotency_key is not None:
         msg.idempotency_key = job.idempotency_key
     if job.statistics is not None:
-        msg.statistics.CopyFrom(pb.Statistics(bytes=job.statistics.bytes, row_count=job.statistics.row_count))
+        stats = msg.statistics
+        stats.SetInParent()
+        stats.bytes = job.statistics.bytes
+        stats.row_count = job.statistics.row_count
     if job.processed_data is not None:
         p = job.processed_data
-        msg.processed_data.CopyFrom(
-            pb.ProcessedData(
-                read_rows=p.read_rows,
-                read_bytes=p.read_bytes,
-                written_rows=p.written_rows,
-                written_bytes=p.written_bytes,
-            )
-        )
+        data = msg.processed_data
+        data.SetInParent()
+        data.read_rows = p.read_rows
+        data.read_bytes = p.read_bytes
+        data.written_rows = p.written_rows
+        data.written_bytes = p.written_bytes
     if job.lease_expires_at is not None:
-        msg.lease_expires_at.CopyFrom(_ts(job.lease_expires_at))
+        msg.lease_expires_at.FromMicroseconds(to_micros(job.lease_expires_at))
     if job.params:
-        msg.params.CopyFrom(_struct(job.params))
+        msg.params.update(job.params)
     if job.result:
-        msg.result.CopyFrom(_struct(job.result))
+        msg.result.update(job.result)
     return msg
 
 

@@ -9,11 +9,10 @@ revision, so racing cancel / finish / lease expiry produce exactly one outcome.
 from __future__ import annotations
 
 import enum
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from jobsd.domain.kinds import KindSpec
-from jobsd.domain.model import RUNNING_STATUSES, Job, JobStatus, Progress
+from jobsd.domain.model import RUNNING_STATUSES, Job, JobStatus, Progress, evolve
 from jobsd.errors import FailedPrecondition
 
 __all__ = ["TRANSITIONS", "Action", "apply_progress", "transition"]
@@ -98,8 +97,9 @@ def transition(
     ):
         raise _refuse(job, action, kind)
     retention = kind.retention
-    moved = job if progress is None else _with_progress(job, progress)
-    changes: dict[str, object] = {
+    # One new job for the whole move (progress included), not one per step.
+    changes: dict[str, object] = {} if progress is None else _progress_changes(progress)
+    changes |= {
         "status": target,
         "updated_at": now,
         "revision": job.revision + 1,
@@ -137,19 +137,21 @@ def transition(
             changes.update(cancel_requested_at=now)
         if target is JobStatus.ERROR:
             changes.update(error=error or job.error or "Job failed")
-        if target is JobStatus.DONE and job.kind in ("populateview", "copy") and not moved.queries:
+        queries = changes.get("queries", job.queries)
+        if target is JobStatus.DONE and job.kind in ("populateview", "copy") and not queries:
             changes.update(progress_percentage=100.0)
-    return replace(moved, **changes)  # type: ignore[arg-type]
+    return evolve(job, **changes)
 
 
 def apply_progress(job: Job, progress: Progress, now: datetime) -> Job:
     """A progress-only change: same status, revision + 1. Only a running job takes progress."""
     if job.status not in RUNNING_STATUSES:
         raise FailedPrecondition(f"Job {job.id} is {job.status.value}; progress is only taken while it runs")
-    return replace(_with_progress(job, progress), revision=job.revision + 1)
+    return evolve(job, **_progress_changes(progress), revision=job.revision + 1)
 
 
-def _with_progress(job: Job, p: Progress) -> Job:
+def _progress_changes(p: Progress) -> dict[str, object]:
+    """The fields `p` sets on a job."""
     changes: dict[str, object] = {}
     if p.queries is not None:
         changes["queries"] = p.queries
@@ -170,4 +172,4 @@ def _with_progress(job: Job, p: Progress) -> Job:
         changes["result"] = p.result
     if p.errors is not None:
         changes["errors"] = p.errors
-    return replace(job, **changes) if changes else job  # type: ignore[arg-type]
+    return changes

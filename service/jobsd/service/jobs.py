@@ -13,14 +13,14 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from jobsd.domain.auth import Principal, hash_token
 from jobsd.domain.clock import Clock, to_micros
 from jobsd.domain.filters import JobFilter
 from jobsd.domain.kinds import KindRegistry, KindSpec
-from jobsd.domain.model import Job, JobStatus, LogEntry, Progress, Workspace, datasource_id_for
+from jobsd.domain.model import Job, JobStatus, LogEntry, Progress, Workspace, datasource_id_for, evolve
 from jobsd.domain.rules import is_visible
 from jobsd.domain.states import Action, apply_progress, transition
 from jobsd.domain.validation import NewJob, validate_new_job
@@ -531,7 +531,7 @@ class JobService:
         def claim(job: Job) -> Job:
             kind = self.kinds.get(job.kind)
             # The lease is measured on the job as started (a first claim starts its run-time clock now).
-            started = job if job.started_at is not None else replace(job, started_at=now)
+            started = job if job.started_at is not None else evolve(job, started_at=now)
             return transition(
                 job,
                 Action.CLAIM,
@@ -631,7 +631,7 @@ class JobService:
 
         def decide(job: Job) -> Job:
             now = self.clock.now()
-            return replace(
+            return evolve(
                 apply_progress(job, progress, now), lease_expires_at=self.kinds.get(job.kind).lease_until(job, now)
             )
 
