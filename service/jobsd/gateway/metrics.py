@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -13,6 +14,8 @@ __all__ = ["GatewayMetrics", "metrics_middleware"]
 
 # A route the router did not match (404s, probes of random paths): one label value, not one per path.
 _UNMATCHED = "unmatched"
+# Labelled children remembered per metric (see GatewayMetrics.record).
+_CHILDREN_KEPT = 1_024
 
 
 class GatewayMetrics:
@@ -43,6 +46,26 @@ class GatewayMetrics:
             "Server-Sent Event streams currently open",
             registry=registry,
         )
+        # Labelled children by label values (`labels()` is a lock and a tuple check per call, twice per request).
+        # Routes are the router's canonical paths (or one "unmatched"); a client can still send any method
+        # token, so each map is emptied when it reaches _CHILDREN_KEPT.
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
+
+    def record(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered request."""
+        counted = self._counted.get((route, method, status))
+        if counted is None:
+            if len(self._counted) >= _CHILDREN_KEPT:
+                self._counted.clear()
+            counted = self._counted[(route, method, status)] = self.requests.labels(route, method, str(status))
+        counted.inc()
+        timed = self._timed.get((route, method))
+        if timed is None:
+            if len(self._timed) >= _CHILDREN_KEPT:
+                self._timed.clear()
+            timed = self._timed[(route, method)] = self.latency.labels(route, method)
+        timed.observe(seconds)
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry) -> GatewayMetrics:
@@ -67,8 +90,6 @@ def metrics_middleware(metrics: GatewayMetrics) -> Middleware:
             status = response.status
             return response
         finally:
-            route = _route_label(request)
-            metrics.requests.labels(route, request.method, str(status)).inc()
-            metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+            metrics.record(_route_label(request), request.method, status, time.perf_counter() - started)
 
     return record
