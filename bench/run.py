@@ -271,11 +271,22 @@ async def lifecycle_v2_window(
     creates = [
         c.unary_unary("/jobsd.v1.Jobs/CreateJobs", request_serializer=None, response_deserializer=None) for c in chans
     ]
-    create_body = pb.CreateJobsRequest(
-        jobs=[pb.CreateJobRequest(workspace_id=ws, kind="query", query_sql="SELECT 1")] * batch
-    ).SerializeToString()
+    # Copy jobs on more targets than there are slots (a copy's concurrency key is its target), as the v1 load
+    # does: every queued job stays claimable, so the figure measures the server's cost per job, not a concurrency
+    # limit (a `query` job's is 4 per workspace, and jobs a closed window left working held those 4 until their
+    # leases lapsed — a window could then assign nothing).
+    targets = 2 * phase.concurrency
+    bodies = []
+    for b in range(targets // batch + 1):
+        items = []
+        for k in range(batch):
+            item = pb.CreateJobRequest(workspace_id=ws, kind="copy", query_sql="SELECT 1", mode="append")
+            item.datasource.update({"name": f"bench_v2_target_{(b * batch + k) % targets}"})
+            items.append(item)
+        bodies.append(pb.CreateJobsRequest(jobs=items).SerializeToString())
     latencies: list[float] = []
     counters = {"created": 0, "finished": 0, "settled": 0, "errors": 0}
+    settled = asyncio.Event()  # after stop: every job created in the window finished
     first_error: list[str] = []
     stop = asyncio.Event()
     slots = max(1, phase.concurrency // len(chans))
@@ -286,7 +297,13 @@ async def lifecycle_v2_window(
                 await asyncio.sleep(0.001)
                 continue
             counters["created"] += batch
-            await creates[c](create_body, metadata=md)
+            await creates[c](bodies[(counters["created"] // batch) % len(bodies)], metadata=md)
+
+    def let_go(leases: dict[str, str], job_id: str) -> None:
+        leases.pop(job_id, None)
+        counters["settled"] += 1
+        if stop.is_set() and counters["settled"] >= counters["created"]:
+            settled.set()
 
     async def work(c: int) -> None:
         queue: asyncio.Queue[pb.WorkerMessage | None] = asyncio.Queue()
@@ -302,7 +319,7 @@ async def lifecycle_v2_window(
 
         stream = call(requests(), metadata=md)
         queue.put_nowait(
-            pb.WorkerMessage(hello=pb.ConnectHello(worker_id=f"bench-v2-{c}", kinds=["query"], slots=slots))
+            pb.WorkerMessage(hello=pb.ConnectHello(worker_id=f"bench-v2-{c}", kinds=["copy"], slots=slots))
         )
         assigned_at: dict[str, float] = {}
         leases: dict[str, str] = {}
@@ -318,6 +335,7 @@ async def lifecycle_v2_window(
                     if h.HasField("error"):
                         counters["errors"] += 1
                         first_error[:] = first_error or [h.error.message]
+                        let_go(leases, h.job_id)
                         continue
                     end = out.finishes.add(
                         ref=2, job_id=h.job_id, lease_token=leases[h.job_id], status=pb.JOB_STATUS_DONE
@@ -327,8 +345,7 @@ async def lifecycle_v2_window(
                     end.progress.processed_data.written_rows = 1000
                     out.add_slots += 1
                 for f in message.finishes:
-                    counters["settled"] += 1
-                    leases.pop(f.job_id, None)
+                    let_go(leases, f.job_id)
                     t0 = assigned_at.pop(f.job_id, None)
                     if f.HasField("error"):
                         counters["errors"] += 1
@@ -339,7 +356,7 @@ async def lifecycle_v2_window(
                         counters["finished"] += 1
                         if t0 is not None:
                             latencies.append(now - t0)
-                if out.ByteSize() and not stop.is_set():
+                if out.ByteSize():
                     queue.put_nowait(out)
         except grpc.aio.AioRpcError as exc:
             if not stop.is_set():
@@ -356,6 +373,12 @@ async def lifecycle_v2_window(
     await asyncio.sleep(max(0.0, window_end - loop_time()))
     cpu, client = server.cpu_seconds() - cpu0, time.process_time() - client0
     stop.set()
+    # The window ends with its queue worked off: producers stop, workers finish every job created (up to 10 s),
+    # then close. A window that closed its streams on held or queued jobs would hand the next one a longer queue
+    # (each claim walks it) and jobs left working until their leases lapse.
+    if counters["settled"] < counters["created"]:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(settled.wait(), 10.0)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
