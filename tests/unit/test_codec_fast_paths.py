@@ -1,0 +1,107 @@
+"""The hand-written fast paths of the hot code give what the library calls they replaced give: Struct requests
+as `json_format.MessageToDict` reads them, `model.evolve` as `dataclasses.replace` (hypothesis)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from google.protobuf import json_format, struct_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobsd.api.codec import struct_to_dict
+from jobsd.domain.model import Job, JobStatus, evolve
+from jobsd.errors import InvalidArgument
+from jobsd_client import pb
+
+_scalars = st.none() | st.booleans() | st.text(max_size=8) | st.floats(allow_nan=False, allow_infinity=False)
+_json = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), _json, max_size=6))
+def test_struct_to_dict_reads_a_struct_as_message_to_dict_does(value: dict[str, Any]) -> None:
+    request = pb.CreateJobRequest(kind="copy")
+    request.params.SetInParent()
+    request.params.update(value)
+    assert struct_to_dict(request, "params") == json_format.MessageToDict(request.params)
+
+
+def test_struct_to_dict_is_none_for_an_unset_struct_and_empty_for_an_empty_one() -> None:
+    request = pb.CreateJobRequest(kind="copy")
+    assert struct_to_dict(request, "datasource") is None
+    request.datasource.SetInParent()
+    assert struct_to_dict(request, "datasource") == {}
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_a_number_json_cannot_carry_is_refused_naming_the_field(number: float) -> None:
+    request = pb.CreateJobRequest(kind="copy")
+    request.datasource.update({"name": "t", "nested": {"list": [1, number]}})
+    with pytest.raises(InvalidArgument) as refused:
+        struct_to_dict(request, "datasource")
+    assert refused.value.field == "datasource"
+    assert "finite" in refused.value.problem
+    with pytest.raises(InvalidArgument) as refused:
+        struct_to_dict(request, "datasource", "progress.result")
+    assert refused.value.field == "progress.result"
+
+
+_T0 = datetime(2026, 6, 1, tzinfo=UTC)
+_JOB = Job(
+    id="j",
+    workspace_id="w",
+    kind="copy",
+    status=JobStatus.WAITING,
+    created_at=_T0,
+    updated_at=_T0,
+    revision=1,
+    status_revision=1,
+    concurrency_key="copy:w:t",
+    expires_at=_T0 + timedelta(days=2),
+    datasource={"name": "t"},
+)
+_CHANGES = st.fixed_dictionaries(
+    {},
+    optional={
+        "status": st.sampled_from(list(JobStatus)),
+        "revision": st.integers(1, 10**9),
+        "updated_at": st.datetimes(timezones=st.just(UTC)),
+        "lease_token": st.none() | st.text(max_size=8),
+        "progress_percentage": st.floats(0, 100),
+        "errors": st.tuples(st.text(max_size=5)),
+        "expires_at": st.none() | st.datetimes(timezones=st.just(UTC)),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_CHANGES)
+def test_evolve_makes_the_job_dataclasses_replace_makes(changes: dict[str, Any]) -> None:
+    evolved = evolve(_JOB, **changes)
+    assert evolved == dataclasses.replace(_JOB, **changes)
+    assert type(evolved) is Job
+    assert _JOB.revision == 1  # the original is untouched
+
+
+def test_evolve_refuses_a_field_a_job_does_not_have() -> None:
+    with pytest.raises(TypeError, match="statuz"):
+        evolve(_JOB, statuz=JobStatus.DONE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        evolve(_JOB).status = JobStatus.DONE  # type: ignore[misc]
+
+
+def test_a_struct_number_stays_a_float() -> None:
+    request = pb.CreateJobRequest(kind="copy")
+    request.params.update({"n": 4})
+    converted = struct_to_dict(request, "params")
+    assert converted == {"n": 4.0} and isinstance(converted["n"], float)
+    assert struct_pb2.Value(number_value=4).number_value == converted["n"]
