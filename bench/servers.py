@@ -64,6 +64,9 @@ async def _serve_jobsd(args: argparse.Namespace) -> None:
         # The end-to-end producer watches every completion on one WatchJobs stream (as Celery's join_native
         # follows every result): a buffer that holds a whole batch, so a busy producer is never cut off.
         watch_buffer=args.watch_buffer,
+        # The fan-out figure opens 10,000 WatchJob streams on one job of one workspace: the per-workspace cap
+        # (JOBSD_MAX_WATCH_STREAMS_PER_WORKSPACE, 1,000 by default) is raised to the process's own.
+        max_watch_streams_per_workspace=20_000,
     )
     app = JobsdApp(settings)
     await app.start()

@@ -100,7 +100,12 @@ class JobsdApp:
             settings.store, log_retention=settings.log_retention, encoder=self.codec
         )
         self.metrics = Metrics()
-        self.hub = WatchHub(self.store, capacity=settings.watch_buffer, max_subscribers=settings.max_watch_streams)
+        self.hub = WatchHub(
+            self.store,
+            capacity=settings.watch_buffer,
+            max_subscribers=settings.max_watch_streams,
+            max_per_workspace=settings.max_watch_streams_per_workspace,
+        )
         self.service = JobService(
             self.store,
             self.clock,

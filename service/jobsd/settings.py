@@ -356,7 +356,16 @@ class Settings:
         _number(int, 1),
     )
     max_watch_streams: int = _setting(
-        20_000, "JOBSD_MAX_WATCH_STREAMS", "open watch streams per process", _number(int, 1)
+        20_000,
+        "JOBSD_MAX_WATCH_STREAMS",
+        "open watch streams per process (`WatchJob`, `WatchJobs` and their REST event streams)",
+        _number(int, 1),
+    )
+    max_watch_streams_per_workspace: int = _setting(
+        1_000,
+        "JOBSD_MAX_WATCH_STREAMS_PER_WORKSPACE",
+        "open watch streams on one workspace's jobs (beyond it RESOURCE_EXHAUSTED / 429), within the process's cap",
+        _number(int, 1),
     )
     watch_buffer: int = _setting(
         256,

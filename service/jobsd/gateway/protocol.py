@@ -117,6 +117,9 @@ class GatewayProtocol(RequestHandler):
         self._body: StreamReader | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._on_lost: Callable[[], None] | None = None
+        # Set when the connection ends: a long response (an event stream) stops at once and gives back what it
+        # holds (its watch stream's place) instead of finding out at its next write.
+        self.lost = asyncio.Event()
 
     def on_connection_lost(self, callback: Callable[[], None]) -> None:
         """Call `callback` once when this connection ends (the listener's connection count)."""
@@ -130,6 +133,7 @@ class GatewayProtocol(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_timers()
+        self.lost.set()
         try:
             super().connection_lost(exc)
         finally:

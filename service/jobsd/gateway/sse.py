@@ -56,7 +56,7 @@ class _Marker:
 
 
 _END = _Marker("END")  # the watch finished (the job reached its terminal state)
-_CLOSING = _Marker("CLOSING")  # the gateway is stopping
+_CLOSING = _Marker("CLOSING")  # the gateway is stopping, or the client has gone
 _IDLE = _Marker("IDLE")  # nothing happened within the wait
 
 
@@ -130,19 +130,24 @@ async def _pump(events: AsyncIterator[pb.JobEvent], queue: asyncio.Queue[object]
     await queue.put(_END)
 
 
-async def _next_item(queue: asyncio.Queue[object], closing: asyncio.Event, wait_seconds: float) -> object:
-    if closing.is_set():
+async def _next_item(
+    queue: asyncio.Queue[object], closing: asyncio.Event, wait_seconds: float, lost: asyncio.Event | None = None
+) -> object:
+    if closing.is_set() or (lost is not None and lost.is_set()):
         return _CLOSING
     getter = asyncio.ensure_future(queue.get())
     closer = asyncio.ensure_future(closing.wait())
+    waits = {getter, closer}
+    if lost is not None:
+        waits.add(asyncio.ensure_future(lost.wait()))
     try:
-        done, _ = await asyncio.wait({getter, closer}, timeout=wait_seconds, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waits, timeout=wait_seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        getter.cancel()
-        closer.cancel()
+        for waiting in waits:
+            waiting.cancel()
     if getter in done:
         return getter.result()
-    return _CLOSING if closer in done else _IDLE
+    return _CLOSING if done else _IDLE
 
 
 def _event_name(event: pb.JobEvent) -> str:
@@ -172,10 +177,14 @@ async def stream_job_events(
     """
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
     pump = asyncio.create_task(_pump(events, queue))
+    # The gateway's protocol says when the client has gone (then the watch ends now, its place given back).
+    lost: asyncio.Event | None = getattr(request.protocol, "lost", None)
     try:
-        item = await _next_item(queue, closing, options.open_grace_seconds)
+        item = await _next_item(queue, closing, options.open_grace_seconds, lost)
         if isinstance(item, Exception):
             raise item  # before the headers: the error middleware gives it its HTTP status
+        if lost is not None and lost.is_set():
+            return web.Response()  # the client left before the first event: there is no one to answer
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -199,7 +208,7 @@ async def stream_job_events(
                         message = _UNEXPECTED
                     await response.write(_frame(None, "error", {"error": message, "documentation": documentation}))
                     break
-                item = await _next_item(queue, closing, options.keepalive_seconds)
+                item = await _next_item(queue, closing, options.keepalive_seconds, lost)
             await response.write_eof()
         return response
     finally:

@@ -5,6 +5,10 @@ the bounded buffer of every interested subscriber, synchronously and without awa
 never slow the writers or the other subscribers. When a subscriber lags, consecutive progress-only revisions of
 one job are coalesced into the latest; status changes are never dropped. A subscriber whose buffer still
 overflows (it holds only status changes, which cannot be coalesced) is closed with a clear error.
+
+Streams are capped twice: per process (`JOBSD_MAX_WATCH_STREAMS`) and per workspace
+(`JOBSD_MAX_WATCH_STREAMS_PER_WORKSPACE`), so one workspace holding its whole share still leaves the others
+theirs. A place is taken by `subscribe` and given back by `unsubscribe` (once, however often it is called).
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from jobsd.domain.model import Job
 from jobsd.errors import JobsdError, ResourceExhausted, Unavailable
 from jobsd.store.base import FeedReset, JobChanged, JobStore
 
-__all__ = ["WatchHub", "Watcher"]
+__all__ = ["DEFAULT_MAX_PER_WORKSPACE", "WatchHub", "Watcher"]
 
 log = logging.getLogger(__name__)
+
+# Watch streams one workspace may have open at once unless the settings say otherwise.
+DEFAULT_MAX_PER_WORKSPACE = 1_000
 
 
 @dataclass(slots=True)
@@ -33,10 +40,20 @@ class _ReRead:
 class Watcher:
     """One watch stream's bounded, coalescing buffer of job changes (not the store feed's `FeedSubscription`)."""
 
-    def __init__(self, hub: WatchHub, accepts: Callable[[Job], bool], job_id: str | None, capacity: int) -> None:
+    def __init__(
+        self,
+        hub: WatchHub,
+        accepts: Callable[[Job], bool],
+        job_id: str | None,
+        capacity: int,
+        workspace_id: str | None = None,
+    ) -> None:
         self._hub = hub
         self._accepts = accepts
         self.job_id = job_id
+        # The workspace whose place this stream holds (None: counted only in the process's cap).
+        self.workspace_id = workspace_id
+        self.registered = True
         self._capacity = capacity
         self._buffer: deque[Job | _ReRead] = deque()
         self._wakeup = asyncio.Event()
@@ -96,10 +113,20 @@ class Watcher:
 class WatchHub:
     """Owns the change-feed task; `subscribe()` hands out Watchers. start()/stop() are idempotent."""
 
-    def __init__(self, store: JobStore, *, capacity: int = 256, max_subscribers: int = 20_000) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        capacity: int = 256,
+        max_subscribers: int = 20_000,
+        max_per_workspace: int = DEFAULT_MAX_PER_WORKSPACE,
+    ) -> None:
         self._store = store
         self._capacity = capacity
         self._max = max_subscribers
+        self._max_per_workspace = max_per_workspace
+        # Open streams per workspace (only workspaces with at least one: bounded by the open streams).
+        self._per_workspace: dict[str, int] = {}
         self._by_job: dict[str, set[Watcher]] = {}
         self._wide: set[Watcher] = set()
         self._task: asyncio.Task[None] | None = None
@@ -108,6 +135,10 @@ class WatchHub:
     @property
     def subscriber_count(self) -> int:
         return len(self._wide) + sum(len(s) for s in self._by_job.values())
+
+    def workspace_count(self, workspace_id: str) -> int:
+        """Watch streams open on `workspace_id`'s jobs."""
+        return self._per_workspace.get(workspace_id, 0)
 
     def add_listener(self, listener: Callable[[Job], None]) -> None:
         """Called for every change (the claim long-poll uses it to wake waiting workers)."""
@@ -130,10 +161,25 @@ class WatchHub:
         for sub in [*self._wide, *(s for subs in self._by_job.values() for s in subs)]:
             sub.close(shutting_down)
 
-    def subscribe(self, accepts: Callable[[Job], bool], job_id: str | None = None) -> Watcher:
+    def subscribe(
+        self, accepts: Callable[[Job], bool], job_id: str | None = None, *, workspace_id: str | None = None
+    ) -> Watcher:
+        """A new stream's buffer, or ResourceExhausted (nothing taken) when the process's or the workspace's cap
+        is reached."""
         if self.subscriber_count >= self._max:
-            raise ResourceExhausted(f"Too many watch streams on this server (limit {self._max})")
-        sub = Watcher(self, accepts, job_id, self._capacity)
+            raise ResourceExhausted(
+                f"Too many watch streams on this server: at most {self._max} are open at once "
+                f"(JOBSD_MAX_WATCH_STREAMS={self._max}); close one or retry later"
+            )
+        if workspace_id is not None:
+            held = self._per_workspace.get(workspace_id, 0)
+            if held >= self._max_per_workspace:
+                raise ResourceExhausted(
+                    f"Too many watch streams for this workspace: at most {self._max_per_workspace} are open at once "
+                    f"(JOBSD_MAX_WATCH_STREAMS_PER_WORKSPACE={self._max_per_workspace}); close one or retry later"
+                )
+            self._per_workspace[workspace_id] = held + 1
+        sub = Watcher(self, accepts, job_id, self._capacity, workspace_id)
         if job_id is None:
             self._wide.add(sub)
         else:
@@ -142,6 +188,15 @@ class WatchHub:
 
     def unsubscribe(self, sub: Watcher) -> None:
         sub.close()
+        if not sub.registered:
+            return
+        sub.registered = False
+        if sub.workspace_id is not None:
+            left = self._per_workspace.get(sub.workspace_id, 0) - 1
+            if left > 0:
+                self._per_workspace[sub.workspace_id] = left
+            else:
+                self._per_workspace.pop(sub.workspace_id, None)
         if sub.job_id is None:
             self._wide.discard(sub)
             return

@@ -58,7 +58,7 @@ class JobWatches:
         if since_revision < 0:
             raise InvalidArgument("since_revision", "must not be negative")
         job = await self._read_job(principal, job_id)  # authorise before subscribing
-        sub = self._hub.subscribe(lambda _job: True, job_id=job.id)
+        sub = self._hub.subscribe(lambda _job: True, job_id=job.id, workspace_id=job.workspace_id)
         self._metrics.watchers.inc()
         try:
             # Re-read after subscribing so no change can fall between the snapshot and the feed.
@@ -167,7 +167,7 @@ class JobWatches:
         def accepts(job: Job) -> bool:
             return scope.allows(job) and (filters.matches(job) or job.id in sent)
 
-        sub = self._hub.subscribe(accepts)
+        sub = self._hub.subscribe(accepts, workspace_id=workspace_id)
         self._metrics.watchers.inc()
         try:
             synced_at = self._clock.now()
