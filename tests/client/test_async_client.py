@@ -229,6 +229,24 @@ async def test_bad_input_is_refused_locally_naming_the_field(client: AsyncJobsCl
     assert [job async for job in client.iter_jobs()] == []  # nothing was created by the refused calls
 
 
+async def test_a_misspelt_keyword_is_a_type_error_before_anything_is_sent(client: AsyncJobsClient) -> None:
+    # The keyword arguments are typed as TypedDicts; a caller without a type checker still gets a TypeError.
+    await client.create_job("query", params={"sql": "select 1"})
+    with pytest.raises(TypeError, match="list_jobs\\(\\) got an unexpected keyword argument 'knd'"):
+        await client.list_jobs(knd="import")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'page_token'"):
+        client.iter_jobs(page_token="x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'job'"):
+        await client.list_jobs_log(job="x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'stauts'"):
+        client.watch_jobs(stauts="waiting")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'data_source'"):
+        await client.create_job("import", data_source={"name": "events"})  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'reason'"):
+        await client.finish_job("job", "lease", "error", reason="boom")  # type: ignore[call-arg]
+    assert [job.kind async for job in client.iter_jobs()] == ["query"]  # the refused create made nothing
+
+
 async def test_unreachable_server_raises_unavailable() -> None:
     async with AsyncJobsClient("127.0.0.1:1", "token", timeout=PATIENCE) as client:
         with pytest.raises(Unavailable) as down:

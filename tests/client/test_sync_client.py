@@ -61,3 +61,16 @@ async def test_sync_client_raises_the_same_typed_errors(jobsd: Jobsd) -> None:
         assert bad.value.field == "url"
     with JobsClient(jobsd.target, "jobsd_wrong") as stranger, pytest.raises(Unauthenticated):
         await blocking(lambda: stranger.list_jobs())
+
+
+def test_the_sync_client_refuses_a_misspelt_keyword_before_anything_is_sent() -> None:
+    # Nothing listens on port 1: a call that reached the transport would fail with Unavailable instead.
+    with JobsClient("127.0.0.1:1", "token", timeout=PATIENCE) as client:
+        with pytest.raises(TypeError, match="list_jobs\\(\\) got an unexpected keyword argument 'knd'"):
+            client.list_jobs(knd="import")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="'page_token'"):
+            client.iter_jobs(page_token="x")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="'stauts'"):
+            client.watch_jobs(stauts="waiting")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="'data_source'"):
+            client.create_job("import", data_source={"name": "events"})  # type: ignore[call-arg]

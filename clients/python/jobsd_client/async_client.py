@@ -7,17 +7,16 @@ nothing else about gRPC leaks to the caller.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
-from datetime import datetime
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar, Unpack
 
 import grpc
 import grpc.aio
 
 from jobsd_client import _requests as req
 from jobsd_client import pb
-from jobsd_client.errors import JobsdClientError, Unavailable, error_from_item, error_from_rpc
+from jobsd_client.errors import JobsdClientError, Unavailable, error_from_item
 from jobsd_client.pb import jobs_pb2_grpc
 
 __all__ = ["CHANNEL_OPTIONS", "DEFAULT_TIMEOUT", "AsyncJobsClient"]
@@ -92,91 +91,37 @@ class AsyncJobsClient:
         request: _Request,
         deadline: float | None = None,
     ) -> _Response:
-        try:
+        with req.rpc_errors:
             return await method(
                 request, timeout=deadline if deadline is not None else self.timeout, metadata=self._metadata
             )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
 
     async def _stream(
         self, method: grpc.aio.UnaryStreamMultiCallable[_Request, pb.JobEvent], request: _Request
     ) -> AsyncGenerator[pb.JobEvent, None]:
         call = method(request, metadata=self._metadata)
         try:
-            async for event in call:
-                yield event
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            with req.rpc_errors:
+                async for event in call:
+                    yield event
         finally:
             # Leaving the loop early (break, an exception, aclose) must not leave the stream open on the server.
             call.cancel()
 
+    async def _pages(self, pages: req.JobsPages) -> AsyncGenerator[pb.Job, None]:
+        while (request := pages.next_request()) is not None:
+            for job in pages.take(await self._unary(self._jobs.ListJobs, request)):
+                yield job
+
     # ------------------------------------------------------------------ Jobs
 
-    async def list_jobs(
-        self,
-        *,
-        kind: str | None = None,
-        status: req.StatusFilter = None,
-        pipe_id: str | None = None,
-        pipe_name: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        workspace_id: str | None = None,
-        page_size: int = 0,
-        page_token: str | None = None,
-    ) -> pb.ListJobsResponse:
+    async def list_jobs(self, **query: Unpack[req.JobsPage]) -> pb.ListJobsResponse:
         """One page of jobs, newest first. `next_page_token` is empty on the last page."""
-        request = req.list_jobs_request(
-            kind=kind,
-            status=status,
-            pipe_id=pipe_id,
-            pipe_name=pipe_name,
-            created_after=created_after,
-            created_before=created_before,
-            workspace_id=workspace_id,
-            page_size=page_size,
-            page_token=page_token,
-        )
-        return await self._unary(self._jobs.ListJobs, request)
+        return await self._unary(self._jobs.ListJobs, req.list_jobs_request(**query))
 
-    async def iter_jobs(
-        self,
-        *,
-        kind: str | None = None,
-        status: req.StatusFilter = None,
-        pipe_id: str | None = None,
-        pipe_name: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        workspace_id: str | None = None,
-        page_size: int = 0,
-        limit: int | None = None,
-    ) -> AsyncIterator[pb.Job]:
+    def iter_jobs(self, *, limit: int | None = None, **query: Unpack[req.JobsSelection]) -> AsyncIterator[pb.Job]:
         """Every matching job, newest first, following the pages (at most `limit` jobs)."""
-        token: str | None = None
-        yielded = 0
-        while True:
-            page = await self.list_jobs(
-                kind=kind,
-                status=status,
-                pipe_id=pipe_id,
-                pipe_name=pipe_name,
-                created_after=created_after,
-                created_before=created_before,
-                workspace_id=workspace_id,
-                page_size=page_size if limit is None else min(page_size or req.MAX_PAGE_SIZE, limit - yielded),
-                page_token=token,
-            )
-            for job in page.jobs:
-                yield job
-                yielded += 1
-                if limit is not None and yielded >= limit:
-                    return
-            if not page.next_page_token:
-                return
-            token = page.next_page_token
+        return self._pages(req.JobsPages(limit, query))
 
     async def get_job(self, job_id: str) -> pb.Job:
         """The job, while it is visible (NotFound after its window; PermissionDenied outside the token's reach)."""
@@ -225,53 +170,13 @@ class AsyncJobsClient:
             await asyncio.sleep(min(delay, max(give_up_at - loop.time(), 0.0)))
             delay = min(delay * 2, 2.0)
 
-    def watch_jobs(
-        self,
-        *,
-        kind: str | None = None,
-        status: req.StatusFilter = None,
-        pipe_id: str | None = None,
-        pipe_name: str | None = None,
-        workspace_id: str | None = None,
-    ) -> AsyncGenerator[pb.JobEvent, None]:
+    def watch_jobs(self, **query: Unpack[req.JobsFilters]) -> AsyncGenerator[pb.JobEvent, None]:
         """Every matching non-terminal job, a SYNCED marker, then every change of a matching job (endless)."""
-        request = req.watch_jobs_request(
-            kind=kind, status=status, pipe_id=pipe_id, pipe_name=pipe_name, workspace_id=workspace_id
-        )
-        return self._stream(self._jobs.WatchJobs, request)
+        return self._stream(self._jobs.WatchJobs, req.watch_jobs_request(**query))
 
-    async def create_job(
-        self,
-        kind: str,
-        *,
-        datasource: Mapping[str, Any] | None = None,
-        pipe_id: str | None = None,
-        pipe_name: str | None = None,
-        query_id: str | None = None,
-        query_sql: str | None = None,
-        mode: str | None = None,
-        url: str | None = None,
-        params: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
-        request_id: str | None = None,
-        workspace_id: str | None = None,
-    ) -> pb.Job:
+    async def create_job(self, kind: str, **fields: Unpack[req.NewJob]) -> pb.Job:
         """A new waiting job (or, with an `idempotency_key` seen before, the job it created)."""
-        request = req.create_job_request(
-            kind,
-            datasource=datasource,
-            pipe_id=pipe_id,
-            pipe_name=pipe_name,
-            query_id=query_id,
-            query_sql=query_sql,
-            mode=mode,
-            url=url,
-            params=params,
-            idempotency_key=idempotency_key,
-            request_id=request_id,
-            workspace_id=workspace_id,
-        )
-        return await self._unary(self._jobs.CreateJob, request)
+        return await self._unary(self._jobs.CreateJob, req.create_job_request(kind, **fields))
 
     async def create_jobs(self, jobs: Iterable[pb.CreateJobRequest]) -> list[pb.Job | JobsdClientError]:
         """Create several jobs in one call and one write on the server (worker protocol v2).
@@ -286,34 +191,9 @@ class AsyncJobsClient:
         """A new job with the parameters of an `error` or `cancelled` one."""
         return await self._unary(self._jobs.RetryJob, pb.RetryJobRequest(job_id=job_id))
 
-    async def list_jobs_log(
-        self,
-        *,
-        job_id: str | None = None,
-        kind: str | None = None,
-        status: req.StatusFilter = None,
-        pipe_id: str | None = None,
-        pipe_name: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        workspace_id: str | None = None,
-        page_size: int = 0,
-        page_token: str | None = None,
-    ) -> pb.ListJobsLogResponse:
+    async def list_jobs_log(self, **query: Unpack[req.JobsLogPage]) -> pb.ListJobsLogResponse:
         """One page of the jobs_log archive (one row per status change), newest first."""
-        request = req.list_jobs_log_request(
-            job_id=job_id,
-            kind=kind,
-            status=status,
-            pipe_id=pipe_id,
-            pipe_name=pipe_name,
-            created_after=created_after,
-            created_before=created_before,
-            workspace_id=workspace_id,
-            page_size=page_size,
-            page_token=page_token,
-        )
-        return await self._unary(self._jobs.ListJobsLog, request)
+        return await self._unary(self._jobs.ListJobsLog, req.list_jobs_log_request(**query))
 
     async def get_workspace(self) -> pb.Workspace:
         """The workspace of this client's token, with the token's scopes."""
@@ -331,8 +211,7 @@ class AsyncJobsClient:
     ) -> pb.ClaimJobResponse:
         """Claim the oldest eligible waiting job, waiting up to `wait_seconds` for one (`job` unset if none)."""
         request = req.claim_job_request(worker_id, kinds, wait_seconds, workspace_id)
-        deadline = None if self.timeout is None else self.timeout + wait_seconds
-        return await self._unary(self._workers.ClaimJob, request, deadline)
+        return await self._unary(self._workers.ClaimJob, request, req.claim_timeout(self.timeout, wait_seconds))
 
     async def worker_stream(self, requests: AsyncIterator[pb.WorkerMessage]) -> AsyncGenerator[pb.ServerMessage, None]:
         """Open Workers.Connect (worker protocol v2): send `requests` (a ConnectHello first), yield the answers.
@@ -341,10 +220,9 @@ class AsyncJobsClient:
         """
         call = self._workers.Connect(requests, metadata=self._metadata)
         try:
-            async for message in call:
-                yield message
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            with req.rpc_errors:
+                async for message in call:
+                    yield message
         finally:
             call.cancel()
 
@@ -352,21 +230,12 @@ class AsyncJobsClient:
         self, job_id: str, lease_token: str, progress: pb.ProgressUpdate | None = None
     ) -> pb.HeartbeatResponse:
         """Extend the lease and report progress; FailedPrecondition when the lease is no longer ours."""
-        request = pb.HeartbeatRequest(job_id=job_id, lease_token=lease_token)
-        if progress is not None:
-            request.progress.CopyFrom(progress)
-        return await self._unary(self._workers.Heartbeat, request)
+        return await self._unary(self._workers.Heartbeat, req.heartbeat_request(job_id, lease_token, progress))
 
     async def finish_job(
-        self,
-        job_id: str,
-        lease_token: str,
-        status: str | int | None = None,
-        *,
-        error: str | None = None,
-        progress: pb.ProgressUpdate | None = None,
-        release: bool = False,
+        self, job_id: str, lease_token: str, status: str | int | None = None, **outcome: Unpack[req.Outcome]
     ) -> pb.Job:
         """End the job as done / error / cancelled with its final figures, or (`release=True`) hand it back."""
-        request = req.finish_job_request(job_id, lease_token, status, error=error, progress=progress, release=release)
-        return await self._unary(self._workers.FinishJob, request)
+        return await self._unary(
+            self._workers.FinishJob, req.finish_job_request(job_id, lease_token, status, **outcome)
+        )

@@ -2,23 +2,21 @@
 
 It uses grpc's own synchronous channel rather than an event loop in a helper thread: the sync channel needs no
 loop at all (so it also works inside a program that already runs one), and grpc.aio bound to a second loop in
-another thread is fragile. Requests are built by the same `_requests` functions as the async client's, so the
+another thread is fragile. Arguments, requests, paging and errors are the async client's own (`_requests`), so the
 two cannot drift apart; only the transport differs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator, Mapping
-from datetime import datetime
+from collections.abc import Generator, Iterable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar, Unpack
 
 import grpc
 
 from jobsd_client import _requests as req
 from jobsd_client import pb
 from jobsd_client.async_client import CHANNEL_OPTIONS, DEFAULT_TIMEOUT
-from jobsd_client.errors import error_from_rpc
 from jobsd_client.pb import jobs_pb2_grpc
 
 __all__ = ["JobsClient"]
@@ -62,88 +60,33 @@ class JobsClient:
     def _unary(
         self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request, timeout: float | None = None
     ) -> _Response:
-        try:
+        with req.rpc_errors:
             return method(request, timeout=timeout if timeout is not None else self.timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
 
     def _stream(
         self, method: grpc.UnaryStreamMultiCallable[_Request, pb.JobEvent], request: _Request
     ) -> Generator[pb.JobEvent, None, None]:
         call = method(request, metadata=self._metadata)
         try:
-            for event in call:  # noqa: UP028 (not `yield from`: closing us must not close grpc's iterator)
-                yield event
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            with req.rpc_errors:
+                for event in call:  # noqa: UP028 (not `yield from`: closing us must not close grpc's iterator)
+                    yield event
         finally:
             call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel unannotated
 
+    def _pages(self, pages: req.JobsPages) -> Iterator[pb.Job]:
+        while (request := pages.next_request()) is not None:
+            yield from pages.take(self._unary(self._jobs.ListJobs, request))
+
     # ------------------------------------------------------------------ Jobs
 
-    def list_jobs(
-        self,
-        *,
-        kind: str | None = None,
-        status: req.StatusFilter = None,
-        pipe_id: str | None = None,
-        pipe_name: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        workspace_id: str | None = None,
-        page_size: int = 0,
-        page_token: str | None = None,
-    ) -> pb.ListJobsResponse:
+    def list_jobs(self, **query: Unpack[req.JobsPage]) -> pb.ListJobsResponse:
         """One page of jobs, newest first. `next_page_token` is empty on the last page."""
-        request = req.list_jobs_request(
-            kind=kind,
-            status=status,
-            pipe_id=pipe_id,
-            pipe_name=pipe_name,
-            created_after=created_after,
-            created_before=created_before,
-            workspace_id=workspace_id,
-            page_size=page_size,
-            page_token=page_token,
-        )
-        return self._unary(self._jobs.ListJobs, request)
+        return self._unary(self._jobs.ListJobs, req.list_jobs_request(**query))
 
-    def iter_jobs(
-        self,
-        *,
-        kind: str | None = None,
-        status: req.StatusFilter = None,
-        pipe_id: str | None = None,
-        pipe_name: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        workspace_id: str | None = None,
-        page_size: int = 0,
-        limit: int | None = None,
-    ) -> Iterator[pb.Job]:
+    def iter_jobs(self, *, limit: int | None = None, **query: Unpack[req.JobsSelection]) -> Iterator[pb.Job]:
         """Every matching job, newest first, following the pages (at most `limit` jobs)."""
-        token: str | None = None
-        yielded = 0
-        while True:
-            page = self.list_jobs(
-                kind=kind,
-                status=status,
-                pipe_id=pipe_id,
-                pipe_name=pipe_name,
-                created_after=created_after,
-                created_before=created_before,
-                workspace_id=workspace_id,
-                page_size=page_size if limit is None else min(page_size or req.MAX_PAGE_SIZE, limit - yielded),
-                page_token=token,
-            )
-            for job in page.jobs:
-                yield job
-                yielded += 1
-                if limit is not None and yielded >= limit:
-                    return
-            if not page.next_page_token:
-                return
-            token = page.next_page_token
+        return self._pages(req.JobsPages(limit, query))
 
     def get_job(self, job_id: str) -> pb.Job:
         """The job, while it is visible (NotFound after its window; PermissionDenied outside the token's reach)."""
@@ -157,86 +100,21 @@ class JobsClient:
         """The job's events, from a SNAPSHOT (or every revision after `since_revision`) to its terminal state."""
         return self._stream(self._jobs.WatchJob, pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
 
-    def watch_jobs(
-        self,
-        *,
-        kind: str | None = None,
-        status: req.StatusFilter = None,
-        pipe_id: str | None = None,
-        pipe_name: str | None = None,
-        workspace_id: str | None = None,
-    ) -> Generator[pb.JobEvent, None, None]:
+    def watch_jobs(self, **query: Unpack[req.JobsFilters]) -> Generator[pb.JobEvent, None, None]:
         """Every matching non-terminal job, a SYNCED marker, then every change of a matching job (endless)."""
-        request = req.watch_jobs_request(
-            kind=kind, status=status, pipe_id=pipe_id, pipe_name=pipe_name, workspace_id=workspace_id
-        )
-        return self._stream(self._jobs.WatchJobs, request)
+        return self._stream(self._jobs.WatchJobs, req.watch_jobs_request(**query))
 
-    def create_job(
-        self,
-        kind: str,
-        *,
-        datasource: Mapping[str, Any] | None = None,
-        pipe_id: str | None = None,
-        pipe_name: str | None = None,
-        query_id: str | None = None,
-        query_sql: str | None = None,
-        mode: str | None = None,
-        url: str | None = None,
-        params: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
-        request_id: str | None = None,
-        workspace_id: str | None = None,
-    ) -> pb.Job:
+    def create_job(self, kind: str, **fields: Unpack[req.NewJob]) -> pb.Job:
         """A new waiting job (or, with an `idempotency_key` seen before, the job it created)."""
-        request = req.create_job_request(
-            kind,
-            datasource=datasource,
-            pipe_id=pipe_id,
-            pipe_name=pipe_name,
-            query_id=query_id,
-            query_sql=query_sql,
-            mode=mode,
-            url=url,
-            params=params,
-            idempotency_key=idempotency_key,
-            request_id=request_id,
-            workspace_id=workspace_id,
-        )
-        return self._unary(self._jobs.CreateJob, request)
+        return self._unary(self._jobs.CreateJob, req.create_job_request(kind, **fields))
 
     def retry_job(self, job_id: str) -> pb.Job:
         """A new job with the parameters of an `error` or `cancelled` one."""
         return self._unary(self._jobs.RetryJob, pb.RetryJobRequest(job_id=job_id))
 
-    def list_jobs_log(
-        self,
-        *,
-        job_id: str | None = None,
-        kind: str | None = None,
-        status: req.StatusFilter = None,
-        pipe_id: str | None = None,
-        pipe_name: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        workspace_id: str | None = None,
-        page_size: int = 0,
-        page_token: str | None = None,
-    ) -> pb.ListJobsLogResponse:
+    def list_jobs_log(self, **query: Unpack[req.JobsLogPage]) -> pb.ListJobsLogResponse:
         """One page of the jobs_log archive (one row per status change), newest first."""
-        request = req.list_jobs_log_request(
-            job_id=job_id,
-            kind=kind,
-            status=status,
-            pipe_id=pipe_id,
-            pipe_name=pipe_name,
-            created_after=created_after,
-            created_before=created_before,
-            workspace_id=workspace_id,
-            page_size=page_size,
-            page_token=page_token,
-        )
-        return self._unary(self._jobs.ListJobsLog, request)
+        return self._unary(self._jobs.ListJobsLog, req.list_jobs_log_request(**query))
 
     def get_workspace(self) -> pb.Workspace:
         """The workspace of this client's token, with the token's scopes."""
@@ -253,28 +131,16 @@ class JobsClient:
     ) -> pb.ClaimJobResponse:
         """Claim the oldest eligible waiting job, waiting up to `wait_seconds` for one (`job` unset if none)."""
         request = req.claim_job_request(worker_id, kinds, wait_seconds, workspace_id)
-        timeout = None if self.timeout is None else self.timeout + wait_seconds
-        return self._unary(self._workers.ClaimJob, request, timeout)
+        return self._unary(self._workers.ClaimJob, request, req.claim_timeout(self.timeout, wait_seconds))
 
     def heartbeat(
         self, job_id: str, lease_token: str, progress: pb.ProgressUpdate | None = None
     ) -> pb.HeartbeatResponse:
         """Extend the lease and report progress; FailedPrecondition when the lease is no longer ours."""
-        request = pb.HeartbeatRequest(job_id=job_id, lease_token=lease_token)
-        if progress is not None:
-            request.progress.CopyFrom(progress)
-        return self._unary(self._workers.Heartbeat, request)
+        return self._unary(self._workers.Heartbeat, req.heartbeat_request(job_id, lease_token, progress))
 
     def finish_job(
-        self,
-        job_id: str,
-        lease_token: str,
-        status: str | int | None = None,
-        *,
-        error: str | None = None,
-        progress: pb.ProgressUpdate | None = None,
-        release: bool = False,
+        self, job_id: str, lease_token: str, status: str | int | None = None, **outcome: Unpack[req.Outcome]
     ) -> pb.Job:
         """End the job as done / error / cancelled with its final figures, or (`release=True`) hand it back."""
-        request = req.finish_job_request(job_id, lease_token, status, error=error, progress=progress, release=release)
-        return self._unary(self._workers.FinishJob, request)
+        return self._unary(self._workers.FinishJob, req.finish_job_request(job_id, lease_token, status, **outcome))
