@@ -115,6 +115,7 @@ class JobsdApp:
             log_retention=settings.log_retention,
             max_create_batch=settings.max_create_batch,
             max_returns=settings.max_returns,
+            struct_limits=settings.struct_limits,
         )
         self.dispatcher = Dispatcher(
             self.service, max_streams=settings.max_worker_streams, max_slots=settings.max_worker_slots

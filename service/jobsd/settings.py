@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from jobsd.domain.kinds import BUILTIN_KINDS, KindDefaults, KindRegistry, build_registry, parse_kind_declarations
+from jobsd.domain.validation import StructLimits
 from jobsd.errors import InvalidArgument
 
 __all__ = ["SETTINGS", "Setting", "Settings", "add_arguments", "settings_from", "split_addr"]
@@ -376,6 +377,31 @@ class Settings:
     max_request_bytes: int = _setting(
         4 * 1024 * 1024, "JOBSD_MAX_REQUEST_BYTES", "largest gRPC message or REST body accepted", _number(int, 1024)
     )
+    max_datasource_bytes: int = _setting(
+        64 * 1024,
+        "JOBSD_MAX_DATASOURCE_BYTES",
+        "a job's `datasource` object, as compact JSON (CreateJob, CreateJobs, a retry); larger is INVALID_ARGUMENT",
+        _size,
+        shown="64KiB",
+        metavar="SIZE",
+    )
+    max_params_bytes: int = _setting(
+        64 * 1024,
+        "JOBSD_MAX_PARAMS_BYTES",
+        "a job's `params` object, as compact JSON (CreateJob, CreateJobs, a retry); larger is INVALID_ARGUMENT",
+        _size,
+        shown="64KiB",
+        metavar="SIZE",
+    )
+    max_result_bytes: int = _setting(
+        256 * 1024,
+        "JOBSD_MAX_RESULT_BYTES",
+        "a job's `result` object, as compact JSON (a worker's heartbeat or finish, v1 or v2); larger is "
+        "INVALID_ARGUMENT",
+        _size,
+        shown="256KiB",
+        metavar="SIZE",
+    )
     max_create_batch: int = _setting(
         500, "JOBSD_MAX_CREATE_BATCH", "jobs one `CreateJobs` call may create", _number(int, 1)
     )
@@ -508,6 +534,12 @@ class Settings:
             max_attempts=self.max_attempts,
             time_limit=timedelta(seconds=self.time_limit_seconds) if self.time_limit_seconds > 0 else None,
             retention=timedelta(hours=self.retention_hours),
+        )
+
+    @property
+    def struct_limits(self) -> StructLimits:
+        return StructLimits(
+            datasource=self.max_datasource_bytes, params=self.max_params_bytes, result=self.max_result_bytes
         )
 
     @property

@@ -2,25 +2,67 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+import orjson
+
 from jobsd.domain.kinds import BUILTIN_KINDS, KindRegistry
 from jobsd.domain.model import JobKind
 from jobsd.domain.redaction import redact_url
 from jobsd.errors import InvalidArgument
 
-__all__ = ["NewJob", "validate_new_job"]
+__all__ = ["DEFAULT_STRUCT_LIMITS", "NewJob", "StructLimits", "validate_new_job"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _MAX_TEXT = 256
 _MAX_SQL = 100_000
-_MAX_PARAMS_BYTES = 64 * 1024
 _MODES = ("append", "replace")
+_KiB = 1024
+
+
+def _bytes_text(count: int) -> str:
+    """Bytes for people: `64 KiB`, `1.5 MiB`, `700 bytes`."""
+    for unit, size in (("GiB", _KiB**3), ("MiB", _KiB**2), ("KiB", _KiB)):
+        if count >= size:
+            value = count / size
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{count} bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class StructLimits:
+    """The most bytes each free-form object of a job may take, measured as its compact JSON (what the store
+    keeps): `datasource` and `params` when a job is created (or retried), `result` when a worker reports it
+    (a heartbeat's or a finish's progress). Settings JOBSD_MAX_DATASOURCE_BYTES, _PARAMS_BYTES, _RESULT_BYTES."""
+
+    datasource: int = 64 * _KiB
+    params: int = 64 * _KiB
+    result: int = 256 * _KiB
+
+    def check(self, name: str, value: Mapping[str, Any] | None, field_path: str | None = None) -> None:
+        """InvalidArgument naming `field_path` (default `name`) when `value` is not a JSON object within the
+        limit `name` has (`datasource`, `params` or `result`)."""
+        if value is None:
+            return
+        limit: int = getattr(self, name)
+        where = field_path or name
+        try:
+            size = len(orjson.dumps(value))
+        except (TypeError, ValueError, orjson.JSONEncodeError):
+            raise InvalidArgument(where, "must be a JSON object") from None
+        if size > limit:
+            raise InvalidArgument(
+                where,
+                f"is {size:,} bytes as JSON, more than the {_bytes_text(limit)} allowed "
+                f"(JOBSD_MAX_{name.upper()}_BYTES={limit})",
+            )
+
+
+DEFAULT_STRUCT_LIMITS = StructLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +93,12 @@ def _text(name: str, value: str | None, limit: int = _MAX_TEXT) -> str | None:
     return value
 
 
-def validate_new_job(spec: NewJob, kinds: KindRegistry = BUILTIN_KINDS) -> NewJob:
+def validate_new_job(
+    spec: NewJob, kinds: KindRegistry = BUILTIN_KINDS, limits: StructLimits = DEFAULT_STRUCT_LIMITS
+) -> NewJob:
     """The spec, normalised, or InvalidArgument naming the first bad field. Only declared kinds are accepted;
-    the built-in ones also get their own checks (an import needs a URL, a copy its SQL, ...)."""
+    the built-in ones also get their own checks (an import needs a URL, a copy its SQL, ...). `datasource` and
+    `params` are bounded by `limits`."""
     if not spec.kind:
         raise InvalidArgument("kind", f"is required; one of {', '.join(kinds.names)}")
     rules = kinds.require(spec.kind)
@@ -61,6 +106,7 @@ def validate_new_job(spec: NewJob, kinds: KindRegistry = BUILTIN_KINDS) -> NewJo
 
     datasource = dict(spec.datasource) if spec.datasource else None
     if datasource is not None:
+        limits.check("datasource", datasource)
         name = datasource.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             raise InvalidArgument(
@@ -89,12 +135,7 @@ def validate_new_job(spec: NewJob, kinds: KindRegistry = BUILTIN_KINDS) -> NewJo
             raise InvalidArgument("url", f"must be an http(s):// or file:// URL, got {redact_url(url)!r}")
 
     params = dict(spec.params or {})
-    try:
-        size = len(json.dumps(params))
-    except (TypeError, ValueError):
-        raise InvalidArgument("params", "must be a JSON object") from None
-    if size > _MAX_PARAMS_BYTES:
-        raise InvalidArgument("params", f"is larger than {_MAX_PARAMS_BYTES} bytes")
+    limits.check("params", params)
     query_sql = _text("query_sql", spec.query_sql, _MAX_SQL)
     sql = query_sql or params.get("sql")
     if kind in (JobKind.COPY, JobKind.QUERY, JobKind.POPULATEVIEW) and not (isinstance(sql, str) and sql.strip()):

@@ -23,7 +23,7 @@ from jobsd.domain.kinds import KindRegistry, KindSpec
 from jobsd.domain.model import Job, JobStatus, LogEntry, Progress, Workspace, datasource_id_for, evolve
 from jobsd.domain.rules import is_visible
 from jobsd.domain.states import Action, apply_progress, transition
-from jobsd.domain.validation import NewJob, validate_new_job
+from jobsd.domain.validation import DEFAULT_STRUCT_LIMITS, NewJob, StructLimits, validate_new_job
 from jobsd.errors import FailedPrecondition, InvalidArgument, JobsdError, NotFound, StaleLease, Unauthenticated
 from jobsd.metrics import Metrics
 from jobsd.service.hub import WatchHub
@@ -113,8 +113,11 @@ class JobService:
         log_retention: timedelta = timedelta(days=30),
         max_create_batch: int = DEFAULT_MAX_CREATE_BATCH,
         max_returns: int = DEFAULT_MAX_RETURNS,
+        struct_limits: StructLimits = DEFAULT_STRUCT_LIMITS,
     ) -> None:
         self.store = store
+        # The sizes of datasource, params (checked at create) and result (checked when a worker reports it).
+        self.struct_limits = struct_limits
         self.max_create_batch = max_create_batch
         # Times a job may go back to the queue unfinished (lapsed leases and releases); the next return ends it.
         self.max_returns = max_returns
@@ -315,7 +318,7 @@ class JobService:
             exists = workspaces[workspace_id] = await self._workspace_exists(workspace_id)
         if not exists:
             raise NotFound(f'Workspace "{workspace_id}" not found')
-        valid = validate_new_job(spec, self.kinds)
+        valid = validate_new_job(spec, self.kinds, self.struct_limits)
         kind = self.kinds.get(valid.kind)
         now = self.clock.now()
         job_id = str(uuid.uuid4())
@@ -628,6 +631,7 @@ class JobService:
     ) -> tuple[str, _Decide, _Check]:
         check = self._check_lease(principal, lease_token)
         _require_id(job_id)
+        self.struct_limits.check("result", progress.result, "progress.result")
 
         def decide(job: Job) -> Job:
             now = self.clock.now()
@@ -678,6 +682,7 @@ class JobService:
             raise InvalidArgument("status", "must be DONE, ERROR or CANCELLED (or set release)")
         if len(item.error) > 10_000:
             raise InvalidArgument("error", "is longer than 10000 characters")
+        self.struct_limits.check("result", item.progress.result, "progress.result")
         error = item.error or None
         progress = None if item.progress.is_empty() else item.progress
 
