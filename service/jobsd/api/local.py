@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from jobsd.api.codec import (
     STATUS_FROM_PB,
@@ -32,7 +33,7 @@ from jobsd.domain.clock import to_micros
 from jobsd.domain.validation import NewJob
 from jobsd.errors import InvalidArgument, JobsdError
 from jobsd.service.dispatch import Dispatcher, Outgoing, StreamFinish, StreamHeartbeat, WorkerSession
-from jobsd.service.jobs import FinishItem, HeartbeatItem, JobService
+from jobsd.service.jobs import Claim, FinishItem, HeartbeatItem, JobService
 from jobsd.service.watches import WatchEvent
 from jobsd_client import pb
 
@@ -264,13 +265,7 @@ class LocalWorkersApi:
         """The serialised ServerMessage: jobs as the store's bytes, framed (nothing parsed or built twice)."""
         parts: list[bytes] = []
         for claim in out.assignments:
-            head = pb.Assignment(
-                lease_token=claim.lease_token, heartbeat_interval_seconds=claim.heartbeat_interval.total_seconds()
-            )
-            head.lease_expires_at.FromMicroseconds(to_micros(claim.lease_expires_at))
-            if claim.time_limit is not None and claim.run_time_left is not None:
-                head.time_limit_seconds = claim.time_limit.total_seconds()
-                head.run_seconds_left = max(0.0, claim.run_time_left.total_seconds())
+            head = _lease_terms(pb.Assignment(), claim)
             job = claim.job
             body = head.SerializeToString() + length_delimited(1, self._codec(job)) + claimed_url_patch(job)
             parts.append(length_delimited(1, body))
@@ -305,13 +300,7 @@ class LocalWorkersApi:
         )
         if claim is None:
             return b""
-        response = pb.ClaimJobResponse(
-            lease_token=claim.lease_token, heartbeat_interval_seconds=claim.heartbeat_interval.total_seconds()
-        )
-        response.lease_expires_at.FromMicroseconds(to_micros(claim.lease_expires_at))
-        if claim.time_limit is not None and claim.run_time_left is not None:
-            response.time_limit_seconds = claim.time_limit.total_seconds()
-            response.run_seconds_left = max(0.0, claim.run_time_left.total_seconds())
+        response = _lease_terms(pb.ClaimJobResponse(), claim)
         # Serialised messages concatenate as a merge: the rest of the response, then field 1 (job) as stored.
         job = claim.job
         return response.SerializeToString() + list_response_bytes([self._codec(job)], "") + claimed_url_patch(job)
@@ -342,6 +331,20 @@ class LocalWorkersApi:
             release=request.release,
         )
         return self._codec(job)
+
+
+_Claimed = TypeVar("_Claimed", pb.ClaimJobResponse, pb.Assignment)
+
+
+def _lease_terms(message: _Claimed, claim: Claim) -> _Claimed:
+    """`message` (a v1 ClaimJobResponse or a v2 Assignment) with the claim's lease, heartbeat and time limit."""
+    message.lease_token = claim.lease_token
+    message.heartbeat_interval_seconds = claim.heartbeat_interval.total_seconds()
+    message.lease_expires_at.FromMicroseconds(to_micros(claim.lease_expires_at))
+    if claim.time_limit is not None and claim.run_time_left is not None:
+        message.time_limit_seconds = claim.time_limit.total_seconds()
+        message.run_seconds_left = max(0.0, claim.run_time_left.total_seconds())
+    return message
 
 
 def _decoded_heartbeat(h: pb.StreamHeartbeat, i: int) -> HeartbeatItem | JobsdError:

@@ -24,9 +24,11 @@ from typing import TypeVar
 
 import duckdb
 
+from jobsd.executors.context import ExecutionContext
 from jobsd.executors.dataplane import DataPlane, Session
+from jobsd.executors.errors import ExecutionCancelled
 
-__all__ = ["Interrupted", "run_interruptible"]
+__all__ = ["Interrupted", "run_cancellable", "run_interruptible"]
 
 T = TypeVar("T")
 
@@ -115,3 +117,13 @@ async def run_interruptible(
     finally:
         if watcher is not None:
             watcher.cancel()
+
+
+async def run_cancellable(
+    ctx: ExecutionContext, plane: DataPlane, workspace: str, fn: Callable[[Session, threading.Event], T]
+) -> T:
+    """A job's one step by `run_interruptible`: a cancel request stops it and ends the job as cancelled."""
+    try:
+        return await run_interruptible(plane, workspace, fn, ctx.wait_cancel_requested)
+    except Interrupted:
+        raise ExecutionCancelled from None

@@ -20,11 +20,10 @@ from typing import Any
 
 import duckdb
 
-from jobsd.executors.abortable import Interrupted, run_interruptible
+from jobsd.executors.abortable import Interrupted, run_cancellable
 from jobsd.executors.coltypes import type_from_duckdb
 from jobsd.executors.context import ExecutionContext, JobInput
 from jobsd.executors.dataplane import DataPlane, Session, TableStats
-from jobsd.executors.errors import ExecutionCancelled
 
 __all__ = ["PREVIEW_ROWS", "result_table_name", "run_query"]
 
@@ -84,17 +83,7 @@ def _query(session: Session, stopping: threading.Event, job: JobInput, sql: str)
 async def run_query(ctx: ExecutionContext, plane: DataPlane) -> None:
     job = JobInput.of(ctx)
     sql = job.text_param("sql", required=True, fallback=job.query_sql)
-    try:
-        stats, result = await run_interruptible(
-            plane,
-            job.workspace,
-            lambda session, stopping: _query(session, stopping, job, sql),
-            ctx.wait_cancel_requested,
-        )
-    except Interrupted:
-        raise ExecutionCancelled from None
-    ctx.report(
-        progress_percentage=100.0,
-        statistics={"bytes": stats.bytes, "row_count": stats.row_count},
-        result=result,
+    stats, result = await run_cancellable(
+        ctx, plane, job.workspace, lambda session, stopping: _query(session, stopping, job, sql)
     )
+    ctx.report(progress_percentage=100.0, statistics=stats.json(), result=result)

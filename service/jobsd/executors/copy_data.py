@@ -21,7 +21,7 @@ from typing import Any
 
 import duckdb
 
-from jobsd.executors.abortable import Interrupted, run_interruptible
+from jobsd.executors.abortable import Interrupted, run_cancellable
 from jobsd.executors.context import ExecutionContext, JobInput
 from jobsd.executors.dataplane import DataPlane, DataSource, Session, TableStats
 from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
@@ -111,15 +111,9 @@ async def run_copy(ctx: ExecutionContext, plane: DataPlane) -> None:
         raise ExecutionFailed(f"Unknown copy mode {mode!r}: use append or replace")
     if ctx.cancel_requested:
         raise ExecutionCancelled
-    try:
-        outcome = await run_interruptible(
-            plane,
-            job.workspace,
-            lambda session, stopping: _copy(session, stopping, job, target, sql, mode),
-            ctx.wait_cancel_requested,
-        )
-    except Interrupted:
-        raise ExecutionCancelled from None
+    outcome = await run_cancellable(
+        ctx, plane, job.workspace, lambda session, stopping: _copy(session, stopping, job, target, sql, mode)
+    )
     ctx.report(
         progress_percentage=100.0,
         processed_data={
@@ -128,6 +122,6 @@ async def run_copy(ctx: ExecutionContext, plane: DataPlane) -> None:
             "written_rows": outcome.written_rows,
             "written_bytes": outcome.written_bytes,
         },
-        statistics={"bytes": outcome.statistics.bytes, "row_count": outcome.statistics.row_count},
+        statistics=outcome.statistics.json(),
         result={"datasource": outcome.datasource.job_json(outcome.statistics)},
     )

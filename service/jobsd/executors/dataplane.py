@@ -126,9 +126,9 @@ class TableStats:
     bytes: int
     row_count: int
 
-
-def _statistics_json(statistics: TableStats | None) -> dict[str, int] | None:
-    return None if statistics is None else {"bytes": statistics.bytes, "row_count": statistics.row_count}
+    def json(self) -> dict[str, int]:
+        """`{"bytes", "row_count"}`: the `statistics` of a job, and of a data source's metadata."""
+        return {"bytes": self.bytes, "row_count": self.row_count}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +184,7 @@ class DataSource:
             "last_commit": {"content_sha": "", "status": "changed", "path": ""},
             "errors_discarded_at": None,
             "type": self.type,
-            "statistics": _statistics_json(statistics),
+            "statistics": None if statistics is None else statistics.json(),
         }
 
     def to_json(self, statistics: TableStats | None = None) -> dict[str, Any]:

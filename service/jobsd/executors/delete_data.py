@@ -13,10 +13,10 @@ import threading
 
 import duckdb
 
-from jobsd.executors.abortable import Interrupted, run_interruptible
+from jobsd.executors.abortable import Interrupted, run_cancellable
 from jobsd.executors.context import ExecutionContext, JobInput
 from jobsd.executors.dataplane import DataPlane, DataSource, Session, TableStats
-from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
+from jobsd.executors.errors import ExecutionFailed
 
 __all__ = ["run_delete"]
 
@@ -45,17 +45,11 @@ async def run_delete(ctx: ExecutionContext, plane: DataPlane) -> None:
     job = JobInput.of(ctx)
     name = job.require_datasource()
     condition = job.text_param("delete_condition", required=True)
-    try:
-        deleted, source, stats = await run_interruptible(
-            plane,
-            job.workspace,
-            lambda session, stopping: _delete(session, stopping, job, name, condition),
-            ctx.wait_cancel_requested,
-        )
-    except Interrupted:
-        raise ExecutionCancelled from None
+    deleted, source, stats = await run_cancellable(
+        ctx, plane, job.workspace, lambda session, stopping: _delete(session, stopping, job, name, condition)
+    )
     ctx.report(
         progress_percentage=100.0,
-        statistics={"bytes": stats.bytes, "row_count": stats.row_count},
+        statistics=stats.json(),
         result={"rows_affected": deleted, "datasource": source.job_json(stats)},
     )

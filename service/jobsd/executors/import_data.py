@@ -71,7 +71,7 @@ def _report_progress(ctx: ExecutionContext, progress: ImportProgress) -> None:
 def _report_outcome(ctx: ExecutionContext, outcome: ImportOutcome) -> None:
     ctx.report(
         progress_percentage=100.0,
-        statistics={"bytes": outcome.statistics.bytes, "row_count": outcome.statistics.row_count},
+        statistics=outcome.statistics.json(),
         quarantine_rows=outcome.quarantine_rows,
         invalid_lines=outcome.invalid_lines,
         processed_data={

@@ -139,7 +139,7 @@ def _report_target(
     """Statistics and the target's full metadata object (`result.datasource`), as they are now."""
     ctx.report(
         progress_percentage=progress,
-        statistics={"bytes": stats.bytes, "row_count": stats.row_count},
+        statistics=stats.json(),
         result={"written_rows": written, "datasource": target.job_json(stats)},
     )
 

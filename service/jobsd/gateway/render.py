@@ -168,6 +168,16 @@ def _import_fields(job: pb.Job) -> JsonObject:
     }
 
 
+def _pipe_query(job: pb.Job) -> JsonObject:
+    # The query a copy, query or sink job ran and the pipe it came from: the first fields of their details.
+    return {
+        "query_id": _optional(job, "query_id"),
+        "query_sql": _optional(job, "query_sql"),
+        "pipe_id": _optional(job, "pipe_id"),
+        "pipe_name": _optional(job, "pipe_name"),
+    }
+
+
 def _populate_fields(job: pb.Job) -> JsonObject:
     return {
         "query_id": _optional(job, "query_id"),
@@ -180,10 +190,7 @@ def _populate_fields(job: pb.Job) -> JsonObject:
 
 def _copy_fields(job: pb.Job) -> JsonObject:
     return {
-        "query_id": _optional(job, "query_id"),
-        "query_sql": _optional(job, "query_sql"),
-        "pipe_id": _optional(job, "pipe_id"),
-        "pipe_name": _optional(job, "pipe_name"),
+        **_pipe_query(job),
         "mode": _optional(job, "mode"),
         "processed_data": _processed_data(job),
     }
@@ -191,10 +198,7 @@ def _copy_fields(job: pb.Job) -> JsonObject:
 
 def _query_fields(job: pb.Job) -> JsonObject:
     return {
-        "query_id": _optional(job, "query_id"),
-        "query_sql": _optional(job, "query_sql"),
-        "pipe_id": _optional(job, "pipe_id"),
-        "pipe_name": _optional(job, "pipe_name"),
+        **_pipe_query(job),
         "statistics": _statistics(job),
         "result": plain_struct(job.result),
     }
@@ -211,10 +215,7 @@ def _delete_fields(job: pb.Job) -> JsonObject:
 
 def _sink_fields(job: pb.Job) -> JsonObject:
     return {
-        "query_id": _optional(job, "query_id"),
-        "query_sql": _optional(job, "query_sql"),
-        "pipe_id": _optional(job, "pipe_id"),
-        "pipe_name": _optional(job, "pipe_name"),
+        **_pipe_query(job),
         "statistics": _statistics(job),
         "processed_data": _processed_data(job),
     }

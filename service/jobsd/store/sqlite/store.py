@@ -36,6 +36,7 @@ from typing import Any, Final
 import orjson
 
 from jobsd.domain.clock import from_micros, to_micros
+from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import (
@@ -166,6 +167,16 @@ def _unique_by_id(rows: Iterator[Any]) -> Iterator[Any]:
         if row[1] not in seen:
             seen.add(row[1])
             yield row
+
+
+def _created_within(wanted: JobFilter, where: list[str], params: list[Any]) -> None:
+    # The created_at window (inclusive) of both listings, jobs and jobs_log rows.
+    if wanted.created_after is not None:
+        where.append("created_at >= ?")
+        params.append(to_micros(wanted.created_after))
+    if wanted.created_before is not None:
+        where.append("created_at <= ?")
+        params.append(to_micros(wanted.created_before))
 
 
 def _job_from_doc(doc: str) -> Job:
@@ -427,12 +438,7 @@ class SqliteStore:
                 where.append(f"{column} = ?")
                 params.append(value)
                 index = column_index  # reversed: the most selective filter present wins
-        if wanted.created_after is not None:
-            where.append("created_at >= ?")
-            params.append(to_micros(wanted.created_after))
-        if wanted.created_before is not None:
-            where.append("created_at <= ?")
-            params.append(to_micros(wanted.created_before))
+        _created_within(wanted, where, params)
         if query.after is not None:
             where.append("(created_at, id) < (?, ?)")
             params.extend((to_micros(query.after[0]), query.after[1]))
@@ -637,12 +643,7 @@ class SqliteStore:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        if wanted.created_after is not None:
-            where.append("created_at >= ?")
-            params.append(to_micros(wanted.created_after))
-        if wanted.created_before is not None:
-            where.append("created_at <= ?")
-            params.append(to_micros(wanted.created_before))
+        _created_within(wanted, where, params)
         if query.after is not None:
             updated_at, job_id, revision = query.after
             where.append("(updated_at, job_id, revision) < (?, ?, ?)")
