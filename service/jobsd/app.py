@@ -48,7 +48,7 @@ _SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Jobs"].full_name,
     pb.DESCRIPTOR.services_by_name["Workers"].full_name,
 )
-# The largest message the server sends (a page is cut well below it: JOBSD_MAX_PAGE_BYTES).
+# The largest message the server sends (a list page is cut below it: JOBSD_MAX_PAGE_BYTES).
 MAX_SEND_MESSAGE_BYTES = 16 * 1024 * 1024
 # Retention purges are cheap but need not run on every lease sweep.
 _PURGE_EVERY_SWEEPS = 10
@@ -116,6 +116,7 @@ class JobsdApp:
             max_create_batch=settings.max_create_batch,
             max_returns=settings.max_returns,
             struct_limits=settings.struct_limits,
+            max_page_bytes=settings.max_page_bytes,
         )
         self.dispatcher = Dispatcher(
             self.service, max_streams=settings.max_worker_streams, max_slots=settings.max_worker_slots

@@ -402,6 +402,15 @@ class Settings:
         shown="256KiB",
         metavar="SIZE",
     )
+    max_page_bytes: int = _setting(
+        3 * 1024 * 1024,
+        "JOBSD_MAX_PAGE_BYTES",
+        "encoded bytes of the jobs on one `ListJobs` / `GET /v0/jobs` page (it stops before the job that would pass "
+        "it; a larger job comes alone); keep it under what clients receive (gRPC: 4 MiB by default)",
+        _size,
+        shown="3MiB",
+        metavar="SIZE",
+    )
     max_create_batch: int = _setting(
         500, "JOBSD_MAX_CREATE_BATCH", "jobs one `CreateJobs` call may create", _number(int, 1)
     )

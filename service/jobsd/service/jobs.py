@@ -45,6 +45,11 @@ INVALID_TOKEN = "invalid authentication token"
 # Jobs CreateJobs takes in one call unless the settings say otherwise (JOBSD_MAX_CREATE_BATCH).
 DEFAULT_MAX_CREATE_BATCH = 500
 DEFAULT_MAX_RETURNS = 5
+# Encoded bytes a page of ListJobs may hold unless the settings say otherwise (JOBSD_MAX_PAGE_BYTES): under the 4 MiB
+# a gRPC client receives by default.
+DEFAULT_MAX_PAGE_BYTES = 3 * 1024 * 1024
+# What framing one job in a ListJobsResponse costs at most beyond its bytes: the tag and a length varint.
+_FRAME_BYTES = 6
 
 _Decide = Callable[[Job], Job]
 _Check = Callable[[Job], Awaitable[None] | None]
@@ -114,8 +119,11 @@ class JobService:
         max_create_batch: int = DEFAULT_MAX_CREATE_BATCH,
         max_returns: int = DEFAULT_MAX_RETURNS,
         struct_limits: StructLimits = DEFAULT_STRUCT_LIMITS,
+        max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
     ) -> None:
         self.store = store
+        # A list page stops before its jobs' encoded bytes pass this (it always holds one job, however large).
+        self.max_page_bytes = max_page_bytes
         # The sizes of datasource, params (checked at create) and result (checked when a worker reports it).
         self.struct_limits = struct_limits
         self.max_create_batch = max_create_batch
@@ -218,9 +226,18 @@ class JobService:
         """A page of jobs as the store's light records, newest first (the store applied the read scope)."""
         limit, query = self._list_query(principal, filters, page_size, page_token)
         records = await self.store.list_records(query)
-        if len(records) <= limit:
+        # Bounded by bytes as well as by count: the page stops before the job that would take it past
+        # max_page_bytes (a first job larger than that is sent alone), and the cursor continues from its last job.
+        budget = self.max_page_bytes
+        kept = 0
+        for record in records[:limit]:
+            budget -= len(record.wire) + _FRAME_BYTES
+            if budget < 0 and kept:
+                break
+            kept += 1
+        if kept == len(records):
             return records, ""
-        records = records[:limit]
+        records = records[:kept]
         last = records[-1]
         return records, encode_cursor(last.created_at_us, last.id)
 
