@@ -244,6 +244,13 @@ class Settings:
     executor_concurrency: int = _setting(
         4, "JOBSD_EXECUTOR_CONCURRENCY", "jobs the in-process executors run at once", _number(int, 1)
     )
+    progress_interval_seconds: float = _setting(
+        1.0,
+        "JOBSD_PROGRESS_INTERVAL_SECONDS",
+        "how often the executors send a running job's figures (progress, rows, bytes) to watchers, at most; "
+        "a progress write is not a status change (no `jobs_log` row)",
+        _number(float, 0.05),
+    )
     dataplane_max_open_workspaces: int = _setting(
         16,
         "JOBSD_DATAPLANE_MAX_OPEN_WORKSPACES",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import replace
 from datetime import timedelta
 
@@ -10,7 +11,7 @@ from jobsd.domain.auth import ReadScope
 from jobsd.domain.model import JobStatus, ProcessedData, QueryProgress, Statistics
 from jobsd.domain.states import Action
 from jobsd.errors import AlreadyExists
-from jobsd.store.base import JobQuery, JobStore, LogQuery
+from jobsd.store.base import JobQuery, JobRecord, JobStore, LogQuery
 
 from .factories import RETENTION, T0, USEC, move, new_job, new_workspace_id
 
@@ -47,6 +48,7 @@ async def test_every_field_survives_the_round_trip(store: JobStore) -> None:
         errors=("e1", "e2"),
         attempt=2,
         returns=4,
+        note="run 4 ended unfinished: its worker worker-8 stopped heartbeating (attempt 1 of 3)",
         worker_id="worker-9",
         lease_token="lease-9",
         lease_expires_at=T0 + timedelta(seconds=35, microseconds=999_999),
@@ -178,3 +180,28 @@ async def test_a_failing_write_among_concurrent_writes_fails_alone(store: JobSto
         assert await store.get_job(job.id, T0) == job
     logged = await store.list_log(LogQuery(workspace_id=ws, limit=100))
     assert sorted(e.job_id for e in logged) == sorted(j.id for j in [first, *jobs])
+
+
+async def test_jobs_are_found_by_a_prefix_of_their_id_within_one_workspace(store: JobStore) -> None:
+    ws, other = new_workspace_id(), new_workspace_id()
+    p = uuid.uuid4().hex[:7]  # a prefix of this test's own (a shared real database holds other tests' jobs)
+    ids = [f"{p}0-aaaa-4000-8000-000000000001", f"{p}0-bbbb-4000-8000-000000000002", f"{p}1-0000-4000-8000-0"]
+    elsewhere = f"{p}0-cccc-4000-8000-000000000003"
+    for job_id in ids:
+        await store.insert_job(replace(new_job(ws), id=job_id))
+    await store.insert_job(replace(new_job(other), id=elsewhere))
+    await store.insert_job(replace(new_job(ws), id=f"{p}0-dddd-4000-8000-000000000004", expires_at=T0 + USEC))
+    later = T0 + 2 * USEC  # the last one is gone by then
+
+    def found(records: list[JobRecord]) -> list[str]:
+        return [record.id for record in records]
+
+    assert found(await store.records_by_id_prefix(f"{p}0", ws, later, 10)) == ids[:2]  # by id; not gone, not other
+    assert found(await store.records_by_id_prefix(f"{p}0-b", ws, later, 10)) == ids[1:2]
+    assert found(await store.records_by_id_prefix(f"{p}0", ws, later, 1)) == ids[:1]
+    assert found(await store.records_by_id_prefix(p, None, later, 10)) == [*ids[:2], elsewhere, ids[2]]
+    assert found(await store.records_by_id_prefix(f"{p}0", other, later, 10)) == [elsewhere]
+    assert found(await store.records_by_id_prefix(f"{p}0-dddd", ws, later, 10)) == []
+    assert len(await store.records_by_id_prefix(f"{p}0-dddd", ws, T0, 10)) == 1
+    record = (await store.records_by_id_prefix(ids[0], ws, later, 10))[0]
+    assert record.workspace_id == ws and record.wire  # a record as get_record gives it

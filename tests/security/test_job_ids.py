@@ -61,3 +61,52 @@ async def test_another_workspace_s_job_is_403_an_unknown_one_404_and_neither_tel
     listed = await stack.jobs.ListJobs(pb.ListJobsRequest(), metadata=stack.md(stack.alpha.tokens["admin"]))
     assert [job.id for job in listed.jobs] == [victim.id]
     assert logs.errors() == []
+
+
+async def test_a_short_id_finds_only_the_caller_s_own_jobs_and_never_tells_of_another_workspace_s(
+    stack: Stack, logs: LogRecords
+) -> None:
+    """Ids may be shortened to a unique prefix (8+ characters, what `jobsctl watch` prints), resolved by the server
+    within the caller's workspace and read scope only: to another workspace's token (or a reader that may not see
+    the job) a prefix of the job's id is simply not found — not 403, no id, no count — and nothing changes."""
+    victim = await stack.create(stack.alpha.tokens["admin"], "copy", "target", query_sql="SELECT 1 AS secret_column")
+    owner = stack.alpha.tokens["admin"]
+    stack.said.clear()
+
+    for prefix in (victim.id[:8], victim.id[:23], victim.id[:35]):
+        for attacker in (stack.beta.tokens["admin"], stack.beta.tokens["reader"], stack.alpha.tokens["reader"]):
+            md = stack.md(attacker)
+            for call in (
+                stack.jobs.GetJob(pb.GetJobRequest(job_id=prefix), metadata=md),
+                stack.jobs.CancelJob(pb.CancelJobRequest(job_id=prefix), metadata=md),
+                stack.jobs.RetryJob(pb.RetryJobRequest(job_id=prefix), metadata=md),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                stack.said.append(str(refused.value.details()))
+                assert refused.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED)
+                if refused.value.code() == grpc.StatusCode.NOT_FOUND:
+                    assert refused.value.details() == f'Job with id "{prefix}" not found'
+            try:  # the log: no rows (a workspace admin reads its own log), or not found (a reader)
+                rows = await stack.jobs.ListJobsLog(pb.ListJobsLogRequest(job_id=prefix), metadata=md)
+                stack.said.append(str(rows))
+                assert not rows.entries
+            except grpc.aio.AioRpcError as refused_log:
+                assert refused_log.code() == grpc.StatusCode.NOT_FOUND, refused_log.details()
+            with pytest.raises(grpc.aio.AioRpcError) as watched:
+                async for event in stack.jobs.WatchJob(pb.WatchJobRequest(job_id=prefix), metadata=md):
+                    stack.said.append(str(event))
+            assert watched.value.code() == grpc.StatusCode.NOT_FOUND
+            status, body = await stack.get(f"/v0/jobs/{prefix}", attacker)
+            assert (status, body["error"]) == (404, f'Job with id "{prefix}" not found')
+            status, body = await stack.post(f"/v0/jobs/{prefix}/cancel", attacker)
+            assert status == 404, body
+
+    said = stack.everything_said()
+    for private in (victim.id, "secret_column", "target", stack.alpha.workspace_id):
+        assert private not in said, private
+    # The owner's own prefix finds it; the job is as it was (not cancelled, not retried by anyone).
+    mine = await stack.jobs.GetJob(pb.GetJobRequest(job_id=victim.id[:8]), metadata=stack.md(owner))
+    assert mine.id == victim.id and mine.status != pb.JOB_STATUS_CANCELLED
+    listed = await stack.jobs.ListJobs(pb.ListJobsRequest(kind="copy"), metadata=stack.md(owner))
+    assert [job.id for job in listed.jobs] == [victim.id]  # no retry was created

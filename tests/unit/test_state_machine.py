@@ -401,3 +401,37 @@ def test_a_terminal_job_never_changes_again(terminal: JobStatus, actions: list[o
             else:
                 assert isinstance(action, Action)
                 move(job, action, T0)
+
+
+@pytest.mark.parametrize("how", [Action.LEASE_REQUEUE, Action.RELEASE])
+def test_a_run_after_a_return_starts_its_figures_over_and_the_job_says_why(how: Action) -> None:
+    now = T0 + timedelta(minutes=1)
+    running = move(make_job(kind="import"), Action.CLAIM, now)
+    figures = Progress(
+        progress_percentage=47.0,
+        queries=(QueryProgress("q1", "done"),),
+        statistics=Statistics(bytes=8_600_000, row_count=10),
+        quarantine_rows=2,
+        invalid_lines=1,
+        result={"rows": 3},
+        errors=("bad line",),
+    )
+    running = apply_progress(running, figures, now)
+    back = move(running, how, now)
+    assert back.status is W and back.returns == 1 and back.progress_percentage == 47.0  # kept while it waits
+    expected_how = (
+        "its worker w1 stopped heartbeating (attempt 1 of 3)"
+        if how is Action.LEASE_REQUEUE
+        else "its worker w1 released it at a graceful stop (no attempt used)"
+    )
+    assert back.note == f"run 1 ended unfinished: {expected_how}; the next run starts over"
+    again = move(back, Action.CLAIM, now + USEC, worker_id="w2")
+    assert (again.progress_percentage, again.queries, again.statistics, again.processed_data) == (0.0, (), None, None)
+    assert (again.quarantine_rows, again.invalid_lines, again.result, again.errors) == (0, 0, {}, ())
+    assert again.note == back.note and again.returns == 1  # still says why this is its second run
+
+
+def test_a_first_claim_keeps_the_job_as_it_is() -> None:
+    job = make_job(kind="import")
+    claimed = move(job, Action.CLAIM, T0 + timedelta(minutes=1))
+    assert claimed.note is None and claimed.returns == 0

@@ -89,6 +89,11 @@ class Figures:
             self._values[name] = value
             self._dirty.add(name)
 
+    @property
+    def pending(self) -> bool:
+        """Whether some figure changed since it was last sent."""
+        return bool(self._dirty)
+
     def take(self) -> tuple[pb.ProgressUpdate | None, set[str]]:
         """The changed figures as an update (None if nothing changed); they count as sent until `restore`."""
         taken, self._dirty = self._dirty, set()

@@ -68,6 +68,7 @@ from jobsd_client.errors import (
 from jobsd_client.signals import STOP_SIGNALS, stop_on_signals
 
 __all__ = [
+    "DEFAULT_PROGRESS_INTERVAL",
     "MAX_ERROR_CHARS",
     "QUERY_STATUSES",
     "Handler",
@@ -83,6 +84,9 @@ _log = logging.getLogger("jobsd_client.worker")
 
 # jobsd refuses longer error messages; a handler's (an SQL engine's, say) is cut to fit rather than refused.
 MAX_ERROR_CHARS = 10_000
+# Figures a handler reports reach jobsd (and its watchers) at most this often, by default (Worker(progress_interval)).
+DEFAULT_PROGRESS_INTERVAL = 1.0
+MIN_PROGRESS_INTERVAL = 0.05
 # Used only if a server does not say how often to heartbeat.
 _DEFAULT_HEARTBEAT_INTERVAL = 10.0
 # Errors worth retrying: the server restarts, is overloaded, or the network hiccups.
@@ -153,6 +157,7 @@ class JobContext:
         heartbeat_interval: float,
         heartbeat: _HeartbeatCall | None = None,
         run_time: _RunTime | None = None,
+        progress_interval: float | None = DEFAULT_PROGRESS_INTERVAL,
     ) -> None:
         self.job = job
         self.job_id = job.id
@@ -165,6 +170,13 @@ class JobContext:
         self._client = client
         self._beat: _HeartbeatCall = heartbeat or client.heartbeat
         self._heartbeat_interval = heartbeat_interval
+        # Figures reported go out at most this often (a heartbeat carrying them); None: only with the heartbeats.
+        self._progress_interval = progress_interval
+        # When the last heartbeat went (the claim counts as one: a job that reports and ends within the first
+        # interval sends its figures with its finish only, no write more than before).
+        self._last_sent = time.monotonic()
+        # Set by report(): figures wait to be sent (see _progress_forever).
+        self._reported = asyncio.Event()
         # Worker protocol v2: whether this job's slot was already given back to the server.
         self._slot_returned = False
         self._figures = Figures()
@@ -209,11 +221,15 @@ class JobContext:
         return self._lease_lost
 
     def report(self, **figures: Unpack[ReportFigures]) -> None:
-        """Merge figures into what the next heartbeat (or `flush()`, or the finish) sends.
+        """Merge figures into what goes to jobsd next (within `progress_interval`, 1 s by default, of the last send).
 
+        They go with the next heartbeat, a `flush()` or the finish if one comes first. Reports in between are
+        coalesced (only the latest figures go), so a handler may call this as often as it likes: jobsd writes a
+        job at most about once per interval, and a progress write is not a status change (no jobs_log row).
         Validated as a whole first: a bad figure raises `InvalidArgument` naming it, and nothing is merged.
         """
         self._figures.merge(validate_report(figures))
+        self._reported.set()
 
     async def flush(self) -> None:
         """Send the pending figures now (also refreshes `cancel_requested`).
@@ -245,7 +261,7 @@ class JobContext:
             if self._lease_lost:
                 return
             update, fields = self._figures.take()
-            sent_at = time.monotonic()
+            sent_at = self._last_sent = time.monotonic()
             try:
                 response = await self._send_heartbeat(update)
             except (FailedPrecondition, NotFound) as exc:
@@ -285,11 +301,25 @@ class JobContext:
 
     async def _heartbeat_forever(self) -> None:
         while not self._lease_lost:
-            await asyncio.sleep(self._heartbeat_interval)
-            await self._heartbeat()
+            # A heartbeat interval after the last send: figures sent in between extended the lease already.
+            await asyncio.sleep(max(0.0, self._last_sent + self._heartbeat_interval - time.monotonic()))
+            if time.monotonic() >= self._last_sent + self._heartbeat_interval:
+                await self._heartbeat()
             if not self._lease_lost and time.monotonic() >= self._lease_until:
                 # jobsd has requeued (or ended) the job by now: stop working on it.
                 self._lose_lease(f"no heartbeat reached jobsd for {3 * self._heartbeat_interval:g} s")
+
+    async def _progress_forever(self) -> None:
+        """Send reported figures at most once per `progress_interval` while they keep changing."""
+        interval = self._progress_interval
+        if interval is None:
+            return
+        while not self._lease_lost:
+            await self._reported.wait()
+            await asyncio.sleep(max(0.0, self._last_sent + interval - time.monotonic()))
+            self._reported.clear()
+            if self._figures.pending:
+                await self._heartbeat()
 
     def _run_out_of_time(self) -> None:
         """The run time is up: cancel the handler (the job then finishes as error)."""
@@ -479,6 +509,7 @@ class Worker:
         channel: grpc.aio.Channel | None = None,
         protocol: str = "auto",
         time_limits: Mapping[str, float] | None = None,
+        progress_interval: float | None = DEFAULT_PROGRESS_INTERVAL,
     ) -> None:
         if not handlers:
             raise InvalidArgument.for_field("handlers", "at least one kind -> handler is required")
@@ -494,6 +525,12 @@ class Worker:
         for kind, seconds in (time_limits or {}).items():
             if not seconds > 0:
                 raise InvalidArgument.for_field("time_limits", f"{kind}: must be more than 0 seconds, got {seconds!r}")
+        if progress_interval is not None and not MIN_PROGRESS_INTERVAL <= progress_interval <= 3600:
+            raise InvalidArgument.for_field(
+                "progress_interval",
+                f"must be between {MIN_PROGRESS_INTERVAL:g} and 3600 seconds (or None), got {progress_interval!r}",
+            )
+        self._progress_interval = progress_interval
         # Run-time limits per kind this worker enforces itself (jobsd's own, sent with each claim, apply too).
         self._time_limits = dict(time_limits or {})
         self._protocol = protocol
@@ -695,6 +732,7 @@ class Worker:
             heartbeat_interval=claimed.heartbeat_interval_seconds or _DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat=self._heartbeat_call if streamed else None,
             run_time=_RunTime.for_claim(claimed, self._time_limits.get(job.kind)),
+            progress_interval=self._progress_interval,
         )
         if not streamed:
             ctx._slot_returned = True  # v1 slots are the semaphore's
@@ -726,6 +764,7 @@ class Worker:
         self._running[ctx.job_id] = running
         _log.info("job %s (%s): started", ctx.job_id, ctx.kind, extra={"job_id": ctx.job_id})
         heartbeat_task = asyncio.create_task(ctx._heartbeat_forever(), name=f"jobsd-heartbeat-{ctx.job_id}")
+        progress_task = asyncio.create_task(ctx._progress_forever(), name=f"jobsd-progress-{ctx.job_id}")
         try:
             await asyncio.wait({handler_task}, timeout=ctx.time_left)
             if not handler_task.done():
@@ -733,11 +772,12 @@ class Worker:
                 await asyncio.wait({handler_task})
         finally:
             # Also reached if this task itself is cancelled: nothing is left running behind it.
-            for task in (handler_task, heartbeat_task):
+            for task in (handler_task, heartbeat_task, progress_task):
                 task.cancel()
-            await asyncio.wait({handler_task, heartbeat_task})
-            if not heartbeat_task.cancelled() and heartbeat_task.exception() is not None:
-                _log.error("job %s: heartbeat crashed", ctx.job_id, exc_info=heartbeat_task.exception())
+            await asyncio.wait({handler_task, heartbeat_task, progress_task})
+            for task in (heartbeat_task, progress_task):
+                if not task.cancelled() and task.exception() is not None:
+                    _log.error("job %s: %s crashed", ctx.job_id, task.get_name(), exc_info=task.exception())
 
         if ctx.lease_lost:
             # The job belongs to someone else now (requeued or ended by the server): leave it alone.

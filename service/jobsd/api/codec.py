@@ -143,7 +143,10 @@ def job_to_pb(job: Job, kinds: KindRegistry = BUILTIN_KINDS) -> pb.Job:
         invalid_lines=job.invalid_lines,
         attempt=job.attempt,
         concurrency_key=job.concurrency_key,
+        returns=job.returns,
     )
+    if job.note is not None:
+        msg.note = job.note
     msg.created_at.FromMicroseconds(to_micros(job.created_at))
     msg.updated_at.FromMicroseconds(to_micros(job.updated_at))
     if job.queries:

@@ -149,6 +149,9 @@ class Job:
     # Times the job went back to the queue unfinished: its lease lapsed, or its worker released it (a graceful
     # stop). Bounded by the service's max_returns (JOBSD_MAX_RETURNS), so a job that keeps coming back ends.
     returns: int = 0
+    # Why the job last went back to the queue unfinished (its worker stopped heartbeating, or released it): set
+    # with `returns`, kept to the end, so a job on its second run says so. The next run starts its figures over.
+    note: str | None = None
     worker_id: str | None = None
     lease_token: str | None = None
     lease_expires_at: datetime | None = None

@@ -59,6 +59,29 @@ TRANSITIONS: dict[tuple[JobStatus, Action], JobStatus] = {
     (JobStatus.CANCELLING, Action.RUN_TIME_EXCEEDED): JobStatus.CANCELLED,  # it was asked to stop anyway
 }
 
+# The figures a worker reports, as a job has them before its first report: what a new run starts from.
+_RESTARTED_FIGURES: dict[str, object] = {
+    "progress_percentage": 0.0,
+    "queries": (),
+    "statistics": None,
+    "quarantine_rows": 0,
+    "invalid_lines": 0,
+    "processed_data": None,
+    "result": {},
+    "errors": (),
+}
+
+
+def _return_note(job: Job, action: Action, kind: KindSpec) -> str:
+    """The job's `note` as it goes back to the queue: which run ended, how, and that the next starts over."""
+    worker = job.worker_id or "?"
+    if action is Action.RELEASE:
+        how = f"its worker {worker} released it at a graceful stop (no attempt used)"
+    else:
+        how = f"its worker {worker} stopped heartbeating (attempt {job.attempt} of {kind.max_attempts})"
+    return f"run {job.returns + 1} ended unfinished: {how}; the next run starts over"
+
+
 # How long a job that ends after its 48 h window stays visible.
 LINGER_AFTER_END = timedelta(hours=1)
 
@@ -106,6 +129,10 @@ def transition(
         "status_revision": job.revision + 1,
     }
     if target is JobStatus.WORKING:
+        if job.returns:
+            # A run after a return starts over (the worker before it may have got anywhere): its figures too, so
+            # the bar restarts at 0 beside the job's `note` instead of silently jumping back (47 % -> 27 %).
+            changes.update(_RESTARTED_FIGURES)
         changes.update(
             started_at=job.started_at or now,
             attempt=job.attempt + 1,  # attempt counts claims
@@ -123,6 +150,7 @@ def transition(
             attempt=job.attempt - 1 if action is Action.RELEASE else job.attempt,
             returns=job.returns + 1,
             expires_at=max(job.created_at + retention, now + LINGER_AFTER_END),
+            note=_return_note(job, action, kind),
         )
     elif target is JobStatus.CANCELLING:
         changes.update(cancel_requested_at=now)

@@ -158,6 +158,9 @@ class Loader:
         self._stage = session.staging_table(self._stage_name)
         self._stage_quarantine = session.staging_table(f"{label}_quarantine")
         self._raw = quote_ident(f"_jobsd_raw_{label}")
+        # Figures go out after each batch, and between batches after each chunk read (a slow origin fills a
+        # batch slowly): a report only merges figures, the worker SDK sends them at most once per its interval.
+        source.reader.on_chunk = self._chunk_read
 
     # -- the steps
 
@@ -320,6 +323,12 @@ class Loader:
             session.execute(f"DELETE FROM {self._raw}")
             self._rows += int(good[0]) if good else 0
             self._quarantined += int(bad[0]) if bad else 0
+        self._report()
+
+    def _chunk_read(self) -> None:
+        self._report()
+
+    def _report(self) -> None:
         self._on_progress(
             ImportProgress(
                 bytes_read=self._source.reader.bytes_read,

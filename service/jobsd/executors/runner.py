@@ -208,6 +208,7 @@ class ExecutorRunner:
             worker_id=self._worker_id,
             concurrency=self.settings.executor_concurrency,
             wait_seconds=self._wait_seconds,
+            progress_interval=self.settings.progress_interval_seconds,
         )
         self._task = asyncio.create_task(self._run(self._worker), name="jobsd-executors")
         self._pruner = asyncio.create_task(self._prune_results_forever(), name="jobsd-executors-prune")

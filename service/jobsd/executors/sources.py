@@ -169,6 +169,9 @@ class CountingReader:
         self._limits = limits
         self._gzip_hint = gzip_hint
         self._decoded: _Bounded | None = None
+        # Called (on the reading thread) after each chunk read: how the loader reports bytes as they arrive,
+        # not only when a batch of rows is loaded.
+        self.on_chunk: Callable[[], None] | None = None
 
     @property
     def bytes_read(self) -> int:
@@ -181,6 +184,12 @@ class CountingReader:
         return 0 if self._decoded is None else self._decoded.count
 
     def read(self) -> bytes:
+        chunk = self._read()
+        if self.on_chunk is not None:
+            self.on_chunk()
+        return chunk
+
+    def _read(self) -> bytes:
         if self._decoded is None:
             first = self._encoded.read()
             if first and (self._gzip_hint or first.startswith(_GZIP_MAGIC)):

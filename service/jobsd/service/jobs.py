@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -42,6 +43,13 @@ WRITTEN_KEPT = 1_024
 # Workspace ids remembered as existing (see JobService._workspace_exists).
 KNOWN_WORKSPACES_KEPT = 1_024
 INVALID_TOKEN = "invalid authentication token"
+# A job id may be shortened to a unique prefix of at least this many characters (the 8 a progress bar prints).
+MIN_ID_PREFIX = 8
+# Ids are UUIDs: 36 characters, lower-case hex and dashes.
+FULL_ID_LENGTH = 36
+_ID_CHARACTERS = frozenset("0123456789abcdef-")
+# Matches named when a prefix is ambiguous.
+AMBIGUOUS_SHOWN = 10
 # Jobs CreateJobs takes in one call unless the settings say otherwise (JOBSD_MAX_CREATE_BATCH).
 DEFAULT_MAX_CREATE_BATCH = 500
 DEFAULT_MAX_RETURNS = 5
@@ -201,6 +209,39 @@ class JobService:
         del principal
         return list(self.kinds)
 
+    async def resolve_job_id(self, principal: Principal, job_id: str) -> str:
+        """The full id of the one job `principal` may read whose id starts with `job_id`, when `job_id` is a
+        shortened id (MIN_ID_PREFIX to 35 characters of a UUID); else `job_id` as given.
+
+        Only the caller's own workspace is searched, and only jobs it may read count: a prefix never tells one
+        token about another workspace's jobs (nor about jobs its read scope hides). No match: `job_id` as given
+        (the lookup then says "not found", as for any unknown id). Two or more: InvalidArgument naming them."""
+        _require_id(job_id)
+        if not MIN_ID_PREFIX <= len(job_id) < FULL_ID_LENGTH:
+            return job_id
+        prefix = job_id.lower()
+        if not set(prefix) <= _ID_CHARACTERS:
+            return job_id
+        records = await self.store.records_by_id_prefix(
+            prefix, principal.workspace_id, self.clock.now(), AMBIGUOUS_SHOWN + 1
+        )
+        matches = []
+        for record in records:
+            try:
+                principal.check_read(record)
+            except JobsdError:
+                continue
+            matches.append(record.id)
+        if not matches:
+            return job_id
+        if len(matches) == 1:
+            return matches[0]
+        many = f"more than {AMBIGUOUS_SHOWN}" if len(matches) > AMBIGUOUS_SHOWN else str(len(matches))
+        raise InvalidArgument(
+            "job_id",
+            f'"{job_id}" is the start of {many} job ids: {", ".join(matches[:AMBIGUOUS_SHOWN])}; give more of the id',
+        )
+
     async def _visible(self, job_id: str) -> Job:
         job = await self.store.get_job(_require_id(job_id), self.clock.now())
         if job is None:
@@ -208,12 +249,16 @@ class JobService:
         return job
 
     async def get_job(self, principal: Principal, job_id: str) -> Job:
+        if len(job_id) != FULL_ID_LENGTH:
+            job_id = await self.resolve_job_id(principal, job_id)
         job = await self._visible(job_id)
         principal.check_read(job)
         return job
 
     async def get_job_record(self, principal: Principal, job_id: str) -> JobRecord:
         """`get_job` as the store's light record: authorised on its fields, the job itself as wire bytes."""
+        if len(job_id) != FULL_ID_LENGTH:
+            job_id = await self.resolve_job_id(principal, job_id)
         record = await self.store.get_record(_require_id(job_id), self.clock.now())
         if record is None:
             raise NotFound(f'Job with id "{job_id}" not found')
@@ -260,6 +305,8 @@ class JobService:
     ) -> tuple[list[LogEntry], str]:
         limit = checked_page_size(page_size)
         workspace_id = principal.workspace(filters.workspace_id)
+        if filters.job_id and len(filters.job_id) != FULL_ID_LENGTH:
+            filters = dataclasses.replace(filters, job_id=await self.resolve_job_id(principal, filters.job_id))
         if not principal.read_scope(workspace_id).everything:
             if filters.job_id:
                 # One job's status changes are part of what its reader sees (the timeline on its page).
@@ -463,12 +510,17 @@ class JobService:
         return [r for r in results if r is not None]
 
     async def cancel_job(self, principal: Principal, job_id: str) -> Job:
+        if len(job_id) != FULL_ID_LENGTH:
+            job_id = await self.resolve_job_id(principal, job_id)
+
         def decide(job: Job) -> Job:
             return transition(job, Action.CANCEL, self.clock.now(), kind=self.kinds.get(job.kind))
 
         return await self._move(job_id, decide, check=principal.check_write)
 
     async def retry_job(self, principal: Principal, job_id: str) -> Job:
+        if len(job_id) != FULL_ID_LENGTH:
+            job_id = await self.resolve_job_id(principal, job_id)
         old = await self._visible(job_id)
         principal.check_write(old)
         if old.status not in (JobStatus.ERROR, JobStatus.CANCELLED):

@@ -58,6 +58,7 @@ class JobWatches:
         if since_revision < 0:
             raise InvalidArgument("since_revision", "must not be negative")
         job = await self._read_job(principal, job_id)  # authorise before subscribing
+        job_id = job.id  # a short id (a unique prefix) was resolved by the read
         sub = self._hub.subscribe(lambda _job: True, job_id=job.id, workspace_id=job.workspace_id)
         self._metrics.watchers.inc()
         try:

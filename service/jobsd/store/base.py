@@ -158,6 +158,13 @@ class JobStore(Protocol):
     async def get_record(self, job_id: str, now: datetime) -> JobRecord | None:
         """`get_job` as a light record carrying the job's stored wire bytes."""
 
+    async def records_by_id_prefix(
+        self, prefix: str, workspace_id: str | None, now: datetime, limit: int
+    ) -> list[JobRecord]:
+        """Up to `limit` visible jobs whose id starts with `prefix`, by id, in `workspace_id` (None: every
+        workspace). How a short id (the 8 characters a progress bar prints) finds its job."""
+        ...
+
     async def list_records(self, query: JobQuery) -> list[JobRecord]:
         """`list_jobs` as light records carrying each job's stored wire bytes (same jobs, same order)."""
 

@@ -188,6 +188,8 @@ class Job(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
+    RETURNS_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     workspace_id: _builtins.str
     kind: _builtins.str
@@ -212,6 +214,12 @@ class Job(_message.Message):
     worker_id: _builtins.str
     idempotency_key: _builtins.str
     concurrency_key: _builtins.str
+    returns: _builtins.int
+    """Times the job went back to the queue unfinished (a lapsed lease, or a release at its worker's shutdown);
+    each return starts a new run whose figures (progress, rows, bytes) start over.
+    """
+    note: _builtins.str
+    """Why it last went back, e.g. "its worker w1 stopped heartbeating (attempt 1 of 3)"; unset if it never did."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -282,10 +290,12 @@ class Job(_message.Message):
         result: _struct_pb2.Struct | None = ...,
         idempotency_key: _builtins.str | None = ...,
         concurrency_key: _builtins.str = ...,
+        returns: _builtins.int = ...,
+        note: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_idempotency_key", b"_idempotency_key", "_import_id", b"_import_id", "_mode", b"_mode", "_pipe_id", b"_pipe_id", "_pipe_name", b"_pipe_name", "_query_id", b"_query_id", "_query_sql", b"_query_sql", "_url", b"_url", "_worker_id", b"_worker_id", "created_at", b"created_at", "datasource", b"datasource", "datasource_ref", b"datasource_ref", "error", b"error", "idempotency_key", b"idempotency_key", "import_id", b"import_id", "lease_expires_at", b"lease_expires_at", "mode", b"mode", "params", b"params", "pipe_id", b"pipe_id", "pipe_name", b"pipe_name", "processed_data", b"processed_data", "query_id", b"query_id", "query_sql", b"query_sql", "result", b"result", "started_at", b"started_at", "statistics", b"statistics", "updated_at", b"updated_at", "url", b"url", "worker_id", b"worker_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_idempotency_key", b"_idempotency_key", "_import_id", b"_import_id", "_mode", b"_mode", "_note", b"_note", "_pipe_id", b"_pipe_id", "_pipe_name", b"_pipe_name", "_query_id", b"_query_id", "_query_sql", b"_query_sql", "_url", b"_url", "_worker_id", b"_worker_id", "created_at", b"created_at", "datasource", b"datasource", "datasource_ref", b"datasource_ref", "error", b"error", "idempotency_key", b"idempotency_key", "import_id", b"import_id", "lease_expires_at", b"lease_expires_at", "mode", b"mode", "note", b"note", "params", b"params", "pipe_id", b"pipe_id", "pipe_name", b"pipe_name", "processed_data", b"processed_data", "query_id", b"query_id", "query_sql", b"query_sql", "result", b"result", "started_at", b"started_at", "statistics", b"statistics", "updated_at", b"updated_at", "url", b"url", "worker_id", b"worker_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_idempotency_key", b"_idempotency_key", "_import_id", b"_import_id", "_mode", b"_mode", "_pipe_id", b"_pipe_id", "_pipe_name", b"_pipe_name", "_query_id", b"_query_id", "_query_sql", b"_query_sql", "_url", b"_url", "_worker_id", b"_worker_id", "attempt", b"attempt", "concurrency_key", b"concurrency_key", "created_at", b"created_at", "datasource", b"datasource", "datasource_ref", b"datasource_ref", "error", b"error", "errors", b"errors", "id", b"id", "idempotency_key", b"idempotency_key", "import_id", b"import_id", "invalid_lines", b"invalid_lines", "is_cancellable", b"is_cancellable", "kind", b"kind", "lease_expires_at", b"lease_expires_at", "mode", b"mode", "params", b"params", "pipe_id", b"pipe_id", "pipe_name", b"pipe_name", "processed_data", b"processed_data", "progress_percentage", b"progress_percentage", "quarantine_rows", b"quarantine_rows", "queries", b"queries", "query_id", b"query_id", "query_sql", b"query_sql", "result", b"result", "revision", b"revision", "started_at", b"started_at", "statistics", b"statistics", "status", b"status", "updated_at", b"updated_at", "url", b"url", "worker_id", b"worker_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_idempotency_key", b"_idempotency_key", "_import_id", b"_import_id", "_mode", b"_mode", "_note", b"_note", "_pipe_id", b"_pipe_id", "_pipe_name", b"_pipe_name", "_query_id", b"_query_id", "_query_sql", b"_query_sql", "_url", b"_url", "_worker_id", b"_worker_id", "attempt", b"attempt", "concurrency_key", b"concurrency_key", "created_at", b"created_at", "datasource", b"datasource", "datasource_ref", b"datasource_ref", "error", b"error", "errors", b"errors", "id", b"id", "idempotency_key", b"idempotency_key", "import_id", b"import_id", "invalid_lines", b"invalid_lines", "is_cancellable", b"is_cancellable", "kind", b"kind", "lease_expires_at", b"lease_expires_at", "mode", b"mode", "note", b"note", "params", b"params", "pipe_id", b"pipe_id", "pipe_name", b"pipe_name", "processed_data", b"processed_data", "progress_percentage", b"progress_percentage", "quarantine_rows", b"quarantine_rows", "queries", b"queries", "query_id", b"query_id", "query_sql", b"query_sql", "result", b"result", "returns", b"returns", "revision", b"revision", "started_at", b"started_at", "statistics", b"statistics", "status", b"status", "updated_at", b"updated_at", "url", b"url", "worker_id", b"worker_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__error: _TypeAlias = _typing.Literal["error"]  # noqa: Y015
     _WhichOneofArgType__error: _TypeAlias = _typing.Literal["_error", b"_error"]  # noqa: Y015
@@ -295,6 +305,8 @@ class Job(_message.Message):
     _WhichOneofArgType__import_id: _TypeAlias = _typing.Literal["_import_id", b"_import_id"]  # noqa: Y015
     _WhichOneofReturnType__mode: _TypeAlias = _typing.Literal["mode"]  # noqa: Y015
     _WhichOneofArgType__mode: _TypeAlias = _typing.Literal["_mode", b"_mode"]  # noqa: Y015
+    _WhichOneofReturnType__note: _TypeAlias = _typing.Literal["note"]  # noqa: Y015
+    _WhichOneofArgType__note: _TypeAlias = _typing.Literal["_note", b"_note"]  # noqa: Y015
     _WhichOneofReturnType__pipe_id: _TypeAlias = _typing.Literal["pipe_id"]  # noqa: Y015
     _WhichOneofArgType__pipe_id: _TypeAlias = _typing.Literal["_pipe_id", b"_pipe_id"]  # noqa: Y015
     _WhichOneofReturnType__pipe_name: _TypeAlias = _typing.Literal["pipe_name"]  # noqa: Y015
@@ -315,6 +327,8 @@ class Job(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__import_id) -> _WhichOneofReturnType__import_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mode) -> _WhichOneofReturnType__mode | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__note) -> _WhichOneofReturnType__note | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__pipe_id) -> _WhichOneofReturnType__pipe_id | None: ...
     @_typing.overload

@@ -325,6 +325,25 @@ class MongoStore(BatchWrites):
             records = await self._records([found])
         return records[0] if records else None
 
+    async def records_by_id_prefix(
+        self, prefix: str, workspace_id: str | None, now: datetime, limit: int
+    ) -> list[JobRecord]:
+        if not prefix or limit < 1:
+            raise InvalidArgument("prefix", "must not be empty, with a limit of at least 1")
+        self._check_open()
+        # A range on _id (its index): [prefix, prefix with its last character + 1).
+        query: dict[str, Any] = {
+            "_id": {"$gte": prefix, "$lt": prefix[:-1] + chr(ord(prefix[-1]) + 1)},
+            "$and": [visible_at(now)],
+        }
+        if workspace_id is not None:
+            query["workspace_id"] = workspace_id
+        with self._reachable("find jobs by id prefix"):
+            found = await self._jobs.find(query, _RECORD_FIELDS, sort=[("_id", 1)], limit=limit, hint="_id_").to_list(
+                None
+            )
+            return await self._records(found)
+
     async def list_records(self, query: JobQuery) -> list[JobRecord]:
         if query.limit < 1:
             raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")

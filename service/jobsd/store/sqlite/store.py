@@ -370,6 +370,34 @@ class SqliteStore:
             wire = row[5] if row[5] is not None else self._wire_of_doc(conn, row[1])
             return JobRecord(row[1], row[2], row[0], row[3], row[4], wire)
 
+    async def records_by_id_prefix(
+        self, prefix: str, workspace_id: str | None, now: datetime, limit: int
+    ) -> list[JobRecord]:
+        if not prefix or limit < 1:
+            raise InvalidArgument("prefix", "must not be empty, with a limit of at least 1")
+        # A range on the primary key (binary collation): [prefix, prefix with its last character + 1).
+        where = ["id >= ?", "id < ?", _VISIBLE]
+        params: list[Any] = [prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1), to_micros(now)]
+        if workspace_id is not None:
+            where.append("workspace_id = ?")
+            params.append(workspace_id)
+        with self._guard("find jobs by id prefix"):
+            conn = self._open_connection()
+            rows = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*params, limit)
+            ).fetchall()
+            return [
+                JobRecord(
+                    row[1],
+                    row[2],
+                    row[0],
+                    row[3],
+                    row[4],
+                    row[5] if row[5] is not None else self._wire_of_doc(conn, row[1]),
+                )
+                for row in rows
+            ]
+
     async def list_records(self, query: JobQuery) -> list[JobRecord]:
         if query.limit < 1:
             raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
