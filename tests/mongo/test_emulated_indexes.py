@@ -30,8 +30,9 @@ async def test_open_creates_one_list_index_per_filter_led_by_workspace_and_endin
     }
     for name, equality in expected_lists.items():
         assert jobs[name]["key"] == [("workspace_id", 1), *((f, 1) for f in equality), *LIST_ORDER], name
-    assert jobs["jobs_claim"]["key"] == [("status", 1), *LIST_ORDER]
-    assert jobs["jobs_claim_by_kind"]["key"] == [("status", 1), ("kind", 1), *LIST_ORDER]
+    # Claims: the workspaces with waiting jobs (a distinct over workspace_id), then one workspace's FIFO.
+    assert jobs["jobs_claim"]["key"] == [("status", 1), ("workspace_id", 1), *LIST_ORDER]
+    assert jobs["jobs_claim_by_kind"]["key"] == [("status", 1), ("kind", 1), ("workspace_id", 1), *LIST_ORDER]
     assert jobs["jobs_leases"]["key"] == [("status", 1), ("lease_expires_at_us", 1), ("_id", 1)]
 
 

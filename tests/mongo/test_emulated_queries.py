@@ -15,7 +15,15 @@ from jobsd.domain.filters import JobFilter
 from jobsd.domain.states import Action
 from jobsd.store.base import JobQuery, LogQuery
 from jobsd.store.mongo import MongoStore
-from jobsd.store.mongo.queries import claim_plan, collection_indexes, lapsed_plan, list_plans, log_plan, visible_at
+from jobsd.store.mongo.queries import (
+    claim_plan,
+    collection_indexes,
+    lapsed_plan,
+    list_plans,
+    log_plan,
+    visible_at,
+    waiting_workspaces_plan,
+)
 from tests.contract.factories import T0, claim_request, move, new_job, new_workspace_id
 from tests.support.mongo_emulation import EmulatedAsyncMongoClient, sort_problem
 
@@ -83,8 +91,8 @@ def test_a_scope_that_reads_nothing_runs_no_query() -> None:
 
 def test_claim_lapsed_and_log_queries_are_served_in_order_by_their_indexes() -> None:
     plans = [
-        claim_plan(claim_request(NOW), [], NOW),
-        claim_plan(claim_request(NOW, kinds={"copy"}), ["ws:copy:t"], NOW),
+        claim_plan(claim_request(NOW, workspace_id=WS), [], NOW),
+        claim_plan(claim_request(NOW, kinds={"copy"}, workspace_id=WS), ["ws:copy:t"], NOW),
         claim_plan(claim_request(NOW, kinds={"copy", "import"}, workspace_id=WS), [], NOW),
         lapsed_plan(NOW, 10),
         log_plan(LogQuery(workspace_id=WS, limit=10)),
@@ -93,6 +101,15 @@ def test_claim_lapsed_and_log_queries_are_served_in_order_by_their_indexes() -> 
     ]
     for plan in plans:
         assert sort_problem(plan.filter, plan.sort, INDEXES[plan.hint]) == "", plan
+    # The distinct that finds the workspaces with waiting jobs: workspace_id right after the fixed keys.
+    for kinds in ((), ("copy",), ("copy", "import")):
+        filter_, hint = waiting_workspaces_plan(claim_request(NOW, kinds=kinds))
+        assert sort_problem(filter_, (("workspace_id", 1),), INDEXES[hint]) == "", kinds
+
+
+def test_a_claim_plan_is_for_one_workspace() -> None:
+    with pytest.raises(ValueError, match="one workspace"):
+        claim_plan(claim_request(NOW), [], NOW)
 
 
 def test_a_sort_the_index_cannot_serve_is_reported() -> None:
@@ -107,6 +124,8 @@ async def test_every_job_read_of_the_store_carries_the_retention_bound(
     emulated_client: EmulatedAsyncMongoClient, emulated_store: MongoStore
 ) -> None:
     ws = new_workspace_id()
+    # A waiting job elsewhere, so the claim below reads jobs (a claim of an empty queue reads no job at all).
+    await emulated_store.insert_job(new_job(new_workspace_id()))
     job = await emulated_store.insert_job(new_job(ws, idempotency_key="k"))
     running = move(job, Action.CLAIM, T0)
     assert await emulated_store.compare_and_set(job, running)

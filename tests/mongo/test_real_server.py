@@ -19,7 +19,14 @@ from jobsd.domain.model import Job
 from jobsd.domain.states import Action
 from jobsd.store.base import ChangeEvent, JobChanged, JobQuery, LogQuery
 from jobsd.store.mongo import MongoStore
-from jobsd.store.mongo.queries import FindPlan, claim_plan, lapsed_plan, list_plans, log_plan
+from jobsd.store.mongo.queries import (
+    FindPlan,
+    claim_plan,
+    lapsed_plan,
+    list_plans,
+    log_plan,
+    waiting_workspaces_plan,
+)
 from tests.contract.factories import T0, claim_request, move, new_job, new_workspace_id
 
 from .test_emulated_queries import QUERIES
@@ -158,11 +165,20 @@ async def test_claim_lease_and_log_queries_are_index_walks_without_an_in_memory_
     await seed(replicas[0], "ws-queries")
     servers_sort = await planner_sorts_served_orders(database)
     for kinds in ((), ("copy",)):
-        plan = claim_plan(claim_request(NOW, kinds=kinds), ["ws-queries:copy:ds1"], NOW)
+        plan = claim_plan(claim_request(NOW, kinds=kinds, workspace_id="ws-queries"), ["ws-queries:copy:ds1"], NOW)
         assert_index_walk(await explain_claim(database, plan), f"claim {kinds}", plan.hint)
     # Several kinds: the index yields each kind in order and the server merges them (SORT_MERGE, not SORT).
-    plan = claim_plan(claim_request(NOW, kinds=("copy", "import")), [], NOW)
+    plan = claim_plan(claim_request(NOW, kinds=("copy", "import"), workspace_id="ws-queries"), [], NOW)
     assert_index_walk(await explain_claim(database, plan), "claim of two kinds", plan.hint)
+    # The workspaces with waiting jobs: a distinct over the claim index (no collection scan).
+    for wanted in ((), ("copy",), ("copy", "import")):
+        filter_, hint = waiting_workspaces_plan(claim_request(NOW, kinds=wanted))
+        explained = await database.command(
+            "explain", {"distinct": "jobs", "key": "workspace_id", "query": filter_, "hint": hint}
+        )
+        plan_stages = stages(explained)
+        assert {"IXSCAN", "DISTINCT_SCAN"} & set(plan_stages), (wanted, plan_stages)
+        assert "COLLSCAN" not in plan_stages, (wanted, plan_stages)
     lapsed = lapsed_plan(NOW, 100)
     explained = await explain_find(database.jobs, lapsed)
     assert_index_walk(explained, "lapsed leases", lapsed.hint, sort_stage_is_the_servers=servers_sort)

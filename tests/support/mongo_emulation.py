@@ -35,7 +35,7 @@ from pymongo.errors import DuplicateKeyError, ServerSelectionTimeoutError
 __all__ = ["EmulatedAsyncMongoClient", "EmulationRefused", "RecordedCall", "sort_problem"]
 
 _DUPLICATE_KEY = 11000
-_UPDATE_OPERATORS = frozenset({"$set", "$unset", "$inc", "$push", "$pull", "$addToSet", "$setOnInsert"})
+_UPDATE_OPERATORS = frozenset({"$set", "$unset", "$inc", "$max", "$push", "$pull", "$addToSet", "$setOnInsert"})
 _QUERY_OPERATORS = frozenset(
     {"$and", "$or", "$in", "$nin", "$lt", "$lte", "$gt", "$gte", "$eq", "$ne", "$exists", "$size", "$type"}
 )
@@ -266,6 +266,19 @@ class _EmulatedCollection:
         for name, direction in reversed(list(sort)):
             documents.sort(key=partial(_field_order, name), reverse=int(direction) < 0)
         return [d["_id"] for d in (documents[:limit] if limit else documents)]
+
+    async def distinct(self, key: str, filter: Mapping[str, Any] | None = None, *, hint: Any = None) -> list[Any]:
+        """The distinct values of `key` among the matches. Held to what a server does without a scan: the hinted
+        index must hold `key` with every key before it fixed by the filter (as for a sorted find)."""
+        await self._enter("distinct", write=False)
+        filter_ = dict(filter or {})
+        _check_filter(f"{self.name}.distinct filter", filter_)
+        if not isinstance(hint, str):
+            raise EmulationRefused(f"{self.name}.distinct of {key!r} without naming the index (hint) to use")
+        self._check_sorted("distinct", filter_, [(key, 1)], hint)
+        self._record("distinct", filter_, None, hint)
+        values = {d.get(key) for d in self._sync._iter_documents(filter_)}
+        return sorted(values, key=_bson_order)
 
     async def index_information(self) -> dict[str, Any]:
         await self._enter("index_information", write=False, data=False)

@@ -4,8 +4,10 @@ Rules every backend keeps:
 - A job write is a compare-and-set on the stored revision: `compare_and_set(old, new)` writes `new` only if the
   stored job still has `old.revision`, and appends a jobs_log row in the same atomic step when the status changed.
 - Reads honour the visibility bound: a job whose `expires_at` is not after `now` is never returned.
-- `claim_next` is atomic: FIFO by created_at among waiting, visible jobs of the requested kinds, skipping jobs whose
-  concurrency key already has `limit_for(kind)` jobs running; no job is ever claimed twice.
+- `claim_next` is atomic: among waiting, visible jobs of the requested kinds, skipping jobs whose concurrency key
+  already has `limit_for(kind)` jobs running, it takes the workspaces in turns and each FIFO by created_at
+  (`jobsd.domain.fairshare`: least recently served workspace first, one at its `share` last); no job is ever
+  claimed twice, and it returns None only when no workspace has a claimable job.
 - Every committed job write is published on `changes()` (in-process for SQLite, change streams for MongoDB).
 - The batch writes (`insert_jobs`, `claim_batch`, `compare_and_set_many`) mean exactly what a loop of the single
   writes means, item by item (each item is its own compare-and-set); a backend may commit a batch together, and
@@ -22,12 +24,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
 from jobsd.domain.auth import ReadScope
 from jobsd.domain.clock import from_micros
+from jobsd.domain.fairshare import WorkspaceShare, after_claim
 from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
 
@@ -107,6 +110,8 @@ class ClaimRequest:
     limit_for: Callable[[str], int]
     # Turns the chosen waiting job into its claimed form (the state machine's CLAIM transition).
     claim: Callable[[Job], Job]
+    # The claimer's max-share rule (its slots, what each workspace holds of them); None: turns only.
+    share: WorkspaceShare | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,13 +177,15 @@ class JobStore(Protocol):
         """Write `new` iff the stored revision is still `old.revision`; False if it moved on or vanished."""
 
     async def claim_next(self, request: ClaimRequest) -> Job | None:
-        """Atomically claim the oldest eligible waiting job (see module rules); None if there is none."""
+        """Atomically claim the next eligible waiting job (see module rules: turns across workspaces, FIFO within
+        one); None if there is none."""
 
     async def insert_jobs(self, jobs: Sequence[Job]) -> list[Job]:
         """`insert_job` for each job, in order (idempotency keys included); the stored jobs, in order."""
 
     async def claim_batch(self, request: ClaimRequest, limit: int) -> list[Job]:
-        """Up to `limit` claims, as `claim_next` would make them one after another (FIFO, limits counted)."""
+        """Up to `limit` claims, as `claim_next` would make them one after another (turns, FIFO, limits counted;
+        each claim counts towards its workspace's share for the next ones)."""
 
     async def compare_and_set_many(self, pairs: Sequence[tuple[Job, Job]]) -> list[bool]:
         """`compare_and_set(old, new)` for each pair (distinct jobs), each on its own; the outcomes, in order."""
@@ -230,6 +237,8 @@ class BatchWrites:
             if job is None:
                 break
             claimed.append(job)
+            # The job just claimed counts towards its workspace's share for the next claim.
+            request = replace(request, share=after_claim(request.share, job.workspace_id))
         return claimed
 
     async def compare_and_set_many(self: _SingleWrites, pairs: Sequence[tuple[Job, Job]]) -> list[bool]:

@@ -29,6 +29,7 @@ __all__ = [
     "LEASES_INDEX",
     "SLOTS",
     "TOKENS",
+    "TURNS",
     "WORKSPACES",
     "FindPlan",
     "IndexSpec",
@@ -38,12 +39,15 @@ __all__ = [
     "list_plans",
     "log_plan",
     "visible_at",
+    "waiting_workspaces_plan",
 ]
 
 JOBS: Final = "jobs"
 JOBS_LOG: Final = "jobs_log"
 # One document per concurrency key that has (or had) running jobs: {_id: key, kind, holders: [job ids]}.
 SLOTS: Final = "slots"
+# One document per workspace that shared a claim with others: {_id: workspace_id, served: its turn}.
+TURNS: Final = "turns"
 WORKSPACES: Final = "workspaces"
 TOKENS: Final = "tokens"
 
@@ -98,9 +102,13 @@ def collection_indexes(log_retention: timedelta | None) -> dict[str, tuple[Index
             _list_index("jobs_by_pipe_id", "pipe_id"),
             _list_index(_BY_PIPE_NAME, "pipe_name"),
             _list_index(_BY_DATASOURCE, "datasource_name"),
-            # Claims: FIFO over waiting jobs, all kinds or the requested ones.
-            IndexSpec(CLAIM_INDEX, (("status", 1), ("created_at_us", 1), ("_id", 1))),
-            IndexSpec(CLAIM_BY_KIND_INDEX, (("status", 1), ("kind", 1), ("created_at_us", 1), ("_id", 1))),
+            # Claims (jobsd.domain.fairshare): the workspaces with waiting jobs (a distinct over workspace_id), then
+            # one workspace's waiting jobs FIFO; all kinds or the requested ones.
+            IndexSpec(CLAIM_INDEX, (("status", 1), ("workspace_id", 1), ("created_at_us", 1), ("_id", 1))),
+            IndexSpec(
+                CLAIM_BY_KIND_INDEX,
+                (("status", 1), ("kind", 1), ("workspace_id", 1), ("created_at_us", 1), ("_id", 1)),
+            ),
             # The lease sweeper: running jobs by lease end.
             IndexSpec(LEASES_INDEX, (("status", 1), ("lease_expires_at_us", 1), ("_id", 1))),
             # Retention: the TTL monitor deletes a job once its expires_at passed (about once a minute; reads do
@@ -123,6 +131,7 @@ def collection_indexes(log_retention: timedelta | None) -> dict[str, tuple[Index
         WORKSPACES: (IndexSpec("workspaces_by_name", (("name", 1),), {"unique": True}),),
         TOKENS: (),
         SLOTS: (),
+        TURNS: (),
     }
 
 
@@ -191,17 +200,28 @@ def list_plans(query: JobQuery) -> list[FindPlan]:
     return plans
 
 
-def claim_plan(
-    request: ClaimRequest, full_keys: Sequence[str], lock_free_at: datetime, *, concurrency_key: str | None = None
-) -> FindPlan:
-    """The oldest waiting, visible, unlocked job of the requested kinds whose concurrency key is not full (or, with
-    `concurrency_key`, of that one key)."""
+def waiting_workspaces_plan(request: ClaimRequest) -> tuple[dict[str, Any], str]:
+    """The filter and index of a distinct over `workspace_id`: the workspaces with waiting jobs of the requested
+    kinds (a few index steps per workspace; retention is left to the claim that follows)."""
     kinds = sorted(set(request.kinds))
     doc: dict[str, Any] = {"status": JobStatus.WAITING.value}
     if kinds:
         doc["kind"] = kinds[0] if len(kinds) == 1 else {"$in": kinds}
-    if request.workspace_id is not None:
-        doc["workspace_id"] = request.workspace_id
+    return doc, CLAIM_BY_KIND_INDEX if kinds else CLAIM_INDEX
+
+
+def claim_plan(
+    request: ClaimRequest, full_keys: Sequence[str], lock_free_at: datetime, *, concurrency_key: str | None = None
+) -> FindPlan:
+    """The oldest waiting, visible, unlocked job of the requested kinds in the request's workspace (a claim takes
+    one workspace at a time) whose concurrency key is not full (or, with `concurrency_key`, of that one key)."""
+    if request.workspace_id is None:
+        raise ValueError("a claim plan is for one workspace: the request names none")
+    kinds = sorted(set(request.kinds))
+    doc: dict[str, Any] = {"status": JobStatus.WAITING.value}
+    if kinds:
+        doc["kind"] = kinds[0] if len(kinds) == 1 else {"$in": kinds}
+    doc["workspace_id"] = request.workspace_id
     if concurrency_key is not None:
         doc["concurrency_key"] = concurrency_key
     elif full_keys:

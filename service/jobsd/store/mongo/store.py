@@ -11,10 +11,11 @@ is a single-document atomic write on the server:
   under contention (claims would otherwise retry TransientTransactionError), works the same on a sharded
   cluster, and runs on the in-process emulation CI uses. Chosen over "log row first, delete it if the CAS loses"
   because that shows readers rows for changes that never happened, and leaves them behind if the writer dies.
-- Claims: `find_one_and_update` sorted FIFO on `created_at_us` locks the oldest eligible waiting job (a short
-  `claim_lock`), a slot of its concurrency key is reserved atomically in `slots`, then the job is written as
-  claimed (a compare-and-set that also checks the lock). The lock makes concurrent claimers take different
-  jobs in one round trip; the slot makes concurrency limits hold across processes.
+- Claims take the workspaces in turns (jobsd.domain.fairshare: a distinct finds the workspaces with waiting jobs,
+  `turns` orders them); in one workspace, `find_one_and_update` sorted FIFO on `created_at_us` locks the oldest
+  eligible waiting job (a short `claim_lock`), a slot of its concurrency key is reserved atomically in `slots`,
+  then the job is written as claimed (a compare-and-set that also checks the lock). The lock makes concurrent
+  claimers take different jobs in one round trip; the slot makes concurrency limits hold across processes.
 - The change feed is one change stream per process (mongo_feed). Without change streams (a standalone server,
   or the emulation) the store publishes its own writes in-process and says so once in the log: one replica then
   works, but replicas do not see each other's writes.
@@ -31,6 +32,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from heapq import merge
 from itertools import islice
@@ -51,6 +53,7 @@ from pymongo.errors import (
 )
 from pymongo.read_concern import ReadConcern
 
+from jobsd.domain.fairshare import Candidate, claim_order, next_turn
 from jobsd.domain.model import RUNNING_STATUSES, Job, LogEntry, TokenRecord, Workspace
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import (
@@ -88,6 +91,7 @@ from jobsd.store.mongo.queries import (
     JOBS_LOG,
     SLOTS,
     TOKENS,
+    TURNS,
     WORKSPACES,
     FindPlan,
     IndexSpec,
@@ -97,6 +101,7 @@ from jobsd.store.mongo.queries import (
     list_plans,
     log_plan,
     visible_at,
+    waiting_workspaces_plan,
 )
 
 __all__ = ["CLAIM_LOCK_TTL", "DEFAULT_DATABASE", "MongoStore", "database_from_uri"]
@@ -175,6 +180,7 @@ class MongoStore(BatchWrites):
         self._jobs: AsyncCollection[Document] = db.get_collection(JOBS)
         self._log: AsyncCollection[Document] = db.get_collection(JOBS_LOG)
         self._slots: AsyncCollection[Document] = db.get_collection(SLOTS)
+        self._turns: AsyncCollection[Document] = db.get_collection(TURNS)
         self._workspaces: AsyncCollection[Document] = db.get_collection(WORKSPACES)
         self._tokens: AsyncCollection[Document] = db.get_collection(TOKENS)
         self._log_retention = log_retention
@@ -396,7 +402,69 @@ class MongoStore(BatchWrites):
         return True
 
     async def claim_next(self, request: ClaimRequest) -> Job | None:
-        """The oldest claimable job, claimed; None only when there is none.
+        """The next claimable job, claimed; None only when there is none.
+
+        Workspaces in turn (jobsd.domain.fairshare): a distinct over the claim index finds the workspaces with
+        waiting jobs; with more than one, their turns (`turns`) order them, and the claim tries each in that order
+        (`_claim_in_workspace`) until one gives a job, then moves that workspace's turn on (a `$max`, so turns only
+        grow whatever the interleaving). The turns are bookkeeping, not a lock: two claimers at once may serve the
+        same workspace, never the same job. A workspace that gave nothing is not asked again by this claim; before
+        answering None the workspaces are read again, and any that appeared meanwhile is tried too."""
+        self._check_open()
+        with self._reachable("claim a job"):
+            full_keys = await self._full_keys(request)
+            if request.workspace_id is not None:
+                return await self._claim_in_workspace(request, full_keys)
+            tried: set[str] = set()
+            filter_, hint = waiting_workspaces_plan(request)
+            while True:
+                found: list[str] = await self._jobs.distinct("workspace_id", filter_, hint=hint)
+                fresh = [w for w in found if w not in tried]
+                if not fresh:
+                    return None
+                if len(found) == 1:
+                    # No one to share with: the turns stay as they are (nothing more to read or write).
+                    claimed = await self._claim_in_workspace(replace(request, workspace_id=fresh[0]), full_keys)
+                    if claimed is not None:
+                        return claimed
+                    tried.add(fresh[0])
+                    continue
+                candidates = await self._candidates(request, fresh)
+                for workspace_id in claim_order(candidates, request.share):
+                    claimed = await self._claim_in_workspace(replace(request, workspace_id=workspace_id), full_keys)
+                    if claimed is not None:
+                        turn = next_turn(micros(request.now) or 0, candidates)
+                        await self._after_write(
+                            f"move the turn of {workspace_id} on", self._take_turn(workspace_id, turn)
+                        )
+                        return claimed
+                    tried.add(workspace_id)
+
+    async def _take_turn(self, workspace_id: str, turn: int) -> None:
+        await self._turns.update_one({"_id": workspace_id}, {"$max": {"served": turn}}, upsert=True)
+
+    async def _candidates(self, request: ClaimRequest, workspace_ids: list[str]) -> list[Candidate]:
+        """The workspaces with their turns; for those never served (when more than one), their oldest waiting job
+        of the requested kinds, which orders them."""
+        turns = {
+            d["_id"]: d["served"]
+            for d in await self._turns.find({"_id": {"$in": workspace_ids}}).to_list(None)
+            if isinstance(d.get("served"), int)
+        }
+        unserved = [w for w in workspace_ids if w not in turns]
+        oldest: dict[str, int] = {}
+        if len(unserved) > 1:
+            for workspace_id in unserved:
+                plan = claim_plan(replace(request, workspace_id=workspace_id), (), request.now)
+                head = await self._jobs.find_one(
+                    plan.filter, {"created_at_us": 1}, sort=list(plan.sort), hint=plan.hint
+                )
+                if head is not None:
+                    oldest[workspace_id] = head["created_at_us"]
+        return [Candidate(w, turns.get(w), oldest.get(w)) for w in workspace_ids]
+
+    async def _claim_in_workspace(self, request: ClaimRequest, full_keys: set[str]) -> Job | None:
+        """The oldest claimable job of the request's workspace, claimed; None only when it has none.
 
         A place first, then the job: the claim looks up the oldest eligible waiting job (no lock) for its
         concurrency key, reserves a place in that key (a holder naming this claim's nonce, until the lock
@@ -409,32 +477,32 @@ class MongoStore(BatchWrites):
         a key it read full (excluded from here on; keys are finite), or that others took every job of a key (each
         such round is another claim's success). A place is refused only when a read of the slot shows it full.
         Before answering None, the keys excluded as full are read again: one freed meanwhile is looked at once
-        more, so None never rests on a stale reading."""
-        self._check_open()
-        with self._reachable("claim a job"):
-            full_keys = await self._full_keys(request)
-            while True:
-                plan = claim_plan(request, sorted(full_keys), request.now)
-                candidate = await self._jobs.find_one(
-                    plan.filter, {"concurrency_key": 1, "kind": 1}, sort=list(plan.sort), hint=plan.hint
-                )
-                if candidate is None:
-                    still_full = await self._full_keys(request)
-                    if full_keys <= still_full:
-                        return None
-                    full_keys = still_full
-                    continue
-                key: str = candidate["concurrency_key"]
-                kind: str = candidate["kind"]
-                nonce = uuid.uuid4().hex
-                lock_until = micros(request.now + CLAIM_LOCK_TTL)
-                place = {"job": None, "claim": nonce, "until": lock_until}
-                if not await self._reserve_slot(key, kind, place, request.limit_for(kind)):
-                    full_keys.add(key)
-                    continue
-                claimed = await self._claim_in_key(request, key, nonce, lock_until, place)
-                if claimed is not None:
-                    return claimed
+        more, so None never rests on a stale reading. `full_keys` is the caller's reading, brought up to date."""
+        while True:
+            plan = claim_plan(request, sorted(full_keys), request.now)
+            candidate = await self._jobs.find_one(
+                plan.filter, {"concurrency_key": 1, "kind": 1}, sort=list(plan.sort), hint=plan.hint
+            )
+            if candidate is None:
+                still_full = await self._full_keys(request)
+                if full_keys <= still_full:
+                    full_keys.clear()
+                    full_keys.update(still_full)
+                    return None
+                full_keys.clear()
+                full_keys.update(still_full)
+                continue
+            key: str = candidate["concurrency_key"]
+            kind: str = candidate["kind"]
+            nonce = uuid.uuid4().hex
+            lock_until = micros(request.now + CLAIM_LOCK_TTL)
+            place = {"job": None, "claim": nonce, "until": lock_until}
+            if not await self._reserve_slot(key, kind, place, request.limit_for(kind)):
+                full_keys.add(key)
+                continue
+            claimed = await self._claim_in_key(request, key, nonce, lock_until, place)
+            if claimed is not None:
+                return claimed
 
     async def _claim_in_key(
         self, request: ClaimRequest, key: str, nonce: str, lock_until: int | None, place: Document

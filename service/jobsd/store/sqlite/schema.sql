@@ -26,12 +26,17 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (workspace_id, status, created
 CREATE INDEX IF NOT EXISTS jobs_by_pipe_id ON jobs (workspace_id, pipe_id, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_by_pipe_name ON jobs (workspace_id, pipe_name, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_by_datasource_name ON jobs (workspace_id, datasource_name, created_at, id);
--- Claims walk the waiting jobs FIFO. Partial (only waiting jobs, a small share of a full store) and covering
--- (the walk reads no table row until it has chosen), so skipping jobs of a full concurrency key is cheap.
-CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (created_at, id, kind, concurrency_key, workspace_id, expires_at)
+-- Claims take the workspaces in turns (jobsd.domain.fairshare) and walk each one's waiting jobs FIFO: the
+-- workspaces with waiting jobs are found by skipping along workspace_id (one index step per workspace), then one
+-- workspace's jobs are read in created_at order. Partial (only waiting jobs, a small share of a full store) and
+-- covering (the walk reads no table row until it has chosen), so skipping jobs of a full concurrency key is cheap.
+-- (They replace jobs_claim / jobs_claim_by_kind, global FIFO orders of schema 2 files before fair share.)
+DROP INDEX IF EXISTS jobs_claim;
+DROP INDEX IF EXISTS jobs_claim_by_kind;
+CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (workspace_id, created_at, id, kind, concurrency_key, expires_at)
     WHERE status = 'waiting';
-CREATE INDEX IF NOT EXISTS jobs_claim_by_kind
-    ON jobs (kind, created_at, id, concurrency_key, workspace_id, expires_at)
+CREATE INDEX IF NOT EXISTS jobs_waiting_by_kind
+    ON jobs (kind, workspace_id, created_at, id, concurrency_key, expires_at)
     WHERE status = 'waiting';
 -- Running jobs per concurrency key. Partial like the lease index: a new or finished job touches neither, and
 -- every index a write touches is one more page in the WAL at commit.
@@ -73,3 +78,10 @@ CREATE TABLE IF NOT EXISTS tokens (
     scopes TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
+
+-- Each workspace's turn: the number of the last claim that served it when it had to share the claim with other
+-- workspaces (jobsd.domain.fairshare): one row per workspace that ever shared, written only by such claims.
+CREATE TABLE IF NOT EXISTS turns (
+    workspace_id TEXT PRIMARY KEY,
+    served INTEGER NOT NULL
+) WITHOUT ROWID;

@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any, Final
 import orjson
 
 from jobsd.domain.clock import from_micros, to_micros
+from jobsd.domain.fairshare import Candidate, after_claim, claim_order, next_turn
 from jobsd.domain.filters import JobFilter
 from jobsd.domain.model import Job, LogEntry, TokenRecord, Workspace
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
@@ -94,10 +96,13 @@ _FILTER_INDEXES: Final = (
     ("kind", "jobs_by_kind"),
     ("status", "jobs_by_status"),
 )
-# A claim looks at no more than this many waiting jobs (in FIFO order) for one whose concurrency key has a free
-# slot. It bounds the time one claim holds the event loop and the write lock (the walk is an index-only scan of
-# microseconds per row); a worker that finds nothing simply polls again once running jobs finish.
+# A claim looks at no more than this many waiting jobs (in FIFO order, over all the workspaces it looks at) for one
+# whose concurrency key has a free slot. It bounds the time one claim holds the event loop and the write lock (the
+# walk is an index-only scan of microseconds per row); a worker that finds nothing simply polls again once running
+# jobs finish.
 CLAIM_SCAN_LIMIT: Final = 5_000
+# Workspaces whose turns one statement reads (under SQLite's limit on bound parameters).
+_TURNS_PER_READ: Final = 500
 # How long a look at the database file (still there, still the same file) vouches for it before a write looks again.
 FILE_CHECK_INTERVAL: Final = 0.05
 # WAL pages between automatic checkpoints (SQLite's default is 1,000). A single-job write appends ~24 pages (the
@@ -542,6 +547,8 @@ class SqliteStore:
                 if job is None:
                     break
                 claimed.append(job)
+                # The job just claimed counts towards its workspace's share for the next claim.
+                request = replace(request, share=after_claim(request.share, job.workspace_id))
         for job in claimed:
             self._publish(job)
         return claimed
@@ -573,49 +580,29 @@ class SqliteStore:
         return claimed
 
     def _choose_claimable(self, conn: sqlite3.Connection, request: ClaimRequest, now: int) -> str | None:
-        """The doc of the oldest visible waiting job whose concurrency key has a free slot, within the scan bound."""
-        filters = [_VISIBLE]
-        params: list[Any] = [now]
-        if request.workspace_id is not None:
-            filters.append("workspace_id = ?")
-            params.append(request.workspace_id)
-        columns = "created_at, id, kind, concurrency_key"
-        tail = f"{' AND '.join(filters)} ORDER BY created_at, id LIMIT {CLAIM_SCAN_LIMIT}"
+        """The doc of the job to claim (jobsd.domain.fairshare): the workspaces with waiting jobs in turn order,
+        in each the oldest visible waiting job whose concurrency key has a free slot; within the scan bound."""
         kinds = sorted(set(request.kinds))
-        cursors: list[sqlite3.Cursor]
-        if kinds:
-            # One FIFO cursor per requested kind, merged: `kind IN (...)` on one index would need a sort.
-            cursors = [
+        walk = _ClaimWalk(conn, request, kinds, now)
+        if request.workspace_id is not None:
+            return walk.oldest_claimable(request.workspace_id)
+        candidates = _waiting_workspaces(conn, kinds)
+        if len(candidates) == 1:
+            # No one to share with: the turns stay as they are (the single-tenant path writes nothing more).
+            return walk.oldest_claimable(candidates[0].workspace_id)
+        candidates = _with_turns(conn, candidates)
+        for workspace_id in claim_order(candidates, request.share):
+            doc = walk.oldest_claimable(workspace_id)
+            if doc is not None:
                 conn.execute(
-                    f"SELECT {columns} FROM jobs INDEXED BY jobs_claim_by_kind "
-                    f"WHERE status = 'waiting' AND kind = ? AND {tail}",
-                    (kind, *params),
+                    "INSERT INTO turns (workspace_id, served) VALUES (?, ?) "
+                    "ON CONFLICT (workspace_id) DO UPDATE SET served = MAX(served, excluded.served)",
+                    (workspace_id, next_turn(now, candidates)),
                 )
-                for kind in kinds
-            ]
-        else:
-            cursors = [
-                conn.execute(
-                    f"SELECT {columns} FROM jobs INDEXED BY jobs_claim WHERE status = 'waiting' AND {tail}", params
-                )
-            ]
-        running: dict[str, int] = {}
-        try:
-            candidates: Iterator[Any] = heapq.merge(*cursors, key=lambda r: (r[0], r[1]))
-            for _created_at, job_id, kind, key in islice(candidates, CLAIM_SCAN_LIMIT):
-                if key not in running:
-                    running[key] = conn.execute(
-                        f"SELECT COUNT(*) FROM jobs INDEXED BY jobs_running WHERE concurrency_key = ? AND {_RUNNING}",
-                        (key,),
-                    ).fetchone()[0]
-                if running[key] >= request.limit_for(kind):
-                    continue
-                row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                return str(row[0])
-            return None
-        finally:
-            for cursor in cursors:
-                cursor.close()
+                return doc
+            if walk.exhausted:
+                return None
+        return None
 
     async def lapsed_leases(self, now: datetime, limit: int) -> list[Job]:
         if limit < 1:
@@ -853,3 +840,98 @@ class SqliteStore:
 
     def _publish(self, job: Job) -> None:
         self._feed.publish(JobChanged(job))
+
+
+def _waiting_workspaces(conn: sqlite3.Connection, kinds: Sequence[str]) -> list[Candidate]:
+    """Every workspace with a waiting job of `kinds` (all kinds if empty), with its oldest such job's created_at:
+    one index step per workspace (skipping along workspace_id), however many jobs each one has waiting."""
+    oldest: dict[str, int] = {}
+    if kinds:
+        head = "FROM jobs INDEXED BY jobs_waiting_by_kind WHERE status = 'waiting' AND kind = ?"
+    else:
+        head = "FROM jobs INDEXED BY jobs_waiting WHERE status = 'waiting'"
+    first = f"SELECT workspace_id, created_at {head} ORDER BY workspace_id, created_at, id LIMIT 1"
+    after = f"SELECT workspace_id, created_at {head} AND workspace_id > ? ORDER BY workspace_id, created_at, id LIMIT 1"
+    for kind in kinds or (None,):
+        bound: tuple[str, ...] = () if kind is None else (kind,)
+        row = conn.execute(first, bound).fetchone()
+        while row is not None:
+            workspace_id, created_at = row
+            if created_at < oldest.get(workspace_id, created_at + 1):
+                oldest[workspace_id] = created_at
+            row = conn.execute(after, (*bound, workspace_id)).fetchone()
+    return [Candidate(workspace_id, oldest_us=created_at) for workspace_id, created_at in oldest.items()]
+
+
+def _with_turns(conn: sqlite3.Connection, candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates with their turns (`served`) read from the turns table."""
+    served: dict[str, int] = {}
+    ids = [c.workspace_id for c in candidates]
+    for i in range(0, len(ids), _TURNS_PER_READ):
+        chunk = ids[i : i + _TURNS_PER_READ]
+        rows = conn.execute(
+            f"SELECT workspace_id, served FROM turns WHERE workspace_id IN ({', '.join('?' * len(chunk))})", chunk
+        )
+        served.update(rows)
+    return [Candidate(c.workspace_id, served.get(c.workspace_id), c.oldest_us) for c in candidates]
+
+
+class _ClaimWalk:
+    """One claim's walk over waiting jobs, workspace by workspace: shares the running counts it read and the scan
+    bound (CLAIM_SCAN_LIMIT rows for the whole claim, whatever the number of workspaces)."""
+
+    __slots__ = ("_conn", "_kinds", "_now", "_request", "_running", "budget")
+
+    def __init__(self, conn: sqlite3.Connection, request: ClaimRequest, kinds: Sequence[str], now: int) -> None:
+        self._conn = conn
+        self._request = request
+        self._kinds = kinds
+        self._now = now
+        self._running: dict[str, int] = {}
+        self.budget = CLAIM_SCAN_LIMIT
+
+    @property
+    def exhausted(self) -> bool:
+        return self.budget <= 0
+
+    def oldest_claimable(self, workspace_id: str) -> str | None:
+        """The doc of the workspace's oldest visible waiting job whose concurrency key has a free slot."""
+        conn, request = self._conn, self._request
+        columns = "created_at, id, kind, concurrency_key"
+        tail = f"workspace_id = ? AND {_VISIBLE} ORDER BY created_at, id LIMIT {max(self.budget, 0)}"
+        cursors: list[sqlite3.Cursor]
+        if self._kinds:
+            # One FIFO cursor per requested kind, merged: `kind IN (...)` on one index would need a sort.
+            cursors = [
+                conn.execute(
+                    f"SELECT {columns} FROM jobs INDEXED BY jobs_waiting_by_kind "
+                    f"WHERE status = 'waiting' AND kind = ? AND {tail}",
+                    (kind, workspace_id, self._now),
+                )
+                for kind in self._kinds
+            ]
+        else:
+            cursors = [
+                conn.execute(
+                    f"SELECT {columns} FROM jobs INDEXED BY jobs_waiting WHERE status = 'waiting' AND {tail}",
+                    (workspace_id, self._now),
+                )
+            ]
+        running = self._running
+        try:
+            candidates: Iterator[Any] = heapq.merge(*cursors, key=lambda r: (r[0], r[1]))
+            for _created_at, job_id, kind, key in islice(candidates, max(self.budget, 0)):
+                self.budget -= 1
+                if key not in running:
+                    running[key] = conn.execute(
+                        f"SELECT COUNT(*) FROM jobs INDEXED BY jobs_running WHERE concurrency_key = ? AND {_RUNNING}",
+                        (key,),
+                    ).fetchone()[0]
+                if running[key] >= request.limit_for(kind):
+                    continue
+                row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                return str(row[0])
+            return None
+        finally:
+            for cursor in cursors:
+                cursor.close()
