@@ -94,16 +94,26 @@ async def test_turns_carry_over_between_claims_and_batches(store: JobStore) -> N
     assert [j.workspace_id for j in first + rest] == [a, b, c, a, b, c]
 
 
-async def test_a_workspace_that_comes_back_is_served_within_two_claims(store: JobStore) -> None:
+async def test_a_workspace_that_comes_back_is_served_next(store: JobStore) -> None:
     a, b = new_workspace_id(), new_workspace_id()
     await _enqueue(store, a, 10, 0)
     (early,) = await _enqueue(store, b, 1, 50)
-    assert [j.workspace_id for j in await _claims(store, claim_request(NOW), 4)] == [a, b, a, a]
-    # B's new job is newer than all of A's, yet not last. Claims A took alone left the turns as they were, so the
-    # last time A and B shared, B was served after A: A once more, then B.
+    # Claims one microsecond apart, as time passes: A and B take turns, then A alone.
+    moments = iter(NOW + timedelta(microseconds=i) for i in range(10))
+    claimed = [await store.claim_next(claim_request(next(moments))) for _ in range(4)]
+    assert [j.workspace_id for j in claimed if j is not None] == [a, b, a, a]
+    # B's new job is newer than all of A's, yet it is the next claim: B was served less recently than A.
     (late,) = await _enqueue(store, b, 1, 5_000)
-    claimed = await _claims(store, claim_request(NOW), 2)
-    assert [j.workspace_id for j in claimed] == [a, b] and claimed[1].id == late.id != early.id
+    assert (await store.claim_next(claim_request(next(moments))) or early).id == late.id
+
+
+async def test_a_workspace_alone_for_a_while_yields_to_one_that_arrives(store: JobStore) -> None:
+    a, b = new_workspace_id(), new_workspace_id()
+    a_jobs = await _enqueue(store, a, 5, 0)
+    assert [j.id for j in await _claims(store, claim_request(NOW), 2)] == [j.id for j in a_jobs[:2]]
+    (lone,) = await _enqueue(store, b, 1, 1_000)
+    # A was served (alone, but served); B never was: B's job is the next claim, not after A's backlog.
+    assert [j.id for j in await _claims(store, claim_request(NOW), 2)] == [lone.id, a_jobs[2].id]
 
 
 async def test_turns_skip_a_workspace_whose_keys_are_full_and_never_give_up_early(store: JobStore) -> None:

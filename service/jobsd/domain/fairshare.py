@@ -2,10 +2,11 @@
 
 The rule, stated once here and applied by every store's claim:
 
-- **Turns.** Every workspace has a *turn*: a number that grows each time a claim that had a choice of workspaces
-  took one of its jobs. A claim looks at the workspaces with waiting jobs (of the kinds, and the workspace, it asked
-  for) least recently served first — a workspace never served before comes first — and among equals the one whose
-  oldest waiting job is oldest. Within a workspace it takes the oldest claimable job (FIFO), skipping full
+- **Turns.** Every workspace has a *turn*: when a claim last served it, in µs of the claim's time (a claim that
+  chose among several workspaces puts the one it served after all of them, `next_turn`, so claims at the same
+  instant still go round). A claim looks at the workspaces with waiting jobs (of the kinds, and the workspace, it
+  asked for) least recently served first — a workspace never served before comes first — and among equals the one
+  whose oldest waiting job is oldest. Within a workspace it takes the oldest claimable job (FIFO), skipping full
   concurrency keys as before. So when several workspaces wait, claims take them round-robin, FIFO within each.
 - **Max share.** A claimer that says how many slots it has (a worker stream, the built-in executors) and how many of
   them each workspace holds gives one workspace at most `cap` of them while another workspace has a job it could
@@ -14,12 +15,11 @@ The rule, stated once here and applied by every store's claim:
 - **Never early.** The order only decides which claimable job is taken, never whether one is: a claim that finds
   none in the first workspace looks at the next, and returns nothing only when no workspace has a claimable job.
 
-A claim that had only one workspace to look at leaves the turns alone (the single-tenant hot path writes nothing
-more); the next claim that has a choice orders by the turns of the last claims that had one, which is the same
-round-robin order. With concurrent claimers (several workers, several replicas) each claim orders by the turns as
-it read them, so two claims at the same instant may both serve the same workspace: the turns are exact for claims
-one after another, approximate under contention; correctness (no job claimed twice, limits held, no early None)
-never depends on them.
+A claim with only one workspace to look at reads no turns (it has nothing to order) and only moves that
+workspace's turn to its own time. With concurrent claimers (several workers, several replicas) each claim orders
+by the turns as it read them, so two claims at the same instant may both serve the same workspace: the turns are
+exact for claims one after another, approximate under contention; correctness (no job claimed twice, limits held,
+no early None) never depends on them.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Candidate:
     """A workspace with waiting jobs, as a claim sees it."""
 
     workspace_id: str
-    # Its turn: the number of the last claim that served it when it had to share (None: never).
+    # Its turn: when a claim last served it, in µs (None: never).
     served: int | None = None
     # created_at (µs) of its oldest waiting job of the requested kinds, when known (breaks ties between turns).
     oldest_us: int | None = None

@@ -423,9 +423,11 @@ class MongoStore(BatchWrites):
                 if not fresh:
                     return None
                 if len(found) == 1:
-                    # No one to share with: the turns stay as they are (nothing more to read or write).
+                    # No one to choose from: no turns to read; the workspace's turn is the claim's time.
                     claimed = await self._claim_in_workspace(replace(request, workspace_id=fresh[0]), full_keys)
                     if claimed is not None:
+                        turn = micros(request.now) or 0
+                        await self._after_write(f"move the turn of {fresh[0]} on", self._take_turn(fresh[0], turn))
                         return claimed
                     tried.add(fresh[0])
                     continue

@@ -79,8 +79,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     created_at INTEGER NOT NULL
 );
 
--- Each workspace's turn: the number of the last claim that served it when it had to share the claim with other
--- workspaces (jobsd.domain.fairshare): one row per workspace that ever shared, written only by such claims.
+-- Each workspace's turn: when a claim last served it, in microseconds (jobsd.domain.fairshare): one row per
+-- workspace ever served, written by every claim in the claim's transaction (one small row).
 CREATE TABLE IF NOT EXISTS turns (
     workspace_id TEXT PRIMARY KEY,
     served INTEGER NOT NULL

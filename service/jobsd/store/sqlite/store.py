@@ -588,17 +588,16 @@ class SqliteStore:
             return walk.oldest_claimable(request.workspace_id)
         candidates = _waiting_workspaces(conn, kinds)
         if len(candidates) == 1:
-            # No one to share with: the turns stay as they are (the single-tenant path writes nothing more).
-            return walk.oldest_claimable(candidates[0].workspace_id)
+            # No one to choose from: no turns to read; the workspace's turn is the claim's time.
+            doc = walk.oldest_claimable(candidates[0].workspace_id)
+            if doc is not None:
+                _take_turn(conn, candidates[0].workspace_id, now)
+            return doc
         candidates = _with_turns(conn, candidates)
         for workspace_id in claim_order(candidates, request.share):
             doc = walk.oldest_claimable(workspace_id)
             if doc is not None:
-                conn.execute(
-                    "INSERT INTO turns (workspace_id, served) VALUES (?, ?) "
-                    "ON CONFLICT (workspace_id) DO UPDATE SET served = MAX(served, excluded.served)",
-                    (workspace_id, next_turn(now, candidates)),
-                )
+                _take_turn(conn, workspace_id, next_turn(now, candidates))
                 return doc
             if walk.exhausted:
                 return None
@@ -861,6 +860,15 @@ def _waiting_workspaces(conn: sqlite3.Connection, kinds: Sequence[str]) -> list[
                 oldest[workspace_id] = created_at
             row = conn.execute(after, (*bound, workspace_id)).fetchone()
     return [Candidate(workspace_id, oldest_us=created_at) for workspace_id, created_at in oldest.items()]
+
+
+def _take_turn(conn: sqlite3.Connection, workspace_id: str, turn: int) -> None:
+    """Move the workspace's turn on to `turn` (never back: turns only grow)."""
+    conn.execute(
+        "INSERT INTO turns (workspace_id, served) VALUES (?, ?) "
+        "ON CONFLICT (workspace_id) DO UPDATE SET served = MAX(served, excluded.served)",
+        (workspace_id, turn),
+    )
 
 
 def _with_turns(conn: sqlite3.Connection, candidates: list[Candidate]) -> list[Candidate]:
