@@ -10,22 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
 
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.jobs import struct
 
 ADMIN_TOKEN = "jobsd_browser-tests-admin-token-0123456789abcdef"
 SERVICE_TOKEN = "jobsd_browser-tests-service-token-0123456789abcdef"
 # Where the suite writes its screenshots when asked (`make screenshots`: docs/screenshots).
 SCREENSHOTS = os.environ.get("JOBSD_SCREENSHOTS_DIR")
 RPC_TIMEOUT = 10.0
-
-
-def struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(value)
-    return message
 
 
 @dataclass

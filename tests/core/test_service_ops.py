@@ -4,9 +4,6 @@ stop, `jobsd serve` as a real process, `jobsd token create`."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from jobsd.app import JobsdApp
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.subprocess_server import jobsd_env, serve_process
 
 from .conftest import Server, bounded, make_settings, rpc_error
 
@@ -148,64 +146,28 @@ async def test_stop_answers_a_long_polling_claim_at_once_instead_of_holding_the_
 # ---------------------------------------------------------------- the CLI as a real process
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSD_")}
-    env.update(extra)
-    return env
-
-
 async def test_jobsd_serve_comes_up_answers_and_exits_0_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
     admin = "jobsd_test-admin-token-for-the-serve-test"
-    log = (tmp_path / "serve.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "jobsd.cli",
-        "serve",
-        "--grpc-addr",
-        f"127.0.0.1:{port}",
-        "--http-addr",
-        "",
-        "--store",
-        f"sqlite:///{tmp_path}/serve.db",
-        "--executors",
-        "off",
-        env=cli_env(JOBSD_ADMIN_TOKEN=admin),
-        stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await asyncio.wait_for(channel.channel_ready(), timeout=PROCESS_START)
-            assert await bounded(health_of(channel)) == SERVING
-            workspace = await bounded(
-                pb_grpc.JobsStub(channel).GetWorkspace(
-                    pb.GetWorkspaceRequest(), metadata=(("authorization", f"Bearer {admin}"),)
-                )
+    settings = {"http_addr": "", "store": f"sqlite:///{tmp_path}/serve.db", "executors": "off", "admin_token": admin}
+    async with (
+        serve_process(tmp_path / "serve.log", settings) as serve,
+        grpc.aio.insecure_channel(serve.target) as channel,
+    ):
+        assert await bounded(health_of(channel)) == SERVING
+        jobs = pb_grpc.JobsStub(channel)
+        workspace = await bounded(
+            jobs.GetWorkspace(pb.GetWorkspaceRequest(), metadata=(("authorization", f"Bearer {admin}"),))
+        )
+        assert workspace.name == "default" and "ADMIN" in workspace.scopes
+        job = await bounded(
+            jobs.CreateJob(
+                pb.CreateJobRequest(kind="query", query_sql="SELECT 1"),
+                metadata=(("authorization", f"Bearer {admin}"),),
             )
-            assert workspace.name == "default" and "ADMIN" in workspace.scopes
-            job = await bounded(
-                pb_grpc.JobsStub(channel).CreateJob(
-                    pb.CreateJobRequest(kind="query", query_sql="SELECT 1"),
-                    metadata=(("authorization", f"Bearer {admin}"),),
-                )
-            )
-            assert job.status == pb.JOB_STATUS_WAITING
-        process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(process.wait(), timeout=30)
-        assert code == 0, (tmp_path / "serve.log").read_text()[-2000:]
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        log.close()
+        )
+        assert job.status == pb.JOB_STATUS_WAITING
+        code, _ = await serve.terminate(30)
+        assert code == 0, serve.log_text()[-2000:]
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
@@ -214,7 +176,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
         "-m",
         "jobsd.cli",
         *args,
-        env=cli_env(),
+        env=jobsd_env(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -22,13 +22,13 @@ from jobsd.gateway.server import GatewayServer
 from jobsd.store.base import JobStore
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.jobs import TERMINAL, create_request
 from tests.support.server import executor_settings, running_app
 
-from .conftest import FileServer, struct
+from .conftest import FileServer
 from .test_import import EVENTS_CSV, EVENTS_SCHEMA, GOOD_BYTES
 
 WAIT = 30.0
-TERMINAL = {pb.JOB_STATUS_DONE, pb.JOB_STATUS_ERROR, pb.JOB_STATUS_CANCELLED}
 
 
 @dataclass
@@ -47,13 +47,7 @@ class Jobsd:
         return workspace.id
 
     async def create(self, kind: str, datasource: str | None, **fields: Any) -> pb.Job:
-        params = fields.pop("params", None)
-        request = pb.CreateJobRequest(kind=kind, **fields)
-        if datasource is not None:
-            request.datasource.CopyFrom(struct({"name": datasource}))
-        if params:
-            request.params.CopyFrom(struct(params))
-        job: pb.Job = await self.jobs.CreateJob(request, metadata=self.md)
+        job: pb.Job = await self.jobs.CreateJob(create_request(kind, datasource, **fields), metadata=self.md)
         return job
 
     async def events(self, job_id: str) -> list[pb.Job]:

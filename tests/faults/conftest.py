@@ -1,18 +1,14 @@
 """`jobsd serve` as a real subprocess, for the faults a process meets: SIGTERM in the middle of an attack, memory
 while one runs, a job that keeps coming back across restarts.
 
-`ServeProcess` starts `jobsd serve --banner` on ephemeral ports (read back from its banner) with its own store
-and data directory, talks to it over gRPC, reads its peak memory (`VmHWM` in /proc/<pid>/status) and stops it with
-SIGTERM, timing how long it takes to exit.
+`serving` starts `jobsd serve` (`tests.support.subprocess_server`) with its own store and data directory; `Served`
+talks to it over gRPC, reads its peak memory (`VmHWM` in /proc/<pid>/status) and stops it with SIGTERM, timing how
+long it takes to exit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,41 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
 
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.jobs import TERMINAL, create_request
+from tests.support.subprocess_server import START, ServeProcess, serve_process
 
 ADMIN = "jobsd_faults-admin-token-0123456789abcdef"
-# Starting a process (imports, the store, DuckDB) on a loaded machine: generous, a hang still fails.
-START = 60.0
 WAIT = 30.0
-TERMINAL = {pb.JOB_STATUS_DONE, pb.JOB_STATUS_ERROR, pb.JOB_STATUS_CANCELLED}
-_BANNER = re.compile(rb"jobsd is serving gRPC on 127\.0\.0\.1:(\d+)")
 
 
-def struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(values)
-    return message
+class Served:
+    """A `jobsd serve` of these tests: the process (`tests.support.subprocess_server`) and a gRPC channel to it."""
 
-
-class ServeProcess:
-    def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path) -> None:
-        self.process = process
-        self.port = port
-        self.log = log
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    def __init__(self, served: ServeProcess, channel: grpc.aio.Channel) -> None:
+        self.served = served
+        self.process = served.process
+        self.log = served.log
+        self.channel = channel
         self.jobs = pb_grpc.JobsStub(self.channel)
         self.md = (("authorization", f"Bearer {ADMIN}"),)
 
     async def create(self, kind: str, datasource: str | None = None, **fields: Any) -> pb.Job:
-        params = fields.pop("params", None)
-        request = pb.CreateJobRequest(kind=kind, **fields)
-        if datasource is not None:
-            request.datasource.CopyFrom(struct({"name": datasource}))
-        if params:
-            request.params.CopyFrom(struct(params))
+        request = create_request(kind, datasource, **fields)
         job: pb.Job = await self.jobs.CreateJob(request, metadata=self.md, timeout=WAIT)
         return job
 
@@ -82,19 +66,16 @@ class ServeProcess:
 
     async def terminate(self) -> tuple[int, float]:
         """SIGTERM; (exit status, seconds until the process had exited)."""
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.process.wait(), timeout=START)
-        return code, time.monotonic() - started
+        return await self.served.terminate(START)
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.served.log_text()
 
 
 class Following:
     """A WatchJob stream opened now: it hears every change, the release at a shutdown included."""
 
-    def __init__(self, serve: ServeProcess, job_id: str) -> None:
+    def __init__(self, serve: Served, job_id: str) -> None:
         self.seen: list[pb.Job] = []
         self._call = serve.jobs.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=serve.md)
 
@@ -124,19 +105,13 @@ class Following:
         self._call.cancel()
 
 
-def _environment(**settings: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSD_")}
-    env.update({f"JOBSD_{name.upper()}": str(value) for name, value in settings.items()})
-    return env
-
-
 @asynccontextmanager
-async def serving(state: Path, **settings: object) -> AsyncIterator[ServeProcess]:
-    """`jobsd serve` with its state under `state` (reused across calls: a restart) and these JOBSD_ settings."""
+async def serving(state: Path, **settings: object) -> AsyncIterator[Served]:
+    """`jobsd serve` with its state under `state` (reused across calls: a restart) and these JOBSD_ settings.
+
+    What the test leaves running is killed at the end (the tests that measure a shutdown SIGTERM it themselves)."""
     await asyncio.to_thread(state.mkdir, parents=True, exist_ok=True)
-    log = state / f"serve-{time.monotonic_ns()}.log"
     defaults: dict[str, object] = {
-        "grpc_addr": "127.0.0.1:0",
         "http_addr": "",
         "store": f"sqlite:///{state}/jobsd.db",
         "data_dir": str(state),
@@ -144,37 +119,10 @@ async def serving(state: Path, **settings: object) -> AsyncIterator[ServeProcess
         "import_allow_networks": "127.0.0.1/32",
         "log_format": "text",
     }
-    with log.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "jobsd.cli",
-            "serve",
-            "--banner",
-            env=_environment(**{**defaults, **settings}),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log_file,
-        )
-    served: ServeProcess | None = None
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(START):
-            while True:
-                line = await process.stdout.readline()
-                if not line:
-                    raise AssertionError(f"jobsd serve exited before serving:\n{log.read_text()[-3000:]}")
-                match = _BANNER.search(line)
-                if match:
-                    break
-        # Whatever else it prints is read, so a full pipe can never block it.
-        drain = asyncio.create_task(process.stdout.read())
-        served = ServeProcess(process, int(match.group(1)), log)
-        await asyncio.wait_for(served.channel.channel_ready(), timeout=START)
-        yield served
-    finally:
-        if served is not None:
-            await served.channel.close(grace=None)
-            drain.cancel()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    log = state / f"serve-{time.monotonic_ns()}.log"
+    async with serve_process(log, {**defaults, **settings}, on_exit="kill") as served:
+        channel = grpc.aio.insecure_channel(served.target)
+        try:
+            yield Served(served, channel)
+        finally:
+            await channel.close(grace=None)

@@ -9,11 +9,8 @@ sockets close both ports answer again.
 from __future__ import annotations
 
 import asyncio
-import os
 import resource
-import signal
 import socket
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,15 +19,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.support.subprocess_server import serve_process
+
 DESCRIPTORS = 256
 START = 30.0  # seconds: the process coming up, the ports coming back
 WAIT = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _limit_descriptors() -> None:  # runs in the child, before exec
@@ -78,35 +71,17 @@ def held() -> Iterator[list[socket.socket]]:
 async def test_at_the_descriptor_limit_rest_refuses_cleanly_logs_little_and_both_ports_come_back(
     tmp_path: Path, held: list[socket.socket]
 ) -> None:
-    grpc_port, http_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSD_")}
     # Silent sockets must stay open for the test, not be closed by the time-outs (tests/security tests those).
-    env.update(
-        JOBSD_HTTP_HEADER_TIMEOUT_SECONDS="120",
-        JOBSD_GRPC_HANDSHAKE_TIMEOUT_SECONDS="120",
-        JOBSD_LOG_LEVEL="INFO",
-    )
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "jobsd.cli",
-            "serve",
-            "--grpc-addr",
-            f"127.0.0.1:{grpc_port}",
-            "--http-addr",
-            f"127.0.0.1:{http_port}",
-            "--store",
-            f"sqlite:///{tmp_path}/jobsd.db",
-            "--executors",
-            "off",
-            env=env,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_limit_descriptors,
-        )
-    try:
+    settings = {
+        "store": f"sqlite:///{tmp_path}/jobsd.db",
+        "executors": "off",
+        "http_header_timeout_seconds": 120,
+        "grpc_handshake_timeout_seconds": 120,
+        "log_level": "INFO",
+    }
+    async with serve_process(tmp_path / "serve.log", settings, preexec_fn=_limit_descriptors) as serve:
+        grpc_port, http_port, log_path = serve.grpc_port, serve.http_port, serve.log
+        assert http_port is not None
         await _until(lambda: _healthz(http_port), "the REST port never answered")
 
         # Silent connections to both ports, more than the process has descriptors: the REST ones take what is
@@ -139,9 +114,5 @@ async def test_at_the_descriptor_limit_rest_refuses_cleanly_logs_little_and_both
         await _until(lambda: _healthz(http_port), "the REST port did not come back")
         await _until(lambda: _grpc_serving(grpc_port), "the gRPC port did not come back")
 
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), START) == 0, log_path.read_text()[-2000:]
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        code, _ = await serve.terminate(START)
+        assert code == 0, serve.log_text()[-2000:]

@@ -8,69 +8,44 @@ are the workers, through the public gRPC API.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import sys
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.subprocess_server import ServeProcess, serve_process
 
 ADMIN = "jobsd_replicas-admin-token-0123456789"
 SERVICE = "jobsd_replicas-service-token-0123456789"
-# A process start or a bounded wait on the server; a hang fails the test instead of stalling the suite.
-START_TIMEOUT = 60.0
+# A bounded wait on the server; a hang fails the test instead of stalling the suite.
 WAIT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def md(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-@dataclass
 class Replica:
-    name: str
-    process: asyncio.subprocess.Process
-    grpc_port: int
-    http_port: int
-    log: Path
-    channel: grpc.aio.Channel = field(init=False)
-    jobs: pb_grpc.JobsAsyncStub = field(init=False)
-    workers: pb_grpc.WorkersAsyncStub = field(init=False)
+    """One replica: its process (`tests.support.subprocess_server`) and gRPC stubs on its own channel."""
 
-    def __post_init__(self) -> None:
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+    def __init__(self, name: str, served: ServeProcess) -> None:
+        self.name = name
+        self.served = served
+        self.process = served.process
+        self.grpc_port = served.grpc_port
+        self.log = served.log
+        self.channel = grpc.aio.insecure_channel(served.target)
         self.jobs = pb_grpc.JobsStub(self.channel)
         self.workers = pb_grpc.WorkersStub(self.channel)
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    async def ready(self) -> None:
-        await asyncio.wait_for(self.channel.channel_ready(), timeout=START_TIMEOUT)
-        health = health_pb2_grpc.HealthStub(self.channel)
-        while True:
-            answer = await asyncio.wait_for(health.Check(health_pb2.HealthCheckRequest()), timeout=WAIT)
-            if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-            await asyncio.sleep(0.1)  # polling a subprocess's readiness: there is no event to wait on
+        return self.served.http
 
     async def create_copy(self, target: str) -> pb.Job:
         request = pb.CreateJobRequest(kind="copy", query_sql="SELECT 1")
@@ -100,56 +75,32 @@ class Replica:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush, no goodbye to the database."""
-        if self.process.returncode is None:
-            os.kill(self.process.pid, signal.SIGKILL)
+        self.served.kill()
 
     async def stop(self) -> None:
         await self.channel.close(None)
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), timeout=30)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        await self.served.stop()
 
 
 @asynccontextmanager
 async def replicas(store_uri: str, count: int, log_dir: Path, **settings: str) -> AsyncIterator[list[Replica]]:
-    """`count` replicas of `jobsd serve` on `store_uri`, ready (SERVING) when yielded, stopped afterwards."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSD_")}
-    env.update(JOBSD_ADMIN_TOKEN=ADMIN, JOBSD_SERVICE_TOKEN=SERVICE, JOBSD_EXECUTORS="off", **settings)
-    started: list[Replica] = []
-    try:
-        for n in range(count):
-            grpc_port, http_port = free_port(), free_port()
-            log = log_dir / f"replica-{n}.log"
-            with log.open("wb") as sink:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "jobsd.cli",
-                    "serve",
-                    "--grpc-addr",
-                    f"127.0.0.1:{grpc_port}",
-                    "--http-addr",
-                    f"127.0.0.1:{http_port}",
-                    "--store",
-                    store_uri,
-                    "--data-dir",
-                    str(log_dir / f"data-{n}"),
-                    env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=sink,
-                    stderr=asyncio.subprocess.STDOUT,
+    """`count` replicas of `jobsd serve` on `store_uri`, ready (SERVING) when yielded, stopped afterwards.
+
+    `settings` are JOBSD_ variables (`JOBSD_LEASE_SECONDS="3"`)."""
+    common = {"admin_token": ADMIN, "service_token": SERVICE, "executors": "off", "store": store_uri}
+    common.update({name.removeprefix("JOBSD_").lower(): value for name, value in settings.items()})
+    async with AsyncExitStack() as stack:
+        # Started side by side; if one does not come up, the others are cancelled (and stopped) with it.
+        async with asyncio.TaskGroup() as group:
+            starting = [
+                group.create_task(
+                    stack.enter_async_context(
+                        serve_process(log_dir / f"replica-{n}.log", {**common, "data_dir": str(log_dir / f"data-{n}")})
+                    )
                 )
-            started.append(Replica(f"replica-{n}", process, grpc_port, http_port, log))
+                for n in range(count)
+            ]
+        started = [Replica(f"replica-{n}", task.result()) for n, task in enumerate(starting)]
         for replica in started:
-            try:
-                await replica.ready()
-            except Exception:
-                raise AssertionError(f"{replica.name} did not come up: {replica.log.read_text()[-3000:]}") from None
+            stack.push_async_callback(replica.stop)
         yield started
-    finally:
-        for replica in started:
-            await replica.stop()

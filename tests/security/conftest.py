@@ -22,15 +22,15 @@ import aiohttp
 import grpc
 import pytest
 from aiohttp import web
-from google.protobuf import struct_pb2
 
 from jobsd.app import JobsdApp
 from jobsd.settings import Settings
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.jobs import TERMINAL, create_request
+from tests.support.server import running_app
 
 WAIT = 30.0
-TERMINAL = {pb.JOB_STATUS_DONE, pb.JOB_STATUS_ERROR, pb.JOB_STATUS_CANCELLED}
 ADMIN_SECRET = "jobsd_the-admin-token-nobody-may-read-0123456789"
 SECRET_ROW = "alpha-private-row-7f3c"
 # A column of alpha's that no attack names: if it shows up, a catalog leaked it.
@@ -69,12 +69,6 @@ def logs() -> Iterator[LogRecords]:
         root.setLevel(previous)
 
 
-def struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(values)
-    return message
-
-
 @dataclass
 class Tenant:
     name: str
@@ -103,13 +97,7 @@ class Stack:
         return (("authorization", f"Bearer {token}"),)
 
     async def create(self, token: str, kind: str, datasource: str | None = None, **fields: Any) -> pb.Job:
-        params = fields.pop("params", None)
-        request = pb.CreateJobRequest(kind=kind, **fields)
-        if datasource is not None:
-            request.datasource.CopyFrom(struct({"name": datasource}))
-        if params:
-            request.params.CopyFrom(struct(params))
-        job: pb.Job = await self.jobs.CreateJob(request, metadata=self.md(token))
+        job: pb.Job = await self.jobs.CreateJob(create_request(kind, datasource, **fields), metadata=self.md(token))
         self.said.append(str(job))
         return job
 
@@ -171,9 +159,7 @@ async def start_stack(tmp_path: Path, **overrides: Any) -> AsyncIterator[Stack]:
     os.chmod(token_file, 0o600)
     imports = tmp_path / "imports"
     imports.mkdir(exist_ok=True)
-    app = JobsdApp(stack_settings(tmp_path, **overrides))
-    await app.start()
-    try:
+    async with running_app(stack_settings(tmp_path, **overrides)) as app:
         tenants = {}
         for name in ("alpha", "beta"):
             tokens = {
@@ -189,8 +175,6 @@ async def start_stack(tmp_path: Path, **overrides: Any) -> AsyncIterator[Stack]:
             )
             yield stack
         await channel.close(grace=None)
-    finally:
-        await app.stop()
 
 
 async def seed_alpha_secrets(stack: Stack) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 
 from jobsd_client import pb
+from tests.support.jobs import struct
 
 from .tenants import WAIT, Tenants, bounded, rpc_error, tenant_server, trailer
 
@@ -31,12 +31,6 @@ HUGE = "x" * 3_900_000
 async def server(tmp_path: Path) -> AsyncIterator[Tenants]:
     async with tenant_server(tmp_path) as started:
         yield started
-
-
-def struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(values)
-    return message
 
 
 async def state_of(s: Tenants, token: str) -> tuple[list[tuple[str, int]], int]:
