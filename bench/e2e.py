@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobsd_client import AsyncJobsClient, JobContext, Worker, pb, run_until_signalled
+from jobsd_client import AsyncJobsClient, EventType, JobContext, Worker, pb, run_until_signalled
 
 KIND = "query"
 BATCH = 100
@@ -51,7 +51,7 @@ async def produce(target: str, token: str, workspace: str, jobs: int, in_flight:
 
         async def watch() -> None:
             async for event in client.watch_jobs(kind=KIND, status="done", workspace_id=workspace):
-                if event.type == pb.JobEvent.TYPE_SYNCED:
+                if event.type is EventType.SYNCED:
                     watching.set()
                 elif event.HasField("job") and event.job.status == pb.JOB_STATUS_DONE:
                     done_ids.add(event.job.id)

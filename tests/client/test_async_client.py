@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import json_format
 
 from jobsd.app import JobsdApp
-from jobsd_client import AsyncJobsClient, pb, status_name
+from jobsd_client import AsyncJobsClient, EventType, pb, status_name
 from jobsd_client.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -100,7 +100,7 @@ async def test_watch_job_streams_each_revision_and_ends_with_the_terminal_state(
     job = await create_import(client)
     stream = client.watch_job(job.id)
     snapshot = await anext(stream)
-    assert snapshot.type == pb.JobEvent.TYPE_SNAPSHOT and snapshot.job.status == pb.JOB_STATUS_WAITING
+    assert snapshot.type is EventType.SNAPSHOT and snapshot.job.status == pb.JOB_STATUS_WAITING
 
     claim = await worker_client.claim_job("w1", ["import"])
     await worker_client.heartbeat(job.id, claim.lease_token, pb.ProgressUpdate(progress_percentage=50))
@@ -126,12 +126,12 @@ async def test_watch_jobs_opens_with_active_jobs_then_synced_then_changes(client
 
     stream = client.watch_jobs(kind="import")
     opening = [await anext(stream), await anext(stream)]
-    assert [e.type for e in opening] == [pb.JobEvent.TYPE_SNAPSHOT, pb.JobEvent.TYPE_SYNCED]
+    assert [e.type for e in opening] == [EventType.SNAPSHOT, EventType.SYNCED]
     assert opening[0].job.id == active.id
 
     newcomer = await create_import(client, "newcomer")
     change = await anext(stream)
-    assert change.job.id == newcomer.id and change.type == pb.JobEvent.TYPE_STATUS
+    assert change.job.id == newcomer.id and change.type is EventType.STATUS
     await stream.aclose()
 
 
@@ -270,7 +270,7 @@ async def test_a_supplied_channel_stays_open_after_the_client_closes(jobsd: Jobs
 async def test_follow_job_resumes_after_a_server_restart(tmp_path: Path, jobsd: Jobsd, client: AsyncJobsClient) -> None:
     job = await create_import(client)
     follow = client.follow_job(job.id)
-    assert (await anext(follow)).type == pb.JobEvent.TYPE_SNAPSHOT
+    assert (await anext(follow)).type is EventType.SNAPSHOT
 
     port = jobsd.app.grpc_port
     await jobsd.app.stop()  # the watch stream breaks with UNAVAILABLE

@@ -5,7 +5,10 @@
     async with AsyncJobsClient("127.0.0.1:50051", token) as client:
         job = await client.create_job("import", url="https://.../events.csv", datasource={"name": "events"})
         async for event in client.watch_job(job.id):
-            print(status_name(event.job.status), event.job.progress_percentage)
+            print(event.type, status_name(event.job.status), event.job.progress_percentage)  # snapshot waiting 0.0
+
+Watch streams yield `JobEvent`s: `event.type` is an `EventType` (an IntEnum: `EventType.STATUS`, printed
+"status", equal to `pb.JobEvent.TYPE_STATUS`), `event.job` the job, `event.message` the protobuf.
 
 Messages are the generated protobuf classes (`from jobsd_client import pb`); errors are `jobsd_client.errors`.
 This package never imports the server package `jobsd`.
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from jobsd_client import pb
     from jobsd_client.async_client import AsyncJobsClient
     from jobsd_client.convert import STATUS_NAMES, TERMINAL_STATUSES, message_to_dict, status_name, status_value
+    from jobsd_client.events import EventType, JobEvent
     from jobsd_client.sync_client import JobsClient
     from jobsd_client.worker import Handler, JobCancelled, JobContext, JobFailed, Worker, run_until_signalled
 
@@ -44,11 +48,13 @@ __all__ = [
     "TERMINAL_STATUSES",
     "AlreadyExists",
     "AsyncJobsClient",
+    "EventType",
     "FailedPrecondition",
     "Handler",
     "InvalidArgument",
     "JobCancelled",
     "JobContext",
+    "JobEvent",
     "JobFailed",
     "JobsClient",
     "JobsdClientError",
@@ -75,6 +81,8 @@ _LAZY = {
     "message_to_dict": "jobsd_client.convert",
     "status_name": "jobsd_client.convert",
     "status_value": "jobsd_client.convert",
+    "EventType": "jobsd_client.events",
+    "JobEvent": "jobsd_client.events",
     "Handler": "jobsd_client.worker",
     "JobCancelled": "jobsd_client.worker",
     "JobContext": "jobsd_client.worker",

@@ -2,7 +2,8 @@
 
     jobsctl ls --status working
     jobsctl import https://example.com/events.csv --datasource events
-    jobsctl watch <job id>
+    jobsctl watch <job id>                 (ids may be shortened: the first 8+ characters of one job's id)
+    jobsctl ls --follow                    (a live table of the jobs, over WatchJobs)
     jobsctl datasource create events --schema "date DateTime, user_id Int64" --engine-sorting-key date
     jobsctl datasource ls
 
@@ -21,18 +22,22 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from google.protobuf.message import Message
 
 from jobsd_client import pb
 from jobsd_client._datasources import DEFAULT_HTTP_TARGET, DataSourcesClient, DataSourcesError
 from jobsd_client._render import (
+    ProgressClock,
     datasource_text,
     datasources_table,
     details_text,
+    follow_header,
+    follow_row,
+    follow_table,
     jobs_table,
     kinds_table,
     log_table,
@@ -41,6 +46,7 @@ from jobsd_client._render import (
 from jobsd_client.async_client import AsyncJobsClient
 from jobsd_client.convert import STATUS_NAMES, TERMINAL_STATUSES, message_to_dict, status_name
 from jobsd_client.errors import JobsdClientError, Unauthenticated, Unavailable
+from jobsd_client.events import EventType
 
 __all__ = ["DEFAULT_HTTP_TARGET", "DEFAULT_TARGET", "CliError", "build_parser", "main"]
 
@@ -133,19 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--created-after", type=_iso_datetime, help="ISO 8601, inclusive (e.g. 2026-01-31T12:00:00Z)")
     ls.add_argument("--created-before", type=_iso_datetime, help="ISO 8601, inclusive")
     ls.add_argument("--limit", type=_positive_int, default=100, help="at most this many jobs (default 100)")
+    ls.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep watching: a live table of the jobs that have not ended, and every change (WatchJobs)",
+    )
 
+    job_id_help = "the job's id, or the first 8 or more characters of it (as `watch` prints it)"
     for name, help_text in (
         ("details", "show everything about a job"),
         ("cancel", "cancel a job (waiting: at once; working: the worker stops at its next heartbeat)"),
         ("retry", "create a new job with the parameters of a failed or cancelled one"),
     ):
-        command(name, help_text).add_argument("job_id", metavar="JOB_ID")
+        command(name, help_text).add_argument("job_id", metavar="JOB_ID", help=job_id_help)
+    _details_options(commands.choices["details"])
 
     watch = command("watch", "follow a job until it ends (a live progress bar on a terminal)")
-    watch.add_argument("job_id", metavar="JOB_ID")
+    watch.add_argument("job_id", metavar="JOB_ID", help=job_id_help)
 
     log = command("log", "the jobs_log archive: one row per status change")
-    log.add_argument("--job-id")
+    log.add_argument("--job-id", help=job_id_help)
     log.add_argument("--kind")
     log.add_argument("--status", choices=STATUS_NAMES)
     log.add_argument("--limit", type=_positive_int, default=100)
@@ -210,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _details_options(details: argparse.ArgumentParser) -> None:
+    details.add_argument(
+        "--queries", action="store_true", help="list every query (default: a count by status and the failed ones)"
+    )
+
+
 # ------------------------------------------------------------------ output
 
 
@@ -236,6 +255,8 @@ _Command = Callable[[AsyncJobsClient, argparse.Namespace, TextIO], Awaitable[int
 
 
 async def _ls(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    if args.follow:
+        return await _ls_follow(client, args, out)
     jobs = [
         job
         async for job in client.iter_jobs(
@@ -258,12 +279,103 @@ async def _ls(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) ->
     return 0
 
 
+async def _ls_follow(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`ls --follow`: the jobs that have not ended, then every change, until Ctrl-C.
+
+    On a terminal the table is redrawn in place (newest first, as many as fit); into a pipe or file the table is
+    printed once the opening snapshot is complete, then one row per change (`--json`: one event per line).
+    """
+    if args.created_after or args.created_before:
+        raise CliError("--follow shows live changes: --created-after and --created-before do not apply to it")
+    live = out.isatty() and not args.json
+    jobs: dict[str, pb.Job] = {}
+    synced = False
+    async for event in _with_ticks(
+        client.watch_jobs(
+            kind=args.kind,
+            status=args.status,
+            pipe_id=args.pipe_id,
+            pipe_name=args.pipe_name,
+            workspace_id=args.workspace,
+        ),
+        1.0 if live else None,
+    ):
+        changed: pb.Job | None = None
+        if event is not None:
+            if args.json:
+                out.write(json.dumps(message_to_dict(event.message)) + "\n")
+                out.flush()
+                continue
+            if event.type is EventType.SYNCED:
+                synced = True
+            elif event.has_job:
+                known = jobs.get(event.job.id)
+                if known is None or event.job.revision > known.revision:
+                    changed = jobs[event.job.id] = event.job
+                    if len(jobs) > args.limit:  # forget the oldest beyond --limit
+                        del jobs[min(jobs.values(), key=lambda job: (job.created_at.ToMicroseconds(), job.id)).id]
+            if not synced:
+                continue
+            if not live and event.type is EventType.SYNCED:
+                out.write(follow_header() + "\n")
+                for job in sorted(jobs.values(), key=lambda job: job.created_at.ToMicroseconds()):
+                    out.write(follow_row(job) + "\n")
+            elif not live and changed is not None:
+                out.write(follow_row(changed) + "\n")
+        if live and synced:
+            size = shutil.get_terminal_size((100, 24))
+            title = f"jobs of the last 48 h that have not ended, and every change  {datetime.now(UTC):%H:%M:%S} UTC"
+            body = follow_table(list(jobs.values()), size.lines - 2)
+            out.write("\x1b[H\x1b[2J" + title[: size.columns - 1] + "\n" + body + "\n")
+        out.flush()
+    raise CliError("the server ended the watch")
+
+
+_T = TypeVar("_T")
+
+
+async def _with_ticks(events: AsyncIterator[_T], every: float | None) -> AsyncIterator[_T | None]:
+    """`events`, and None whenever `every` seconds pass without one (a live display's clock keeps moving)."""
+    if every is None:
+        async for event in events:
+            yield event
+        return
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize=64)
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                await queue.put((True, event))
+        except BaseException as exc:  # handed to the reader, which raises it
+            await queue.put((False, exc))
+            return
+        await queue.put((False, None))
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                more, item = await asyncio.wait_for(queue.get(), timeout=every)
+            except TimeoutError:
+                yield None
+                continue
+            if more:
+                yield item
+            elif item is None:
+                return
+            else:
+                raise item
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def _details(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -> int:
     job = await client.get_job(args.job_id)
     if args.json:
         _print_json(_job_json(job), out)
     else:
-        out.write(details_text(job) + "\n")
+        out.write(details_text(job, all_queries=args.queries) + "\n")
     return 0
 
 
@@ -290,16 +402,22 @@ async def _follow(client: AsyncJobsClient, job_id: str, args: argparse.Namespace
     ascii_only = (getattr(out, "encoding", None) or "ascii").lower().replace("-", "") not in ("utf8", "utf16")
     last_line = ""
     job: pb.Job | None = None
-    async for event in client.follow_job(job_id):
-        if not event.HasField("job"):
-            continue
-        job = event.job
-        if args.json:
-            out.write(json.dumps(message_to_dict(event)) + "\n")
-            out.flush()
+    clock = ProgressClock()
+    # On a terminal the line is redrawn every second between events too, so its elapsed time keeps moving.
+    async for event in _with_ticks(client.follow_job(job_id), 1.0 if live else None):
+        if event is not None:
+            if not event.has_job:
+                continue
+            job = event.job
+            if args.json:
+                out.write(json.dumps(message_to_dict(event.message)) + "\n")
+                out.flush()
+                continue
+            clock.update(job, datetime.now(UTC))
+        if job is None:
             continue
         width = shutil.get_terminal_size((100, 24)).columns - 1 if live else 200
-        line = progress_line(job, width, ascii_only=ascii_only)
+        line = progress_line(job, width, ascii_only=ascii_only, timing=clock.text(job, datetime.now(UTC)))
         if line == last_line:
             continue
         last_line = line

@@ -30,6 +30,9 @@ __all__ = [
     "datasources_table",
     "details_text",
     "duration_text",
+    "follow_header",
+    "follow_row",
+    "follow_table",
     "human_bytes",
     "job_figures",
     "jobs_table",
@@ -83,6 +86,44 @@ def jobs_table(jobs: Sequence[pb.Job]) -> str:
         [job.id, job.kind, status_name(job.status), time_text(job.created_at), _datasource_name(job)] for job in jobs
     ]
     return table(LIST_COLUMNS, rows)
+
+
+# `jobsctl ls --follow`: one fixed-width row per job, so rows printed one by one (into a pipe) line up too.
+_FOLLOW = (("id", 36), ("kind", 12), ("status", 10), ("progress", 8), ("rows", 11), ("bytes", 9), ("created_at", 19))
+
+
+def follow_header() -> str:
+    cells = [name.upper().ljust(width) for name, width in _FOLLOW]
+    return "  ".join([*cells, "DATASOURCE"])
+
+
+def follow_row(job: pb.Job) -> str:
+    """The job's row of the live table: id, kind, status, progress, rows, bytes, created_at, data source."""
+    rows, size = job_figures(job)
+    cells = [
+        job.id,
+        job.kind,
+        status_name(job.status) + ("*" if job.returns else ""),
+        f"{job.progress_percentage:.1f}%",
+        f"{rows:,}" if rows is not None else "-",
+        human_bytes(size) if size is not None else "-",
+        time_text(job.created_at),
+    ]
+    text = [
+        cell.ljust(width) if i < 4 else cell.rjust(width) if i < 6 else cell.ljust(width)
+        for i, (cell, (_, width)) in enumerate(zip(cells, _FOLLOW, strict=True))
+    ]
+    return "  ".join([*text, _datasource_name(job)])
+
+
+def follow_table(jobs: Sequence[pb.Job], height: int) -> str:
+    """The live table: the header and the newest jobs that fit in `height` lines (a `*` marks a restarted run)."""
+    newest = sorted(jobs, key=lambda job: (job.created_at.seconds, job.created_at.nanos, job.id), reverse=True)
+    shown = newest[: max(1, height - 1)]
+    lines = [follow_header(), *(follow_row(job) for job in shown)]
+    if len(newest) > len(shown):
+        lines[-1] = f"... and {len(newest) - len(shown) + 1} more"
+    return "\n".join(lines)
 
 
 def duration_text(value: float) -> str:
@@ -155,9 +196,10 @@ def _seconds_of(stamp: Timestamp) -> float:
 class ProgressClock:
     """Elapsed time, rate and ETA of one job, from the states a watch sees of it.
 
-    Pure: every time comes from the jobs (their `updated_at`, the server's clock) and from the `now` given to
-    `text`, so it is tested without waiting. The rate is over the last `window` seconds of the current run (a
-    run after a return starts over, and so does its rate); the ETA is the percentage's own rate to 100 %.
+    Pure: every time is given (`now`: when the watch saw the state; a progress write does not move a job's
+    `updated_at`, which is its last status change), so it is tested without waiting. Elapsed counts from the job's
+    `started_at` (to its `updated_at` once it ended). The rate is over the last `window` seconds of the current run
+    (a run after a return starts over, and so does its rate); the ETA is the percentage's own rate to 100 %.
     """
 
     def __init__(self, window: float = 10.0) -> None:
@@ -166,14 +208,14 @@ class ProgressClock:
         self._samples: deque[tuple[float, float, int, int]] = deque()
         self._run = -1
 
-    def update(self, job: pb.Job) -> None:
+    def update(self, job: pb.Job, now: datetime) -> None:
         if job.returns != self._run:
             self._samples.clear()
             self._run = job.returns
         if job.status not in (pb.JOB_STATUS_WORKING, pb.JOB_STATUS_CANCELLING, pb.JOB_STATUS_DONE):
             return
         rows, size = job_figures(job)
-        sample = (_seconds_of(job.updated_at), job.progress_percentage, rows or 0, size or 0)
+        sample = (now.timestamp(), job.progress_percentage, rows or 0, size or 0)
         samples = self._samples
         if samples and sample[0] <= samples[-1][0]:
             samples[-1] = sample

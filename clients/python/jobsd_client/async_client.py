@@ -17,6 +17,7 @@ import grpc.aio
 from jobsd_client import _requests as req
 from jobsd_client import pb
 from jobsd_client.errors import JobsdClientError, Unavailable, error_from_item
+from jobsd_client.events import JobEvent
 from jobsd_client.pb import jobs_pb2_grpc
 
 __all__ = ["CHANNEL_OPTIONS", "DEFAULT_TIMEOUT", "AsyncJobsClient"]
@@ -98,12 +99,12 @@ class AsyncJobsClient:
 
     async def _stream(
         self, method: grpc.aio.UnaryStreamMultiCallable[_Request, pb.JobEvent], request: _Request
-    ) -> AsyncGenerator[pb.JobEvent, None]:
+    ) -> AsyncGenerator[JobEvent, None]:
         call = method(request, metadata=self._metadata)
         try:
             with req.rpc_errors:
                 async for event in call:
-                    yield event
+                    yield JobEvent(event)
         finally:
             # Leaving the loop early (break, an exception, aclose) must not leave the stream open on the server.
             call.cancel()
@@ -131,7 +132,7 @@ class AsyncJobsClient:
         """The job after the request: `cancelled` if it was waiting, `cancelling` if a worker is running it."""
         return await self._unary(self._jobs.CancelJob, pb.CancelJobRequest(job_id=job_id))
 
-    def watch_job(self, job_id: str, since_revision: int = 0) -> AsyncGenerator[pb.JobEvent, None]:
+    def watch_job(self, job_id: str, since_revision: int = 0) -> AsyncGenerator[JobEvent, None]:
         """The job's events, from a SNAPSHOT (or every revision after `since_revision`) to its terminal state.
 
         Then each change, in order; the iteration ends after the terminal state. Leaving early? `aclose()` it (or
@@ -141,7 +142,7 @@ class AsyncJobsClient:
 
     async def follow_job(
         self, job_id: str, since_revision: int = 0, *, reconnect_seconds: float = 30.0
-    ) -> AsyncGenerator[pb.JobEvent, None]:
+    ) -> AsyncGenerator[JobEvent, None]:
         """`watch_job` that survives a jobsd restart or a dropped connection.
 
         On UNAVAILABLE it resumes after the last revision it delivered (so nothing is repeated or skipped), giving
@@ -170,7 +171,7 @@ class AsyncJobsClient:
             await asyncio.sleep(min(delay, max(give_up_at - loop.time(), 0.0)))
             delay = min(delay * 2, 2.0)
 
-    def watch_jobs(self, **query: Unpack[req.JobsFilters]) -> AsyncGenerator[pb.JobEvent, None]:
+    def watch_jobs(self, **query: Unpack[req.JobsFilters]) -> AsyncGenerator[JobEvent, None]:
         """Every matching non-terminal job, a SYNCED marker, then every change of a matching job (endless)."""
         return self._stream(self._jobs.WatchJobs, req.watch_jobs_request(**query))
 

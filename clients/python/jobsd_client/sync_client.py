@@ -17,6 +17,7 @@ import grpc
 from jobsd_client import _requests as req
 from jobsd_client import pb
 from jobsd_client.async_client import CHANNEL_OPTIONS, DEFAULT_TIMEOUT
+from jobsd_client.events import JobEvent
 from jobsd_client.pb import jobs_pb2_grpc
 
 __all__ = ["JobsClient"]
@@ -65,12 +66,12 @@ class JobsClient:
 
     def _stream(
         self, method: grpc.UnaryStreamMultiCallable[_Request, pb.JobEvent], request: _Request
-    ) -> Generator[pb.JobEvent, None, None]:
+    ) -> Generator[JobEvent, None, None]:
         call = method(request, metadata=self._metadata)
         try:
             with req.rpc_errors:
-                for event in call:  # noqa: UP028 (not `yield from`: closing us must not close grpc's iterator)
-                    yield event
+                for event in call:
+                    yield JobEvent(event)
         finally:
             call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel unannotated
 
@@ -96,11 +97,11 @@ class JobsClient:
         """The job after the request: `cancelled` if it was waiting, `cancelling` if a worker is running it."""
         return self._unary(self._jobs.CancelJob, pb.CancelJobRequest(job_id=job_id))
 
-    def watch_job(self, job_id: str, since_revision: int = 0) -> Generator[pb.JobEvent, None, None]:
+    def watch_job(self, job_id: str, since_revision: int = 0) -> Generator[JobEvent, None, None]:
         """The job's events, from a SNAPSHOT (or every revision after `since_revision`) to its terminal state."""
         return self._stream(self._jobs.WatchJob, pb.WatchJobRequest(job_id=job_id, since_revision=since_revision))
 
-    def watch_jobs(self, **query: Unpack[req.JobsFilters]) -> Generator[pb.JobEvent, None, None]:
+    def watch_jobs(self, **query: Unpack[req.JobsFilters]) -> Generator[JobEvent, None, None]:
         """Every matching non-terminal job, a SYNCED marker, then every change of a matching job (endless)."""
         return self._stream(self._jobs.WatchJobs, req.watch_jobs_request(**query))
 
