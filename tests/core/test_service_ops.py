@@ -4,7 +4,6 @@ stop, `jobsd serve` as a real process, `jobsd token create`."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from jobsd.app import JobsdApp
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
-from tests.support.subprocess_server import jobsd_env, serve_process
+from tests.support.subprocess_server import run_jobsd, serve_process
 
 from .conftest import Server, bounded, make_settings, rpc_error
 
@@ -170,26 +169,11 @@ async def test_jobsd_serve_comes_up_answers_and_exits_0_on_sigterm(tmp_path: Pat
         assert code == 0, serve.log_text()[-2000:]
 
 
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "jobsd.cli",
-        *args,
-        env=jobsd_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=PROCESS_START)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 # The SQLite file itself: removed, replaced, or written by another process.
 @pytest.mark.backends("sqlite")
 async def test_jobsd_token_create_prints_a_token_that_authenticates(server: Server, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path}/jobsd.db"  # the running server's own store
-    code, out, err = await run_cli(
+    code, out, err = await run_jobsd(
         "token", "create", "--workspace", "default", "--scope", "DATASOURCES:READ:events", "--store", store
     )
     assert code == 0, err
@@ -205,7 +189,7 @@ async def test_jobsd_token_create_prints_a_token_that_authenticates(server: Serv
 # The SQLite file itself: removed, replaced, or written by another process.
 @pytest.mark.backends("sqlite")
 async def test_jobsd_token_create_for_every_workspace(server: Server, tmp_path: Path) -> None:
-    code, out, err = await run_cli(
+    code, out, err = await run_jobsd(
         "token", "create", "--all-workspaces", "--scope", "JOBS:EXECUTE", "--store", f"sqlite:///{tmp_path}/jobsd.db"
     )
     assert code == 0, err
@@ -224,7 +208,7 @@ async def test_jobsd_token_create_for_every_workspace(server: Server, tmp_path: 
     ids=["unknown-scope", "no-workspace", "both-workspace-choices"],
 )
 async def test_jobsd_token_create_refuses_bad_arguments(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
-    code, out, err = await run_cli("token", "create", *args, "--store", f"sqlite:///{tmp_path}/t.db")
+    code, out, err = await run_jobsd("token", "create", *args, "--store", f"sqlite:///{tmp_path}/t.db")
     assert code != 0 and out == ""
     assert message in err and "Traceback" not in err
 
@@ -251,7 +235,7 @@ async def test_jobsd_worker_with_a_token_that_cannot_execute_exits_1_and_says_wh
     server: Server, tmp_path: Path
 ) -> None:
     # server.admin is ADMIN of one workspace: no JOBS:EXECUTE, so the executors cannot claim anything.
-    code, _, err = await run_cli(
+    code, _, err = await run_jobsd(
         "worker",
         "--grpc-target",
         f"127.0.0.1:{server.app.grpc_port}",

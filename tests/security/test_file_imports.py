@@ -4,14 +4,12 @@ may not overlap any state directory; links and `..` are resolved before the chec
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
 from jobsd_client import pb
+from tests.support.subprocess_server import run_jobsd
 
 from .conftest import ADMIN_SECRET, LogRecords, Stack
 
@@ -62,32 +60,23 @@ async def test_the_token_file_the_service_once_leaked_no_longer_authenticates_an
     assert owner.name == "default"
 
 
-async def _serve(*args: str, env: dict[str, str]) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "jobsd.cli",
-        "serve",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode()
-
-
 @pytest.mark.parametrize("root", ["state", "parent", "inside"])
 async def test_jobsd_refuses_to_start_when_the_import_root_overlaps_its_state(tmp_path: Path, root: str) -> None:
     state = tmp_path / "state"
     (state / "inside").mkdir(parents=True)
     chosen = {"state": state, "parent": tmp_path, "inside": state / "inside"}[root]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSD_")}
-    env.update(JOBSD_IMPORT_FILE_ROOT=str(chosen), JOBSD_DATA_DIR=str(state), JOBSD_HTTP_ADDR="")
-    code, out = await _serve("--grpc-addr", "127.0.0.1:0", "--store", f"sqlite:///{state}/jobsd.db", env=env)
+    code, out, err = await run_jobsd(
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--store",
+        f"sqlite:///{state}/jobsd.db",
+        import_file_root=chosen,
+        data_dir=state,
+        http_addr="",
+    )
     assert code == 2
-    lines = [line for line in out.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert lines[-1].startswith("error: import_file_root: ")
     assert "where jobsd keeps its state" in lines[-1]
-    assert "Traceback" not in out
+    assert "Traceback" not in out + err

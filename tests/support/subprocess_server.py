@@ -27,7 +27,7 @@ from typing import Literal
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-__all__ = ["START", "ServeProcess", "jobsd_env", "serve_process"]
+__all__ = ["START", "ServeProcess", "jobsd_env", "run_jobsd", "serve_process"]
 
 # A fresh interpreter importing grpc, protobuf, DuckDB and jobsd, opening its store, on a loaded machine:
 # generous, and a hang still fails.
@@ -41,6 +41,29 @@ def jobsd_env(**settings: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSD_")}
     env.update({f"JOBSD_{name.upper()}": str(value) for name, value in settings.items()})
     return env
+
+
+async def run_jobsd(*args: str, **settings: object) -> tuple[int, str, str]:
+    """`python -m jobsd.cli ARGS` run to its end (within START) with these settings (`jobsd_env`);
+    (exit status, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobsd.cli",
+        *args,
+        env=jobsd_env(**settings),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=START)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 @dataclass
