@@ -78,8 +78,22 @@ class ServerProcessStats:
         return float("nan")
 
 
+class _Percentiles:
+    """The median and the 99th percentile of `latencies` (seconds), in milliseconds."""
+
+    latencies: list[float]
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(self.latencies, 0.50) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.latencies, 0.99) * 1000
+
+
 @dataclass
-class LoadResult:
+class LoadResult(_Percentiles):
     calls: int
     seconds: float
     latencies: list[float] = field(repr=False)
@@ -91,14 +105,6 @@ class LoadResult:
     @property
     def rate(self) -> float:
         return self.calls / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def p50_ms(self) -> float:
-        return percentile(self.latencies, 0.50) * 1000
-
-    @property
-    def p99_ms(self) -> float:
-        return percentile(self.latencies, 0.99) * 1000
 
     @property
     def client_cpu_us(self) -> float:
@@ -192,7 +198,7 @@ def unary_callers(chans: Sequence[grpc.aio.Channel], method: str) -> list[grpc.a
 
 
 @dataclass
-class FanoutResult:
+class FanoutResult(_Percentiles):
     streams: int
     rounds: list[float]  # seconds from the trigger to the last stream receiving, per round
     latencies: list[float] = field(repr=False)  # every stream's delivery latency, every round
@@ -202,14 +208,6 @@ class FanoutResult:
     @property
     def median(self) -> float:
         return statistics.median(self.rounds) if self.rounds else float("nan")
-
-    @property
-    def p50_ms(self) -> float:
-        return percentile(self.latencies, 0.50) * 1000
-
-    @property
-    def p99_ms(self) -> float:
-        return percentile(self.latencies, 0.99) * 1000
 
 
 async def fanout(
