@@ -36,6 +36,7 @@ from jobsd.metrics import Metrics
 from jobsd.service.dispatch import Dispatcher
 from jobsd.service.hub import WatchHub
 from jobsd.service.jobs import JobService
+from jobsd.service.ratelimit import TokenBuckets
 from jobsd.settings import Settings, split_addr
 from jobsd.store import open_store
 from jobsd.store.base import JobStore
@@ -117,6 +118,7 @@ class JobsdApp:
             max_returns=settings.max_returns,
             struct_limits=settings.struct_limits,
             max_page_bytes=settings.max_page_bytes,
+            rate_limits=TokenBuckets(self.clock, settings.rate_limit, settings.rate_limit_burst),
         )
         self.dispatcher = Dispatcher(
             self.service, max_streams=settings.max_worker_streams, max_slots=settings.max_worker_slots

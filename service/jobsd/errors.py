@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from jobsd_client.errors import (
     FIELD_METADATA_KEY,
+    RATE_LIMIT_METADATA_KEYS,
+    RETRY_AFTER_METADATA_KEY,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -24,6 +26,8 @@ from jobsd_client.errors import (
 
 __all__ = [
     "FIELD_METADATA_KEY",
+    "RATE_LIMIT_METADATA_KEYS",
+    "RETRY_AFTER_METADATA_KEY",
     "AlreadyExists",
     "FailedPrecondition",
     "InvalidArgument",

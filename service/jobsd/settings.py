@@ -418,6 +418,19 @@ class Settings:
         shown="3MiB",
         metavar="SIZE",
     )
+    rate_limit: float = _setting(
+        5_000.0,
+        "JOBSD_RATE_LIMIT",
+        "requests a second one token may make, gRPC and REST together (its bucket's refill rate; a stream counts "
+        "once, when it opens); beyond it RESOURCE_EXHAUSTED / 429 with the delay; 0: off",
+        _number(float, 0),
+    )
+    rate_limit_burst: int = _setting(
+        10_000,
+        "JOBSD_RATE_LIMIT_BURST",
+        "requests one token may make at once after a quiet spell (its bucket's size)",
+        _number(int, 1),
+    )
     max_create_batch: int = _setting(
         500, "JOBSD_MAX_CREATE_BATCH", "jobs one `CreateJobs` call may create", _number(int, 1)
     )

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIELD_METADATA_KEY",
+    "RATE_LIMIT_METADATA_KEYS",
+    "RETRY_AFTER_METADATA_KEY",
     "AlreadyExists",
     "Cancelled",
     "DeadlineExceeded",
@@ -41,6 +43,11 @@ __all__ = [
 
 # Trailing-metadata key in which jobsd names the request field an INVALID_ARGUMENT is about.
 FIELD_METADATA_KEY = "jobsd-field"
+# Trailing-metadata key of a RESOURCE_EXHAUSTED that says when to come back: milliseconds, an integer.
+RETRY_AFTER_METADATA_KEY = "retry-after-ms"
+# The rate limit's state beside it, as the REST gateway's X-RateLimit-* headers carry it: the bucket's size, the
+# requests left in it, and the seconds until it is full again (integers).
+RATE_LIMIT_METADATA_KEYS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
 
 
 class JobsdError(Exception):
@@ -139,10 +146,33 @@ class AlreadyExists(JobsdError):
 
 
 class ResourceExhausted(JobsdError):
-    """A limit was hit (too many streams, a request too large, a subscriber too slow); later may work."""
+    """A limit was hit (too many streams, a request too large, a subscriber too slow, a rate limit); later may work.
+
+    `retry_after`: the seconds the server asks the caller to wait before trying again, when it says (a rate
+    limit does: gRPC trailing metadata `retry-after-ms`, REST `Retry-After`); else None. `limit`, `remaining`
+    and `reset_after` describe the rate limit that refused the call (its burst, what is left, and the seconds
+    until it is full again), when one did.
+    """
 
     code_name = "RESOURCE_EXHAUSTED"
     http_status = 429
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        code_name: str | None = None,
+        retry_after: float | None = None,
+        limit: int | None = None,
+        remaining: int | None = None,
+        reset_after: float | None = None,
+    ) -> None:
+        super().__init__(message, field=field, code_name=code_name)
+        self.retry_after = retry_after
+        self.limit = limit
+        self.remaining = remaining
+        self.reset_after = reset_after
 
 
 class Unavailable(JobsdError):
@@ -196,13 +226,21 @@ def error_for_code(code_name: str) -> type[JobsdError]:
     return by_code.get(code_name, JobsdError)
 
 
-def _field_from(metadata: Iterable[Any] | None) -> str | None:
+def _metadata_text(metadata: Iterable[Any] | None) -> dict[str, str]:
     # Sync calls give a tuple of (key, value) pairs, grpc.aio a Metadata whose iteration yields the same pairs.
+    found: dict[str, str] = {}
     for item in metadata or ():
         key, value = item
-        if key == FIELD_METADATA_KEY:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
+        found.setdefault(str(key), value.decode() if isinstance(value, bytes) else str(value))
+    return found
+
+
+def _field_from(metadata: Iterable[Any] | None) -> str | None:
+    return _metadata_text(metadata).get(FIELD_METADATA_KEY)
+
+
+def _integer(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() and len(text) <= 18 else None
 
 
 def error_from_rpc(error: grpc.RpcError) -> JobsdError:
@@ -214,12 +252,25 @@ def error_from_rpc(error: grpc.RpcError) -> JobsdError:
     details = str((details_of() if callable(details_of) else None) or code_name)
     trailing_of = getattr(error, "trailing_metadata", None)
     try:
-        field = _field_from(trailing_of() if callable(trailing_of) else None)
+        trailing = _metadata_text(trailing_of() if callable(trailing_of) else None)
     except (TypeError, ValueError):  # malformed metadata never hides the real error
-        field = None
+        trailing = {}
+    field = trailing.get(FIELD_METADATA_KEY)
     cls = error_for_code(code_name)
     if issubclass(cls, InvalidArgument):
         return cls.from_wire(details, field)
+    if issubclass(cls, ResourceExhausted):
+        retry_ms = _integer(trailing.get(RETRY_AFTER_METADATA_KEY))
+        limit, remaining, reset = (_integer(trailing.get(key)) for key in RATE_LIMIT_METADATA_KEYS)
+        return cls(
+            details,
+            field=field,
+            code_name=code_name,
+            retry_after=None if retry_ms is None else retry_ms / 1000,
+            limit=limit,
+            remaining=remaining,
+            reset_after=None if reset is None else float(reset),
+        )
     return cls(details, field=field, code_name=code_name)
 
 

@@ -135,10 +135,12 @@ class _Backoff:
         self._ceiling = ceiling
         self._attempt = 0
 
-    def next_delay(self) -> float:
+    def next_delay(self, error: BaseException | None = None) -> float:
+        """The next wait; never shorter than what a rate-limited server asked for (`ResourceExhausted.retry_after`)."""
         delay = min(self._ceiling, self._first * (2**self._attempt))
         self._attempt = min(self._attempt + 1, 16)
-        return random.uniform(delay / 2, delay)
+        asked = getattr(error, "retry_after", None) or 0.0
+        return max(float(asked), random.uniform(delay / 2, delay))
 
     def reset(self) -> None:
         self._attempt = 0
@@ -617,7 +619,7 @@ class Worker:
                     raise
                 if stream.answered:
                     backoff.reset()
-                delay = backoff.next_delay()
+                delay = backoff.next_delay(exc)
                 _log.warning("worker stream failed (%s: %s); reconnecting in %.2fs", exc.code.name, exc, delay)
                 stream.abandon(str(exc))
                 self._stream = None
@@ -691,7 +693,7 @@ class Worker:
             except JobsdClientError as exc:
                 if exc.code not in _TRANSIENT_CODES:
                     raise
-                delay = backoff.next_delay()
+                delay = backoff.next_delay(exc)
                 _log.warning("claim failed (%s: %s); retrying in %.2fs", exc.code.name, exc, delay)
                 await self._sleep_unless_stopping(delay)
                 continue
@@ -857,7 +859,7 @@ class Worker:
                 if exc.code not in _TRANSIENT_CODES or loop.time() >= give_up_at:
                     _log.error("job %s: could not finish (%s: %s)", ctx.job_id, exc.code.name, exc)
                     return
-                await asyncio.sleep(backoff.next_delay())
+                await asyncio.sleep(backoff.next_delay(exc))
                 continue
             outcome = "released" if release else pb.JobStatus.Name(status)[len("JOB_STATUS_") :].lower()
             _log.info("job %s: %s%s", ctx.job_id, outcome, f" ({error})" if error else "", extra={"job_id": ctx.job_id})

@@ -11,6 +11,7 @@ the field in trailing metadata); anything else is logged and becomes INTERNAL wi
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -21,7 +22,14 @@ from google.protobuf.message import DecodeError
 
 from jobsd.api.local import LocalJobsApi, LocalWorkersApi
 from jobsd.api.status import grpc_status
-from jobsd.errors import FIELD_METADATA_KEY, InvalidArgument, JobsdError
+from jobsd.errors import (
+    FIELD_METADATA_KEY,
+    RATE_LIMIT_METADATA_KEYS,
+    RETRY_AFTER_METADATA_KEY,
+    InvalidArgument,
+    JobsdError,
+    ResourceExhausted,
+)
 from jobsd.metrics import Metrics
 from jobsd_client import pb
 
@@ -41,10 +49,24 @@ def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return None
 
 
+def _trailing_metadata(exc: JobsdError) -> tuple[tuple[str, str], ...]:
+    """What a refusal says beside its message: the field at fault; a rate limit's delay and state."""
+    pairs: list[tuple[str, str]] = []
+    if exc.field:
+        pairs.append((FIELD_METADATA_KEY, exc.field))
+    if isinstance(exc, ResourceExhausted) and exc.retry_after is not None:
+        pairs.append((RETRY_AFTER_METADATA_KEY, str(max(1, math.ceil(exc.retry_after * 1000)))))
+        if exc.limit is not None and exc.remaining is not None and exc.reset_after is not None:
+            state = (exc.limit, exc.remaining, math.ceil(exc.reset_after))
+            pairs += [(key, str(value)) for key, value in zip(RATE_LIMIT_METADATA_KEYS, state, strict=True)]
+    return tuple(pairs)
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
     if isinstance(exc, JobsdError):
-        if exc.field:
-            context.set_trailing_metadata(((FIELD_METADATA_KEY, exc.field),))
+        trailing = _trailing_metadata(exc)
+        if trailing:
+            context.set_trailing_metadata(trailing)
         await context.abort(grpc_status(exc), exc.message)
     log.error("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")

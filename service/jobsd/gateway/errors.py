@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from jobsd.domain.states import NOT_CANCELLABLE
-from jobsd.errors import JobsdError
+from jobsd.errors import JobsdError, ResourceExhausted
 
 __all__ = [
     "DOCS_JOBS_API",
@@ -23,6 +24,7 @@ __all__ = [
     "documentation_for",
     "error_middleware",
     "error_response",
+    "rate_limit_headers",
 ]
 
 log = logging.getLogger("jobsd.gateway")
@@ -83,6 +85,20 @@ def error_response(request: web.Request, status: int, message: str) -> web.Respo
     return web.json_response(body, status=status)
 
 
+def rate_limit_headers(exc: ResourceExhausted) -> dict[str, str]:
+    """A rate limit's refusal as HTTP headers: `Retry-After` (whole seconds, at least 1) and `X-RateLimit-Limit`
+    (the bucket's size), `X-RateLimit-Remaining` (0), `X-RateLimit-Reset` (whole seconds until it is full again).
+    Nothing for a refusal that cannot say when to come back (a cap on streams)."""
+    if exc.retry_after is None:
+        return {}
+    headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    if exc.limit is not None and exc.remaining is not None and exc.reset_after is not None:
+        headers["X-RateLimit-Limit"] = str(exc.limit)
+        headers["X-RateLimit-Remaining"] = str(exc.remaining)
+        headers["X-RateLimit-Reset"] = str(max(1, math.ceil(exc.reset_after)))
+    return headers
+
+
 def _aiohttp_message(exc: web.HTTPException, request: web.Request) -> str:
     if isinstance(exc, web.HTTPNotFound):
         return f"Not found: no endpoint at {request.path}"
@@ -100,7 +116,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except JobsdError as exc:
         if exc.http_status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.path, exc.http_status, exc.message)
-        return error_response(request, exc.http_status, exc.message)
+        response = error_response(request, exc.http_status, exc.message)
+        if isinstance(exc, ResourceExhausted):
+            response.headers.update(rate_limit_headers(exc))
+        return response
     except BodyTimeout as exc:
         # The connection closes after this answer (the protocol said so when the body's time ran out).
         return error_response(request, 408, str(exc))

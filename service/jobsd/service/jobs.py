@@ -29,6 +29,7 @@ from jobsd.errors import FailedPrecondition, InvalidArgument, JobsdError, NotFou
 from jobsd.metrics import Metrics
 from jobsd.service.hub import WatchHub
 from jobsd.service.paging import checked_page_size, decode_cursor, encode_cursor
+from jobsd.service.ratelimit import TokenBuckets
 from jobsd.service.watches import JobWatches, WatchEvent
 from jobsd.store.base import ClaimRequest, JobQuery, JobRecord, JobStore, LogQuery
 
@@ -128,8 +129,11 @@ class JobService:
         max_returns: int = DEFAULT_MAX_RETURNS,
         struct_limits: StructLimits = DEFAULT_STRUCT_LIMITS,
         max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
+        rate_limits: TokenBuckets | None = None,
     ) -> None:
         self.store = store
+        # Requests per token, for every edge (authenticate takes one); off unless given.
+        self.rate_limits = rate_limits or TokenBuckets(clock, 0, 1)
         # A list page stops before its jobs' encoded bytes pass this (it always holds one job, however large).
         self.max_page_bytes = max_page_bytes
         # The sizes of datasource, params (checked at create) and result (checked when a worker reports it).
@@ -181,9 +185,10 @@ class JobService:
         digest = hash_token(token)
         in_memory = self._in_memory_tokens.get(digest)
         if in_memory is not None:
-            return in_memory
+            return in_memory  # this process's own executors: never rate limited
         cached = self._token_cache.get(digest)
         if cached is not None and cached[0] > time.monotonic():
+            self.rate_limits.take(digest)
             return cached[1]
         record = await self.store.get_token(digest)
         if record is None:
@@ -192,6 +197,8 @@ class JobService:
         if len(self._token_cache) > 1024:  # bounded: never grows with the number of tokens
             self._token_cache.clear()
         self._token_cache[digest] = (time.monotonic() + 5.0, principal)
+        # After the token is known: a request with a bad token is refused as such and uses no one's budget.
+        self.rate_limits.take(digest)
         return principal
 
     async def workspace(self, principal: Principal, requested: str | None = None) -> Workspace:
