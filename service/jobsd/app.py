@@ -121,7 +121,10 @@ class JobsdApp:
             rate_limits=TokenBuckets(self.clock, settings.rate_limit, settings.rate_limit_burst),
         )
         self.dispatcher = Dispatcher(
-            self.service, max_streams=settings.max_worker_streams, max_slots=settings.max_worker_slots
+            self.service,
+            max_streams=settings.max_worker_streams,
+            max_slots=settings.max_worker_slots,
+            max_workspace_share=settings.max_workspace_share,
         )
         self.api = LocalJobsApi(self.service, self.codec)
         self.workers_api = LocalWorkersApi(self.service, self.codec, self.dispatcher)

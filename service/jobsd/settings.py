@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from jobsd.domain.fairshare import DEFAULT_MAX_WORKSPACE_SHARE
 from jobsd.domain.kinds import BUILTIN_KINDS, KindDefaults, KindRegistry, build_registry, parse_kind_declarations
 from jobsd.domain.validation import StructLimits
 from jobsd.errors import InvalidArgument
@@ -49,6 +50,17 @@ def _number(kind: type[int] | type[float], minimum: float) -> Parser:
         return value
 
     return parse
+
+
+def _fraction(name: str, raw: str) -> float:
+    """A number more than 0 and at most 1 (a share)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArgument(name, f"expected a number more than 0 and at most 1, got {raw!r}") from None
+    if not 0 < value <= 1:  # NaN fails this too
+        raise InvalidArgument(name, f"must be more than 0 and at most 1, got {raw!r}")
+    return value
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -442,6 +454,13 @@ class Settings:
         "JOBSD_MAX_WORKER_SLOTS",
         "free slots one worker stream may have (and heartbeats / finishes per message)",
         _number(int, 1),
+    )
+    max_workspace_share: float = _setting(
+        DEFAULT_MAX_WORKSPACE_SHARE,
+        "JOBSD_MAX_WORKSPACE_SHARE",
+        "share of one worker's slots (a worker stream's, the built-in executors') one workspace may hold while "
+        "another workspace has a job that worker could start (at least one slot; alone, all of them); 1: no cap",
+        _fraction,
     )
     grace_seconds: float = _setting(
         5.0, "JOBSD_GRACE_SECONDS", "graceful-shutdown grace for in-flight RPCs and running jobs", _number(float, 0)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from jobsd.domain.fairshare import Candidate, WorkspaceShare, after_claim, claim_order, next_turn
+from jobsd.domain.fairshare import (
+    DEFAULT_MAX_WORKSPACE_SHARE,
+    Candidate,
+    WorkspaceShare,
+    after_claim,
+    claim_order,
+    next_turn,
+)
+from jobsd.errors import InvalidArgument
+from jobsd.settings import settings_from
 
 
 def test_never_served_first_then_least_recently_served_ties_by_oldest_job_then_id() -> None:
@@ -47,3 +56,13 @@ def test_a_turn_goes_after_every_candidate_and_reads_as_a_time() -> None:
     assert next_turn(1_000, [Candidate("a", served=None)]) == 1_000
     assert next_turn(1_000, [Candidate("a", served=5_000), Candidate("b", served=None)]) == 5_001
     assert next_turn(9_000, [Candidate("a", served=5_000)]) == 9_000
+
+
+def test_the_setting_is_a_share_in_0_1_named_when_refused() -> None:
+    assert settings_from({}).max_workspace_share == DEFAULT_MAX_WORKSPACE_SHARE == 0.5
+    assert settings_from({"JOBSD_MAX_WORKSPACE_SHARE": "0.25"}).max_workspace_share == 0.25
+    assert settings_from({"JOBSD_MAX_WORKSPACE_SHARE": "1"}).max_workspace_share == 1.0
+    for bad in ("0", "-0.1", "1.5", "nan", "inf", "half"):
+        with pytest.raises(InvalidArgument) as refused:
+            settings_from({"JOBSD_MAX_WORKSPACE_SHARE": bad})
+        assert refused.value.field == "JOBSD_MAX_WORKSPACE_SHARE" and "at most 1" in str(refused.value)

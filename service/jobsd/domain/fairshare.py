@@ -28,7 +28,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from math import floor
 
-__all__ = ["Candidate", "WorkspaceShare", "after_claim", "claim_order", "next_turn"]
+__all__ = ["DEFAULT_MAX_WORKSPACE_SHARE", "Candidate", "WorkspaceShare", "after_claim", "claim_order", "next_turn"]
+
+# JOBSD_MAX_WORKSPACE_SHARE: of a worker's slots, what one workspace may hold while another has a job it could start.
+DEFAULT_MAX_WORKSPACE_SHARE = 0.5
 
 
 @dataclass(frozen=True, slots=True)

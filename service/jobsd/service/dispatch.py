@@ -4,8 +4,11 @@ A `WorkerSession` is one connected worker: who it is, the kinds it runs, how man
 holds, and what is waiting to be sent to it. The `Dispatcher` (one per process, owned by the app) claims jobs for
 the sessions that have free slots — in turn, so one worker cannot starve the others — whenever the queue may have
 changed (a new waiting job, a job that ended and freed a concurrency slot, slots given back), and at least every
-second for the writes of other replicas. Claims are the same compare-and-set claims `ClaimJob` makes (FIFO,
-concurrency limits), so the rules of the queue do not depend on the protocol a worker speaks.
+second for the writes of other replicas. Claims are the same compare-and-set claims `ClaimJob` makes (turns
+across workspaces, FIFO, concurrency limits), so the rules of the queue do not depend on the protocol a worker
+speaks. A stream also says how many slots its worker has, so its claims carry the max-share rule
+(jobsd.domain.fairshare, JOBSD_MAX_WORKSPACE_SHARE): of its slots (free + held), one workspace holds at most its
+share while another workspace has a job this worker could start.
 
 Leases mean what they mean for the unary RPCs: a session's loss is its worker's loss. Its leases lapse unless the
 worker reconnects and heartbeats in time (a reconnecting worker keeps its jobs); only jobs claimed for a session
@@ -18,10 +21,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 
 from jobsd.domain.auth import Principal
+from jobsd.domain.fairshare import DEFAULT_MAX_WORKSPACE_SHARE, WorkspaceShare
 from jobsd.domain.model import Job, JobStatus, Progress
 from jobsd.errors import InvalidArgument, JobsdError, ResourceExhausted, Unavailable
 from jobsd.service.jobs import Claim, FinishItem, HeartbeatItem, HeartbeatResult, JobService
@@ -94,8 +99,9 @@ class WorkerSession:
         self.workspace_id = workspace_id
         self.free = slots
         self._max_slots = max_slots
-        # Jobs assigned to this worker and not yet finished by it, with their lease tokens.
+        # Jobs assigned to this worker and not yet finished by it, with their lease tokens (and their workspaces).
         self.held: dict[str, str] = {}
+        self.held_workspace: dict[str, str] = {}
         self.draining = False
         self.closed = False
         self._out = Outgoing()
@@ -109,6 +115,11 @@ class WorkerSession:
     @property
     def wants_jobs(self) -> bool:
         return self.free > 0 and not self.draining and not self.closed
+
+    def share(self, fraction: float) -> WorkspaceShare | None:
+        """The max-share rule of this worker's next claims: its slots are the free ones and the ones it holds."""
+        held = Counter(self.held_workspace[job_id] for job_id in self.held if job_id in self.held_workspace)
+        return WorkspaceShare.of(fraction, self.free + len(self.held), held)
 
     # ---------------------------------------------------------- from the worker
 
@@ -156,6 +167,7 @@ class WorkerSession:
     def assign(self, claims: Sequence[Claim]) -> None:
         for claim in claims:
             self.held[claim.job.id] = claim.lease_token
+            self.held_workspace[claim.job.id] = claim.job.workspace_id
         self.free -= len(claims)
         self._out.assignments.extend(claims)
         self._notify()
@@ -211,10 +223,12 @@ class Dispatcher:
         *,
         max_streams: int = DEFAULT_MAX_WORKER_STREAMS,
         max_slots: int = DEFAULT_MAX_WORKER_SLOTS,
+        max_workspace_share: float = DEFAULT_MAX_WORKSPACE_SHARE,
     ) -> None:
         self.service = service
         self.max_streams = max_streams
         self.max_slots = max_slots
+        self.max_workspace_share = max_workspace_share
         self._sessions: list[WorkerSession] = []
         self._holder: dict[str, WorkerSession] = {}
         self._turn = itertools.count()
@@ -271,6 +285,7 @@ class Dispatcher:
     def forget(self, session: WorkerSession, job_id: str) -> None:
         """The worker finished (or released) the job: it no longer holds it."""
         session.held.pop(job_id, None)
+        session.held_workspace.pop(job_id, None)
         if self._holder.get(job_id) is session:
             del self._holder[job_id]
 
@@ -332,7 +347,10 @@ class Dispatcher:
             if scope in empty or not session.wants_jobs:
                 continue
             want = min(session.free, CLAIM_STEP)
-            claims = await self.service.claim_batch(session.worker_id, session.kinds, session.workspace_id, want)
+            share = session.share(self.max_workspace_share)
+            claims = await self.service.claim_batch(
+                session.worker_id, session.kinds, session.workspace_id, want, share=share
+            )
             if len(claims) < want:
                 empty.add(scope)
             elif session.free > want:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from jobsd.domain.auth import Principal, hash_token
 from jobsd.domain.clock import Clock, to_micros
+from jobsd.domain.fairshare import WorkspaceShare
 from jobsd.domain.filters import JobFilter
 from jobsd.domain.kinds import KindRegistry, KindSpec
 from jobsd.domain.model import Job, JobStatus, LogEntry, Progress, Workspace, datasource_id_for, evolve
@@ -602,9 +603,15 @@ class JobService:
         return workspace
 
     async def claim_batch(
-        self, worker_id: str, kinds: Collection[str], workspace_id: str | None, limit: int
+        self,
+        worker_id: str,
+        kinds: Collection[str],
+        workspace_id: str | None,
+        limit: int,
+        share: WorkspaceShare | None = None,
     ) -> list[Claim]:
-        """Up to `limit` claims now (no waiting) for a worker `claim_scope` has checked; each its own lease."""
+        """Up to `limit` claims now (no waiting) for a worker `claim_scope` has checked; each its own lease. `share`:
+        the worker's max-share rule (a worker stream's; jobsd.domain.fairshare), None for a unary ClaimJob."""
         now = self.clock.now()
 
         def claim(job: Job) -> Job:
@@ -622,7 +629,12 @@ class JobService:
             )
 
         request = ClaimRequest(
-            now=now, kinds=tuple(kinds), workspace_id=workspace_id, limit_for=self.kinds.limit_for, claim=claim
+            now=now,
+            kinds=tuple(kinds),
+            workspace_id=workspace_id,
+            limit_for=self.kinds.limit_for,
+            claim=claim,
+            share=share,
         )
         if limit == 1:
             one = await self.store.claim_next(request)

@@ -414,7 +414,13 @@ class MongoStore(BatchWrites):
         with self._reachable("claim a job"):
             full_keys = await self._full_keys(request)
             if request.workspace_id is not None:
-                return await self._claim_in_workspace(request, full_keys)
+                claimed = await self._claim_in_workspace(request, full_keys)
+                if claimed is not None:
+                    turn = micros(request.now) or 0
+                    await self._after_write(
+                        f"move the turn of {claimed.workspace_id} on", self._take_turn(claimed.workspace_id, turn)
+                    )
+                return claimed
             tried: set[str] = set()
             filter_, hint = waiting_workspaces_plan(request)
             while True:

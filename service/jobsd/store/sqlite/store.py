@@ -584,16 +584,25 @@ class SqliteStore:
         in each the oldest visible waiting job whose concurrency key has a free slot; within the scan bound."""
         kinds = sorted(set(request.kinds))
         walk = _ClaimWalk(conn, request, kinds, now)
-        if request.workspace_id is not None:
-            return walk.oldest_claimable(request.workspace_id)
-        candidates = _waiting_workspaces(conn, kinds)
-        if len(candidates) == 1:
-            # No one to choose from: no turns to read; the workspace's turn is the claim's time.
-            doc = walk.oldest_claimable(candidates[0].workspace_id)
-            if doc is not None:
-                _take_turn(conn, candidates[0].workspace_id, now)
-            return doc
-        candidates = _with_turns(conn, candidates)
+        only = request.workspace_id
+        if only is None:
+            candidates = _waiting_workspaces(conn, kinds)
+            if len(candidates) > 1:
+                return self._choose_in_turn(conn, request, walk, _with_turns(conn, candidates), now)
+            if not candidates:
+                return None
+            only = candidates[0].workspace_id
+        # One workspace to look at (asked for, or the only one waiting): no turns to read; its turn is now.
+        doc = walk.oldest_claimable(only)
+        if doc is not None:
+            _take_turn(conn, only, now)
+        return doc
+
+    @staticmethod
+    def _choose_in_turn(
+        conn: sqlite3.Connection, request: ClaimRequest, walk: _ClaimWalk, candidates: list[Candidate], now: int
+    ) -> str | None:
+        """Several workspaces waiting: the first in turn order that has a claimable job; its turn moves on."""
         for workspace_id in claim_order(candidates, request.share):
             doc = walk.oldest_claimable(workspace_id)
             if doc is not None:
