@@ -18,14 +18,17 @@ install: $(STAMP)
 
 # Serve gRPC on 127.0.0.1:50051 and REST on 127.0.0.1:8080 on the embedded store (./.jobsd/), executors on.
 # A caller's JOBSD_* variables always win; the admin token is made once and kept in .jobsd/admin-token (mode 0600,
-# in a 0700 directory). file:// imports may read examples/ only (the demo's sample), unless JOBSD_IMPORT_FILE_ROOT
+# in a 0700 directory), the worker token (JOBS:EXECUTE, for `jobsd worker` and SDK workers) in .jobsd/worker-token.
+# file:// imports may read examples/ only (the demo's sample), unless JOBSD_IMPORT_FILE_ROOT
 # says otherwise (set it empty to turn file imports off).
 run: install
 	@mkdir -p .jobsd && chmod 700 .jobsd
 	@test -s .jobsd/admin-token || (umask 077 && $(BIN)/python -c "import secrets; print('jobsd_' + secrets.token_urlsafe(24))" > .jobsd/admin-token)
-	@chmod 600 .jobsd/admin-token
+	@test -s .jobsd/worker-token || (umask 077 && $(BIN)/python -c "import secrets; print('jobsd_' + secrets.token_urlsafe(24))" > .jobsd/worker-token)
+	@chmod 600 .jobsd/admin-token .jobsd/worker-token
 	@JOBSD_IMPORT_FILE_ROOT="$${JOBSD_IMPORT_FILE_ROOT-$(CURDIR)/examples}" \
-	JOBSD_ADMIN_TOKEN="$${JOBSD_ADMIN_TOKEN:-$$(cat .jobsd/admin-token)}" exec $(BIN)/jobsd serve --banner
+	JOBSD_ADMIN_TOKEN="$${JOBSD_ADMIN_TOKEN:-$$(cat .jobsd/admin-token)}" \
+	JOBSD_WORKER_TOKEN="$${JOBSD_WORKER_TOKEN:-$$(cat .jobsd/worker-token)}" exec $(BIN)/jobsd serve --banner
 
 # The whole suite (CI runs exactly this through .ci/run). Exit 5 (no tests collected) is reported, not hidden.
 test: install

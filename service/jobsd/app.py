@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -31,14 +33,14 @@ from jobsd.domain.auth import (
 )
 from jobsd.domain.clock import Clock, SystemClock
 from jobsd.domain.model import TokenRecord
-from jobsd.errors import InvalidArgument, JobsdError
+from jobsd.errors import InvalidArgument, JobsdError, NotFound, Unavailable
 from jobsd.metrics import Metrics
 from jobsd.service.dispatch import Dispatcher
 from jobsd.service.hub import WatchHub
 from jobsd.service.jobs import JobService
 from jobsd.service.ratelimit import TokenBuckets
 from jobsd.settings import Settings, split_addr
-from jobsd.store import open_store
+from jobsd.store import open_store, store_shown
 from jobsd.store.base import JobStore
 from jobsd_client import pb
 
@@ -89,6 +91,41 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.max_ping_strikes", settings.grpc_max_ping_strikes),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
     ]
+
+
+def cannot_listen(what: str, variable: str, addr: str, error: OSError | None = None) -> Unavailable:
+    """One line for a listener that could not bind: the address, its setting and why (the OS's reason).
+
+    gRPC says only that it failed to bind; the reason is asked of the OS by binding the address once more."""
+    if error is None:
+        error = _bind_error(addr)
+    reason = (error.strerror or str(error)).lower() if error is not None else "cannot bind"
+    flag = "--" + variable.removeprefix("JOBSD_").lower().replace("_", "-")
+    hint = ""
+    if error is not None and error.errno == errno.EADDRINUSE:
+        hint = (
+            f" (another jobsd running? stop it, or choose another port: {flag} HOST:PORT, or port 0 for any free one)"
+        )
+    return Unavailable(f"cannot listen for {what} on {addr} ({variable} / {flag}): {reason}{hint}")
+
+
+def _bind_error(addr: str, *, reuse: bool = False) -> OSError | None:
+    """Why `addr` cannot be bound now (None: it can). `reuse`: as the servers bind (SO_REUSEADDR), so a port
+    whose old connections linger in TIME_WAIT is not taken for one in use."""
+    try:
+        host, port = split_addr("addr", addr)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (JobsdError, OSError) as exc:
+        return exc if isinstance(exc, OSError) else None
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            if reuse:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                return exc
+    return None
 
 
 class JobsdApp:
@@ -150,8 +187,24 @@ class JobsdApp:
 
             # A file-import root that overlaps the store or the data plane: refuse to start, before anything listens.
             import_policy_for(self.settings)
+        # Every listen address, asked of the OS before anything starts: a port in use is refused at once, in one
+        # line naming it and its setting (not after the store, the executors and their log lines are up).
+        for what, variable, addr in (
+            ("gRPC", "JOBSD_GRPC_ADDR", self.settings.grpc_addr),
+            ("REST", "JOBSD_HTTP_ADDR", self.settings.http_addr),
+            ("metrics", "JOBSD_METRICS_ADDR", self.settings.metrics_addr),
+        ):
+            if addr and split_addr(variable, addr)[1]:
+                taken = _bind_error(addr, reuse=True)
+                if taken is not None:
+                    raise cannot_listen(what, variable, addr, taken)
         self._started = True
-        await self.store.open()
+        try:
+            await self.store.open()
+        except Unavailable as exc:
+            raise Unavailable(
+                f"cannot open the store {store_shown(self.settings.store)} (JOBSD_STORE): {exc}"
+            ) from None
         await self.hub.start()
         await self._ensure_configured_tokens()
         await self.dispatcher.start()
@@ -166,7 +219,10 @@ class JobsdApp:
             from jobsd.metrics_http import MetricsServer
 
             self._metrics_server = MetricsServer(self.metrics.registry, self.settings.metrics_addr)
-            self.metrics_port = await self._metrics_server.start()
+            try:
+                self.metrics_port = await self._metrics_server.start()
+            except OSError as exc:
+                raise cannot_listen("metrics", "JOBSD_METRICS_ADDR", self.settings.metrics_addr, exc) from None
 
     async def _start_grpc(self) -> None:
         server = grpc.aio.server(options=grpc_server_options(self.settings))
@@ -179,10 +235,13 @@ class JobsdApp:
             (*_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             generic_only,
         )
-        host, port = split_addr("grpc_addr", self.settings.grpc_addr)
-        self.grpc_port = server.add_insecure_port(f"{host}:{port}")
+        host, port = split_addr("JOBSD_GRPC_ADDR", self.settings.grpc_addr)
+        try:
+            self.grpc_port = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            self.grpc_port = 0
         if self.grpc_port == 0:
-            raise InvalidArgument("grpc_addr", f"could not listen on {self.settings.grpc_addr}")
+            raise cannot_listen("gRPC", "JOBSD_GRPC_ADDR", self.settings.grpc_addr)
         await server.start()
         self._server = server
         await self._set_serving(True)
@@ -214,7 +273,10 @@ class JobsdApp:
                 add_routes(app, dataplane, self.service.authenticate, max_json_depth=self.settings.max_json_depth)
 
         self._gateway = GatewayServer(self.api, self.settings, self.metrics.registry, extra_routes=extra_routes)
-        self.http_port = await self._gateway.start()
+        try:
+            self.http_port = await self._gateway.start()
+        except OSError as exc:
+            raise cannot_listen("REST", "JOBSD_HTTP_ADDR", self.settings.http_addr, exc) from None
 
     async def stop(self) -> None:
         if self._stopped or not self._started:
@@ -262,18 +324,32 @@ class JobsdApp:
 
     # ------------------------------------------------------------------ tokens
 
-    async def create_token(self, workspace: str | None, scopes: list[str], name: str = "token") -> str:
-        """A new random token (the secret is returned once; only its hash is stored)."""
+    async def create_token(
+        self, workspace: str | None, scopes: list[str], name: str = "token", *, create_workspace: bool = True
+    ) -> str:
+        """A new random token (the secret is returned once; only its hash is stored).
+
+        `create_workspace=False`: a workspace that does not exist yet is refused (NotFound), not made."""
         secret = new_token_secret()
-        await self.ensure_token(secret, workspace, scopes, name)
+        await self.ensure_token(secret, workspace, scopes, name, create_workspace=create_workspace)
         return secret
 
-    async def ensure_token(self, secret: str, workspace: str | None, scopes: list[str], name: str) -> None:
+    async def ensure_token(
+        self, secret: str, workspace: str | None, scopes: list[str], name: str, *, create_workspace: bool = True
+    ) -> None:
         if not scopes:
             raise InvalidArgument("scope", "at least one scope is required")
         checked = tuple(validate_scope(s) for s in scopes)
         workspace_id = None
-        if workspace is not None:
+        if workspace is not None and not create_workspace:
+            found = await self.store.find_workspace(workspace)
+            if found is None:
+                raise NotFound(
+                    f"workspace {workspace!r} does not exist in {store_shown(self.settings.store)}; "
+                    "check the name, or pass --create-workspace to create it"
+                )
+            workspace_id = found.id
+        elif workspace is not None:
             workspace_id = (await self.store.ensure_workspace(workspace, self.clock.now())).id
         record = TokenRecord(hash_token(secret), name, workspace_id, checked, self.clock.now())
         await self.store.put_token(record)
@@ -286,6 +362,10 @@ class JobsdApp:
             await self.ensure_token(self.settings.admin_token, "default", [ADMIN], "admin (JOBSD_ADMIN_TOKEN)")
         else:
             await self.store.ensure_workspace("default", self.clock.now())
+        if self.settings.worker_token:
+            await self.ensure_token(
+                self.settings.worker_token, "default", [JOBS_EXECUTE], "worker (JOBSD_WORKER_TOKEN)"
+            )
         if self.settings.service_token:
             await self.ensure_token(
                 self.settings.service_token, None, [JOBS_CREATE, JOBS_EXECUTE], "service (JOBSD_SERVICE_TOKEN)"

@@ -174,6 +174,12 @@ class Settings:
     admin_token: str = _setting(
         "", "JOBSD_ADMIN_TOKEN", "ensures an ADMIN token of workspace `default` with exactly this value"
     )
+    worker_token: str = _setting(
+        "",
+        "JOBSD_WORKER_TOKEN",
+        "ensures a JOBS:EXECUTE token of workspace `default` with exactly this value (`jobsd worker` and SDK workers "
+        "use it; `make run` keeps one in .jobsd/worker-token)",
+    )
     service_token: str = _setting(
         "", "JOBSD_SERVICE_TOKEN", "ensures a token with JOBS:CREATE and JOBS:EXECUTE on every workspace"
     )

@@ -25,6 +25,15 @@ async def test_ensure_workspace_creates_once_and_finds_by_id(store: JobStore) ->
     assert await store.get_workspace(str(uuid.uuid4())) is None
 
 
+async def test_find_workspace_finds_by_name_and_never_creates(store: JobStore) -> None:
+    name = f"team-{uuid.uuid4().hex[:8]}"
+    assert await store.find_workspace(name) is None
+    assert await store.find_workspace(name) is None, "a lookup must not create the workspace"
+    created = await store.ensure_workspace(name, T0)
+    assert await store.find_workspace(name) == created
+    assert await store.find_workspace(name.upper()) is None
+
+
 async def test_tokens_are_found_by_hash_and_replaced_by_hash(store: JobStore) -> None:
     secret = new_token_secret()
     record = TokenRecord(

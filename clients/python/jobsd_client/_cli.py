@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from typing import Any, NoReturn, TextIO, TypeVar
 from google.protobuf.message import Message
 
 from jobsd_client import pb
+from jobsd_client._completion import add_completion_command, completion_script
 from jobsd_client._datasources import DEFAULT_HTTP_TARGET, DataSourcesClient, DataSourcesError
 from jobsd_client._render import (
     ProgressClock,
@@ -220,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = command("token", "tokens are created on the server host (see `jobsd token create`)")
     token.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    _add_conventions(parser, commands)
     return parser
 
 
@@ -227,6 +230,24 @@ def _details_options(details: argparse.ArgumentParser) -> None:
     details.add_argument(
         "--queries", action="store_true", help="list every query (default: a count by status and the failed ones)"
     )
+
+
+def _add_conventions(parser: argparse.ArgumentParser, commands: Any) -> None:
+    """`--version` and `completion bash|zsh`: what every CLI is expected to have."""
+    parser.add_argument("--version", action="version", version=f"jobsctl {_version()}")
+    add_completion_command(commands, "jobsctl")
+
+
+def _version() -> str:
+    try:
+        return f"{importlib.metadata.version('jobsd-client')} (jobsd-client)"
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown: jobsd-client is not installed)"
+
+
+def _completion(args: argparse.Namespace, out: TextIO) -> int:
+    out.write(completion_script(build_parser(), args.shell))
+    return 0
 
 
 # ------------------------------------------------------------------ output
@@ -611,6 +632,8 @@ def _describe_rest(exc: DataSourcesError) -> str:
 
 
 def _describe(exc: JobsdClientError, target: str) -> str:
+    if exc.field == "target" and not isinstance(exc, Unavailable):
+        return f"--target (JOBSD_TARGET): {exc.message.removeprefix('target: ')}"
     if isinstance(exc, Unavailable):
         return f"cannot reach jobsd at {target}: {exc.message}"
     if isinstance(exc, Unauthenticated):
@@ -628,6 +651,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, enviro
     out = out or sys.stdout
     env = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
+    if args.command == "completion":
+        return _completion(args, out)
     if args.command == "token":
         sys.stderr.write(
             "error: tokens are created on the server host, where the store is: "

@@ -101,11 +101,22 @@ class DataSourcesClient:
         except TimeoutError:
             raise DataSourcesError(self._no_answer()) from None
         except (OSError, http.client.HTTPException) as error:
+            if isinstance(error, http.client.BadStatusLine) and _binary(str(error)):
+                raise DataSourcesError(
+                    f"{self.base_url} answered in binary (HTTP/2) frames, not HTTP/1.1: is it jobsd's gRPC port? "
+                    "--http-target / JOBSD_HTTP_TARGET is the REST gateway's URL (JOBSD_HTTP_ADDR, default "
+                    "http://127.0.0.1:8080); the gRPC HOST:PORT goes to --target"
+                ) from None
             raise DataSourcesError(f"cannot reach the REST gateway at {self.base_url}: {error}") from None
         return _object(_json(text, self.base_url), "the answer")
 
     def _no_answer(self) -> str:
         return f"no answer from the REST gateway at {self.base_url} within {self._timeout:g} s"
+
+
+def _binary(text: str) -> bool:
+    """A status line no HTTP/1 server sends: control bytes (an HTTP/2 server's SETTINGS frame, say)."""
+    return any((ord(char) < 0x20 and char not in "\r\n\t") or 0x7F <= ord(char) < 0xA0 for char in text)
 
 
 def _json(text: str, base_url: str) -> Any:

@@ -16,7 +16,7 @@ import grpc.aio
 
 from jobsd_client import _requests as req
 from jobsd_client import pb
-from jobsd_client.errors import JobsdClientError, Unavailable, error_from_item
+from jobsd_client.errors import JobsdClientError, Unavailable, check_grpc_target, error_from_item
 from jobsd_client.events import JobEvent
 from jobsd_client.pb import jobs_pb2_grpc
 
@@ -49,7 +49,7 @@ class AsyncJobsClient:
         channel: grpc.aio.Channel | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
-        self.target = target
+        self.target = target if channel is not None else check_grpc_target(target)
         self.timeout = timeout
         self._owns_channel = channel is None
         # Our own channel is made on first use: grpc.aio binds a channel to the event loop running when it is

@@ -22,6 +22,7 @@ __all__ = [
     "FIELD_METADATA_KEY",
     "RATE_LIMIT_METADATA_KEYS",
     "RETRY_AFTER_METADATA_KEY",
+    "WRONG_PROTOCOL_GRPC",
     "AlreadyExists",
     "Cancelled",
     "DeadlineExceeded",
@@ -36,6 +37,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "check_grpc_target",
     "error_for_code",
     "error_from_item",
     "error_from_rpc",
@@ -259,6 +261,8 @@ def error_from_rpc(error: grpc.RpcError) -> JobsdError:
     cls = error_for_code(code_name)
     if issubclass(cls, InvalidArgument):
         return cls.from_wire(details, field)
+    if code_name == "UNAVAILABLE" and _HTTP1_ANSWER in details:
+        details = WRONG_PROTOCOL_GRPC
     if issubclass(cls, ResourceExhausted):
         retry_ms = _integer(trailing.get(RETRY_AFTER_METADATA_KEY))
         limit, remaining, reset = (_integer(trailing.get(key)) for key in RATE_LIMIT_METADATA_KEYS)
@@ -272,6 +276,34 @@ def error_from_rpc(error: grpc.RpcError) -> JobsdError:
             reset_after=None if reset is None else float(reset),
         )
     return cls(details, field=field, code_name=code_name)
+
+
+# What gRPC says when an HTTP/1.x server answers its HTTP/2 preface (a REST port given as the gRPC target).
+_HTTP1_ANSWER = "Trying to connect an http1.x server"
+WRONG_PROTOCOL_GRPC = (
+    "an HTTP/1.1 server answered, not gRPC: is this the REST gateway's port? The target is jobsd's gRPC "
+    "address (JOBSD_GRPC_ADDR, default 127.0.0.1:50051); REST URLs go to --http-target / JOBSD_HTTP_TARGET"
+)
+
+
+def check_grpc_target(target: str) -> str:
+    """`target` as grpc dials it; a URL (`http://host:port`) is refused naming what to give instead.
+
+    gRPC's own schemes (`dns:///`, `unix:`, `ipv4:`, ...) pass; `http(s)://` is a REST address, and gRPC would
+    only say "Misformatted domain name" of it.
+    """
+    stripped = target.strip()
+    scheme, sep, rest = stripped.partition("://")
+    if sep and scheme.lower() in ("http", "https", "grpc", "grpcs"):
+        hostport = rest.split("/", 1)[0] or "127.0.0.1:50051"
+        raise InvalidArgument(
+            "target",
+            f"expected HOST:PORT (jobsd's gRPC address), got the URL {stripped!r}: give {hostport} "
+            "(the REST gateway's http:// URL is --http-target / JOBSD_HTTP_TARGET)",
+        )
+    if not stripped:
+        raise InvalidArgument("target", "expected HOST:PORT (jobsd's gRPC address), got nothing")
+    return stripped
 
 
 def error_from_item(error: Any) -> JobsdError:

@@ -17,6 +17,7 @@ import grpc
 from jobsd_client import _requests as req
 from jobsd_client import pb
 from jobsd_client.async_client import CHANNEL_OPTIONS, DEFAULT_TIMEOUT
+from jobsd_client.errors import check_grpc_target
 from jobsd_client.events import JobEvent
 from jobsd_client.pb import jobs_pb2_grpc
 
@@ -37,10 +38,10 @@ class JobsClient:
         channel: grpc.Channel | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
-        self.target = target
+        self.target = target if channel is not None else check_grpc_target(target)
         self.timeout = timeout
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = channel if channel is not None else grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
         self._workers = jobs_pb2_grpc.WorkersStub(self._channel)
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()

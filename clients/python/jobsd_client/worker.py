@@ -561,6 +561,11 @@ class Worker:
         """Ids of the jobs whose handlers are running now."""
         return list(self._running)
 
+    @property
+    def running_jobs(self) -> list[tuple[str, str]]:
+        """(id, kind) of each job whose handler is running now (what a graceful stop waits for)."""
+        return [(job_id, running.ctx.kind) for job_id, running in self._running.items()]
+
     async def run(self) -> None:
         """Claim and run jobs until `stop()`; raises if the server refuses this worker (bad token, scope)."""
         if self._run_started:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -48,7 +49,7 @@ import duckdb
 
 from jobsd.domain.clock import Clock, SystemClock, from_micros, to_micros
 from jobsd.domain.model import datasource_id_for
-from jobsd.errors import AlreadyExists, InvalidArgument, NotFound
+from jobsd.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from jobsd.executors.coltypes import Column, ColumnType, parse_column_type, type_from_duckdb
 from jobsd.executors.errors import ExecutionFailed
 from jobsd.executors.limits import LimitExceeded, PlaneLimits, format_bytes
@@ -539,6 +540,18 @@ def _prepare(conn: duckdb.DuckDBPyConnection, first_open: bool) -> None:
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(STAGING_SCHEMA)}")
 
 
+LOCK_FILE = ".lock"
+
+
+class PlaneInUse(Unavailable):
+    """Another process (or another DataPlane of this one) has this directory open: DuckDB allows one writer."""
+
+    def __init__(self, root: Path, holder: str) -> None:
+        self.root = root
+        self.holder = holder
+        super().__init__(f"the data plane {root} is in use by {holder}")
+
+
 class DataPlane:
     """The data plane over one directory of workspace files. `await open()` (or `async with`) before use;
     `close()` is idempotent.
@@ -577,6 +590,8 @@ class DataPlane:
         # lock_configuration last: after it, no statement can change a setting.
         self._connect_config["lock_configuration"] = self._connect_config.pop("lock_configuration")
         self._pool: ThreadPoolExecutor | None = None
+        # The directory's lock (an flock on LOCK_FILE, held while the plane is open).
+        self._dir_lock: int | None = None
         self._lock = threading.Lock()
         self._open: OrderedDict[str, _OpenWorkspace] = OrderedDict()
         self._opened_once: set[str] = set()
@@ -601,6 +616,7 @@ class DataPlane:
             await asyncio.get_running_loop().run_in_executor(pool, self._open_root)
         except BaseException:
             pool.shutdown(wait=False)
+            self._unlock_root()
             raise
         self._pool = pool
 
@@ -608,10 +624,37 @@ class DataPlane:
         self.root.mkdir(parents=True, exist_ok=True)
         # Tenants' data: readable by the server's user only.
         os.chmod(self.root, 0o700)
+        self._lock_root()
         if self.legacy_file is not None and self.legacy_file.is_file():
             from jobsd.executors.migration import migrate_single_file
 
             migrate_single_file(self.legacy_file, self.root, self.limits.plane_memory_bytes)
+
+    def _lock_root(self) -> None:
+        """Take the directory's lock, or raise PlaneInUse naming the process that holds it.
+
+        DuckDB would refuse the second process only when it first opens a workspace file (a job's traceback,
+        minutes later); the lock makes it a start-up refusal. An flock ends with its process, so a killed
+        jobsd leaves nothing to clean up."""
+        path = self.root / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise PlaneInUse(self.root, f"process {holder}" if holder.isdigit() else "another process") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._dir_lock = fd
+
+    def _unlock_root(self) -> None:
+        fd, self._dir_lock = self._dir_lock, None
+        if fd is not None:
+            os.close(fd)
 
     @property
     def open_workspaces(self) -> int:
@@ -701,8 +744,11 @@ class DataPlane:
             entries = [entry for entry in self._open.values() if entry.users == 0]
             for entry in entries:
                 del self._open[entry.workspace]
+            still_open = bool(self._open)
         for entry in entries:
             entry.conn.close()
+        if not still_open:
+            self._unlock_root()
 
     def _write_lock(self, workspace: str) -> threading.Lock:
         with self._lock:

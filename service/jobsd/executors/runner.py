@@ -22,10 +22,11 @@ import duckdb
 
 from jobsd.domain.clock import Clock, SystemClock
 from jobsd.domain.model import JobKind
+from jobsd.errors import Unavailable
 from jobsd.executors.background_query import run_query
 from jobsd.executors.context import ExecutionContext
 from jobsd.executors.copy_data import run_copy
-from jobsd.executors.dataplane import DataPlane
+from jobsd.executors.dataplane import DataPlane, PlaneInUse
 from jobsd.executors.delete_data import run_delete
 from jobsd.executors.errors import ExecutionCancelled, ExecutionFailed
 from jobsd.executors.import_data import run_import
@@ -199,7 +200,13 @@ class ExecutorRunner:
     async def start(self) -> None:
         if self._task is not None or self._stopped:
             return
-        await self.dataplane.open()
+        try:
+            await self.dataplane.open()
+        except PlaneInUse as exc:
+            raise Unavailable(
+                f"the data directory {self.data_dir} (JOBSD_DATA_DIR / --data-dir) is in use by {exc.holder}: "
+                "give each jobsd process its own, e.g. --data-dir .jobsd/worker-2"
+            ) from None
         self._http = client_session(self.import_policy)
         self._worker = Worker(
             self.target,
@@ -229,6 +236,10 @@ class ExecutorRunner:
             # A fatal refusal (bad token or scope): the executors stop, jobsd keeps serving and says why.
             self.failure = exc
             _log.exception("executors stopped: the worker could not run against %s", self.target)
+
+    def running_jobs(self) -> list[tuple[str, str]]:
+        """(job id, kind) of each job the executors are running now."""
+        return [] if self._worker is None else self._worker.running_jobs
 
     async def wait(self) -> None:
         """Until the worker stops by itself (see `failure`) — `jobsd worker` exits then instead of idling."""

@@ -10,10 +10,22 @@ from jobsd.errors import InvalidArgument
 from jobsd.store.base import JobEncoder, JobStore
 from jobsd.store.sqlite import SqliteStore
 
-__all__ = ["SqliteStore", "open_store"]
+__all__ = ["SqliteStore", "open_store", "store_shown"]
 
 _SQLITE_PREFIX = "sqlite:///"
 _MONGO_PREFIXES = ("mongodb://", "mongodb+srv://")
+
+
+def store_shown(url: str) -> str:
+    """The store URL as messages may print it: credentials (`user:password@`) replaced by `…@`, no query
+    string (options may carry secrets too)."""
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        return url.strip()
+    authority, slash, tail = rest.split("?", 1)[0].partition("/")
+    if "@" in authority:
+        authority = "…@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}://{authority}{slash}{tail}"
 
 
 def open_store(url: str, *, log_retention: timedelta | None = None, encoder: JobEncoder | None = None) -> JobStore:

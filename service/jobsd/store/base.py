@@ -210,6 +210,9 @@ class JobStore(Protocol):
 
     async def get_workspace(self, workspace_id: str) -> Workspace | None: ...
 
+    async def find_workspace(self, name: str) -> Workspace | None:
+        """The workspace with this name, or None (never creates one)."""
+
     async def put_token(self, record: TokenRecord) -> None:
         """Insert or replace the token with this hash."""
 

@@ -719,6 +719,12 @@ class MongoStore(BatchWrites):
             found = await self._workspaces.find_one({"_id": workspace_id})
         return None if found is None else workspace_from_document(found)
 
+    async def find_workspace(self, name: str) -> Workspace | None:
+        self._check_open()
+        with self._reachable("read a workspace"):
+            found = await self._workspaces.find_one({"name": name})
+        return None if found is None else workspace_from_document(found)
+
     async def put_token(self, record: TokenRecord) -> None:
         self._check_open()
         with self._reachable("store a token"):

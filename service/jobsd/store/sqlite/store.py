@@ -728,6 +728,15 @@ class SqliteStore:
             )
         return None if row is None else Workspace(id=row[0], name=row[1], created_at=from_micros(row[2]))
 
+    async def find_workspace(self, name: str) -> Workspace | None:
+        with self._guard("read a workspace"):
+            row = (
+                self._open_connection()
+                .execute("SELECT id, name, created_at FROM workspaces WHERE name = ?", (name,))
+                .fetchone()
+            )
+        return None if row is None else Workspace(id=row[0], name=row[1], created_at=from_micros(row[2]))
+
     async def put_token(self, record: TokenRecord) -> None:
         with self._write("store a token") as conn:
             conn.execute(
