@@ -53,6 +53,12 @@ def _version() -> str:
         return "jobsd (version unknown: not installed)"
 
 
+def _setting_help(name: str) -> str:
+    """A flag's help made from its setting, as `jobsd serve --help` shows it: meaning, variable, default."""
+    setting = next(setting for setting in SETTINGS if setting.name == name)
+    return f"{setting.meaning} [{setting.env}; default: {setting.default_text}]".replace("%", "%%")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobsd", description="jobsd: the Jobs API as a service")
     parser.add_argument("--version", action="version", version=_version())
@@ -69,15 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--all-workspaces", action="store_true", help="an internal service token for every workspace")
     create.add_argument("--scope", action="append", required=True, help="ADMIN, DATASOURCES:CREATE, JOBS:CREATE, ...")
     create.add_argument("--name", default="token")
-    create.add_argument("--store", default=None, help="(env JOBSD_STORE)")
+    create.add_argument("--store", default=None, metavar="URI", help=_setting_help("store"))
     create.add_argument(
         "--create-workspace", action="store_true", help="create the workspace if it does not exist (else refused)"
     )
 
     gateway = commands.add_parser("gateway", help="run the REST gateway alone against a jobsd gRPC target")
     gateway.add_argument("--grpc-target", required=True, help="HOST:PORT of jobsd (or a load balancer)")
-    gateway.add_argument("--http-addr", default=None, help="(env JOBSD_HTTP_ADDR)")
-    gateway.add_argument("--public-url", default=None, help="(env JOBSD_PUBLIC_URL)")
+    gateway.add_argument("--http-addr", default=None, metavar="HOST:PORT", help=_setting_help("http_addr"))
+    gateway.add_argument("--public-url", default=None, metavar="URL", help=_setting_help("public_url"))
 
     worker = commands.add_parser("worker", help="run the built-in executors against a jobsd gRPC target")
     worker.add_argument("--grpc-target", required=True, metavar="HOST:PORT", help="jobsd's gRPC address")
@@ -247,10 +253,9 @@ async def _worker(args: argparse.Namespace) -> int:
 def _one_line(message: str) -> str:
     """A failure as one line: the first line, without a driver's topology dump, at most 400 characters."""
     line = message.strip().splitlines()[0] if message.strip() else "failed"
-    for tail in (", Timeout: ", " (configured timeouts: "):
-        head, sep, rest = line.partition(tail)
-        if sep:
-            line = head + (f" (timed out after {rest.split(',', 1)[0]})" if tail == ", Timeout: " else "")
+    line, timed, rest = line.partition(", Timeout: ")
+    waited = f" (gave up after {rest.split(',', 1)[0]})" if timed else ""
+    line = line.partition(" (configured timeouts: ")[0] + waited
     return line if len(line) <= 400 else line[:399] + "…"
 
 

@@ -99,6 +99,7 @@ async def test_an_unreachable_store_is_one_line_without_credentials(tmp_path: Pa
     assert code == 2
     assert line.startswith(f"error: cannot open the store mongodb://…@127.0.0.1:{port}/jobs (JOBSD_STORE): ")
     assert "s3cret" not in err and "Password=x" not in err and "Topology" not in err
+    assert line.endswith(" (gave up after 0.3s)")
 
 
 async def test_a_bad_store_uri_and_a_bad_setting_name_their_variable_or_flag(tmp_path: Path) -> None:

@@ -10,6 +10,24 @@
 Watch streams yield `JobEvent`s: `event.type` is an `EventType` (an IntEnum: `EventType.STATUS`, printed
 "status", equal to `pb.JobEvent.TYPE_STATUS`), `event.job` the job, `event.message` the protobuf.
 
+A worker for a kind of your own (declared by the operator in `JOBSD_KINDS_FILE` / `JOBSD_KINDS`; its token needs
+JOBS:EXECUTE, which `make run` keeps in .jobsd/worker-token):
+
+    from jobsd_client import JobCancelled, JobContext, Worker, run_until_signalled
+
+    async def thumbnail(ctx: JobContext) -> None:
+        images = ctx.params.get("images", 1)
+        for done in range(images):
+            if ctx.cancel_requested:            # a kind declared cancellable_while_working
+                raise JobCancelled()
+            ...                                 # render one
+            ctx.report(progress_percentage=100 * (done + 1) / images)
+
+    await run_until_signalled(Worker("127.0.0.1:50051", worker_token, {"thumbnail": thumbnail}, concurrency=2))
+
+The README's "Your own worker in five minutes" has it complete (a test runs it as written); `jobsd_client.worker`
+says what a handler may raise, how progress and cancels travel, and the run-time limit.
+
 Messages are the generated protobuf classes (`from jobsd_client import pb`); errors are `jobsd_client.errors`.
 This package never imports the server package `jobsd`.
 
