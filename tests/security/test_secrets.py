@@ -36,7 +36,9 @@ def _fake_bin(tmp_path: Path) -> Path:
     shims.mkdir()
     (shims / "python").symlink_to(sys.executable)
     jobsd = shims / "jobsd"
-    jobsd.write_text('#!/bin/sh\necho "root=$JOBSD_IMPORT_FILE_ROOT admin=$JOBSD_ADMIN_TOKEN args=$*"\n')
+    jobsd.write_text(
+        '#!/bin/sh\necho "root=$JOBSD_IMPORT_FILE_ROOT admin=$JOBSD_ADMIN_TOKEN worker=$JOBSD_WORKER_TOKEN args=$*"\n'
+    )
     jobsd.chmod(0o755)
     return shims
 
@@ -56,16 +58,25 @@ def test_make_run_keeps_the_admin_token_private_and_imports_under_examples(tmp_p
     fresh.mkdir()
     shown = make_run(fresh)
     token = fresh / ".jobsd" / "admin-token"
-    assert (token.stat().st_mode & 0o777) == 0o600
+    worker = fresh / ".jobsd" / "worker-token"
+    assert (token.stat().st_mode & 0o777) == 0o600 and (worker.stat().st_mode & 0o777) == 0o600
     assert ((fresh / ".jobsd").stat().st_mode & 0o777) == 0o700
-    assert shown == f"root={fresh}/examples admin={token.read_text().strip()} args=serve --banner"
+    assert re.fullmatch(r"jobsd_[\w-]{32}", worker.read_text().strip()) and worker.read_text() != token.read_text()
+    assert shown == (
+        f"root={fresh}/examples admin={token.read_text().strip()} worker={worker.read_text().strip()} "
+        "args=serve --banner"
+    )
+    # Made once: the next run passes the same tokens.
+    assert make_run(fresh) == shown
 
     # A token file an older make run left world-readable is made private.
     older = tmp_path / "older"
     (older / ".jobsd").mkdir(parents=True, mode=0o755)
     (older / ".jobsd" / "admin-token").write_text("jobsd_old-token\n")
     (older / ".jobsd" / "admin-token").chmod(0o644)
-    assert make_run(older) == f"root={older}/examples admin=jobsd_old-token args=serve --banner"
+    worker_token = make_run(older).split(" worker=")[1].split()[0]
+    assert (older / ".jobsd" / "worker-token").read_text().strip() == worker_token
+    assert make_run(older) == f"root={older}/examples admin=jobsd_old-token worker={worker_token} args=serve --banner"
     assert ((older / ".jobsd" / "admin-token").stat().st_mode & 0o777) == 0o600
     assert ((older / ".jobsd").stat().st_mode & 0o777) == 0o700
 
