@@ -77,6 +77,6 @@ async def test_jobsd_refuses_to_start_when_the_import_root_overlaps_its_state(tm
     )
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines[-1].startswith("error: import_file_root: ")
+    assert lines[-1].startswith("error: JOBSD_IMPORT_FILE_ROOT: ")
     assert "where jobsd keeps its state" in lines[-1]
     assert "Traceback" not in out + err
