@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -89,6 +89,60 @@ async def test_cancel_vs_lease_expiry_always_ends_cancelled(server: Server) -> N
             ["waiting", "working", "cancelling", "cancelled"],
         ), log
         assert not (await server.claim()).HasField("job")
+
+
+async def sweep_losing_to(
+    server: Server, monkeypatch: pytest.MonkeyPatch, write: Callable[[], Awaitable[object]]
+) -> int:
+    """One lease sweep whose compare-and-set loses for sure: `write` runs after the sweep read the lapsed leases
+    and before it writes (a store hook on the real store, so the interleaving is exact on every backend)."""
+    store = server.app.store
+    original = store.lapsed_leases
+    calls = 0
+
+    async def then_write(now: datetime, limit: int) -> list[Job]:
+        nonlocal calls
+        calls += 1
+        lapsed = await original(now, limit)
+        if calls == 1:
+            assert lapsed, "the sweep found no lapsed lease to lose"
+            await write()
+        return lapsed
+
+    monkeypatch.setattr(store, "lapsed_leases", then_write)
+    return await bounded(server.app.service.sweep_leases())
+
+
+async def test_a_lease_sweep_that_loses_to_a_cancel_decides_again_and_ends_the_job_cancelled(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = await server.create_kind("copy", target="snapshot")
+    await server.claim_job(job.id)
+    server.clock.advance(timedelta(seconds=31))
+    swept = await sweep_losing_to(server, monkeypatch, lambda: server.cancel(job.id))
+    assert swept == 1
+    assert [e.status for e in await server.job_log(job.id)] == ["waiting", "working", "cancelling", "cancelled"]
+    assert (await server.get(job.id)).status == pb.JOB_STATUS_CANCELLED
+    assert not (await server.claim()).HasField("job")
+
+
+async def test_a_lease_sweep_that_loses_to_another_sweep_leaves_the_job_requeued_once(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = await server.create_kind("copy", target="snapshot")
+    await server.claim_job(job.id)
+    server.clock.advance(timedelta(seconds=31))
+    others: list[int] = []
+
+    async def another_replica_sweeps() -> None:  # the hook passes the second call through
+        others.append(await server.app.service.sweep_leases())
+
+    swept = await sweep_losing_to(server, monkeypatch, another_replica_sweeps)
+    assert (others, swept) == ([1], 0)
+    assert [e.status for e in await server.job_log(job.id)] == ["waiting", "working", "waiting"]
+    stored = await server.get(job.id)
+    assert stored.status == pb.JOB_STATUS_WAITING and stored.attempt == 1
+    assert (await server.claim_job(job.id)).job.attempt == 2
 
 
 async def test_cancel_vs_claim_on_a_waiting_job(server: Server) -> None:

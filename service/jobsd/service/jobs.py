@@ -22,7 +22,16 @@ from jobsd.domain.clock import Clock, to_micros
 from jobsd.domain.fairshare import WorkspaceShare
 from jobsd.domain.filters import JobFilter
 from jobsd.domain.kinds import KindRegistry, KindSpec
-from jobsd.domain.model import Job, JobStatus, LogEntry, Progress, Workspace, datasource_id_for, evolve
+from jobsd.domain.model import (
+    RUNNING_STATUSES,
+    Job,
+    JobStatus,
+    LogEntry,
+    Progress,
+    Workspace,
+    datasource_id_for,
+    evolve,
+)
 from jobsd.domain.rules import is_visible
 from jobsd.domain.states import Action, apply_progress, transition
 from jobsd.domain.validation import DEFAULT_STRUCT_LIMITS, NewJob, StructLimits, validate_new_job
@@ -60,6 +69,8 @@ DEFAULT_MAX_RETURNS = 5
 DEFAULT_MAX_PAGE_BYTES = 3 * 1024 * 1024
 # What framing one job in a ListJobsResponse costs at most beyond its bytes: the tag and a length varint.
 _FRAME_BYTES = 6
+# Times a lease sweep decides one job again after losing its compare-and-set to a concurrent write.
+_SWEEP_ATTEMPTS = 10
 
 _Decide = Callable[[Job], Job]
 _Check = Callable[[Job], Awaitable[None] | None]
@@ -806,37 +817,57 @@ class JobService:
     async def sweep_leases(self) -> int:
         """Recover jobs whose lease lapsed: past their kind's run-time limit they end (`error`, or `cancelled` if
         a cancel was asked); else they are requeued, or end in `error` after the kind's max attempts. A lease never
-        outlasts the run-time deadline, so this one query finds both."""
+        outlasts the run-time deadline, so this one query finds both.
+
+        Each recovery is a compare-and-set on the job as the sweep read it. One that loses to a concurrent write (a
+        cancel, a finish, another replica's sweep) reads the job again and decides again while its lease is still
+        lapsed: a job cancelled meanwhile ends `cancelled` now instead of staying `cancelling` until the next sweep,
+        and one that another writer already moved on is left as that writer left it (never transitioned twice)."""
         now = self.clock.now()
         recovered = 0
-        for job in await self.store.lapsed_leases(now, 100):
-            kind = self.kinds.get(job.kind)
-            deadline = kind.deadline(job)
-            if deadline is not None and now >= deadline:
-                action, error = Action.RUN_TIME_EXCEEDED, kind.run_time_error()
-            elif job.attempt < kind.max_attempts and job.returns >= self.max_returns:
-                action = Action.LEASE_EXHAUSTED
-                error = self._returned_too_often(job, f"its worker {job.worker_id or '?'} stopped heartbeating")
+        for lapsed in await self.store.lapsed_leases(now, 100):
+            job: Job | None = lapsed
+            for _ in range(_SWEEP_ATTEMPTS):
+                if job is None or not _lease_lapsed(job, now):
+                    break
+                action, new = self._recovery(job, now)
+                if await self.store.compare_and_set(job, new):
+                    recovered += 1
+                    if action is Action.RUN_TIME_EXCEEDED:
+                        self.metrics.run_time_exceeded.inc()
+                    else:
+                        self.metrics.lease_lapses.inc()
+                    self.metrics.transition(new.kind, new.status.value)
+                    log.info(
+                        "run-time limit reached" if action is Action.RUN_TIME_EXCEEDED else "lease lapsed",
+                        extra={"job_id": job.id, "new_status": new.status.value},
+                    )
+                    break
+                # Lost to a concurrent write: decide again on what the store holds now.
+                job = await self.store.get_job(job.id, now)
             else:
-                exhausted = job.attempt >= kind.max_attempts
-                action = Action.LEASE_EXHAUSTED if exhausted else Action.LEASE_REQUEUE
-                error = (
-                    f"Job abandoned: its worker {job.worker_id or '?'} stopped heartbeating "
-                    f"{job.attempt} time(s) (max attempts {kind.max_attempts} for {kind.name} jobs)"
-                )
-            new = transition(job, action, now, kind=kind, error=error)
-            if await self.store.compare_and_set(job, new):
-                recovered += 1
-                if action is Action.RUN_TIME_EXCEEDED:
-                    self.metrics.run_time_exceeded.inc()
-                else:
-                    self.metrics.lease_lapses.inc()
-                self.metrics.transition(new.kind, new.status.value)
-                log.info(
-                    "run-time limit reached" if action is Action.RUN_TIME_EXCEEDED else "lease lapsed",
-                    extra={"job_id": job.id, "new_status": new.status.value},
+                log.warning(
+                    "lease sweep: job kept changing under the sweep; left for the next one", extra={"job_id": lapsed.id}
                 )
         return recovered
+
+    def _recovery(self, job: Job, now: datetime) -> tuple[Action, Job]:
+        """What a lapsed lease makes of `job`: the action and the job after it."""
+        kind = self.kinds.get(job.kind)
+        deadline = kind.deadline(job)
+        if deadline is not None and now >= deadline:
+            action, error = Action.RUN_TIME_EXCEEDED, kind.run_time_error()
+        elif job.attempt < kind.max_attempts and job.returns >= self.max_returns:
+            action = Action.LEASE_EXHAUSTED
+            error = self._returned_too_often(job, f"its worker {job.worker_id or '?'} stopped heartbeating")
+        else:
+            exhausted = job.attempt >= kind.max_attempts
+            action = Action.LEASE_EXHAUSTED if exhausted else Action.LEASE_REQUEUE
+            error = (
+                f"Job abandoned: its worker {job.worker_id or '?'} stopped heartbeating "
+                f"{job.attempt} time(s) (max attempts {kind.max_attempts} for {kind.name} jobs)"
+            )
+        return action, transition(job, action, now, kind=kind, error=error)
 
     async def sweep_retention(self) -> int:
         """Purge expired jobs and old log rows, and end the watch streams of jobs that are gone."""
@@ -846,6 +877,11 @@ class JobService:
             if await self.store.get_job(job_id, now) is None:
                 self.hub.close_job(job_id, NotFound(f'Job with id "{job_id}" not found'))
         return purged
+
+
+def _lease_lapsed(job: Job, now: datetime) -> bool:
+    """Whether `job` is running on a lease that lapsed before `now` (what `lapsed_leases` finds)."""
+    return job.status in RUNNING_STATUSES and job.lease_expires_at is not None and job.lease_expires_at < now
 
 
 def _new_query_id(now: datetime) -> str:
