@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
 from jobsd.domain.auth import ReadScope
 from jobsd.domain.filters import JobFilter
@@ -281,3 +281,77 @@ async def test_list_pages_and_log_read_the_same_on_the_real_server(replicas: tup
     assert [j.created_at for j in pages] == sorted((j.created_at for j in pages), reverse=True)
     assert len({j.id for j in pages}) == 40
     assert len(await store.list_log(LogQuery(workspace_id=ws, limit=100))) == 40
+
+
+class DuplicateKeyReplies(monitoring.CommandListener):
+    """Counts the inserts the server refused with a duplicate key (code 11000)."""
+
+    def __init__(self) -> None:
+        self.refused = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        pass
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        if event.command_name == "insert":
+            self.refused += sum(e.get("code") == 11000 for e in event.reply.get("writeErrors", ()))
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        if event.command_name == "insert" and event.failure.get("code") == 11000:
+            self.refused += 1
+
+
+async def test_creates_racing_for_one_idempotency_key_on_two_processes_all_answer_the_winners_job(
+    real_database: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten creates with one key, five through each of two processes (own clients), all past the look-up for the key
+    before any of them inserts, so nine inserts lose to the unique index: each loser reads the winner back and
+    answers its job. Five rounds."""
+    uri, name = real_database
+    listener = DuplicateKeyReplies()
+    clients: list[AsyncMongoClient[Document]] = [
+        AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5_000, event_listeners=[listener])
+        for _ in range(2)
+    ]
+    stores = [MongoStore(uri, database=name, client=client) for client in clients]
+    creators, rounds = 10, 5
+    looked = asyncio.Barrier(creators)
+    first_looks = 0
+
+    def all_look_first(original: Callable[[Job], Awaitable[Job | None]]) -> Callable[[Job], Awaitable[Job | None]]:
+        async def look(job: Job) -> Job | None:
+            nonlocal first_looks
+            found = await original(job)
+            if first_looks < creators:  # the round's first look of each creator waits for the others'
+                first_looks += 1
+                await asyncio.wait_for(looked.wait(), 10)
+            return found
+
+        return look
+
+    try:
+        for store in stores:
+            await store.open()
+            monkeypatch.setattr(store, "_holder_of_key", all_look_first(store._holder_of_key))
+        ws = new_workspace_id()
+        for round_ in range(rounds):
+            first_looks, refused_before = 0, listener.refused
+            key = f"nightly-{round_}"
+            jobs = await asyncio.wait_for(
+                asyncio.gather(*(stores[i % 2].insert_job(new_job(ws, idempotency_key=key)) for i in range(creators))),
+                30,
+            )
+            assert len({job.id for job in jobs}) == 1, f"round {round_}: {sorted({job.id for job in jobs})}"
+            assert listener.refused - refused_before == creators - 1, "the losers did not lose to the unique index"
+            for store in stores:  # stored once, logged once, and each process reads the same job
+                assert [j.id for j in await store.list_jobs(JobQuery(ReadScope(ws, everything=True), NOW, 50))].count(
+                    jobs[0].id
+                ) == 1
+        listed = await stores[1].list_jobs(JobQuery(ReadScope(ws, everything=True), NOW, 50))
+        assert len(listed) == rounds
+        assert len(await stores[0].list_log(LogQuery(workspace_id=ws, limit=50))) == rounds
+    finally:
+        for store in stores:
+            await store.close()
+        for client in clients:
+            await client.close()

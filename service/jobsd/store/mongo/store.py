@@ -26,6 +26,7 @@ back by a failover. Connection failures surface as `Unavailable`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -39,7 +40,7 @@ from itertools import islice
 from typing import Any, Final
 from urllib.parse import unquote
 
-from pymongo import AsyncMongoClient, ReturnDocument, WriteConcern
+from pymongo import AsyncMongoClient, ReadPreference, ReturnDocument, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import (
     BulkWriteError,
@@ -114,7 +115,8 @@ DEFAULT_DATABASE: Final = "jobsd"
 CLAIM_LOCK_TTL: Final = timedelta(seconds=30)
 # A health check or a first request fails fast instead of hanging for pymongo's default 30 s.
 _SERVER_SELECTION_TIMEOUT_MS: Final = 2_000
-_MAJORITY_WRITES: Final = WriteConcern("majority", wtimeout=10_000)
+_MAJORITY_WRITES_TIMEOUT_MS: Final = 10_000
+_MAJORITY_WRITES: Final = WriteConcern("majority", wtimeout=_MAJORITY_WRITES_TIMEOUT_MS)
 _MAJORITY_READS: Final = ReadConcern("majority")
 _SWEEP_BATCH: Final = 1_000
 _INSERT_ATTEMPTS: Final = 5
@@ -178,6 +180,8 @@ class MongoStore(BatchWrites):
         db = client.get_database(self._database_name, write_concern=_MAJORITY_WRITES, read_concern=_MAJORITY_READS)
         self._db = db
         self._jobs: AsyncCollection[Document] = db.get_collection(JOBS)
+        # Reads that must see the latest majority-committed writes whatever read preference the URI asks for.
+        self._primary_jobs: AsyncCollection[Document] = db.get_collection(JOBS, read_preference=ReadPreference.PRIMARY)
         self._log: AsyncCollection[Document] = db.get_collection(JOBS_LOG)
         self._slots: AsyncCollection[Document] = db.get_collection(SLOTS)
         self._turns: AsyncCollection[Document] = db.get_collection(TURNS)
@@ -269,25 +273,55 @@ class MongoStore(BatchWrites):
                     await self._jobs.insert_one(document)
                     break
                 except DuplicateKeyError:
-                    if job.idempotency_key is None or await self._jobs.find_one({"_id": job.id}, {"_id": 1}):
+                    if job.idempotency_key is None or await self._primary_jobs.find_one({"_id": job.id}, {"_id": 1}):
                         raise AlreadyExists(f"Job with id {job.id!r} already exists") from None
-                    # A concurrent create took the key first: look again, and answer with its job.
+                    # A concurrent create (maybe on another replica) took the key first: answer with its job.
+                    winner = await self._winner_of_key(job)
+                    if winner is not None:
+                        return winner
+                    # Its job is gone (expired, or rolled back with a failed-over primary): try again.
             else:
                 raise Unavailable(f"MongoDB store cannot insert job {job.id}: its idempotency key stays contended")
         await self._copy_log_rows(job.id, outbox)
         self._publish_own(job)
         return job
 
+    def _key_held_by(self, job: Job) -> Document:
+        """The query of the visible job of `job`'s workspace holding its idempotency key."""
+        return {
+            "workspace_id": job.workspace_id,
+            "idempotency_key": job.idempotency_key,
+            "$and": [visible_at(job.created_at)],
+        }
+
     async def _holder_of_key(self, job: Job) -> Job | None:
         """The visible job of the workspace holding `job`'s idempotency key; an invisible one loses the key."""
-        key = {"workspace_id": job.workspace_id, "idempotency_key": job.idempotency_key}
-        found = await self._jobs.find_one({**key, "$and": [visible_at(job.created_at)]})
+        found = await self._primary_jobs.find_one(self._key_held_by(job))
         if found is not None:
             return job_from_document(found)
+        key = {"workspace_id": job.workspace_id, "idempotency_key": job.idempotency_key}
         await self._jobs.update_many(
             {**key, "expires_at_us": {"$lte": micros(job.created_at)}}, {"$set": {"idempotency_key": None}}
         )
         return None
+
+    async def _winner_of_key(self, job: Job) -> Job | None:
+        """After an insert lost its idempotency key: the winner's job, read from the primary with read concern
+        majority (never a job that a failover could roll back). The unique index refused the loser as soon as the
+        winner's insert reached the primary, possibly before a majority had it, so the read is repeated (briefly
+        backing off) until the winner is majority-committed, for at most the majority write timeout; None if it
+        never shows (its job was rolled back, or is no longer visible)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _MAJORITY_WRITES_TIMEOUT_MS / 1000
+        pause = 0.002
+        while True:
+            found = await self._primary_jobs.find_one(self._key_held_by(job))
+            if found is not None:
+                return job_from_document(found)
+            if loop.time() + pause > deadline:
+                return None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     async def get_job(self, job_id: str, now: datetime) -> Job | None:
         self._check_open()
