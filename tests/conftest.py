@@ -13,7 +13,7 @@ import pytest
 
 from jobsd.domain.clock import ManualClock
 from jobsd.store.base import JobStore
-from tests.support.backends import e2e_backends
+from tests.support.backends import DatabasePool, e2e_backends
 from tests.support.server import T0, e2e_store
 from tests.support.ttl_probe import TtlProbe, seed_ttl_probe
 from tests.support.wire_server import WireServer
@@ -74,11 +74,21 @@ def wire_server_without_ttl(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     their ManualClock sits at a fixed date, so the wall-clock monitor would delete their jobs mid-test. Reads
     still carry the retention bound; the TTL monitor itself is tested on `wire_server` (tests/mongo)."""
     here = tmp_path_factory.mktemp("wire-server-without-ttl")
-    server = WireServer(log_path=here / "secantusd.log", ttl_sweep_seconds=0, config_dir=here).start()
+    server = WireServer(log_path=here / "secantusd.log", ttl_sweep_seconds=0).start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def wire_database_pool(wire_server_without_ttl: WireServer) -> Iterator[DatabasePool]:
+    """The end-to-end suites' databases on the wire server without TTL: emptied after each test and reused."""
+    pool = DatabasePool(wire_server_without_ttl.uri)
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 @pytest.fixture(scope="session")

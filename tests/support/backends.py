@@ -18,13 +18,24 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from jobsd.store.base import JobEncoder, JobStore
 from jobsd.store.sqlite import SqliteStore
 
-__all__ = ["BACKENDS", "E2E_BACKENDS_ENV", "REAL_MONGO_ENV", "Backend", "contract_backends", "e2e_backends"]
+__all__ = [
+    "BACKENDS",
+    "E2E_BACKENDS_ENV",
+    "REAL_MONGO_ENV",
+    "Backend",
+    "DatabasePool",
+    "contract_backends",
+    "e2e_backends",
+]
 
 REAL_MONGO_ENV = "JOBSD_TEST_MONGODB_URI"
 # Comma-separated backend names the end-to-end suites run on (default: those marked e2e below).
@@ -85,9 +96,54 @@ def _mongo_wire(
     request: pytest.FixtureRequest, tmp_path: Path, encoder: JobEncoder | None
 ) -> AbstractAsyncContextManager[JobStore]:
     """A fresh database on the session's wire server (started on first use); the end-to-end suites (a test that
-    runs a JobsdApp on a ManualClock at a fixed date) get the one whose TTL monitor is off."""
-    e2e = "e2e_backend_store" in request.fixturenames
-    return _mongo_server(request.getfixturevalue("wire_server_without_ttl" if e2e else "wire_server").uri, encoder)
+    runs a JobsdApp on a ManualClock at a fixed date) get an emptied one of the server whose TTL monitor is off."""
+    if "e2e_backend_store" in request.fixturenames:
+        pool: DatabasePool = request.getfixturevalue("wire_database_pool")
+        return _pooled(pool, encoder)
+    return _mongo_server(request.getfixturevalue("wire_server").uri, encoder)
+
+
+class DatabasePool:
+    """Databases of one wire server handed out empty, one test at a time each: a test's database is emptied after
+    it (every document of every collection deleted) and its collections and indexes are kept for the next one,
+    which then creates none. Creating and dropping a database's five collections and fifteen indexes per test was
+    most of what an end-to-end test cost on the wire server. A database that cannot be emptied is dropped."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._client: MongoClient[dict[str, Any]] = MongoClient(
+            uri, serverSelectionTimeoutMS=5_000, w="majority", tz_aware=True
+        )
+        self._free: list[str] = []
+
+    def take(self) -> str:
+        return self._free.pop() if self._free else f"jobsd_e2e_{uuid.uuid4().hex[:12]}"
+
+    def give_back(self, name: str) -> None:
+        database = self._client.get_database(name)
+        try:
+            for collection in database.list_collection_names():
+                database.get_collection(collection).delete_many({})
+        except PyMongoError:
+            self._client.drop_database(name)
+            raise
+        self._free.append(name)
+
+    def close(self) -> None:
+        for name in self._free:
+            self._client.drop_database(name)
+        self._client.close()
+
+
+@asynccontextmanager
+async def _pooled(pool: DatabasePool, encoder: JobEncoder | None) -> AsyncIterator[JobStore]:
+    from jobsd.store.mongo import MongoStore
+
+    name = pool.take()
+    try:
+        yield MongoStore(pool.uri, database=name, encoder=encoder)
+    finally:
+        pool.give_back(name)
 
 
 def _mongo_real(
@@ -101,11 +157,12 @@ BACKENDS: dict[str, Backend] = {
     backend.name: backend
     for backend in (
         Backend("sqlite", _sqlite, e2e=frozenset({"*"})),
-        # The gRPC end-to-end suite on the emulation too (about 25 s more); the others on SQLite unless asked.
-        Backend("mongo-emulated", _mongo_emulated, e2e=frozenset({"core"})),
-        # The wire server: the whole contract (and tests/mongo). The end-to-end suites run on it when asked
-        # (JOBSD_TEST_E2E_BACKENDS=mongo-wire), not yet by default: see docs/scaling.md.
-        Backend("mongo-wire", _mongo_wire),
+        # The emulation: the contract (and tests/mongo); the end-to-end suites only when asked
+        # (JOBSD_TEST_E2E_BACKENDS=mongo-emulated): the wire server runs them against a real MongoDB protocol.
+        Backend("mongo-emulated", _mongo_emulated),
+        # The wire server: the whole contract (and tests/mongo), and the gRPC end-to-end suite (tests/executors on
+        # it only when asked: JOBSD_TEST_E2E_BACKENDS=mongo-wire).
+        Backend("mongo-wire", _mongo_wire, e2e=frozenset({"core"})),
         Backend("mongo-real", _mongo_real, available=lambda: bool(os.environ.get(REAL_MONGO_ENV))),
     )
 }

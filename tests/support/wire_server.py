@@ -64,6 +64,8 @@ def _die_with_parent() -> None:
 
 
 _PR_SET_PDEATHSIG: Final = 1
+# Runs the server's command line with the TTL monitor's period it was given (tests/support/wire_server_launch.py).
+_LAUNCHER: Final = Path(__file__).with_name("wire_server_launch.py")
 
 
 def fresh_database_name(prefix: str = "jobsd_test") -> str:
@@ -86,8 +88,6 @@ class WireServer:
     # None: the server's default TTL monitor (a sweep every 60 s, as mongod). 0 turns the monitor off, as
     # mongod's `ttlMonitorEnabled=false` does: for suites whose injected clock sits at a fixed past date.
     ttl_sweep_seconds: float | None = None
-    # Where a config file is written when one is needed (ttl_sweep_seconds).
-    config_dir: Path | None = None
     port: int = 0
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -109,10 +109,8 @@ class WireServer:
             storage = ":memory:" if self.storage is None else str(self.storage)
             command = [str(program), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", storage]
             if self.ttl_sweep_seconds is not None:
-                assert self.config_dir is not None, "a TTL setting needs a config_dir for secantusd.toml"
-                config = self.config_dir / "secantusd.toml"
-                config.write_text(f"[storage]\nttl_sweep_seconds = {self.ttl_sweep_seconds}\n", encoding="utf-8")
-                command += ["--config", str(config)]
+                # Not its secantusd.toml: the server reads `ttl_sweep_seconds` there but ignores it (see the launcher).
+                command = [sys.executable, str(_LAUNCHER), str(self.ttl_sweep_seconds), *command[1:]]
             # cwd: the server auto-discovers ./secantusd.toml; run it where there is none.
             cwd = self.storage if self.storage is not None else Path(os.sep)
             self._process = subprocess.Popen(
