@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -179,3 +180,56 @@ async def test_details_summarises_a_populate_s_queries_by_status_and_lists_them_
     code, out, err = await jobsctl(jobsd, "details", job.id, "--queries")
     assert code == 0, err
     assert sum(1 for line in out.splitlines() if line.startswith("query:")) == 900
+
+
+class Screen:
+    """What a process wrote to its terminal (the master side of a pty), frame by frame."""
+
+    CLEAR = "\x1b[H\x1b[2J"
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.text = ""
+
+    def _read(self) -> str:
+        try:
+            return os.read(self.fd, 65536).decode(errors="replace")
+        except OSError:  # EIO: the process's side closed
+            return ""
+
+    async def frame_with(self, *parts: str) -> str:
+        """The first frame (one redraw of the screen) that holds every one of `parts`."""
+        async with asyncio.timeout(PATIENCE):
+            while True:
+                for frame in self.text.split(self.CLEAR)[1:]:
+                    if all(part in frame for part in parts):
+                        return frame
+                chunk = await asyncio.to_thread(self._read)
+                assert chunk, f"the terminal closed before a frame with {parts}"
+                self.text += chunk
+
+
+async def test_ls_follow_on_a_terminal_redraws_the_table_in_place(
+    jobsd: Jobsd, client: AsyncJobsClient, worker_client: AsyncJobsClient, ended: list[asyncio.subprocess.Process]
+) -> None:
+    terminal, process_side = pty.openpty()
+    env = {**os.environ, "JOBSD_TARGET": jobsd.target, "JOBSD_TOKEN": jobsd.admin}
+    try:
+        process = await asyncio.create_subprocess_exec(JOBSCTL, "ls", "--follow", stdout=process_side, env=env)
+    finally:
+        os.close(process_side)
+    ended.append(process)
+    try:
+        screen = Screen(terminal)
+        first = await screen.frame_with("ID", "STATUS", "DATASOURCE")
+        assert first.startswith("jobs of the last 48 h that have not ended")
+        job = await create_import(client, name="live")
+        waiting = await screen.frame_with(job.id, "waiting")
+        claimed = await worker_client.claim_job("w1")
+        working = await screen.frame_with(job.id, "working")
+        assert claimed.job.id == job.id and "waiting" not in working.split(job.id)[1].split("\n")[0]
+        assert waiting.count(job.id) == working.count(job.id) == 1  # one row per job, redrawn, not appended
+        process.terminate()
+        await process.wait()
+    finally:
+        os.close(terminal)

@@ -93,7 +93,10 @@ _FOLLOW = (("id", 36), ("kind", 12), ("status", 10), ("progress", 8), ("rows", 1
 
 
 def follow_header() -> str:
-    cells = [name.upper().ljust(width) for name, width in _FOLLOW]
+    cells = [
+        name.upper().rjust(width) if i in (4, 5) else name.upper().ljust(width)
+        for i, (name, width) in enumerate(_FOLLOW)
+    ]
     return "  ".join([*cells, "DATASOURCE"])
 
 

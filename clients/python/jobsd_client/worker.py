@@ -20,7 +20,10 @@ A handler that returns finishes its job as `done` with the figures it reported; 
 with its message; `JobCancelled` (after a cancel request) as `cancelled`; any other exception as `error` with
 "<ExceptionType>: <message>". While a handler runs, a background heartbeat every `heartbeat_interval_seconds`
 (given by the server with the claim) extends the lease and carries the figures reported since the last one; its
-answer (or, on v2, the server's push) is how the handler learns about a cancel request. If the lease is lost (the
+answer (or, on v2, the server's push) is how the handler learns about a cancel request. Figures do not wait for
+it: what `ctx.report(...)` merges goes out within `Worker(progress_interval=1.0)` seconds of the last send (a
+heartbeat carrying it; reports in between coalesce, so a job is written at most about once per interval however
+often it reports), and the regular heartbeat counts its interval from the last send. If the lease is lost (the
 server gave the job to someone else), the handler is cancelled and the job is left alone; the worker also takes
 the lease as lost when no heartbeat has reached jobsd for a whole lease (three heartbeat intervals), so a job is
 never run on behind jobsd's back while it is being given to another worker.
