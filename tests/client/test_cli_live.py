@@ -157,7 +157,10 @@ async def test_an_ambiguous_prefix_is_refused_naming_every_match(jobsd: Jobsd, c
     code, out, err = await jobsctl(jobsd, "details", twins[0][:10])  # a longer prefix tells them apart
     assert code == 0 and twins[0] in out, err
     code, out, err = await jobsctl(jobsd, "details", job.id[:7])
-    assert code == 1 and err == f'error: Job with id "{job.id[:7]}" not found\n'  # fewer than 8: not a short id
+    assert (code, err) == (
+        1,
+        f'error: Job with id "{job.id[:7]}" not found (a shortened id needs at least 8 characters)\n',
+    )
 
 
 async def test_details_summarises_a_populate_s_queries_by_status_and_lists_them_all_on_request(

@@ -21,6 +21,7 @@ import asyncio
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,7 +48,7 @@ from jobsd_client._render import (
 )
 from jobsd_client.async_client import AsyncJobsClient
 from jobsd_client.convert import STATUS_NAMES, TERMINAL_STATUSES, message_to_dict, status_name
-from jobsd_client.errors import JobsdClientError, Unauthenticated, Unavailable
+from jobsd_client.errors import JobsdClientError, NotFound, Unauthenticated, Unavailable
 from jobsd_client.events import EventType
 
 __all__ = ["DEFAULT_HTTP_TARGET", "DEFAULT_TARGET", "CliError", "build_parser", "main"]
@@ -638,7 +639,17 @@ def _describe(exc: JobsdClientError, target: str) -> str:
         return f"cannot reach jobsd at {target}: {exc.message}"
     if isinstance(exc, Unauthenticated):
         return f"{exc.message} (check --token or JOBSD_TOKEN)"
-    return exc.message
+    return exc.message + _short_id_hint(exc)
+
+
+_NOT_FOUND_ID = re.compile(r'^Job with id "([0-9a-fA-F-]{1,7})" not found$')
+
+
+def _short_id_hint(exc: JobsdClientError) -> str:
+    """What to add when an id not found is a prefix too short to stand for a job (fewer than 8 characters)."""
+    if isinstance(exc, NotFound) and _NOT_FOUND_ID.match(exc.message):
+        return " (a shortened id needs at least 8 characters)"
+    return ""
 
 
 async def _run(args: argparse.Namespace, target: str, token: str, out: TextIO) -> int:
