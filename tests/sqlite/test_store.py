@@ -310,3 +310,69 @@ async def test_a_file_of_schema_version_1_gains_the_wire_column_and_answers_its_
         conn.close()
     finally:
         await store.close()
+
+
+async def test_a_file_with_the_global_fifo_claim_indexes_gets_the_workspace_led_ones_and_claims_in_turns(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "before-fair-share.db"
+    old = SqliteStore(path)
+    await old.open()
+    a, b = new_workspace_id(), new_workspace_id()
+    a_jobs = [await old.insert_job(new_job(a, created_at=T0 + timedelta(seconds=i))) for i in range(3)]
+    b_job = await old.insert_job(new_job(b, created_at=T0 + timedelta(seconds=10)))
+    await old.close()
+    # The claim indexes as files written before fair share have them (and no turns table).
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX jobs_waiting")
+        conn.execute("DROP INDEX jobs_waiting_by_kind")
+        conn.execute("DROP TABLE turns")
+        conn.execute(
+            "CREATE INDEX jobs_claim ON jobs (created_at, id, kind, concurrency_key, workspace_id, expires_at) "
+            "WHERE status = 'waiting'"
+        )
+        conn.execute(
+            "CREATE INDEX jobs_claim_by_kind ON jobs (kind, created_at, id, concurrency_key, workspace_id, expires_at) "
+            "WHERE status = 'waiting'"
+        )
+    conn.close()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        with sqlite3.connect(path) as conn:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name IN ('jobs', 'turns')")}
+        conn.close()
+        assert {"jobs_waiting", "jobs_waiting_by_kind", "turns"} <= names
+        assert not {"jobs_claim", "jobs_claim_by_kind"} & names
+        claimed = [await store.claim_next(claim_request(T0 + timedelta(hours=1))) for _ in range(4)]
+        assert [j.id for j in claimed if j is not None] == [a_jobs[0].id, b_job.id, a_jobs[1].id, a_jobs[2].id]
+    finally:
+        await store.close()
+
+
+async def test_every_statement_of_a_claim_is_an_index_search_without_a_sort(sqlite_store: SqliteStore) -> None:
+    workspaces = [new_workspace_id() for _ in range(3)]
+    for i in range(60):
+        kind = ("import", "copy", "query")[i % 3]
+        job = new_job(workspaces[i % 3], kind=kind, datasource_name=f"t{i % 4}", created_at=T0 + timedelta(seconds=i))
+        await sqlite_store.insert_job(job)
+    statements: list[str] = []
+    conn = sqlite_store._open_connection()
+    conn.set_trace_callback(statements.append)  # each statement with its values bound
+    try:
+        for kinds, workspace_id in (((), None), (("copy",), None), (("copy", "import"), None), ((), workspaces[0])):
+            assert await sqlite_store.claim_next(claim_request(T0, kinds=kinds, workspace_id=workspace_id))
+    finally:
+        conn.set_trace_callback(None)
+    reads = [s for s in statements if s.startswith("SELECT") and " FROM jobs " in s]
+    assert any("jobs_waiting_by_kind" in s for s in reads) and any("INDEXED BY jobs_waiting " in s for s in reads)
+    for sql in reads:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        text = " | ".join(plan)
+        # A search; or the first entry of a waiting index (where the skip along workspace_id starts): LIMIT 1.
+        index = sql.split("INDEXED BY ", 1)[-1].split()[0]
+        first_entry = (
+            sql.endswith("LIMIT 1") and index.startswith("jobs_waiting") and plan == [f"SCAN jobs USING INDEX {index}"]
+        )
+        assert first_entry or all(p.startswith("SEARCH") for p in plan), (sql, text)
+        assert "TEMP B-TREE" not in text, (sql, text)
