@@ -18,7 +18,7 @@ from jobsd.log_config import configure_logging
 from jobsd.settings import SETTINGS, Settings, add_arguments, settings_from, split_addr
 from jobsd.store import store_shown
 from jobsd_client._completion import add_completion_command, completion_script
-from jobsd_client.signals import stop_on_signals, until_signalled
+from jobsd_client.signals import stop_on_signals
 
 __all__ = ["main"]
 
@@ -171,6 +171,11 @@ def _shutdown_notice(settings: Settings, running: list[tuple[str, str]]) -> str:
     )
 
 
+def _announce_stop(settings: Settings, running: list[tuple[str, str]]) -> None:
+    """The stop notice: a warning when jobs hold the stop up (the pause is theirs), else information."""
+    _log.log(logging.WARNING if running else logging.INFO, _shutdown_notice(settings, running))
+
+
 async def _serve(settings: Settings, banner: bool) -> int:
     app = JobsdApp(settings)
     try:
@@ -186,7 +191,7 @@ async def _serve(settings: Settings, banner: bool) -> int:
             await stop.wait()
     finally:
         _exit_within(settings.grace_seconds + settings.shutdown_margin_seconds)
-        _log.warning(_shutdown_notice(settings, app.executors.running_jobs() if app.executors else []))
+        _announce_stop(settings, app.executors.running_jobs() if app.executors else [])
         await app.stop()
     return 0
 
@@ -231,18 +236,23 @@ async def _worker(args: argparse.Namespace) -> int:
         # Not the store's directory (`jobsd serve`'s data plane is there): a worker beside it needs its own.
         settings = settings.with_changes(data_dir=WORKER_DATA_DIR)
     runner = ExecutorRunner(settings, args.grpc_target, args.token)
-    await runner.start()
-    signalled = asyncio.create_task(until_signalled())
-    worker_ended = asyncio.create_task(runner.wait())
+    # The handlers before anything runs: a SIGTERM at any moment from here on is a graceful stop.
+    # (Removed again before the stop, as in `serve`: a second signal then ends the process at once.)
+    with stop_on_signals() as stop:
+        await runner.start()
+        signalled = asyncio.create_task(stop.wait())
+        worker_ended = asyncio.create_task(runner.wait())
+        try:
+            await asyncio.wait({signalled, worker_ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (signalled, worker_ended):
+                task.cancel()
+            await asyncio.gather(signalled, worker_ended, return_exceptions=True)
     try:
-        await asyncio.wait({signalled, worker_ended}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            _announce_stop(settings, runner.running_jobs())
     finally:
-        for task in (signalled, worker_ended):
-            task.cancel()
-        await asyncio.gather(signalled, worker_ended, return_exceptions=True)
         _exit_within(settings.grace_seconds + settings.shutdown_margin_seconds)
-        if signalled.done() and not signalled.cancelled():
-            _log.warning(_shutdown_notice(settings, runner.running_jobs()))
         await runner.stop()
     if runner.failure is not None:
         print(f"error: {runner.failure}", file=sys.stderr)
