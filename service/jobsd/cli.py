@@ -142,7 +142,7 @@ def _banner(settings: Settings, app: JobsdApp) -> str:
     lines += ["  .venv/bin/jobsctl ls"]
     if http:
         lines.append(f'  curl -H "Authorization: Bearer $JOBSD_TOKEN" {http}/v0/jobs')
-    lines += ["", "Run your own worker (README: Your own job kinds):"]
+    lines += ["", "Run a worker (README: Your own worker in five minutes):"]
     if settings.worker_token:
         lines.append(f"  export JOBSD_WORKER_TOKEN={settings.worker_token}")
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import sqlite3
 from collections.abc import Iterator
@@ -21,9 +22,12 @@ import grpc
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 
-from .cli_processes import ADMIN, JOBSCTL, JOBSD, one_error_line, run, served
+from .cli_processes import ADMIN, JOBSCTL, JOBSD, WORKER, environment, one_error_line, run, served
 
 NO_LISTENERS = {"JOBSD_HTTP_ADDR": "", "JOBSD_EXECUTORS": "off"}
+START_WAIT = 60.0
+# Minutes of one core: still running when the signal comes.
+RUNAWAY = "SELECT count(*) FROM range(100000000) a, range(100000000) b WHERE a.range + b.range = 7"
 
 
 @contextmanager
@@ -185,10 +189,7 @@ async def test_a_stop_says_what_it_waits_for(tmp_path: Path) -> None:
             jobs = pb_grpc.JobsStub(channel)
             md = (("authorization", f"Bearer {ADMIN}"),)
             request = pb.CreateJobRequest(kind="query")
-            # Minutes of one core: still running when the signal comes.
-            request.params.update(
-                {"sql": "SELECT count(*) FROM range(100000000) a, range(100000000) b WHERE a.range + b.range = 7"}
-            )
+            request.params.update({"sql": RUNAWAY})
             job = await jobs.CreateJob(request, metadata=md, timeout=START_WAIT)
             async with asyncio.timeout(START_WAIT):
                 async for event in jobs.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=md):
@@ -203,4 +204,41 @@ async def test_a_stop_says_what_it_waits_for(tmp_path: Path) -> None:
     )
 
 
-START_WAIT = 60.0
+async def test_jobsd_worker_says_what_its_stop_waits_for(tmp_path: Path) -> None:
+    settings = {**store_of(tmp_path), "JOBSD_EXECUTORS": "off", "JOBSD_HTTP_ADDR": "", "JOBSD_WORKER_TOKEN": WORKER}
+    async with served(tmp_path, settings) as serve:
+        worker = await asyncio.create_subprocess_exec(
+            JOBSD,
+            "worker",
+            "--grpc-target",
+            serve.target,
+            "--data-dir",
+            str(tmp_path / "worker"),
+            env=environment({"JOBSD_WORKER_TOKEN": WORKER, "JOBSD_GRACE_SECONDS": "1", "JOBSD_LOG_FORMAT": "text"}),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with grpc.aio.insecure_channel(serve.target) as channel:
+                jobs = pb_grpc.JobsStub(channel)
+                md = (("authorization", f"Bearer {ADMIN}"),)
+                request = pb.CreateJobRequest(kind="query")
+                request.params.update({"sql": RUNAWAY})
+                job = await jobs.CreateJob(request, metadata=md, timeout=START_WAIT)
+                async with asyncio.timeout(START_WAIT):
+                    async for event in jobs.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=md):
+                        if event.job.status == pb.JOB_STATUS_WORKING:
+                            break
+            worker.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(START_WAIT):
+                _, err = await worker.communicate()
+            assert worker.returncode == 0, err.decode()
+        finally:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+        notice = [line for line in err.decode().splitlines() if "stopping:" in line]
+        assert len(notice) == 1 and notice[0].endswith(
+            f"stopping: waiting up to 1 s for 1 running job (query {job.id[:8]}…) to finish; then they are released "
+            "to the queue (JOBSD_GRACE_SECONDS)"
+        ), err.decode()
+        assert await serve.terminate() == 0
