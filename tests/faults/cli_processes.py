@@ -1,13 +1,13 @@
 """The CLIs as a person runs them: the venv's `jobsd` and `jobsctl` entry points as real subprocesses.
 
-`run` runs a command to its end ((exit status, stdout, stderr)); `Served` is a `jobsd serve --banner` on
-ephemeral ports whose addresses are read back from its banner, stopped with SIGTERM (or killed) at the end.
+`run` runs a command to its end ((exit status, stdout, stderr); `tests.support.subprocess_server`'s); `Served`
+is a `jobsd serve --banner` on ephemeral ports whose addresses are read back from its banner, stopped with SIGTERM
+(or killed) at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
@@ -15,6 +15,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.subprocess_server import environment as environment
+from tests.support.subprocess_server import run as run
 
 BIN = Path(sys.executable).parent
 JOBSD = str(BIN / "jobsd")
@@ -24,34 +27,6 @@ WORKER = "jobsd_cli-worker-token-0123456789abcdef"
 # Starting a process (imports, the store, DuckDB) on a loaded machine: generous; a hang still fails.
 START = 60.0
 _SERVING = re.compile(r"jobsd is serving gRPC on (\S+?)(?: and REST on (\S+))?$")
-
-
-def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without any JOBSD_* variable, plus `extra`."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("JOBSD_")}
-    env.update(extra or {})
-    return env
-
-
-async def run(*command: str, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> tuple[int, str, str]:
-    """Run a command to its end: (exit status, stdout, stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-        env=environment(env),
-        cwd=cwd,
-    )
-    try:
-        async with asyncio.timeout(START):
-            out, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def one_error_line(err: str) -> str:

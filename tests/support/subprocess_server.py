@@ -27,7 +27,7 @@ from typing import Literal
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-__all__ = ["START", "ServeProcess", "jobsd_env", "run_jobsd", "serve_process"]
+__all__ = ["START", "ServeProcess", "environment", "jobsd_env", "run", "run_jobsd", "serve_process"]
 
 # A fresh interpreter importing grpc, protobuf, DuckDB and jobsd, opening its store, on a loaded machine:
 # generous, and a hang still fails.
@@ -35,35 +35,44 @@ START = 60.0
 _BANNER = re.compile(rb"jobsd is serving gRPC on 127\.0\.0\.1:(\d+)(?: and REST on http://127\.0\.0\.1:(\d+))?")
 
 
-def jobsd_env(**settings: object) -> dict[str, str]:
-    """This process's environment without any `JOBSD_` variable, plus `settings` (Settings field names, e.g.
-    `grace_seconds=1`) as `JOBSD_GRACE_SECONDS=1`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSD_")}
-    env.update({f"JOBSD_{name.upper()}": str(value) for name, value in settings.items()})
+def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any `JOBSD_` variable, plus `extra`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("JOBSD_")}
+    env.update(extra or {})
     return env
 
 
-async def run_jobsd(*args: str, **settings: object) -> tuple[int, str, str]:
-    """`python -m jobsd.cli ARGS` run to its end (within START) with these settings (`jobsd_env`);
-    (exit status, stdout, stderr)."""
+def jobsd_env(**settings: object) -> dict[str, str]:
+    """`environment()` plus `settings` (Settings field names, e.g. `grace_seconds=1`) as `JOBSD_GRACE_SECONDS=1`."""
+    return environment({f"JOBSD_{name.upper()}": str(value) for name, value in settings.items()})
+
+
+async def run(*command: str, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> tuple[int, str, str]:
+    """Run a command to its end (within START), with `environment(env)`: (exit status, stdout, stderr)."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "jobsd.cli",
-        *args,
-        env=jobsd_env(**settings),
-        stdin=asyncio.subprocess.DEVNULL,
+        *command,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        env=environment(env),
+        cwd=cwd,
     )
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout=START)
+        async with asyncio.timeout(START):
+            out, err = await process.communicate()
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+async def run_jobsd(*args: str, **settings: object) -> tuple[int, str, str]:
+    """`python -m jobsd.cli ARGS` run to its end with these settings (as in `jobsd_env`)."""
+    return await run(
+        sys.executable, "-m", "jobsd.cli", *args, env={f"JOBSD_{k.upper()}": str(v) for k, v in settings.items()}
+    )
 
 
 @dataclass
