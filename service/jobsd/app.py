@@ -44,7 +44,7 @@ from jobsd.store import open_store, store_shown
 from jobsd.store.base import JobStore
 from jobsd_client import pb
 
-__all__ = ["MAX_SEND_MESSAGE_BYTES", "JobsdApp", "grpc_server_options"]
+__all__ = ["MAX_SEND_MESSAGE_BYTES", "JobsdApp", "cannot_listen", "check_listen", "grpc_server_options"]
 
 log = logging.getLogger(__name__)
 _SERVICE_NAMES = (
@@ -107,6 +107,14 @@ def cannot_listen(what: str, variable: str, addr: str, error: OSError | None = N
             f" (another jobsd running? stop it, or choose another port: {flag} HOST:PORT, or port 0 for any free one)"
         )
     return Unavailable(f"cannot listen for {what} on {addr} ({variable} / {flag}): {reason}{hint}")
+
+
+def check_listen(what: str, variable: str, addr: str) -> None:
+    """Raise `cannot_listen` now if `addr` (a listen address; empty or port 0: nothing to check) is taken."""
+    if addr and split_addr(variable, addr)[1]:
+        taken = _bind_error(addr, reuse=True)
+        if taken is not None:
+            raise cannot_listen(what, variable, addr, taken)
 
 
 def _bind_error(addr: str, *, reuse: bool = False) -> OSError | None:
@@ -194,10 +202,7 @@ class JobsdApp:
             ("REST", "JOBSD_HTTP_ADDR", self.settings.http_addr),
             ("metrics", "JOBSD_METRICS_ADDR", self.settings.metrics_addr),
         ):
-            if addr and split_addr(variable, addr)[1]:
-                taken = _bind_error(addr, reuse=True)
-                if taken is not None:
-                    raise cannot_listen(what, variable, addr, taken)
+            check_listen(what, variable, addr)
         self._started = True
         try:
             await self.store.open()

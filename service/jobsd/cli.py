@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-from jobsd.app import JobsdApp
+from jobsd.app import JobsdApp, check_listen
 from jobsd.errors import InvalidArgument, JobsdError
 from jobsd.log_config import configure_logging
 from jobsd.settings import SETTINGS, Settings, add_arguments, settings_from, split_addr
@@ -220,6 +220,7 @@ async def _gateway(args: argparse.Namespace) -> int:
     from jobsd.gateway.standalone import run_standalone
 
     settings = settings_from(os.environ, {"http_addr": args.http_addr, "public_url": args.public_url})
+    check_listen("REST", "JOBSD_HTTP_ADDR", settings.http_addr)
     with stop_on_signals() as stop:
         await run_standalone(settings, args.grpc_target, stop)
     return 0

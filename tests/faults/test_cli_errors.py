@@ -68,6 +68,14 @@ async def test_rest_port_in_use_is_one_line_naming_the_address(tmp_path: Path) -
     assert not (tmp_path / "state" / "jobsd.db").exists()
 
 
+async def test_jobsd_gateway_on_a_port_in_use_is_one_line_naming_the_address() -> None:
+    with listening() as taken:
+        code, _, err = await run(JOBSD, "gateway", "--grpc-target", "127.0.0.1:1", "--http-addr", taken)
+    line = one_error_line(err)
+    assert code == 2
+    assert line.startswith(f"error: cannot listen for REST on {taken} (JOBSD_HTTP_ADDR / --http-addr): address")
+
+
 async def test_a_data_directory_in_use_is_refused_at_start(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
