@@ -160,9 +160,9 @@ BACKENDS: dict[str, Backend] = {
         # The emulation: the contract (and tests/mongo); the end-to-end suites only when asked
         # (JOBSD_TEST_E2E_BACKENDS=mongo-emulated): the wire server runs them against a real MongoDB protocol.
         Backend("mongo-emulated", _mongo_emulated),
-        # The wire server: the whole contract (and tests/mongo), and the gRPC end-to-end suite (tests/executors on
-        # it only when asked: JOBSD_TEST_E2E_BACKENDS=mongo-wire).
-        Backend("mongo-wire", _mongo_wire, e2e=frozenset({"core"})),
+        # The wire server: the whole contract (and tests/mongo), and the gRPC, REST and client end-to-end suites
+        # (tests/executors on it only when asked: JOBSD_TEST_E2E_BACKENDS=sqlite,mongo-wire).
+        Backend("mongo-wire", _mongo_wire, e2e=frozenset({"core", "gateway", "client"})),
         Backend("mongo-real", _mongo_real, available=lambda: bool(os.environ.get(REAL_MONGO_ENV))),
     )
 }
