@@ -145,7 +145,9 @@ async def test_an_ambiguous_prefix_is_refused_naming_every_match(jobsd: Jobsd, c
     store = jobsd.app.service.store
     stored = await store.get_job(job.id, jobsd.clock.now())
     assert stored is not None
-    twins = [f"{job.id[:8]}-{suffix}" for suffix in ("1111-4000-8000-000000000001", "2222-4000-8000-000000000002")]
+    # Twins share the first 8 characters only: their 10th differs from the real id's, so 10 characters tell them apart.
+    digits = [digit for digit in "123" if digit != job.id[9]][:2]
+    twins = [f"{job.id[:8]}-{digit * 4}-4000-8000-00000000000{digit}" for digit in digits]
     for twin in twins:
         await store.insert_job(evolve(stored, id=twin, request_id=twin))
     code, out, err = await jobsctl(jobsd, "details", job.id[:8])
