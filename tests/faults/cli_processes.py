@@ -48,6 +48,12 @@ class Served:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
+    async def logged(self, text: str) -> None:
+        """Until a line of stderr holds `text` (its file is appended to as the process logs)."""
+        async with asyncio.timeout(START):
+            while text not in self.stderr():  # noqa: ASYNC110 -- a file's growth: nothing to wait on
+                await asyncio.sleep(0.05)
+
     async def terminate(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(START):

@@ -203,6 +203,9 @@ async def test_a_stop_says_what_it_waits_for(tmp_path: Path) -> None:
                 async for event in jobs.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=md):
                     if event.job.status == pb.JOB_STATUS_WORKING:
                         break
+        # WORKING is written at the claim; the executors hold the job once they log its start (a stop in between
+        # has, rightly, no running job to wait for).
+        await serve.logged(f"job {job.id} (query): started")
         assert await serve.terminate() == 0
     notice = [line for line in serve.stderr().splitlines() if "stopping:" in line]
     assert len(notice) == 1, serve.stderr()
