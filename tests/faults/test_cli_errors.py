@@ -225,7 +225,14 @@ async def test_jobsd_worker_says_what_its_stop_waits_for(tmp_path: Path) -> None
             serve.target,
             "--data-dir",
             str(tmp_path / "worker"),
-            env=environment({"JOBSD_WORKER_TOKEN": WORKER, "JOBSD_GRACE_SECONDS": "1", "JOBSD_LOG_FORMAT": "text"}),
+            env=environment(
+                {
+                    "JOBSD_WORKER_TOKEN": WORKER,
+                    "JOBSD_GRACE_SECONDS": "1",
+                    "JOBSD_LOG_FORMAT": "text",
+                    "JOBSD_LOG_LEVEL": "info",
+                }
+            ),
             stderr=asyncio.subprocess.PIPE,
         )
         try:
@@ -239,9 +246,19 @@ async def test_jobsd_worker_says_what_its_stop_waits_for(tmp_path: Path) -> None
                     async for event in jobs.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=md):
                         if event.job.status == pb.JOB_STATUS_WORKING:
                             break
+            # WORKING is written at the claim; the worker holds the job once it logs its start (a stop in between
+            # has, rightly, no running job to wait for).
+            assert worker.stderr is not None
+            before = b""
+            async with asyncio.timeout(START_WAIT):
+                while f"job {job.id} (query): started".encode() not in before:
+                    line = await worker.stderr.readline()
+                    assert line, before.decode()
+                    before += line
             worker.send_signal(signal.SIGTERM)
             async with asyncio.timeout(START_WAIT):
-                _, err = await worker.communicate()
+                _, rest = await worker.communicate()
+            err = before + rest
             assert worker.returncode == 0, err.decode()
         finally:
             if worker.returncode is None:
