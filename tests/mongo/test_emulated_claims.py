@@ -9,9 +9,10 @@ from datetime import timedelta
 
 import pytest
 
+from jobsd.domain.clock import to_micros
 from jobsd.domain.model import Job, JobStatus
 from jobsd.domain.states import Action
-from jobsd.store.mongo.store import MongoStore
+from jobsd.store.mongo.store import CLAIM_LOCK_TTL, MongoStore
 from tests.contract.factories import T0, claim_request, move, new_job, new_workspace_id
 from tests.support.mongo_emulation import EmulatedAsyncMongoClient
 
@@ -170,3 +171,60 @@ async def test_a_claim_whose_place_was_swept_away_takes_a_new_one_before_it_clai
     slot = slots.find_one({"_id": waiting.concurrency_key})
     assert slot is not None
     assert [(h["job"], h["claim"]) for h in slot["holders"]] == [(waiting.id, claimed.lease_token)]
+
+
+async def test_a_job_requeued_by_a_replica_that_has_not_freed_its_place_yet_is_claimable_at_once(
+    replicas: tuple[MongoStore, MongoStore], emulated_client: EmulatedAsyncMongoClient
+) -> None:
+    """Another replica's sweep requeues a job whose worker stopped heartbeating: the job is written `waiting`
+    (watchers see it) and only then does that replica free the key's place. A claim in between finds the key full
+    with nothing running in it; the job must be its answer, and the late release must not free the new claim's
+    place. (The wire-server replica test saw the claim answer nothing there.)"""
+    this, other = replicas
+    ws = new_workspace_id()
+    requeued = await other.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0))
+    behind = await other.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0 + timedelta(seconds=1)))
+    running = await other.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each, worker="dead"))
+    assert running is not None and running.id == requeued.id
+    later = NOW + timedelta(minutes=5)
+    claimed_between: list[Job | None] = []
+
+    async def a_claim_before_the_place_is_freed() -> None:
+        request = claim_request(later, workspace_id=ws, limit_for=one_each, worker="a")
+        claimed_between.append(await this.claim_next(request))
+
+    emulated_client.before_next("slots", "update_one", a_claim_before_the_place_is_freed)
+    assert await other.compare_and_set(running, move(running, Action.LEASE_REQUEUE, later))
+
+    [claimed] = claimed_between
+    assert claimed is not None and claimed.id == requeued.id and claimed.status is JobStatus.WORKING
+    slots = emulated_client.raw_database(DATABASE)["slots"]
+    slot = slots.find_one({"_id": requeued.concurrency_key})
+    assert slot is not None
+    assert [(h["job"], h["claim"]) for h in slot["holders"]] == [(requeued.id, claimed.lease_token)]
+    # The key is full again, with a claim that runs: the job behind it waits.
+    assert await this.claim_next(claim_request(later, workspace_id=ws, limit_for=one_each, worker="b")) is None
+    stored = await this.get_job(behind.id, later)
+    assert stored is not None and stored.status is JobStatus.WAITING
+
+
+async def test_places_of_claims_that_still_run_or_are_still_choosing_are_kept_when_a_claim_finds_the_key_full(
+    replicas: tuple[MongoStore, MongoStore], emulated_client: EmulatedAsyncMongoClient
+) -> None:
+    """Key limit two: one place held by a running job, one by a claim that has reserved it and not yet chosen its
+    job (its lock not lapsed). A claim with the key's third job waiting checks both holders and must keep both:
+    it answers nothing, and the key still has exactly those two holders."""
+    this, other = replicas
+    ws = new_workspace_id()
+    for second in range(3):
+        await other.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0 + timedelta(seconds=second)))
+    running = await other.claim_next(claim_request(NOW, workspace_id=ws, limit_for=lambda kind: 2, worker="b"))
+    assert running is not None
+    slots = emulated_client.raw_database(DATABASE)["slots"]
+    choosing = {"job": None, "claim": "a-claim-still-choosing", "until": to_micros(NOW + CLAIM_LOCK_TTL)}
+    slots.update_one({"_id": running.concurrency_key}, {"$push": {"holders": choosing}})
+
+    assert await this.claim_next(claim_request(NOW, workspace_id=ws, limit_for=lambda kind: 2, worker="a")) is None
+    slot = slots.find_one({"_id": running.concurrency_key})
+    assert slot is not None
+    assert [h["claim"] for h in slot["holders"]] == [running.lease_token, "a-claim-still-choosing"]

@@ -76,20 +76,38 @@ async def test_replicas_claiming_at_once_never_share_a_job_and_hold_the_limit_pe
     assert await replicas[0].claim_next(claim_request(later, workspace_id=ws, limit_for=two_per_key)) is None
 
 
-async def test_a_slot_held_by_a_replica_that_died_is_freed_by_the_sweep(
+async def test_a_slot_held_by_a_replica_that_died_does_not_hold_back_the_next_claim_of_its_key(
     emulated_client: EmulatedAsyncMongoClient, emulated_store: MongoStore
 ) -> None:
     ws = new_workspace_id()
     waiting = await emulated_store.insert_job(new_job(ws, kind="copy", datasource_name="t"))
     # What a replica leaves when it dies after finishing a job but before freeing its slot.
-    emulated_client.raw_database("jobsd").slots.insert_one(
+    slots = emulated_client.raw_database("jobsd").slots
+    slots.insert_one(
         {"_id": waiting.concurrency_key, "kind": "copy", "holders": [{"job": "dead-job", "claim": "lease-x"}]}
     )
-    one = claim_request(NOW, workspace_id=ws, limit_for=lambda kind: 1)
-    assert await emulated_store.claim_next(one) is None
-    await emulated_store.purge(NOW, NOW - timedelta(days=30))
-    claimed = await emulated_store.claim_next(one)
+    # Nothing runs for the key: the claim takes its job at once, not after the next sweep.
+    claimed = await emulated_store.claim_next(claim_request(NOW, workspace_id=ws, limit_for=lambda kind: 1))
     assert claimed is not None and claimed.id == waiting.id
+    slot = slots.find_one({"_id": waiting.concurrency_key})
+    assert slot is not None and [(h["job"], h["claim"]) for h in slot["holders"]] == [(waiting.id, claimed.lease_token)]
+
+
+async def test_a_slot_held_by_a_replica_that_died_is_freed_by_the_sweep(
+    emulated_client: EmulatedAsyncMongoClient, emulated_store: MongoStore
+) -> None:
+    ws = new_workspace_id()
+    running = await emulated_store.insert_job(new_job(ws, kind="copy", datasource_name="live"))
+    claimed = await emulated_store.claim_next(claim_request(NOW, workspace_id=ws, limit_for=lambda kind: 1))
+    assert claimed is not None and claimed.id == running.id
+    # What a replica leaves when it dies after finishing a job but before freeing its slot, on a key no claim
+    # looks at (nothing waits for it); beside a key whose job still runs.
+    slots = emulated_client.raw_database("jobsd").slots
+    slots.insert_one({"_id": f"{ws}:copy:gone", "kind": "copy", "holders": [{"job": "dead-job", "claim": "lease-x"}]})
+    await emulated_store.purge(NOW, NOW - timedelta(days=30))
+    assert slots.find_one({"_id": f"{ws}:copy:gone"}) is None
+    slot = slots.find_one({"_id": claimed.concurrency_key})
+    assert slot is not None and [(h["job"], h["claim"]) for h in slot["holders"]] == [(running.id, claimed.lease_token)]
 
 
 async def test_a_job_locked_by_a_claimer_that_died_is_claimable_once_the_lock_lapses(

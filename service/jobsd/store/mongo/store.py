@@ -443,25 +443,43 @@ class MongoStore(BatchWrites):
         (`_claim_in_workspace`) until one gives a job, then moves that workspace's turn on (a `$max`, so turns only
         grow whatever the interleaving). The turns are bookkeeping, not a lock: two claimers at once may serve the
         same workspace, never the same job. A workspace that gave nothing is not asked again by this claim; before
-        answering None the workspaces are read again, and any that appeared meanwhile is tried too."""
+        answering None the workspaces are read again, and any that appeared meanwhile is tried too.
+
+        None never rests on a place held by a claim that is over: before answering None while some keys are full
+        (and, unless the claim names its workspace, some job waits), the holders of those keys are checked against
+        their jobs (`_free_places_of_ended_claims`);
+        if any claim among them had ended, its place is dropped and the claim looks again. A job's end or requeue
+        is written (and seen by watchers) before its writer frees the place, and a writer that dies in between
+        leaves the place to the sweep: without this check a job shown `waiting`, with nothing running for its key,
+        was refused until its writer (or the sweep, every 10 sweep intervals) got to it."""
         self._check_open()
         with self._reachable("claim a job"):
             full_keys = await self._full_keys(request)
             if request.workspace_id is not None:
-                claimed = await self._claim_in_workspace(request, full_keys)
-                if claimed is not None:
-                    turn = micros(request.now) or 0
-                    await self._after_write(
-                        f"move the turn of {claimed.workspace_id} on", self._take_turn(claimed.workspace_id, turn)
-                    )
-                return claimed
+                while True:
+                    claimed = await self._claim_in_workspace(request, full_keys)
+                    if claimed is not None:
+                        turn = micros(request.now) or 0
+                        await self._after_write(
+                            f"move the turn of {claimed.workspace_id} on", self._take_turn(claimed.workspace_id, turn)
+                        )
+                        return claimed
+                    if not (full_keys and await self._free_places_of_ended_claims(full_keys, request.now)):
+                        return None
+                    full_keys = await self._full_keys(request)
             tried: set[str] = set()
             filter_, hint = waiting_workspaces_plan(request)
             while True:
                 found: list[str] = await self._jobs.distinct("workspace_id", filter_, hint=hint)
                 fresh = [w for w in found if w not in tried]
                 if not fresh:
-                    return None
+                    # Every workspace with waiting jobs gave nothing: unless a full key's place was held by a claim
+                    # that is over (dropped now; then all of them are asked again), the answer is None.
+                    if not (found and full_keys and await self._free_places_of_ended_claims(full_keys, request.now)):
+                        return None
+                    tried.clear()
+                    full_keys = await self._full_keys(request)
+                    continue
                 if len(found) == 1:
                     # No one to choose from: no turns to read; the workspace's turn is the claim's time.
                     claimed = await self._claim_in_workspace(replace(request, workspace_id=fresh[0]), full_keys)
@@ -590,6 +608,36 @@ class MongoStore(BatchWrites):
         slots = await self._slots.find(filter_).to_list(None)
         return {s["_id"] for s in slots if len(s["holders"]) >= request.limit_for(s["kind"])}
 
+    async def _free_places_of_ended_claims(self, keys: set[str], now: datetime) -> bool:
+        """Drop the holders of these keys whose claim is over (`_holds`); whether there were any. Each one found
+        cannot hold again (lease tokens and nonces are never reused), so a caller that looks again on True makes
+        progress: it cannot loop on the same holder."""
+        slots = await self._slots.find({"_id": {"$in": sorted(keys)}}).to_list(None)
+        return await self._drop_ended_holders(slots, now) > 0
+
+    async def _drop_ended_holders(self, slots: list[Document], now: datetime) -> int:
+        """Pull from each slot document the holders whose claim is over; how many there were (a holder another
+        process pulled first still counts: either way its place is free)."""
+        ids = sorted({h["job"] for slot in slots for h in slot["holders"] if h.get("job") is not None})
+        jobs = (
+            {
+                d["_id"]: d
+                for d in await self._jobs.find(
+                    {"_id": {"$in": ids}}, {"status": 1, "lease_token": 1, CLAIM_LOCK_UNTIL: 1}
+                ).to_list(None)
+            }
+            if ids
+            else {}
+        )
+        now_us = micros(now) or 0
+        ended = 0
+        for slot in slots:
+            stale = [h for h in slot["holders"] if not _holds(jobs.get(h.get("job")), h, now_us)]
+            if stale:
+                await self._slots.update_one({"_id": slot["_id"]}, {"$pull": {"holders": {"$in": stale}}})
+                ended += len(stale)
+        return ended
+
     async def _reserve_slot(self, key: str, kind: str, holder: Document, limit: int) -> bool:
         """Atomically add `holder` to the key's slot document while it has fewer than `limit` holders. False only
         when a read of the slot shows it full; every other outcome (the document did not exist, another claimer
@@ -669,19 +717,10 @@ class MongoStore(BatchWrites):
             )
 
     async def _reconcile_slots(self, now: datetime) -> None:
-        """Drop slot holders whose claim is over (a process died between its write and freeing the slot)."""
-        for slot in await self._slots.find({"holders.0": {"$exists": True}}).to_list(None):
-            holders: list[Document] = slot["holders"]
-            ids = sorted({h["job"] for h in holders if h.get("job") is not None})
-            jobs = {
-                d["_id"]: d
-                for d in await self._jobs.find(
-                    {"_id": {"$in": ids}}, {"status": 1, "lease_token": 1, CLAIM_LOCK_UNTIL: 1}
-                ).to_list(None)
-            }
-            stale = [h for h in holders if not _holds(jobs.get(h["job"]), h, micros(now) or 0)]
-            if stale:
-                await self._slots.update_one({"_id": slot["_id"]}, {"$pull": {"holders": {"$in": stale}}})
+        """Drop slot holders whose claim is over (a process died between its write and freeing the slot). A claim
+        that would answer None on a full key does this for that key itself (`_free_places_of_ended_claims`); this
+        catches the rest, and deletes the slot documents left empty."""
+        await self._drop_ended_holders(await self._slots.find({"holders.0": {"$exists": True}}).to_list(None), now)
         await self._slots.delete_many({"holders": {"$size": 0}})
 
     # -- jobs_log
