@@ -12,7 +12,7 @@ import asyncio
 import resource
 import socket
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -36,26 +36,34 @@ def _healthz(port: int) -> bytes:
         return body
 
 
-async def _until(check: object, what: str) -> None:
-    """Poll `check()` (a blocking call, in a thread) until it succeeds, within START."""
-    assert callable(check)
+async def _until(check: Callable[[], object], what: str) -> None:
+    """Poll `check()` (a blocking call, in a thread) until it succeeds, within START. An attempt that fails with
+    OSError (the port does not answer yet) is tried again; the last such failure is named if START runs out."""
+    last: BaseException | None = None
     try:
         async with asyncio.timeout(START):
             while True:
                 try:
                     await asyncio.to_thread(check)
                     return
-                except OSError:
+                except OSError as failed:
+                    last = failed
                     await asyncio.sleep(0.05)  # polling another process's port until it answers
     except TimeoutError:
-        raise AssertionError(what) from None
+        raise AssertionError(f"{what} within {START:g} s; the last attempt: {last!r}") from None
 
 
 def _grpc_serving(port: int) -> None:
+    """Raises OSError while the port does not answer SERVING yet (unreachable, too slow, or not serving)."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.RpcError as failed:
+            if failed.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise OSError(f"gRPC health check: {failed.code().name}") from failed
+            raise
         if answer.status != health_pb2.HealthCheckResponse.SERVING:
-            raise OSError("not serving")
+            raise OSError(f"gRPC health is {answer.status}, not SERVING")
 
 
 @pytest.fixture
