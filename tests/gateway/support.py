@@ -5,7 +5,6 @@ Jobs are moved through their life by the Workers RPCs with a worker token, exact
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -22,6 +21,8 @@ from jobsd.settings import Settings
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 from tests.support import server
+from tests.support.endpoints import bearer_metadata
+from tests.support.sse import read_sse_event
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$")
@@ -89,9 +90,7 @@ class Gateway:
     other: str  # ADMIN of workspace "other"
     tokens: dict[str, str] = field(default_factory=dict)
 
-    @staticmethod
-    def md(token: str) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {token}"),)
+    md = staticmethod(bearer_metadata)
 
     # ------------------------------------------------------------ jobs
 
@@ -177,22 +176,8 @@ class Gateway:
 
 
 async def read_event(response: aiohttp.ClientResponse) -> dict[str, Any] | None:
-    """The next Server-Sent Event as {"id", "event", "data"} (data parsed), or None at the end of the stream."""
-    fields: dict[str, Any] = {}
-    while True:
-        line = await asyncio.wait_for(response.content.readline(), READ_TIMEOUT)
-        if not line:
-            return None
-        text = line.decode().rstrip("\n")
-        if text == "":
-            if fields:
-                fields["data"] = json.loads(fields["data"])
-                return fields
-            continue
-        if text.startswith(":"):  # a keep-alive comment
-            continue
-        name, _, value = text.partition(": ")
-        fields[name] = value
+    """The next Server-Sent Event (see `read_sse_event`), each line awaited at most READ_TIMEOUT seconds."""
+    return await read_sse_event(response, READ_TIMEOUT)
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -27,6 +27,7 @@ from jobsd.app import JobsdApp
 from jobsd.settings import Settings
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.endpoints import AppEndpoints, bearer_header
 from tests.support.jobs import TERMINAL, create_request
 from tests.support.server import running_app
 
@@ -77,7 +78,7 @@ class Tenant:
 
 
 @dataclass
-class Stack:
+class Stack(AppEndpoints):
     app: JobsdApp
     state: Path  # <tmp>/.jobsd: store, data plane, admin-token
     imports: Path  # the file-import root
@@ -87,14 +88,6 @@ class Stack:
     alpha: Tenant
     beta: Tenant
     said: list[str] = field(default_factory=list)  # every response body and error this test received
-
-    @property
-    def rest(self) -> str:
-        return f"http://127.0.0.1:{self.app.http_port}"
-
-    @staticmethod
-    def md(token: str) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {token}"),)
 
     async def create(self, token: str, kind: str, datasource: str | None = None, **fields: Any) -> pb.Job:
         job: pb.Job = await self.jobs.CreateJob(create_request(kind, datasource, **fields), metadata=self.md(token))
@@ -118,7 +111,7 @@ class Stack:
     async def get(self, path: str, token: str | None = None, **kwargs: Any) -> tuple[int, Any]:
         headers = dict(kwargs.pop("headers", {}))
         if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
+            headers.update(bearer_header(token))
         url = path if path.startswith("http") else self.rest + path
         async with self.http.get(url, headers=headers, **kwargs) as response:
             text = await response.text()
@@ -127,7 +120,7 @@ class Stack:
             return response.status, body
 
     async def post(self, path: str, token: str, **kwargs: Any) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+        headers = {**bearer_header(token), **kwargs.pop("headers", {})}
         async with self.http.post(self.rest + path, headers=headers, **kwargs) as response:
             text = await response.text()
             self.said.append(text)

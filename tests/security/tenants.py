@@ -9,7 +9,6 @@ bystander), each with an ADMIN token; a worker token that spans every workspace.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from jobsd.domain.clock import ManualClock
 from jobsd.service.hub import Watcher, WatchHub
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.endpoints import AppEndpoints, bearer_header
 from tests.support.server import T0, make_settings
 
 T = TypeVar("T")
@@ -33,7 +33,7 @@ WAIT = 10.0
 
 
 @dataclass
-class Tenants:
+class Tenants(AppEndpoints):
     app: JobsdApp
     clock: ManualClock
     channel: grpc.aio.Channel
@@ -47,17 +47,7 @@ class Tenants:
     beta_id: str
     hub: HubChanges
 
-    @property
-    def rest(self) -> str:
-        return f"http://127.0.0.1:{self.app.http_port}"
-
-    @staticmethod
-    def md(token: str) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {token}"),)
-
-    @staticmethod
-    def bearer(token: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}"}
+    bearer = staticmethod(bearer_header)
 
     async def create(self, token: str, **fields: Any) -> pb.Job:
         """A waiting import job (the URL is never fetched: no executors run)."""
@@ -174,22 +164,3 @@ class HubChanges:
                     await self._changed.wait()
         except TimeoutError:
             raise AssertionError(f"not within {WAIT} s: {what}") from None
-
-
-async def sse_event(response: aiohttp.ClientResponse) -> dict[str, Any] | None:
-    """The next Server-Sent Event as {"id", "event", "data"} (data parsed), or None at the end of the stream."""
-    fields: dict[str, Any] = {}
-    while True:
-        line = await asyncio.wait_for(response.content.readline(), WAIT)
-        if not line:
-            return None
-        text = line.decode().rstrip("\n")
-        if text == "":
-            if fields:
-                fields["data"] = json.loads(fields["data"])
-                return fields
-            continue
-        if text.startswith(":"):
-            continue
-        name, _, value = text.partition(": ")
-        fields[name] = value

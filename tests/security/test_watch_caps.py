@@ -15,8 +15,9 @@ import grpc
 import pytest
 
 from jobsd_client import pb
+from tests.support.sse import read_sse_event
 
-from .tenants import Tenants, bounded, next_event, rpc_error, sse_event, tenant_server
+from .tenants import WAIT, Tenants, bounded, next_event, rpc_error, tenant_server
 
 CAP = 3
 LIMIT_NAME = f"JOBSD_MAX_WATCH_STREAMS_PER_WORKSPACE={CAP}"
@@ -39,7 +40,7 @@ async def test_a_workspace_at_its_watch_cap_is_refused_and_another_still_watches
     assert (await next_event(wide)).type == pb.JobEvent.TYPE_SNAPSHOT
     async with s.http.get(f"{s.rest}/v0/jobs/events", headers=s.bearer(s.alpha)) as sse:
         assert sse.status == 200
-        first = await sse_event(sse)
+        first = await read_sse_event(sse, WAIT)
         assert first is not None and first["event"] == "snapshot"
         assert s.app.hub.workspace_count(s.alpha_id) == CAP
 
@@ -75,9 +76,9 @@ async def test_a_workspace_at_its_watch_cap_is_refused_and_another_still_watches
         assert (await next_event(one)).job.status == pb.JOB_STATUS_CANCELLED
         assert (await next_event(wide)).type == pb.JobEvent.TYPE_SYNCED
         assert (await next_event(wide)).job.status == pb.JOB_STATUS_CANCELLED
-        seen = await sse_event(sse)
+        seen = await read_sse_event(sse, WAIT)
         while seen is not None and seen["event"] != "status":
-            seen = await sse_event(sse)
+            seen = await read_sse_event(sse, WAIT)
         assert seen is not None and seen["data"]["status"] == "cancelled"
 
     # The REST stream closed by the client and the job stream that ended give their places back.

@@ -27,6 +27,7 @@ from jobsd.store.base import JobStore
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 from tests.support.backends import BACKENDS
+from tests.support.endpoints import bearer_metadata
 
 __all__ = [
     "T0",
@@ -74,7 +75,7 @@ class Server:
 
     @staticmethod
     def md(token: str | None) -> tuple[tuple[str, str], ...]:
-        return () if token is None else (("authorization", f"Bearer {token}"),)
+        return () if token is None else bearer_metadata(token)
 
     async def create(self, token: str | None = None, **fields: object) -> pb.Job:
         request = pb.CreateJobRequest(**fields)  # type: ignore[arg-type]
