@@ -21,8 +21,10 @@ import grpc
 
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.endpoints import bearer_metadata
+from tests.support.subprocess_server import spawned
 
-from .cli_processes import ADMIN, JOBSCTL, JOBSD, WORKER, environment, one_error_line, run, served
+from .cli_processes import ADMIN, JOBSCTL, JOBSD, WORKER, one_error_line, run, served
 
 NO_LISTENERS = {"JOBSD_HTTP_ADDR": "", "JOBSD_EXECUTORS": "off"}
 START_WAIT = 60.0
@@ -41,6 +43,21 @@ def listening() -> Iterator[str]:
 
 def store_of(tmp_path: Path) -> dict[str, str]:
     return {"JOBSD_STORE": f"sqlite:///{tmp_path}/state/jobsd.db", "JOBSD_DATA_DIR": str(tmp_path / "state")}
+
+
+async def claimed_runaway_query(target: str) -> pb.Job:
+    """A RUNAWAY query job created on the server at `target`, once a WatchJob has seen it WORKING (claimed)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        jobs = pb_grpc.JobsStub(channel)
+        md = bearer_metadata(ADMIN)
+        request = pb.CreateJobRequest(kind="query")
+        request.params.update({"sql": RUNAWAY})
+        job: pb.Job = await jobs.CreateJob(request, metadata=md, timeout=START_WAIT)
+        async with asyncio.timeout(START_WAIT):
+            async for event in jobs.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=md):
+                if event.job.status == pb.JOB_STATUS_WORKING:
+                    return job
+    raise AssertionError(f"the stream of {job.id} ended before it was WORKING")
 
 
 async def test_grpc_port_in_use_is_one_line_naming_the_address(tmp_path: Path) -> None:
@@ -95,10 +112,12 @@ async def test_a_data_directory_in_use_is_refused_at_start(tmp_path: Path) -> No
             f"error: the data directory {shared} (JOBSD_DATA_DIR / --data-dir) is in use by process "
             f"{serve.process.pid}: give each jobsd process its own, e.g. --data-dir .jobsd/worker-2"
         )
-        assert await serve.terminate() == 0
+        code, _ = await serve.terminate()
+        assert code == 0
     # The lock went with the process: the same directory serves again.
     async with served(tmp_path, first, stderr_name="again.err") as again:
-        assert await again.terminate() == 0
+        code, _ = await again.terminate()
+        assert code == 0
 
 
 async def test_an_unreachable_store_is_one_line_without_credentials(tmp_path: Path) -> None:
@@ -187,28 +206,21 @@ async def test_wrong_protocol_targets_are_named(tmp_path: Path) -> None:
         # The right ones work.
         code, out, _ = await run(JOBSCTL, "--target", serve.target, "ls", env=token)
         assert (code, out) == (0, "No jobs found.\n")
-        assert await serve.terminate() == 0
+        code, _ = await serve.terminate()
+        assert code == 0
 
 
 async def test_a_stop_says_what_it_waits_for(tmp_path: Path) -> None:
     settings = {**store_of(tmp_path), "JOBSD_GRACE_SECONDS": "1", "JOBSD_HTTP_ADDR": ""}
     async with served(tmp_path, settings) as serve:
-        async with grpc.aio.insecure_channel(serve.target) as channel:
-            jobs = pb_grpc.JobsStub(channel)
-            md = (("authorization", f"Bearer {ADMIN}"),)
-            request = pb.CreateJobRequest(kind="query")
-            request.params.update({"sql": RUNAWAY})
-            job = await jobs.CreateJob(request, metadata=md, timeout=START_WAIT)
-            async with asyncio.timeout(START_WAIT):
-                async for event in jobs.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=md):
-                    if event.job.status == pb.JOB_STATUS_WORKING:
-                        break
+        job = await claimed_runaway_query(serve.target)
         # WORKING is written at the claim; the executors hold the job once they log its start (a stop in between
         # has, rightly, no running job to wait for).
         await serve.logged(f"job {job.id} (query): started")
-        assert await serve.terminate() == 0
-    notice = [line for line in serve.stderr().splitlines() if "stopping:" in line]
-    assert len(notice) == 1, serve.stderr()
+        code, _ = await serve.terminate()
+        assert code == 0
+    notice = [line for line in serve.log_text().splitlines() if "stopping:" in line]
+    assert len(notice) == 1, serve.log_text()
     assert notice[0].endswith(
         f"stopping: waiting up to 1 s for 1 running job (query {job.id[:8]}…) to finish; then they are released to "
         "the queue (JOBSD_GRACE_SECONDS)"
@@ -218,34 +230,22 @@ async def test_a_stop_says_what_it_waits_for(tmp_path: Path) -> None:
 async def test_jobsd_worker_says_what_its_stop_waits_for(tmp_path: Path) -> None:
     settings = {**store_of(tmp_path), "JOBSD_EXECUTORS": "off", "JOBSD_HTTP_ADDR": "", "JOBSD_WORKER_TOKEN": WORKER}
     async with served(tmp_path, settings) as serve:
-        worker = await asyncio.create_subprocess_exec(
+        async with spawned(
             JOBSD,
             "worker",
             "--grpc-target",
             serve.target,
             "--data-dir",
             str(tmp_path / "worker"),
-            env=environment(
-                {
-                    "JOBSD_WORKER_TOKEN": WORKER,
-                    "JOBSD_GRACE_SECONDS": "1",
-                    "JOBSD_LOG_FORMAT": "text",
-                    "JOBSD_LOG_LEVEL": "info",
-                }
-            ),
+            env={
+                "JOBSD_WORKER_TOKEN": WORKER,
+                "JOBSD_GRACE_SECONDS": "1",
+                "JOBSD_LOG_FORMAT": "text",
+                "JOBSD_LOG_LEVEL": "info",
+            },
             stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            async with grpc.aio.insecure_channel(serve.target) as channel:
-                jobs = pb_grpc.JobsStub(channel)
-                md = (("authorization", f"Bearer {ADMIN}"),)
-                request = pb.CreateJobRequest(kind="query")
-                request.params.update({"sql": RUNAWAY})
-                job = await jobs.CreateJob(request, metadata=md, timeout=START_WAIT)
-                async with asyncio.timeout(START_WAIT):
-                    async for event in jobs.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=md):
-                        if event.job.status == pb.JOB_STATUS_WORKING:
-                            break
+        ) as worker:
+            job = await claimed_runaway_query(serve.target)
             # WORKING is written at the claim; the worker holds the job once it logs its start (a stop in between
             # has, rightly, no running job to wait for).
             assert worker.stderr is not None
@@ -260,13 +260,10 @@ async def test_jobsd_worker_says_what_its_stop_waits_for(tmp_path: Path) -> None
                 _, rest = await worker.communicate()
             err = before + rest
             assert worker.returncode == 0, err.decode()
-        finally:
-            if worker.returncode is None:
-                worker.kill()
-                await worker.wait()
         notice = [line for line in err.decode().splitlines() if "stopping:" in line]
         assert len(notice) == 1 and notice[0].endswith(
             f"stopping: waiting up to 1 s for 1 running job (query {job.id[:8]}…) to finish; then they are released "
             "to the queue (JOBSD_GRACE_SECONDS)"
         ), err.decode()
-        assert await serve.terminate() == 0
+        code, _ = await serve.terminate()
+        assert code == 0

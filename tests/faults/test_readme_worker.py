@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from jobsd_client import AsyncJobsClient, pb
+from tests.support.subprocess_server import spawned
 
 from .cli_processes import ADMIN, JOBSCTL, JOBSD, START, WORKER, environment, run, served
 
@@ -93,14 +94,13 @@ async def test_the_readme_worker_runs_as_written(tmp_path: Path) -> None:
             assert (done.status, done.progress_percentage) == (pb.JOB_STATUS_DONE, 100)
 
             # The same worker, and a cancel while it works: the handler sees it and ends the job cancelled.
-            worker = await asyncio.create_subprocess_exec(
+            async with spawned(
                 str(tmp_path / ".venv" / "bin" / "python"),
                 "thumbnail_worker.py",
                 cwd=tmp_path,
-                env=environment({**env, "JOBSD_WORKER_TOKEN": WORKER}),
+                env={**env, "JOBSD_WORKER_TOKEN": WORKER},
                 stderr=asyncio.subprocess.PIPE,
-            )
-            try:
+            ) as worker:
                 job = await client.create_job("thumbnail", params={"images": 1000})
                 await wait_for(client, job.id, pb.JOB_STATUS_WORKING)
                 await client.cancel_job(job.id)
@@ -109,26 +109,22 @@ async def test_the_readme_worker_runs_as_written(tmp_path: Path) -> None:
                 worker.send_signal(signal.SIGTERM)
                 async with asyncio.timeout(START):
                     assert await worker.wait() == 0
-            finally:
-                if worker.returncode is None:
-                    worker.kill()
-                    await worker.wait()
-        assert await serve.terminate() == 0
+        code, _ = await serve.terminate()
+        assert code == 0
 
 
 async def test_jobsd_worker_beside_jobsd_serve_needs_no_flag_but_the_target(tmp_path: Path) -> None:
     laid_out_as_make_run(tmp_path)
     async with served(tmp_path, {"JOBSD_WORKER_TOKEN": WORKER}) as serve:
-        worker = await asyncio.create_subprocess_exec(
+        async with spawned(
             JOBSD,
             "worker",
             "--grpc-target",
             serve.target,
             cwd=tmp_path,
-            env=environment({"JOBSD_WORKER_TOKEN": WORKER, "JOBSD_LOG_LEVEL": "info", "JOBSD_LOG_FORMAT": "text"}),
+            env={"JOBSD_WORKER_TOKEN": WORKER, "JOBSD_LOG_LEVEL": "info", "JOBSD_LOG_FORMAT": "text"},
             stderr=asyncio.subprocess.PIPE,
-        )
-        try:
+        ) as worker:
             assert worker.stderr is not None
             async with asyncio.timeout(START):
                 while b"executors running against" not in (line := await worker.stderr.readline()):
@@ -145,11 +141,8 @@ async def test_jobsd_worker_beside_jobsd_serve_needs_no_flag_but_the_target(tmp_
                 rest = await worker.stderr.read()
                 assert await worker.wait() == 0, rest.decode()
             assert b"Traceback" not in rest
-        finally:
-            if worker.returncode is None:
-                worker.kill()
-                await worker.wait()
-        assert await serve.terminate() == 0
+        code, _ = await serve.terminate()
+        assert code == 0
 
 
 async def test_without_a_worker_token_the_banner_prints_the_command_that_makes_one(tmp_path: Path) -> None:
@@ -171,4 +164,5 @@ async def test_without_a_worker_token_the_banner_prints_the_command_that_makes_o
         # The pasted jobsctl commands reach this server on its own ports.
         code, out, _ = await run(JOBSCTL, "ls", env=exports(serve.banner))
         assert (code, out) == (0, "No jobs found.\n")
-        assert await serve.terminate() == 0
+        code, _ = await serve.terminate()
+        assert code == 0

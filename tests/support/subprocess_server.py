@@ -18,21 +18,25 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-__all__ = ["START", "ServeProcess", "environment", "jobsd_env", "run", "run_jobsd", "serve_process"]
+__all__ = ["START", "ServeProcess", "environment", "jobsd_env", "run", "run_jobsd", "serve_process", "spawned"]
 
 # A fresh interpreter importing grpc, protobuf, DuckDB and jobsd, opening its store, on a loaded machine:
 # generous, and a hang still fails.
 START = 60.0
-_BANNER = re.compile(rb"jobsd is serving gRPC on 127\.0\.0\.1:(\d+)(?: and REST on http://127\.0\.0\.1:(\d+))?")
+_BANNER = re.compile(r"jobsd is serving gRPC on 127\.0\.0\.1:(\d+)(?: and REST on http://127\.0\.0\.1:(\d+))?")
+# The banner's last line: the command of a worker.
+_BANNER_END = "  .venv/bin/jobsd worker"
+# `python -m jobsd.cli`: the CLI without its entry point script.
+_JOBSD_MODULE = (sys.executable, "-m", "jobsd.cli")
 
 
 def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -47,23 +51,29 @@ def jobsd_env(**settings: object) -> dict[str, str]:
     return environment({f"JOBSD_{name.upper()}": str(value) for name, value in settings.items()})
 
 
-async def run(*command: str, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> tuple[int, str, str]:
-    """Run a command to its end (within START), with `environment(env)`: (exit status, stdout, stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-        env=environment(env),
-        cwd=cwd,
-    )
+@asynccontextmanager
+async def spawned(
+    *command: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, **options: Any
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`command` started with `environment(env)` (`options` as for `asyncio.create_subprocess_exec`), killed at
+    the end of the block if it is still running."""
+    process = await asyncio.create_subprocess_exec(*command, env=environment(env), cwd=cwd, **options)
     try:
-        async with asyncio.timeout(START):
-            out, err = await process.communicate()
+        yield process
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def run(*command: str, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> tuple[int, str, str]:
+    """Run a command to its end (within START), with `environment(env)`: (exit status, stdout, stderr)."""
+    pipes = asyncio.subprocess.PIPE
+    async with spawned(
+        *command, env=env, cwd=cwd, stdout=pipes, stderr=pipes, stdin=asyncio.subprocess.DEVNULL
+    ) as process:
+        async with asyncio.timeout(START):
+            out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -83,6 +93,7 @@ class ServeProcess:
     grpc_port: int
     http_port: int | None  # None: started without REST
     log: Path
+    banner: list[str] = field(default_factory=list)  # what it printed on stdout when it started
 
     @property
     def target(self) -> str:
@@ -97,6 +108,12 @@ class ServeProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    async def logged(self, text: str) -> None:
+        """Until a line of the log holds `text` (its file is appended to as the process logs); within START."""
+        async with asyncio.timeout(START):
+            while text not in self.log_text():  # noqa: ASYNC110 -- a file's growth: nothing to wait on
+                await asyncio.sleep(0.05)
 
     async def terminate(self, within: float = START) -> tuple[int, float]:
         """SIGTERM; (exit status, seconds until the process had exited). A process not out `within` seconds
@@ -138,19 +155,21 @@ async def serve_process(
     *,
     on_exit: Literal["stop", "kill"] = "stop",
     preexec_fn: Callable[[], object] | None = None,
+    jobsd: Sequence[str] = _JOBSD_MODULE,
+    cwd: Path | None = None,
 ) -> AsyncIterator[ServeProcess]:
     """`jobsd serve --banner` with these settings (gRPC and REST on ephemeral ports unless given), its log
-    (stderr) in `log`; yielded once it serves. `preexec_fn` runs in the child before exec (e.g. an rlimit)."""
+    (stderr) in `log`; yielded once it serves. `preexec_fn` runs in the child before exec (e.g. an rlimit);
+    `jobsd` is the command that runs the CLI (e.g. the venv's entry point), `cwd` where it runs."""
     env = jobsd_env(**{"grpc_addr": "127.0.0.1:0", "http_addr": "127.0.0.1:0", **settings})
     await asyncio.to_thread(log.parent.mkdir, parents=True, exist_ok=True)
     with log.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "jobsd.cli",
+            *jobsd,
             "serve",
             "--banner",
             env=env,
+            cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
@@ -162,13 +181,19 @@ async def serve_process(
         assert process.stdout is not None
         try:
             async with asyncio.timeout(START):
-                while (match := _BANNER.search(await process.stdout.readline())) is None:
-                    if process.stdout.at_eof():
+                banner: list[str] = []
+                while not banner or not banner[-1].startswith(_BANNER_END):
+                    raw = await process.stdout.readline()
+                    if not raw:
                         raise AssertionError("jobsd serve exited before serving")
+                    banner.append(raw.decode().rstrip("\n"))
                 # Whatever else it prints is read, so a full pipe can never block it.
                 drain = asyncio.create_task(process.stdout.read())
+                match = next((m for line in banner if (m := _BANNER.search(line))), None)
+                if match is None:
+                    raise AssertionError(f"no address in the banner: {banner}")
                 http_port = int(match.group(2)) if match.group(2) else None
-                served = ServeProcess(process, int(match.group(1)), http_port, log)
+                served = ServeProcess(process, int(match.group(1)), http_port, log, banner)
                 await _health_serving(served.target)
         except (AssertionError, TimeoutError, grpc.aio.AioRpcError) as failed:
             text = await asyncio.to_thread(log.read_text, errors="replace")
