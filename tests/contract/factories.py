@@ -7,10 +7,11 @@ from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 
 from jobsd.domain.kinds import BUILTIN_KINDS
-from jobsd.domain.model import Job, JobStatus
+from jobsd.domain.model import Job
 from jobsd.domain.rules import concurrency_key
 from jobsd.domain.states import Action, transition
 from jobsd.store.base import ClaimRequest
+from tests.support.jobs import waiting_job
 
 __all__ = [
     "LEASE",
@@ -49,15 +50,10 @@ def new_job(
     idempotency_key: str | None = None,
 ) -> Job:
     """A job as CreateJob makes it: waiting, revision 1, visible for RETENTION."""
-    return Job(
-        id=str(uuid.uuid4()),
+    return waiting_job(
+        created_at,
         workspace_id=workspace_id,
         kind=kind,
-        status=JobStatus.WAITING,
-        created_at=created_at,
-        updated_at=created_at,
-        revision=1,
-        status_revision=1,
         concurrency_key=concurrency_key(workspace_id, kind, datasource_name),
         expires_at=created_at + RETENTION,
         datasource=None if datasource_name is None else {"id": f"t_{datasource_name}", "name": datasource_name},

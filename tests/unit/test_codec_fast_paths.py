@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from jobsd.api.codec import struct_to_dict
 from jobsd.domain.model import Job, JobStatus, evolve
 from jobsd.errors import InvalidArgument
 from jobsd_client import pb
+from tests.support.jobs import waiting_job
 
 _scalars = st.none() | st.booleans() | st.text(max_size=8) | st.floats(allow_nan=False, allow_infinity=False)
 _json = st.recursive(
@@ -56,19 +57,7 @@ def test_a_number_json_cannot_carry_is_refused_naming_the_field(number: float) -
 
 
 _T0 = datetime(2026, 6, 1, tzinfo=UTC)
-_JOB = Job(
-    id="j",
-    workspace_id="w",
-    kind="copy",
-    status=JobStatus.WAITING,
-    created_at=_T0,
-    updated_at=_T0,
-    revision=1,
-    status_revision=1,
-    concurrency_key="copy:w:t",
-    expires_at=_T0 + timedelta(days=2),
-    datasource={"name": "t"},
-)
+_JOB = waiting_job(_T0, id="j", workspace_id="w", kind="copy", concurrency_key="copy:w:t", datasource={"name": "t"})
 _CHANGES = st.fixed_dictionaries(
     {},
     optional={

@@ -3,7 +3,6 @@ the per-kind overrides, and every refusal naming the source, the kind and the fi
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from jobsd.domain.model import Job, JobStatus
 from jobsd.domain.validation import NewJob, validate_new_job
 from jobsd.errors import InvalidArgument
 from jobsd.settings import Settings, settings_from
+from tests.support.jobs import waiting_job
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -174,19 +174,7 @@ def test_a_missing_kinds_file_is_named(tmp_path: Path) -> None:
 
 
 def _job(kind: str, status: JobStatus, started_at: datetime | None) -> Job:
-    return Job(
-        id=str(uuid.uuid4()),
-        workspace_id="ws",
-        kind=kind,
-        status=status,
-        created_at=T0,
-        updated_at=T0,
-        revision=1,
-        status_revision=1,
-        concurrency_key="ws:" + kind,
-        expires_at=None,
-        started_at=started_at,
-    )
+    return waiting_job(T0, kind=kind, status=status, expires_at=None, started_at=started_at)
 
 
 def test_the_lease_never_outlasts_the_run_time_deadline() -> None:

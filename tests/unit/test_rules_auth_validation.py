@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,26 +9,20 @@ import pytest
 
 from jobsd.domain.auth import NO_ACCESS, Principal, ReadScope, hash_token, new_token_secret, validate_scope
 from jobsd.domain.kinds import BUILTIN_KINDS
-from jobsd.domain.model import Job, JobStatus, TokenRecord
+from jobsd.domain.model import Job, TokenRecord
 from jobsd.domain.rules import concurrency_key, is_visible
 from jobsd.domain.validation import NewJob, validate_new_job
 from jobsd.errors import InvalidArgument, PermissionDenied
+from tests.support.jobs import waiting_job
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def job(workspace: str = "ws1", datasource: str | None = "events", pipe: str | None = None, **extra: Any) -> Job:
-    return Job(
-        id=str(uuid.uuid4()),
+    return waiting_job(
+        T0,
         workspace_id=workspace,
-        kind=extra.pop("kind", "import"),
-        status=JobStatus.WAITING,
-        created_at=T0,
-        updated_at=T0,
-        revision=1,
-        status_revision=1,
         concurrency_key="k",
-        expires_at=extra.pop("expires_at", T0 + timedelta(hours=48)),
         datasource=None if datasource is None else {"id": f"t_{datasource}", "name": datasource},
         pipe_name=pipe,
         **extra,

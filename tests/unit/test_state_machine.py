@@ -23,6 +23,7 @@ from jobsd.domain.model import (
 from jobsd.domain.rules import concurrency_key
 from jobsd.domain.states import LINGER_AFTER_END, TRANSITIONS, Action, apply_progress, transition
 from jobsd.errors import FailedPrecondition
+from tests.support.jobs import waiting_job
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 RETENTION = timedelta(hours=48)
@@ -73,15 +74,9 @@ REFUSED = [pair for pair in ALL_PAIRS if pair not in EXPECTED]
 
 
 def make_job(status: JobStatus = W, kind: str = "populateview", **changes: object) -> Job:
-    job = Job(
-        id=str(uuid.uuid4()),
-        workspace_id="ws",
+    job = waiting_job(
+        T0,
         kind=kind,
-        status=W,
-        created_at=T0,
-        updated_at=T0,
-        revision=1,
-        status_revision=1,
         concurrency_key=concurrency_key("ws", kind, "events", KINDS),
         expires_at=T0 + RETENTION,
         datasource={"id": "t_events", "name": "events"},
