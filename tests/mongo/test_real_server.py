@@ -56,14 +56,14 @@ async def database(real_database: tuple[str, str]) -> AsyncIterator[Any]:
     await client.close()
 
 
-def stages(explained: Mapping[str, Any]) -> list[str]:
-    """Every stage name of the winning plan (classic or slot-based engine, replica set or sharded)."""
-    names: list[str] = []
+def plan_stages(explained: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Every stage of the winning plan, outermost first (classic or slot-based engine, replica set or sharded)."""
+    found: list[Mapping[str, Any]] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, Mapping):
             if isinstance(node.get("stage"), str):
-                names.append(node["stage"])
+                found.append(node)
             for key, value in node.items():
                 if key != "rejectedPlans":
                     walk(value)
@@ -72,25 +72,21 @@ def stages(explained: Mapping[str, Any]) -> list[str]:
                 walk(item)
 
     walk(explained["queryPlanner"]["winningPlan"])
-    return names
+    return found
+
+
+def stages(explained: Mapping[str, Any]) -> list[str]:
+    """Every stage name of the winning plan."""
+    return [stage["stage"] for stage in plan_stages(explained)]
 
 
 def index_names(explained: Mapping[str, Any]) -> set[str]:
-    names: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, Mapping):
-            if node.get("stage") == "IXSCAN" and isinstance(node.get("indexName"), str):
-                names.add(node["indexName"])
-            for key, value in node.items():
-                if key != "rejectedPlans":
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(explained["queryPlanner"]["winningPlan"])
-    return names
+    """The indexes the winning plan scans."""
+    return {
+        stage["indexName"]
+        for stage in plan_stages(explained)
+        if stage["stage"] == "IXSCAN" and isinstance(stage.get("indexName"), str)
+    }
 
 
 async def planner_sorts_served_orders(database: Any) -> bool:
