@@ -254,12 +254,44 @@ def _completion(args: argparse.Namespace, out: TextIO) -> int:
 # ------------------------------------------------------------------ output
 
 
+_T = TypeVar("_T")
+
+
 def _print_json(data: Any, out: TextIO) -> None:
     out.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def _job_json(job: Message) -> dict[str, Any]:
     return message_to_dict(job)
+
+
+def _print_listing(
+    out: TextIO,
+    args: argparse.Namespace,
+    key: str,
+    rows: Sequence[_T],
+    as_json: Callable[[_T], Any],
+    table: Callable[[Sequence[_T]], str],
+    nothing: str,
+) -> None:
+    """A listing command's answer: `{key: [rows]}` with --json, else the table, or "No NOTHING found."."""
+    if args.json:
+        _print_json({key: [as_json(row) for row in rows]}, out)
+    elif rows:
+        out.write(table(rows) + "\n")
+    else:
+        out.write(f"No {nothing} found.\n")
+
+
+def _listed_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The filters `ls` and `ls --follow` share, as the client's keywords."""
+    return {
+        "kind": args.kind,
+        "status": args.status,
+        "pipe_id": args.pipe_id,
+        "pipe_name": args.pipe_name,
+        "workspace_id": args.workspace,
+    }
 
 
 def _created(job: pb.Job, args: argparse.Namespace, out: TextIO, what: str = "created") -> None:
@@ -282,22 +314,13 @@ async def _ls(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) ->
     jobs = [
         job
         async for job in client.iter_jobs(
-            kind=args.kind,
-            status=args.status,
-            pipe_id=args.pipe_id,
-            pipe_name=args.pipe_name,
+            **_listed_filters(args),
             created_after=args.created_after,
             created_before=args.created_before,
-            workspace_id=args.workspace,
             limit=args.limit,
         )
     ]
-    if args.json:
-        _print_json({"jobs": [_job_json(job) for job in jobs]}, out)
-    elif jobs:
-        out.write(jobs_table(jobs) + "\n")
-    else:
-        out.write("No jobs found.\n")
+    _print_listing(out, args, "jobs", jobs, _job_json, jobs_table, "jobs")
     return 0
 
 
@@ -313,13 +336,7 @@ async def _ls_follow(client: AsyncJobsClient, args: argparse.Namespace, out: Tex
     jobs: dict[str, pb.Job] = {}
     synced = False
     async for event in _with_ticks(
-        client.watch_jobs(
-            kind=args.kind,
-            status=args.status,
-            pipe_id=args.pipe_id,
-            pipe_name=args.pipe_name,
-            workspace_id=args.workspace,
-        ),
+        client.watch_jobs(**_listed_filters(args)),
         1.0 if live else None,
     ):
         changed: pb.Job | None = None
@@ -351,9 +368,6 @@ async def _ls_follow(client: AsyncJobsClient, args: argparse.Namespace, out: Tex
             out.write("\x1b[H\x1b[2J" + title[: size.columns - 1] + "\n" + body + "\n")
         out.flush()
     raise CliError("the server ended the watch")
-
-
-_T = TypeVar("_T")
 
 
 async def _with_ticks(events: AsyncIterator[_T], every: float | None) -> AsyncIterator[_T | None]:
@@ -478,12 +492,7 @@ async def _log(client: AsyncJobsClient, args: argparse.Namespace, out: TextIO) -
         page_token = page.next_page_token
         if not page_token:
             break
-    if args.json:
-        _print_json({"entries": [message_to_dict(e) for e in entries]}, out)
-    elif entries:
-        out.write(log_table(entries) + "\n")
-    else:
-        out.write("No log entries found.\n")
+    _print_listing(out, args, "entries", entries, message_to_dict, log_table, "log entries")
     return 0
 
 
@@ -607,13 +616,7 @@ def _datasource(client: DataSourcesClient, args: argparse.Namespace, out: TextIO
             out.write(f"Data source {created.get('name', args.name)} created ({created.get('id', '-')})\n")
         return 0
     if args.datasource_command == "ls":
-        sources = client.list()
-        if args.json:
-            _print_json({"datasources": sources}, out)
-        elif sources:
-            out.write(datasources_table(sources) + "\n")
-        else:
-            out.write("No data sources found.\n")
+        _print_listing(out, args, "datasources", client.list(), dict, datasources_table, "data sources")
         return 0
     source = client.get(args.name)
     if args.json:

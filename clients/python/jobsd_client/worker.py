@@ -110,6 +110,11 @@ PROTOCOLS = ("auto", "v2", "v1")
 _FATAL_ERRORS = (Unauthenticated, PermissionDenied, InvalidArgument, Unimplemented)
 
 
+def _retry_worthy(exc: JobsdClientError) -> bool:
+    """Whether trying again may work: a transient code (`_TRANSIENT_CODES`), never one of `_FATAL_ERRORS`."""
+    return exc.code in _TRANSIENT_CODES and not isinstance(exc, _FATAL_ERRORS)
+
+
 def _clip(message: str) -> str:
     if len(message) <= MAX_ERROR_CHARS:
         return message
@@ -620,10 +625,8 @@ class Worker:
                 if not stream.answered:
                     raise _NoStreams() from None
                 raise
-            except _FATAL_ERRORS:
-                raise
             except JobsdClientError as exc:
-                if exc.code not in _TRANSIENT_CODES:
+                if not _retry_worthy(exc):
                     raise
                 if stream.answered:
                     backoff.reset()
@@ -662,9 +665,13 @@ class Worker:
                 claimed.run_seconds_left = assignment.run_seconds_left
             if assignment.HasField("time_limit_seconds"):
                 claimed.time_limit_seconds = assignment.time_limit_seconds
-            task = asyncio.create_task(self._run_job(claimed, streamed=True), name=f"jobsd-worker-job-{claimed.job.id}")
-            self._job_tasks.add(task)
-            task.add_done_callback(self._job_tasks.discard)
+            self._start_job(claimed, streamed=True)
+
+    def _start_job(self, claimed: pb.ClaimJobResponse, *, streamed: bool) -> None:
+        """Run the claimed job in a task of its own, kept until it ends (so a stop can wait for it)."""
+        task = asyncio.create_task(self._run_job(claimed, streamed=streamed), name=f"jobsd-worker-job-{claimed.job.id}")
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
 
     def _return_slot(self, ctx: JobContext) -> None:
         """v2: the job's slot is free again (said beside its finish, so the server can assign the next job)."""
@@ -696,10 +703,8 @@ class Worker:
                 if self._stopping.is_set() and current is not None and not current.cancelling():
                     return  # stop() interrupted the long poll
                 raise
-            except _FATAL_ERRORS:
-                raise
             except JobsdClientError as exc:
-                if exc.code not in _TRANSIENT_CODES:
+                if not _retry_worthy(exc):
                     raise
                 delay = backoff.next_delay(exc)
                 _log.warning("claim failed (%s: %s); retrying in %.2fs", exc.code.name, exc, delay)
@@ -709,9 +714,7 @@ class Worker:
                 self._claim_task = None
             backoff.reset()
             if claimed is not None:
-                task = asyncio.create_task(self._run_job(claimed), name=f"jobsd-worker-job-{claimed.job.id}")
-                self._job_tasks.add(task)
-                task.add_done_callback(self._job_tasks.discard)
+                self._start_job(claimed, streamed=False)
 
     async def _claim_one(self) -> pb.ClaimJobResponse | None:
         """Wait for a free slot, then long-poll for a job; the slot stays taken only if a job was claimed."""
