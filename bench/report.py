@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from bench.load import FanoutResult, LoadResult
 
@@ -154,6 +154,23 @@ def _windowed(
     return f
 
 
+class _Latencies(TypedDict):
+    p50_ms: float | None
+    p99_ms: float | None
+    anchor_p50_ms: float | None
+    anchor_p99_ms: float | None
+
+
+def _latencies(measured: LoadResult | FanoutResult | None, anchor: LoadResult | FanoutResult | None) -> _Latencies:
+    """A figure's percentiles: those of the measured run and of its anchor (None for a run that did not happen)."""
+    return _Latencies(
+        p50_ms=measured.p50_ms if measured else None,
+        p99_ms=measured.p99_ms if measured else None,
+        anchor_p50_ms=anchor.p50_ms if anchor else None,
+        anchor_p99_ms=anchor.p99_ms if anchor else None,
+    )
+
+
 def _load_figure(
     name: str,
     label: str,
@@ -233,10 +250,7 @@ def figures(run: Run, opts: Options) -> list[Figure]:
                 "max",
                 "ms",
                 f"ListJobs p99 at {small:,} jobs",
-                p50_ms=big.p50_ms if big else None,
-                p99_ms=big.p99_ms if big else None,
-                anchor_p50_ms=little.p50_ms if little else None,
-                anchor_p99_ms=little.p99_ms if little else None,
+                **_latencies(big, little),
                 band_low=0.8,
                 note=f"one call at a time, filters in turn; unchanged within ±20 % when the store grows x{opts.grow}",
             )
@@ -283,10 +297,7 @@ def figures(run: Run, opts: Options) -> list[Figure]:
                 "max",
                 "s",
                 "bare streaming fan-out",
-                p50_ms=w.p50_ms if w else None,
-                p99_ms=w.p99_ms if w else None,
-                anchor_p50_ms=a.p50_ms if a else None,
-                anchor_p99_ms=a.p99_ms if a else None,
+                **_latencies(w, a),
                 server_cpu_us=(w.server_cpu / (len(w.rounds) * w.streams) * 1e6) if w else None,
                 anchor_cpu_us=(a.server_cpu / (len(a.rounds) * a.streams) * 1e6) if a else None,
                 note=(

@@ -126,6 +126,20 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return st
 
 
+# The optional text fields of a job that its message carries as they are, when set (same name on both).
+_OPTIONAL_TEXT = (
+    "note",
+    "pipe_id",
+    "pipe_name",
+    "query_id",
+    "query_sql",
+    "mode",
+    "import_id",
+    "worker_id",
+    "idempotency_key",
+)
+
+
 def job_to_pb(job: Job, kinds: KindRegistry = BUILTIN_KINDS) -> pb.Job:
     """The job as a message; `kinds` decides the derived `is_cancellable`.
 
@@ -145,8 +159,6 @@ def job_to_pb(job: Job, kinds: KindRegistry = BUILTIN_KINDS) -> pb.Job:
         concurrency_key=job.concurrency_key,
         returns=job.returns,
     )
-    if job.note is not None:
-        msg.note = job.note
     msg.created_at.FromMicroseconds(to_micros(job.created_at))
     msg.updated_at.FromMicroseconds(to_micros(job.updated_at))
     if job.queries:
@@ -164,28 +176,15 @@ def job_to_pb(job: Job, kinds: KindRegistry = BUILTIN_KINDS) -> pb.Job:
         ref.name = job.datasource_name or ""
         msg.datasource.SetInParent()
         msg.datasource.update(job.datasource)
-    if job.pipe_id is not None:
-        msg.pipe_id = job.pipe_id
-    if job.pipe_name is not None:
-        msg.pipe_name = job.pipe_name
-    if job.query_id is not None:
-        msg.query_id = job.query_id
-    if job.query_sql is not None:
-        msg.query_sql = job.query_sql
-    if job.mode is not None:
-        msg.mode = job.mode
-    if job.import_id is not None:
-        msg.import_id = job.import_id
-    if job.worker_id is not None:
-        msg.worker_id = job.worker_id
+    for name in _OPTIONAL_TEXT:
+        if (value := getattr(job, name)) is not None:
+            setattr(msg, name, value)
     # An import URL is shown without its credentials, and so is anything a worker wrote that repeats them. The
     # worker running the import gets the real URL in its claim (`claimed_url_patch`), nowhere else.
     if job.url is not None:
         msg.url = redact_url(job.url)
     if job.error is not None:
         msg.error = scrub(job.error, job.url)
-    if job.idempotency_key is not None:
-        msg.idempotency_key = job.idempotency_key
     if job.statistics is not None:
         stats = msg.statistics
         stats.SetInParent()

@@ -97,19 +97,14 @@ class Progress:
     errors: tuple[str, ...] | None = None
 
     def is_empty(self) -> bool:
-        return all(
-            v is None
-            for v in (
-                self.progress_percentage,
-                self.queries,
-                self.statistics,
-                self.quarantine_rows,
-                self.invalid_lines,
-                self.processed_data,
-                self.result,
-                self.errors,
-            )
-        )
+        return not self.given()
+
+    def given(self) -> dict[str, Any]:
+        """The fields this report sets (those not None), by name; each names the `Job` field it replaces."""
+        return {name: value for name in _PROGRESS_FIELDS if (value := getattr(self, name)) is not None}
+
+
+_PROGRESS_FIELDS = tuple(f.name for f in fields(Progress))
 
 
 @dataclass(frozen=True, slots=True)

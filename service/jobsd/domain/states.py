@@ -179,25 +179,9 @@ def apply_progress(job: Job, progress: Progress, now: datetime) -> Job:
 
 
 def _progress_changes(p: Progress) -> dict[str, object]:
-    """The fields `p` sets on a job."""
-    changes: dict[str, object] = {}
-    if p.queries is not None:
-        changes["queries"] = p.queries
-        if p.queries and p.progress_percentage is None:
-            done = sum(1 for q in p.queries if q.status == "done")
-            changes["progress_percentage"] = round(100.0 * done / len(p.queries), 2)
-    if p.progress_percentage is not None:
-        changes["progress_percentage"] = p.progress_percentage
-    if p.statistics is not None:
-        changes["statistics"] = p.statistics
-    if p.quarantine_rows is not None:
-        changes["quarantine_rows"] = p.quarantine_rows
-    if p.invalid_lines is not None:
-        changes["invalid_lines"] = p.invalid_lines
-    if p.processed_data is not None:
-        changes["processed_data"] = p.processed_data
-    if p.result is not None:
-        changes["result"] = p.result
-    if p.errors is not None:
-        changes["errors"] = p.errors
+    """The fields `p` sets on a job: each one it gives; the percentage, when it gives none, from its queries."""
+    changes: dict[str, object] = p.given()
+    if p.queries and p.progress_percentage is None:
+        done = sum(1 for q in p.queries if q.status == "done")
+        changes["progress_percentage"] = round(100.0 * done / len(p.queries), 2)
     return changes
