@@ -41,6 +41,18 @@ def _str() -> Schema:
     return {"type": "string"}
 
 
+def _closed(properties: dict[str, Schema], required: list[str] | None = None, description: str | None = None) -> Schema:
+    """An object of exactly these properties (`additionalProperties: false`); `required`: the keys it must have
+    (all of them unless said)."""
+    schema: Schema = {"type": "object"}
+    if description is not None:
+        schema["description"] = description
+    schema.update(
+        required=list(properties) if required is None else required, properties=properties, additionalProperties=False
+    )
+    return schema
+
+
 _LIST_ITEM_REQUIRED = ["id", "kind", "status", "created_at", "updated_at", "is_cancellable", "job_url", "datasource"]
 _LIST_ITEM_PROPERTIES: dict[str, Schema] = {
     "id": _str(),
@@ -56,10 +68,8 @@ _LIST_ITEM_PROPERTIES: dict[str, Schema] = {
 }
 
 _SCHEMAS: dict[str, Schema] = {
-    "Error": {
-        "type": "object",
-        "required": ["error", "documentation"],
-        "properties": {
+    "Error": _closed(
+        {
             "error": _str(),
             "detail": {
                 "type": "string",
@@ -68,14 +78,9 @@ _SCHEMAS: dict[str, Schema] = {
             },
             "documentation": _str(),
         },
-        "additionalProperties": False,
-    },
-    "DataSourceRef": {
-        "type": "object",
-        "required": ["id", "name"],
-        "properties": {"id": _str(), "name": _str()},
-        "additionalProperties": False,
-    },
+        required=["error", "documentation"],
+    ),
+    "DataSourceRef": _closed({"id": _str(), "name": _str()}),
     "DataSource": {
         "type": "object",
         "required": ["id", "name"],
@@ -86,47 +91,12 @@ _SCHEMAS: dict[str, Schema] = {
             "else as the job was created with."
         ),
     },
-    "JobListItem": {
-        "type": "object",
-        "required": _LIST_ITEM_REQUIRED,
-        "properties": _LIST_ITEM_PROPERTIES,
-        "additionalProperties": False,
-    },
-    "Statistics": {
-        "type": "object",
-        "required": ["bytes", "row_count"],
-        "properties": {"bytes": _int(), "row_count": _int()},
-        "additionalProperties": False,
-    },
-    "ProcessedData": {
-        "type": "object",
-        "required": ["read_rows", "read_bytes", "written_rows", "written_bytes"],
-        "properties": {k: _int() for k in ("read_rows", "read_bytes", "written_rows", "written_bytes")},
-        "additionalProperties": False,
-    },
-    "QueryProgress": {
-        "type": "object",
-        "required": ["query_id", "status"],
-        "properties": {"query_id": _str(), "status": _str()},
-        "additionalProperties": False,
-    },
-    "JobDetail": {
-        "type": "object",
-        "description": "Common fields, plus the fields of the job's kind (import, populateview, copy, query, "
-        "delete_data, sink); a kind the operator declared adds pipe_id, pipe_name, progress_percentage, "
-        "statistics, params and result.",
-        "required": [
-            "kind",
-            "id",
-            "job_id",
-            "status",
-            "created_at",
-            "updated_at",
-            "started_at",
-            "is_cancellable",
-            "datasource",
-        ],
-        "properties": {
+    "JobListItem": _closed(_LIST_ITEM_PROPERTIES, required=_LIST_ITEM_REQUIRED),
+    "Statistics": _closed({"bytes": _int(), "row_count": _int()}),
+    "ProcessedData": _closed({k: _int() for k in ("read_rows", "read_bytes", "written_rows", "written_bytes")}),
+    "QueryProgress": _closed({"query_id": _str(), "status": _str()}),
+    "JobDetail": _closed(
+        {
             "kind": _str(),
             "id": _str(),
             "job_id": _str(),
@@ -160,35 +130,30 @@ _SCHEMAS: dict[str, Schema] = {
             # a declared kind: the creator's inputs
             "params": {"type": "object", "additionalProperties": True},
         },
-        "additionalProperties": False,
-    },
-    "JobList": {
-        "type": "object",
-        "required": ["jobs"],
-        "properties": {
+        required=[
+            "kind",
+            "id",
+            "job_id",
+            "status",
+            "created_at",
+            "updated_at",
+            "started_at",
+            "is_cancellable",
+            "datasource",
+        ],
+        description="Common fields, plus the fields of the job's kind (import, populateview, copy, query, "
+        "delete_data, sink); a kind the operator declared adds pipe_id, pipe_name, progress_percentage, "
+        "statistics, params and result.",
+    ),
+    "JobList": _closed(
+        {
             "jobs": {"type": "array", "maxItems": 100, "items": _ref("JobListItem")},
             "next": {"type": "string", "description": "The next page (absolute URL); absent on the last page."},
         },
-        "additionalProperties": False,
-    },
-    "JobsLogRow": {
-        "type": "object",
-        "required": [
-            "job_id",
-            "job_type",
-            "status",
-            "error",
-            "workspace_id",
-            "request_id",
-            "pipe_id",
-            "datasource_id",
-            "created_at",
-            "started_at",
-            "updated_at",
-            "job_metadata",
-            "revision",
-        ],
-        "properties": {
+        required=["jobs"],
+    ),
+    "JobsLogRow": _closed(
+        {
             "job_id": _str(),
             "job_type": _str(),
             "status": _STATUS,
@@ -203,31 +168,21 @@ _SCHEMAS: dict[str, Schema] = {
             "job_metadata": {"type": "string", "description": "JSON text"},
             "revision": _int(),
         },
-        "additionalProperties": False,
-    },
-    "JobsLog": {
-        "type": "object",
-        "required": ["meta", "data", "rows"],
-        "properties": {
+    ),
+    "JobsLog": _closed(
+        {
             "meta": {
                 "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "type"],
-                    "properties": {"name": _str(), "type": _str()},
-                    "additionalProperties": False,
-                },
+                "items": _closed({"name": _str(), "type": _str()}),
             },
             "data": {"type": "array", "maxItems": 100, "items": _ref("JobsLogRow")},
             "rows": _int(),
             "next": _str(),
         },
-        "additionalProperties": False,
-    },
-    "Workspace": {
-        "type": "object",
-        "required": ["id", "name", "scope", "scopes"],
-        "properties": {
+        required=["meta", "data", "rows"],
+    ),
+    "Workspace": _closed(
+        {
             "id": _str(),
             "name": _str(),
             "scope": {"type": "string", "description": "The token's scopes, space separated."},
@@ -237,30 +192,24 @@ _SCHEMAS: dict[str, Schema] = {
             "is_branch": {"type": "boolean"},
             "main": {"nullable": True, "type": "string"},
         },
-        "additionalProperties": False,
-    },
-    "Regions": {
-        "type": "object",
-        "required": ["regions"],
-        "properties": {
+        required=["id", "name", "scope", "scopes"],
+    ),
+    "Regions": _closed(
+        {
             "regions": {
                 "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "provider", "api_host", "host", "default_password"],
-                    "properties": {
+                "items": _closed(
+                    {
                         "name": _str(),
                         "provider": _str(),
                         "api_host": _str(),
                         "host": _str(),
                         "default_password": _nullable(_str()),
-                    },
-                    "additionalProperties": False,
-                },
+                    }
+                ),
             }
         },
-        "additionalProperties": False,
-    },
+    ),
     "JobEvent": {
         "type": "object",
         "description": "One Server-Sent Event (OpenAPI 3.0: the schema of a stream describes each event).",
@@ -275,17 +224,15 @@ _SCHEMAS: dict[str, Schema] = {
             },
         },
     },
-    "JobListEventData": {
-        "type": "object",
-        "description": "A list item, plus the job's progress and revision (what a live list shows and orders by).",
-        "required": [*_LIST_ITEM_REQUIRED, "progress_percentage", "revision"],
-        "properties": {
+    "JobListEventData": _closed(
+        {
             **_LIST_ITEM_PROPERTIES,
             "progress_percentage": {"type": "number", "minimum": 0, "maximum": 100},
             "revision": _int(),
         },
-        "additionalProperties": False,
-    },
+        required=[*_LIST_ITEM_REQUIRED, "progress_percentage", "revision"],
+        description="A list item, plus the job's progress and revision (what a live list shows and orders by).",
+    ),
     "JobListEvent": {
         "type": "object",
         "description": "One Server-Sent Event of the list stream.",
@@ -306,23 +253,8 @@ _SCHEMAS: dict[str, Schema] = {
             },
         },
     },
-    "Kind": {
-        "type": "object",
-        "description": "A kind of job this jobsd accepts, with its rules.",
-        "required": [
-            "name",
-            "description",
-            "builtin",
-            "cancellable_while_working",
-            "concurrency_key",
-            "concurrency_limit",
-            "lease_seconds",
-            "max_attempts",
-            "time_limit_seconds",
-            "retention_hours",
-            "needs_datasource",
-        ],
-        "properties": {
+    "Kind": _closed(
+        {
             "name": _str(),
             "description": _str(),
             "builtin": {"type": "boolean"},
@@ -335,14 +267,9 @@ _SCHEMAS: dict[str, Schema] = {
             "retention_hours": {"type": "number"},
             "needs_datasource": {"type": "boolean"},
         },
-        "additionalProperties": False,
-    },
-    "KindList": {
-        "type": "object",
-        "required": ["kinds"],
-        "properties": {"kinds": {"type": "array", "items": _ref("Kind")}},
-        "additionalProperties": False,
-    },
+        description="A kind of job this jobsd accepts, with its rules.",
+    ),
+    "KindList": _closed({"kinds": {"type": "array", "items": _ref("Kind")}}),
     "DataSourceDetail": {
         "type": "object",
         "description": "A data source of the embedded data plane: what job details render, with its columns.",
@@ -358,18 +285,8 @@ _SCHEMAS: dict[str, Schema] = {
         },
         "additionalProperties": True,
     },
-    "DataSourceCreated": {
-        "type": "object",
-        "required": ["datasource"],
-        "properties": {"datasource": _ref("DataSourceDetail")},
-        "additionalProperties": False,
-    },
-    "DataSourceList": {
-        "type": "object",
-        "required": ["datasources"],
-        "properties": {"datasources": {"type": "array", "items": _ref("DataSourceDetail")}},
-        "additionalProperties": False,
-    },
+    "DataSourceCreated": _closed({"datasource": _ref("DataSourceDetail")}),
+    "DataSourceList": _closed({"datasources": {"type": "array", "items": _ref("DataSourceDetail")}}),
     "NewDataSource": {
         "type": "object",
         "required": ["name", "schema"],
@@ -390,12 +307,7 @@ _SCHEMAS: dict[str, Schema] = {
             "engine_partition_key": _str(),
         },
     },
-    "Status": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {"status": _str()},
-        "additionalProperties": False,
-    },
+    "Status": _closed({"status": _str()}),
 }
 
 
