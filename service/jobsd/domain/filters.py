@@ -28,6 +28,17 @@ class JobFilter:
     created_after: datetime | None = None  # inclusive
     created_before: datetime | None = None  # inclusive
 
+    def log_equalities(self) -> dict[str, str]:
+        """The exact-match filters given, by the jobs_log row field each one fixes (a job's kind is `job_type`)."""
+        by_field = {
+            "job_id": self.job_id,
+            "job_type": self.kind,
+            "status": self.status,
+            "pipe_id": self.pipe_id,
+            "pipe_name": self.pipe_name,
+        }
+        return {name: value for name, value in by_field.items() if value is not None}
+
     def matches(self, job: Job) -> bool:
         """Whether `job` passes every filter but the workspace (the read scope decides that)."""
         return (self.status is None or job.status.value == self.status) and self.matches_all_but_status(job)

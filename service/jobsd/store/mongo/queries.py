@@ -247,16 +247,7 @@ def log_plan(query: LogQuery) -> FindPlan:
     """jobs_log rows newest first (updated_at, job_id, revision), on the workspace index or, for one job, on the
     job index (where job_id is fixed, so it drops out of the order)."""
     wanted = query.filter
-    doc: dict[str, Any] = {"workspace_id": query.workspace_id}
-    for name, value in (
-        ("job_id", wanted.job_id),
-        ("job_type", wanted.kind),
-        ("status", wanted.status),
-        ("pipe_id", wanted.pipe_id),
-        ("pipe_name", wanted.pipe_name),
-    ):
-        if value is not None:
-            doc[name] = value
+    doc: dict[str, Any] = {"workspace_id": query.workspace_id, **wanted.log_equalities()}
     created = _created_range(wanted.created_after, wanted.created_before)
     if created:
         doc["created_at_us"] = created

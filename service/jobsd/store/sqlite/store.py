@@ -32,7 +32,7 @@ from dataclasses import replace
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -195,6 +195,11 @@ def _make_private(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(f"{path}{suffix}", 0o600)
+
+
+# The jobs_log fields that are not a column of their own: the row has no pipe_name column, its job_metadata has it
+# (rows are scanned in index order anyway).
+_LOG_FIELD_SQL: Final = {"pipe_name": "json_extract(job_metadata, '$.pipe_name')"}
 
 
 class _Guard:
@@ -655,17 +660,9 @@ class SqliteStore:
         wanted = query.filter
         where = ["workspace_id = ?"]
         params: list[Any] = [query.workspace_id]
-        for column, value in (
-            ("job_id", wanted.job_id),
-            ("job_type", wanted.kind),
-            ("status", wanted.status),
-            ("pipe_id", wanted.pipe_id),
-            # The row has no pipe_name column; its job_metadata has it (rows are scanned in index order anyway).
-            ("json_extract(job_metadata, '$.pipe_name')", wanted.pipe_name),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        for name, value in wanted.log_equalities().items():
+            where.append(f"{_LOG_FIELD_SQL.get(name, name)} = ?")
+            params.append(value)
         _created_within(wanted, where, params)
         if query.after is not None:
             updated_at, job_id, revision = query.after
@@ -720,19 +717,17 @@ class SqliteStore:
         return Workspace(id=row[0], name=row[1], created_at=from_micros(row[2]))
 
     async def get_workspace(self, workspace_id: str) -> Workspace | None:
-        with self._guard("read a workspace"):
-            row = (
-                self._open_connection()
-                .execute("SELECT id, name, created_at FROM workspaces WHERE id = ?", (workspace_id,))
-                .fetchone()
-            )
-        return None if row is None else Workspace(id=row[0], name=row[1], created_at=from_micros(row[2]))
+        return self._workspace_where("id", workspace_id)
 
     async def find_workspace(self, name: str) -> Workspace | None:
+        return self._workspace_where("name", name)
+
+    def _workspace_where(self, column: Literal["id", "name"], value: str) -> Workspace | None:
+        """The workspace whose `column` (both are unique) is `value`, if any."""
         with self._guard("read a workspace"):
             row = (
                 self._open_connection()
-                .execute("SELECT id, name, created_at FROM workspaces WHERE name = ?", (name,))
+                .execute(f"SELECT id, name, created_at FROM workspaces WHERE {column} = ?", (value,))
                 .fetchone()
             )
         return None if row is None else Workspace(id=row[0], name=row[1], created_at=from_micros(row[2]))
