@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import ServerProcessStats
-from bench.procs import ServerProcess
+from bench.procs import ServerProcess, terminate
 from bench.seed import ADMIN_TOKEN, SERVICE_TOKEN, seed_to
 
 __all__ = ["PeerOptions", "PeerWindow", "measure_peers"]
@@ -99,16 +98,8 @@ class _Proc:
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 20)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        if proc is not None:
+            await terminate(proc, within=20)
 
 
 async def _wait_port(port: int, seconds: float = 30.0) -> None:

@@ -68,15 +68,23 @@ class ServerProcess:
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 60)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        if proc is not None:
+            await terminate(proc, within=60)
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+async def terminate(proc: asyncio.subprocess.Process, within: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited `within` seconds; waits for the exit either way (none if it has
+    exited already)."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), within)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
