@@ -3,9 +3,7 @@ resolution and on every redirect; one message whatever a refused or dead target 
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from jobsd.executors.dataplane import DataPlane
 from jobsd.executors.errors import ExecutionFailed
 from jobsd.executors.import_data import run_import
 from jobsd.executors.outbound import ImportPolicy
+from tests.support.odd_ports import odd_ports as serving_odd_ports
 
 from .conftest import LOCAL, WORKSPACE, FileServer, RecordingContext, make_job
 
@@ -156,29 +155,8 @@ async def test_every_redirect_is_checked_again(plane: DataPlane, files: FileServ
 @pytest.fixture
 async def odd_ports() -> AsyncIterator[dict[str, int]]:
     """Ports that each fail differently: nothing listening, a non-HTTP banner, a connection closed at once."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bound:
-        bound.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-
-        async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
-            await writer.drain()
-            writer.close()
-
-        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.close()
-
-        ssh = await asyncio.start_server(banner, "127.0.0.1", 0)
-        closed = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-        try:
-            yield {
-                "closed": bound.getsockname()[1],
-                "ssh": ssh.sockets[0].getsockname()[1],
-                "hang-up": closed.sockets[0].getsockname()[1],
-            }
-        finally:
-            for server in (ssh, closed):
-                server.close()
-                await server.wait_closed()
+    async with serving_odd_ports(b"SSH-2.0-OpenSSH_9.6\r\n") as ports:
+        yield ports
 
 
 async def test_refused_closed_and_non_http_targets_give_one_message(

@@ -190,6 +190,15 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         yield started
 
 
+@pytest.fixture
+async def allowing_loopback(tmp_path: Path) -> AsyncIterator[Stack]:
+    """A second stack, of an operator who allows imports from 127.0.0.1/32 (e.g. an internal file server):
+    everything else stays refused."""
+    (tmp_path / "allowing").mkdir()
+    async for started in start_stack(tmp_path / "allowing", import_allow_networks=("127.0.0.1/32",)):
+        yield started
+
+
 class Origin:
     """A real HTTP server on 127.0.0.1: /files/<name> from a directory, /to?url= redirects; it keeps every request."""
 

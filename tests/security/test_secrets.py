@@ -168,13 +168,6 @@ async def test_a_trusted_host_is_used_and_any_other_is_not(behind_a_proxy: Stack
 # ------------------------------------------------------------------------------- credentials in import URLs
 
 
-@pytest.fixture
-async def allowing_loopback(tmp_path: Path) -> AsyncIterator[Stack]:
-    (tmp_path / "allowing").mkdir()
-    async for started in start_stack(tmp_path / "allowing", import_allow_networks=("127.0.0.1/32",)):
-        yield started
-
-
 async def test_import_credentials_reach_the_origin_and_no_reader(
     allowing_loopback: Stack, origin: Origin, logs: LogRecords
 ) -> None:

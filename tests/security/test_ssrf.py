@@ -8,17 +8,15 @@ nothing is written, and every failure reads the same whatever the port did.
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from jobsd.domain.redaction import redact_url
 from jobsd_client import pb
+from tests.support.odd_ports import odd_ports
 
-from .conftest import LogRecords, Origin, Stack, start_stack
+from .conftest import LogRecords, Origin, Stack
 
 UNREACHABLE = (
     "no address of the host could be reached over HTTP (it may not exist, not answer, or be an address imports may "
@@ -62,14 +60,6 @@ async def test_loopback_and_the_service_s_own_endpoints_are_refused(
     assert "jobsd_rpc_seconds" not in stack.everything_said()
 
 
-@pytest.fixture
-async def allowing_loopback(tmp_path: Path) -> AsyncIterator[Stack]:
-    """An operator who allows 127.0.0.1/32 (e.g. an internal file server): everything else stays refused."""
-    (tmp_path / "allowing").mkdir()
-    async for started in start_stack(tmp_path / "allowing", import_allow_networks=("127.0.0.1/32",)):
-        yield started
-
-
 async def test_a_redirect_is_checked_again_at_every_hop(allowing_loopback: Stack, origin: Origin) -> None:
     stack = allowing_loopback
     (origin.root / "x.csv").write_text("a\n1\n")
@@ -93,29 +83,8 @@ async def test_a_redirect_is_checked_again_at_every_hop(allowing_loopback: Stack
 @pytest.fixture
 async def ports() -> AsyncIterator[dict[str, int]]:
     """127.0.0.1 ports that each behave differently: closed, a non-HTTP banner, a connection dropped at once."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bound:
-        bound.bind(("127.0.0.1", 0))
-
-        async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(b"220 smtp.internal ESMTP ready\r\n")
-            await writer.drain()
-            writer.close()
-
-        async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.close()
-
-        smtp = await asyncio.start_server(banner, "127.0.0.1", 0)
-        dropping = await asyncio.start_server(drop, "127.0.0.1", 0)
-        try:
-            yield {
-                "closed": bound.getsockname()[1],
-                "smtp": smtp.sockets[0].getsockname()[1],
-                "drop": dropping.sockets[0].getsockname()[1],
-            }
-        finally:
-            for server in (smtp, dropping):
-                server.close()
-                await server.wait_closed()
+    async with odd_ports(b"220 smtp.internal ESMTP ready\r\n") as ports:
+        yield ports
 
 
 async def test_errors_do_not_tell_a_port_scanner_anything(
