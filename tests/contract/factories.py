@@ -10,7 +10,7 @@ from jobsd.domain.kinds import BUILTIN_KINDS
 from jobsd.domain.model import Job
 from jobsd.domain.rules import concurrency_key
 from jobsd.domain.states import Action, transition
-from jobsd.store.base import ClaimRequest
+from jobsd.store.base import ClaimRequest, JobStore
 from tests.support.jobs import waiting_job
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "T0",
     "USEC",
     "claim_request",
+    "claim_until_none",
     "move",
     "new_job",
     "new_workspace_id",
@@ -97,3 +98,11 @@ def claim_request(
         limit_for=limit_for,
         claim=lambda job: move(job, Action.CLAIM, now, worker=worker),
     )
+
+
+async def claim_until_none(store: JobStore, request: ClaimRequest) -> list[Job]:
+    """What one claimer takes: `request` again and again until the store has no job for it."""
+    mine: list[Job] = []
+    while (job := await store.claim_next(request)) is not None:
+        mine.append(job)
+    return mine

@@ -11,7 +11,7 @@ from jobsd.domain.model import Job, JobStatus
 from jobsd.domain.states import Action
 from jobsd.store.base import JobStore
 
-from .factories import LEASE, RETENTION, T0, USEC, claim_request, move, new_job, new_workspace_id
+from .factories import LEASE, RETENTION, T0, USEC, claim_request, claim_until_none, move, new_job, new_workspace_id
 
 NOW = T0 + timedelta(hours=1)
 
@@ -120,13 +120,9 @@ async def test_twenty_concurrent_claimers_never_claim_a_job_twice(store: JobStor
         for i in range(100)
     ]
 
-    async def worker(name: str) -> list[Job]:
-        mine: list[Job] = []
-        while (job := await store.claim_next(claim_request(NOW, workspace_id=ws, worker=name))) is not None:
-            mine.append(job)
-        return mine
-
-    results = await asyncio.gather(*(worker(f"worker-{n}") for n in range(20)))
+    results = await asyncio.gather(
+        *(claim_until_none(store, claim_request(NOW, workspace_id=ws, worker=f"worker-{n}")) for n in range(20))
+    )
     claimed = [job for mine in results for job in mine]
     assert Counter(j.id for j in claimed).most_common(1)[0][1] == 1
     assert {j.id for j in claimed} == {j.id for j in jobs}
@@ -149,13 +145,10 @@ async def test_concurrent_claimers_hold_the_limits_and_take_the_oldest_per_key(s
     def two_copies(kind: str) -> int:
         return 2
 
-    async def worker() -> list[Job]:
-        mine: list[Job] = []
-        while (job := await store.claim_next(claim_request(NOW, workspace_id=ws, limit_for=two_copies))) is not None:
-            mine.append(job)
-        return mine
-
-    claimed = [job for mine in await asyncio.gather(*(worker() for _ in range(20))) for job in mine]
+    request = claim_request(NOW, workspace_id=ws, limit_for=two_copies)
+    claimed = [
+        job for mine in await asyncio.gather(*(claim_until_none(store, request) for _ in range(20))) for job in mine
+    ]
     by_target: defaultdict[str, set[str]] = defaultdict(set)
     for job in claimed:
         by_target[job.datasource_name or ""].add(job.id)

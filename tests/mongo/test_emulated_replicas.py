@@ -14,12 +14,12 @@ from pymongo.errors import AutoReconnect
 
 from jobsd.domain.clock import to_micros
 from jobsd.domain.filters import JobFilter
-from jobsd.domain.model import Job, JobStatus
+from jobsd.domain.model import JobStatus
 from jobsd.domain.states import Action
 from jobsd.errors import InvalidArgument, Unavailable
 from jobsd.store.base import JobChanged, LogQuery
 from jobsd.store.mongo.store import CLAIM_LOCK_TTL, MongoStore, database_from_uri
-from tests.contract.factories import RETENTION, T0, claim_request, move, new_job, new_workspace_id
+from tests.contract.factories import RETENTION, T0, claim_request, claim_until_none, move, new_job, new_workspace_id
 from tests.support.mongo_emulation import EmulatedAsyncMongoClient
 
 NOW = T0 + timedelta(minutes=1)
@@ -51,14 +51,8 @@ async def test_replicas_claiming_at_once_never_share_a_job_and_hold_the_limit_pe
         for i in range(30)
     ]
 
-    async def worker(store: MongoStore, name: str) -> list[Job]:
-        mine: list[Job] = []
-        request = claim_request(NOW, workspace_id=ws, limit_for=two_per_key, worker=name)
-        while (job := await store.claim_next(request)) is not None:
-            mine.append(job)
-        return mine
-
-    results = await asyncio.gather(*(worker(replicas[n % 2], f"w{n}") for n in range(8)))
+    requests = [claim_request(NOW, workspace_id=ws, limit_for=two_per_key, worker=f"w{n}") for n in range(8)]
+    results = await asyncio.gather(*(claim_until_none(replicas[n % 2], r) for n, r in enumerate(requests)))
     claimed = [job for mine in results for job in mine]
     assert Counter(j.id for j in claimed).most_common(1)[0][1] == 1
     # Two per target, and the two oldest of each: FIFO within what the limits allow.

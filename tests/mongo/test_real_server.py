@@ -27,7 +27,7 @@ from jobsd.store.mongo.queries import (
     log_plan,
     waiting_workspaces_plan,
 )
-from tests.contract.factories import T0, claim_request, move, new_job, new_workspace_id
+from tests.contract.factories import T0, claim_request, claim_until_none, move, new_job, new_workspace_id
 
 from .test_emulated_queries import QUERIES
 
@@ -214,14 +214,8 @@ async def test_two_processes_claiming_at_once_never_share_a_job_and_hold_the_lim
         for i in range(60)
     ]
 
-    async def worker(store: MongoStore, name: str) -> list[Job]:
-        mine: list[Job] = []
-        request = claim_request(NOW, workspace_id=ws, limit_for=lambda kind: 3, worker=name)
-        while (job := await store.claim_next(request)) is not None:
-            mine.append(job)
-        return mine
-
-    results = await asyncio.gather(*(worker(replicas[n % 2], f"w{n}") for n in range(12)))
+    requests = [claim_request(NOW, workspace_id=ws, limit_for=lambda kind: 3, worker=f"w{n}") for n in range(12)]
+    results = await asyncio.gather(*(claim_until_none(replicas[n % 2], r) for n, r in enumerate(requests)))
     claimed = [job for mine in results for job in mine]
     assert Counter(j.id for j in claimed).most_common(1)[0][1] == 1
     assert Counter(j.datasource_name for j in claimed) == {"t0": 3, "t1": 3, "t2": 3}
