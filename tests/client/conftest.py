@@ -62,6 +62,16 @@ async def create_import(client: AsyncJobsClient, name: str = "events", **fields:
     )
 
 
+async def blocked_until_cancelled(started: asyncio.Event, cancelled: asyncio.Event) -> None:
+    """What a handler that never ends by itself does: set `started`, wait, and set `cancelled` once it is."""
+    started.set()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+
+
 async def wait_for_status(client: AsyncJobsClient, job_id: str, *statuses: int) -> pb.Job:
     """Follow the job's watch stream until it reaches one of `statuses` (no polling, no sleeps)."""
     async with asyncio.timeout(PATIENCE):

@@ -29,7 +29,16 @@ from jobsd_client import (
 from jobsd_client.errors import InvalidArgument, Unauthenticated
 from jobsd_client.worker import MAX_ERROR_CHARS
 
-from .conftest import HEARTBEAT_SECONDS, PATIENCE, Jobsd, create_import, jobsd_settings, running, wait_for_status
+from .conftest import (
+    HEARTBEAT_SECONDS,
+    PATIENCE,
+    Jobsd,
+    blocked_until_cancelled,
+    create_import,
+    jobsd_settings,
+    running,
+    wait_for_status,
+)
 
 
 def make_worker(jobsd: Jobsd, handlers: Mapping[str, Handler], *, concurrency: int = 1, worker_id: str = "") -> Worker:
@@ -137,12 +146,7 @@ async def test_graceful_stop_releases_a_running_job_back_to_waiting(jobsd: Jobsd
     handler_cancelled = asyncio.Event()
 
     async def endless(ctx: JobContext) -> None:
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            handler_cancelled.set()
-            raise
+        await blocked_until_cancelled(started, handler_cancelled)
 
     job = await create_import(client)
     worker = make_worker(jobsd, {"import": endless})
@@ -191,12 +195,7 @@ async def test_a_lost_lease_cancels_the_handler_and_the_job_is_left_to_its_next_
     async def handle(ctx: JobContext) -> None:
         attempts.append(ctx.job.attempt)
         if len(attempts) == 1:
-            first_started.set()
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                first_cancelled.set()
-                raise
+            await blocked_until_cancelled(first_started, first_cancelled)
         ctx.report(statistics={"row_count": 1})
 
     job = await create_import(client)

@@ -16,7 +16,7 @@ from jobsd_client import AsyncJobsClient, JobContext, Worker, pb
 from jobsd_client.errors import InvalidArgument
 from tests.support.server import make_settings, running_server
 
-from .conftest import LEASE_SECONDS, PATIENCE, Jobsd, create_import, running, wait_for_status
+from .conftest import LEASE_SECONDS, PATIENCE, Jobsd, blocked_until_cancelled, create_import, running, wait_for_status
 
 
 @pytest.fixture
@@ -39,12 +39,7 @@ class Runaway:
     async def __call__(self, ctx: JobContext) -> None:
         self.contexts.append(ctx)
         self.time_left_at_start = ctx.time_left
-        self.started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            self.stopped.set()
-            raise
+        await blocked_until_cancelled(self.started, self.stopped)
 
 
 async def test_the_kind_s_run_time_limit_stops_the_handler_and_the_job_ends_in_error(limited: Jobsd) -> None:

@@ -113,12 +113,18 @@ async def sweep_losing_to(
     return await bounded(server.app.service.sweep_leases())
 
 
-async def test_a_lease_sweep_that_loses_to_a_cancel_decides_again_and_ends_the_job_cancelled(
-    server: Server, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def lapsed_copy(server: Server) -> pb.Job:
+    """A copy job claimed once, its 30 s lease lapsed (the clock moved past it), not yet swept."""
     job = await server.create_kind("copy", target="snapshot")
     await server.claim_job(job.id)
     server.clock.advance(timedelta(seconds=31))
+    return job
+
+
+async def test_a_lease_sweep_that_loses_to_a_cancel_decides_again_and_ends_the_job_cancelled(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = await lapsed_copy(server)
     swept = await sweep_losing_to(server, monkeypatch, lambda: server.cancel(job.id))
     assert swept == 1
     assert [e.status for e in await server.job_log(job.id)] == ["waiting", "working", "cancelling", "cancelled"]
@@ -129,9 +135,7 @@ async def test_a_lease_sweep_that_loses_to_a_cancel_decides_again_and_ends_the_j
 async def test_a_lease_sweep_that_loses_to_another_sweep_leaves_the_job_requeued_once(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = await server.create_kind("copy", target="snapshot")
-    await server.claim_job(job.id)
-    server.clock.advance(timedelta(seconds=31))
+    job = await lapsed_copy(server)
     others: list[int] = []
 
     async def another_replica_sweeps() -> None:  # the hook passes the second call through

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from google.protobuf import struct_pb2
@@ -23,6 +23,8 @@ from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 from tests.support import server
 from tests.support.endpoints import bearer_metadata
 from tests.support.sse import read_sse_event
+
+T = TypeVar("T")
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$")
@@ -132,6 +134,16 @@ class Gateway:
         """A job of `kind`, created, claimed and finished as done."""
         await self.create(kind, **overrides)
         return await self.finish(await self.claim(kind), progress=progress)
+
+    async def heard_through_a_run(self, kind: str, heard: Callable[[], Awaitable[T]]) -> tuple[T, T, T]:
+        """Claim the waiting job of `kind`, report 40 %, finish it as done: what `heard()` (e.g. the next event of
+        a stream) says after each of the three."""
+        claim = await self.claim(kind)
+        on_claim = await heard()
+        await self.heartbeat(claim, pb.ProgressUpdate(progress_percentage=40.0))
+        on_progress = await heard()
+        await self.finish(claim)
+        return on_claim, on_progress, await heard()
 
     async def cancelled(self, kind: str = "import", **overrides: Any) -> pb.Job:
         job = await self.create(kind, **overrides)

@@ -38,12 +38,7 @@ async def test_events_follow_the_job_until_it_is_done(any_gw: Gateway) -> None:
         )
         assert snapshot["data"]["id"] == job.id and snapshot["data"]["kind"] == "populateview"
 
-        claim = await gw.claim("populateview")
-        working = await read_event(stream)
-        await gw.heartbeat(claim, pb.ProgressUpdate(progress_percentage=40.0))
-        progress = await read_event(stream)
-        await gw.finish(claim)
-        done = await read_event(stream)
+        working, progress, done = await gw.heard_through_a_run("populateview", lambda: read_event(stream))
         end = await read_event(stream)
 
     assert working is not None and progress is not None and done is not None

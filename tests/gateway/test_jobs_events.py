@@ -64,12 +64,7 @@ async def test_the_stream_opens_with_the_active_jobs_then_follows_every_change(a
         opening, synced = await until_synced(stream)
         created = await gw.create("populateview")
         on_create = await next_event(stream)
-        claim = await gw.claim("populateview")
-        on_claim = await next_event(stream)
-        await gw.heartbeat(claim, pb.ProgressUpdate(progress_percentage=40.0))
-        on_progress = await next_event(stream)
-        await gw.finish(claim)
-        on_finish = await next_event(stream)
+        on_claim, on_progress, on_finish = await gw.heard_through_a_run("populateview", lambda: next_event(stream))
 
     assert [summary(e) for e in opening] == [("snapshot", waiting.id, "waiting")]
     assert finished.id not in str(opening)  # finished jobs are listed by GET /v0/jobs, not streamed
