@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf import message_factory
@@ -38,6 +38,8 @@ __all__ = ["GenericHandlersOnly", "JobsServicer", "WorkersServicer", "add_servic
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+# The in-process API a servicer serves (LocalJobsApi, LocalWorkersApi).
+Api = TypeVar("Api")
 
 
 def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -101,8 +103,11 @@ def _deserializer(message_class: Any) -> Callable[[bytes], Any]:
     return deserialize
 
 
-class _Edge:
-    def __init__(self, metrics: Metrics) -> None:
+class _Edge(Generic[Api]):
+    """A servicer: the API it serves, and the metrics every call it answers is counted in."""
+
+    def __init__(self, api: Api, metrics: Metrics) -> None:
+        self._api = api
         self._metrics = metrics
 
     async def _unary(
@@ -191,12 +196,8 @@ class GenericHandlersOnly:
         del service_name, handlers  # served by the generic handler added just before
 
 
-class JobsServicer(_Edge):
+class JobsServicer(_Edge[LocalJobsApi]):
     """The jobsd.v1 Jobs service (registered by `add_servicer`; the hot methods answer serialised bytes)."""
-
-    def __init__(self, api: LocalJobsApi, metrics: Metrics) -> None:
-        super().__init__(metrics)
-        self._api = api
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> bytes:
         return await self._unary("ListJobs", self._api.list_jobs_wire, request, context)
@@ -234,12 +235,8 @@ class JobsServicer(_Edge):
             yield event
 
 
-class WorkersServicer(_Edge):
+class WorkersServicer(_Edge[LocalWorkersApi]):
     """The jobsd.v1 Workers service (registered by `add_servicer`)."""
-
-    def __init__(self, api: LocalWorkersApi, metrics: Metrics) -> None:
-        super().__init__(metrics)
-        self._api = api
 
     async def ClaimJob(self, request: pb.ClaimJobRequest, context: Any) -> bytes:
         return await self._unary("ClaimJob", self._api.claim_job_wire, request, context)
