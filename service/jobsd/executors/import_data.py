@@ -54,17 +54,22 @@ def _request(job: JobInput, max_json_depth: int, limits: ImportLimits) -> tuple[
     return request, url
 
 
+def _processed(read_rows: int, read_bytes: int, written_rows: int, written_bytes: int) -> dict[str, int]:
+    """An import's `processed_data` figures: records and bytes read from the source, rows and bytes written."""
+    return {
+        "read_rows": read_rows,
+        "read_bytes": read_bytes,
+        "written_rows": written_rows,
+        "written_bytes": written_bytes,
+    }
+
+
 def _report_progress(ctx: ExecutionContext, progress: ImportProgress) -> None:
     ctx.report(
         progress_percentage=progress.percentage,
         quarantine_rows=progress.quarantine_rows,
         invalid_lines=progress.invalid_lines,
-        processed_data={
-            "read_rows": progress.records,
-            "read_bytes": progress.bytes_read,
-            "written_rows": progress.rows,
-            "written_bytes": 0,
-        },
+        processed_data=_processed(progress.records, progress.bytes_read, progress.rows, 0),
     )
 
 
@@ -74,12 +79,7 @@ def _report_outcome(ctx: ExecutionContext, outcome: ImportOutcome) -> None:
         statistics=outcome.statistics.json(),
         quarantine_rows=outcome.quarantine_rows,
         invalid_lines=outcome.invalid_lines,
-        processed_data={
-            "read_rows": outcome.records,
-            "read_bytes": outcome.bytes_read,
-            "written_rows": outcome.written_rows,
-            "written_bytes": outcome.written_bytes,
-        },
+        processed_data=_processed(outcome.records, outcome.bytes_read, outcome.written_rows, outcome.written_bytes),
         errors=outcome.errors or None,
         result={"datasource": outcome.datasource.job_json(outcome.statistics)},
     )
