@@ -27,7 +27,7 @@ from jobsd_client import (
     status_name,
 )
 from jobsd_client.errors import InvalidArgument, Unauthenticated
-from jobsd_client.worker import MAX_ERROR_CHARS
+from jobsd_client.worker import MAX_ERROR_CHARS, _WorkerStream
 
 from .conftest import (
     HEARTBEAT_SECONDS,
@@ -398,3 +398,22 @@ def test_an_unknown_protocol_is_refused_up_front() -> None:
 
 async def _noop(ctx: JobContext) -> None:
     return None
+
+
+async def test_a_heartbeat_cancelled_as_its_answer_arrives_is_cancelled(jobsd: Jobsd) -> None:
+    """A job's progress task is cancelled when its handler ends; if a heartbeat answer lands in the same loop turn,
+    the task must still end. (Under Python 3.11's wait_for the answer won and the cancellation was lost: the task
+    went on waiting for figures that never came, so the job was never finished and the worker never stopped.)"""
+    worker = make_worker(jobsd, {"import": _never_called})
+    stream = _WorkerStream(worker)
+    beat = asyncio.create_task(stream.heartbeat("a-job", "a-lease", None))
+    await asyncio.sleep(0)  # the heartbeat waits for its answer
+    stream.answer(1, pb.HeartbeatAnswer(ref=1, job_id="a-job"))
+    beat.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(beat, PATIENCE)
+    await worker.stop(grace=0)
+
+
+async def _never_called(ctx: JobContext) -> None:
+    raise AssertionError("no job is claimed in this test")

@@ -391,7 +391,9 @@ async def _with_ticks(events: AsyncIterator[_T], every: float | None) -> AsyncIt
     try:
         while True:
             try:
-                more, item = await asyncio.wait_for(queue.get(), timeout=every)
+                # Not wait_for, which on Python 3.11 can lose a cancellation (see worker._WorkerStream._ask).
+                async with asyncio.timeout(every):
+                    more, item = await queue.get()
             except TimeoutError:
                 yield None
                 continue

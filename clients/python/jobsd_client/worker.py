@@ -450,7 +450,11 @@ class _WorkerStream:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[ref] = future
         try:
-            answer = await asyncio.wait_for(future, self._worker._client.timeout)
+            # asyncio.timeout, never wait_for: on Python 3.11 wait_for returns the answer, and loses the
+            # cancellation, when both land in the same loop turn. A job's progress task cancelled as its heartbeat
+            # was answered then went on waiting for figures that never came, and the job never finished.
+            async with asyncio.timeout(self._worker._client.timeout):
+                answer = await future
         except TimeoutError:
             raise Unavailable("no answer on the worker stream in time") from None
         finally:
@@ -731,7 +735,8 @@ class Worker:
 
     async def _sleep_unless_stopping(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            async with asyncio.timeout(delay):  # not wait_for: see _WorkerStream._ask
+                await self._stopping.wait()
 
     # ------------------------------------------------------------- running
 

@@ -330,8 +330,11 @@ class Dispatcher:
             if busy:
                 await asyncio.sleep(0)  # let the RPCs that wait run between steps
                 continue
+            # asyncio.timeout, never wait_for: on Python 3.11 wait_for returns (and loses stop()'s cancellation)
+            # when a wake-up lands in the same loop turn as the cancel, and stop() then waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), IDLE_LOOK_SECONDS)
+                async with asyncio.timeout(IDLE_LOOK_SECONDS):
+                    await self._wakeup.wait()
 
     async def _assign_round(self) -> bool:
         """One claim step for each session that wants jobs, in turn; True if any step came back full (there may

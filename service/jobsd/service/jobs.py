@@ -594,8 +594,10 @@ class JobService:
             if claims or remaining <= 0 or self._closing:
                 return claims[0] if claims else None
             # Wake on a local change; re-check at least every second for other replicas' writes.
+            # asyncio.timeout, not wait_for (which on Python 3.11 loses a cancellation that lands with a change).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=min(remaining, 1.0))
+                async with asyncio.timeout(min(remaining, 1.0)):
+                    await changed.wait()
 
     def claim_scope(
         self, principal: Principal, worker_id: str, kinds: Collection[str], workspace_id: str | None
