@@ -2,13 +2,13 @@
 
 start() brings the parts up in dependency order; stop() takes them down in reverse (stop accepting, let
 in-flight RPCs finish within the grace period, close streams with a status, stop the executors so they release
-their leases, then the store). Every background task is owned here, cancelled and awaited; stop() is safe twice.
+their leases, then the store). Every background task is owned here, cancelled and awaited; every part of a stop
+is given a bound (`jobsd.stopping`), so stop() returns even when a part does not end; stop() is safe twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import socket
@@ -40,6 +40,7 @@ from jobsd.service.hub import WatchHub
 from jobsd.service.jobs import JobService
 from jobsd.service.ratelimit import TokenBuckets
 from jobsd.settings import Settings, split_addr
+from jobsd.stopping import stop_within
 from jobsd.store import open_store, store_shown
 from jobsd.store.base import JobStore
 from jobsd_client import pb
@@ -55,6 +56,9 @@ _SERVICE_NAMES = (
 MAX_SEND_MESSAGE_BYTES = 16 * 1024 * 1024
 # Retention purges are cheap but need not run on every lease sweep.
 _PURGE_EVERY_SWEEPS = 10
+# What each part of a stop still gets once the stop's own time is used up (so the store is still closed cleanly
+# after a part that overran).
+_PART_FLOOR_SECONDS = 1.0
 
 
 def _ms(seconds: float) -> int:
@@ -184,6 +188,7 @@ class JobsdApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._stopped = False
+        self._stop_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -284,31 +289,49 @@ class JobsdApp:
             raise cannot_listen("REST", "JOBSD_HTTP_ADDR", self.settings.http_addr, exc) from None
 
     async def stop(self) -> None:
-        if self._stopped or not self._started:
+        """Stop every part (see the module), within the grace plus JOBSD_SHUTDOWN_MARGIN_SECONDS.
+
+        A part still running when the stop's time is up is cancelled and named in an error line (`stop_within`),
+        and the stop goes on with the next one, which still gets `_PART_FLOOR_SECONDS`: stop() always returns.
+        Safe twice: a second call waits for the first."""
+        if not self._started:
             self._stopped = True
             return
-        self._stopped = True
+        if self._stop_task is None:
+            self._stopped = True
+            self._stop_task = asyncio.create_task(self._stop(), name="jobsd-stop")
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
         loop = asyncio.get_running_loop()
         # One grace period for the whole stop, not one per part: running jobs, REST requests and RPCs share it.
         grace_ends = loop.time() + self.settings.grace_seconds
+        gives_up = grace_ends + self.settings.shutdown_margin_seconds
+
+        def left() -> float:
+            return max(gives_up - loop.time(), _PART_FLOOR_SECONDS)
+
         await self._set_serving(False)
         self.service.close()
         # The REST gateway stops accepting at once and winds down while the executors finish or hand back their
         # jobs (their statements interrupted once the grace runs out).
-        await asyncio.gather(self._stop_executors(), self._stop_http())
+        await asyncio.gather(
+            stop_within("the executors", self._stop_executors(), left(), log),
+            stop_within("the REST gateway", self._stop_http(), left(), log),
+        )
         # After the executors (they give their jobs back over their worker stream): end every worker stream.
-        await self.dispatcher.stop()
+        await stop_within("the worker streams", self.dispatcher.stop(), left(), log)
         # Close watch streams so they end with a status instead of hanging the grace period.
-        await self.hub.stop()
+        await stop_within("the watch streams", self.hub.stop(), left(), log)
         if self._server is not None:
-            await self._server.stop(max(0.0, grace_ends - loop.time()))
+            server_grace = max(0.0, grace_ends - loop.time())
+            await stop_within("the gRPC server", self._server.stop(server_grace), max(server_grace + 1.0, left()), log)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_within(f"the background task {task.get_name()}", task, _PART_FLOOR_SECONDS, log)
         self._tasks.clear()
-        await self.store.close()
+        await stop_within("the store", self.store.close(), left(), log)
 
     async def _stop_executors(self) -> None:
         if self.executors is not None:

@@ -11,7 +11,6 @@ DuckDB error nobody anticipated into a JobFailed with DuckDB's message (never a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
@@ -34,6 +33,7 @@ from jobsd.executors.limits import ImportLimits, PlaneLimits, format_bytes
 from jobsd.executors.outbound import ImportPolicy, client_session
 from jobsd.executors.populate_view import run_populate
 from jobsd.settings import Settings
+from jobsd.stopping import stop_within
 from jobsd_client.worker import Handler, JobCancelled, JobContext, JobFailed, Worker
 
 __all__ = [
@@ -52,6 +52,8 @@ DATAPLANE_DIR = "dataplane"
 LEGACY_DATAPLANE_FILE = "dataplane.duckdb"
 _SQLITE_PREFIX = "sqlite:///"
 _PRUNE_EVERY_SECONDS = 3600.0
+# What each part of a stop after the worker's gets (they end at once unless something is wrong).
+_PART_SECONDS = 1.0
 
 Executor = Callable[[ExecutionContext], Awaitable[None]]
 
@@ -259,19 +261,30 @@ class ExecutorRunner:
             await asyncio.sleep(_PRUNE_EVERY_SECONDS)
 
     async def stop(self) -> None:
-        """Stop claiming, let running jobs finish within the grace period (then release them), close the plane."""
+        """Stop claiming, let running jobs finish within the grace period (then release them), close the plane.
+
+        Within the grace plus JOBSD_SHUTDOWN_MARGIN_SECONDS (and a few seconds at most for the parts after one
+        that overran): a part that does not end in its time is cancelled and named in an error (`stop_within`)."""
         if self._stopped:
             return
         self._stopped = True
+        loop = asyncio.get_running_loop()
+        margin = self.settings.shutdown_margin_seconds
+        # Half the margin for the worker past its grace, half for the plane's statements (`DataPlane.close`).
+        worker_gives_up = loop.time() + self.settings.grace_seconds + margin / 2
         if self._worker is not None:
-            await self._worker.stop(grace=self.settings.grace_seconds)
+            await stop_within(
+                "the executors' worker",
+                self._worker.stop(grace=self.settings.grace_seconds),
+                worker_gives_up - loop.time(),
+                _log,
+            )
         if self._pruner is not None:
             self._pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pruner
+            await stop_within("the executors' result pruner", self._pruner, _PART_SECONDS, _log)
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Ends by itself once the worker has stopped; cancelled if the worker's stop overran.
+            await stop_within("the executors' worker loop", self._task, _PART_SECONDS, _log)
         if self._http is not None:
-            await self._http.close()
-        await self.dataplane.close(give_up_after=self.settings.shutdown_margin_seconds / 2)
+            await stop_within("the executors' HTTP client", self._http.close(), _PART_SECONDS, _log)
+        await self.dataplane.close(give_up_after=margin / 2)
