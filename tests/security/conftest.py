@@ -27,6 +27,7 @@ from jobsd.app import JobsdApp
 from jobsd.settings import Settings
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.bounded import settle
 from tests.support.endpoints import AppEndpoints, bearer_header
 from tests.support.jobs import TERMINAL, create_request
 from tests.support.server import running_app
@@ -90,7 +91,9 @@ class Stack(AppEndpoints):
     said: list[str] = field(default_factory=list)  # every response body and error this test received
 
     async def create(self, token: str, kind: str, datasource: str | None = None, **fields: Any) -> pb.Job:
-        job: pb.Job = await self.jobs.CreateJob(create_request(kind, datasource, **fields), metadata=self.md(token))
+        job: pb.Job = await self.jobs.CreateJob(
+            create_request(kind, datasource, **fields), metadata=self.md(token), timeout=WAIT
+        )
         self.said.append(str(job))
         return job
 
@@ -162,12 +165,14 @@ async def start_stack(tmp_path: Path, **overrides: Any) -> AsyncIterator[Stack]:
             }
             tenants[name] = Tenant(name, await app.workspace_id_of(name), tokens)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
-        async with aiohttp.ClientSession() as http:
-            stack = Stack(
-                app, state, imports, pb_grpc.JobsStub(channel), channel, http, tenants["alpha"], tenants["beta"]
-            )
-            yield stack
-        await channel.close(grace=None)
+        # Every request of the test within WAIT (aiohttp's own default is 5 minutes).
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT))
+        try:
+            jobs = pb_grpc.JobsStub(channel)
+            yield Stack(app, state, imports, jobs, channel, http, tenants["alpha"], tenants["beta"])
+        finally:
+            await settle("closing the test's HTTP client", http.close())
+            await settle("closing the test's gRPC channel", channel.close(grace=None))
 
 
 async def seed_alpha_secrets(stack: Stack) -> None:
@@ -237,9 +242,9 @@ async def origin(tmp_path: Path) -> AsyncIterator[Origin]:
     # No access log: the origin is the attacker's (or a third party's) server, its logs are not jobsd's.
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    served.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        served.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
         yield served
     finally:
-        await runner.cleanup()
+        await settle("stopping the test's origin", runner.cleanup())

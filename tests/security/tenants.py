@@ -23,8 +23,9 @@ from jobsd.domain.clock import ManualClock
 from jobsd.service.hub import Watcher, WatchHub
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
+from tests.support.bounded import settle
 from tests.support.endpoints import AppEndpoints, bearer_header
-from tests.support.server import T0, make_settings
+from tests.support.server import T0, make_settings, stop_app
 
 T = TypeVar("T")
 
@@ -82,8 +83,8 @@ async def tenant_server(tmp_path: Path, **overrides: Any) -> AsyncIterator[Tenan
     settings = make_settings(tmp_path, http_addr="127.0.0.1:0", **overrides)
     clock = ManualClock(T0)
     app = JobsdApp(settings, clock=clock)
-    await app.start()
     try:
+        await app.start()
         alpha = await app.create_token("alpha", ["ADMIN"], "alpha-admin")
         beta = await app.create_token("beta", ["ADMIN"], "beta-admin")
         worker = await app.create_token(None, ["JOBS:EXECUTE"], "worker")
@@ -107,9 +108,9 @@ async def tenant_server(tmp_path: Path, **overrides: Any) -> AsyncIterator[Tenan
                     HubChanges(app.hub),
                 )
         finally:
-            await channel.close(None)
+            await settle("closing the test's gRPC channel", channel.close(None))
     finally:
-        await app.stop()
+        await stop_app(app)
 
 
 async def bounded(awaitable: Awaitable[T]) -> T:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from tests.support.bounded import settle
+
 __all__ = ["WIDE_COLUMNS", "HostileOrigin", "hostile_origin"]
 
 WIDE_COLUMNS = 20_000
@@ -192,4 +194,4 @@ async def hostile_origin(**options: object) -> AsyncIterator[HostileOrigin]:
     try:
         yield origin
     finally:
-        await runner.cleanup()
+        await settle("stopping the hostile origin", runner.cleanup())

@@ -27,6 +27,7 @@ from jobsd.store.base import JobStore
 from jobsd_client import pb
 from jobsd_client.pb import jobs_pb2_grpc as pb_grpc
 from tests.support.backends import BACKENDS
+from tests.support.bounded import settle
 from tests.support.endpoints import bearer_metadata
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "running_app",
     "running_server",
     "serving_http",
+    "stop_app",
 ]
 
 # Where the tests' ManualClock starts.
@@ -173,7 +175,7 @@ async def serving_http(app: web.Application) -> AsyncIterator[str]:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
-        await runner.cleanup()
+        await settle("stopping the test's HTTP server", runner.cleanup())
 
 
 def executor_settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -207,13 +209,13 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
 async def running_app(
     settings: Settings, clock: Clock | None = None, store: JobStore | None = None
 ) -> AsyncIterator[JobsdApp]:
-    """A started JobsdApp (on `store`, else on `settings.store`), stopped on exit."""
+    """A started JobsdApp (on `store`, else on `settings.store`), stopped on exit (TeardownHung if it does not stop)."""
     app = JobsdApp(settings, clock=clock, store=store)
-    await app.start()
     try:
+        await app.start()
         yield app
     finally:
-        await app.stop()
+        await stop_app(app)
 
 
 @contextlib.asynccontextmanager
@@ -239,7 +241,13 @@ async def running_server(
                 await app.workspace_id_of("default"),
             )
         finally:
-            await channel.close(None)
+            await settle("closing the test's gRPC channel", channel.close(None))
+
+
+async def stop_app(app: JobsdApp) -> None:
+    """`app.stop()`, which ends within its grace and shutdown margin; TeardownHung (naming where) if it does not."""
+    settings = app.settings
+    await settle("stopping jobsd", app.stop(), settings.grace_seconds + settings.shutdown_margin_seconds + 10.0)
 
 
 @contextlib.asynccontextmanager
