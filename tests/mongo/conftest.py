@@ -37,6 +37,19 @@ async def emulated_store(emulated_client: EmulatedAsyncMongoClient) -> AsyncIter
         await store.close()
 
 
+@pytest.fixture
+async def replicas(emulated_client: EmulatedAsyncMongoClient) -> AsyncIterator[tuple[MongoStore, MongoStore]]:
+    """Two stores on the one emulated database: replicas of the service, nothing shared but the data."""
+    stores = [MongoStore("mongodb://emulated.invalid/jobsd", client=emulated_client.as_client()) for _ in range(2)]
+    for store in stores:
+        await store.open()
+    try:
+        yield stores[0], stores[1]
+    finally:
+        for store in stores:
+            await store.close()
+
+
 @pytest.fixture(params=SERVERS)
 async def real_database(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, str]]:
     """(uri, database name): a fresh database on a server process (the wire server, or the real one at

@@ -4,34 +4,28 @@ how many keys fill up under it, and never takes a place a key does not have."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
-
-import pytest
 
 from jobsd.domain.clock import to_micros
 from jobsd.domain.model import Job, JobStatus
 from jobsd.domain.states import Action
 from jobsd.store.mongo.store import CLAIM_LOCK_TTL, MongoStore
 from tests.contract.factories import T0, claim_request, move, new_job, new_workspace_id
+from tests.mongo.slots import DATABASE, holders_of
 from tests.support.mongo_emulation import EmulatedAsyncMongoClient
 
 NOW = T0 + timedelta(minutes=1)
-DATABASE = "jobsd"
 
 
 def one_each(kind: str) -> int:
     return 1
 
 
-@pytest.fixture
-async def replicas(emulated_client: EmulatedAsyncMongoClient) -> AsyncIterator[tuple[MongoStore, MongoStore]]:
-    stores = [MongoStore(f"mongodb://emulated.invalid/{DATABASE}", client=emulated_client.as_client()) for _ in "ab"]
-    for store in stores:
-        await store.open()
-    yield stores[0], stores[1]
-    for store in stores:
-        await store.close()
+async def older_and_newer(store: MongoStore, ws: str) -> tuple[Job, Job]:
+    """Two copy jobs of one key (target `t`), a second apart: FIFO says the older runs first."""
+    older = await store.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0))
+    newer = await store.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0 + timedelta(seconds=1)))
+    return older, newer
 
 
 async def test_a_key_that_others_keep_filling_and_freeing_does_not_make_a_claim_give_up(
@@ -106,8 +100,7 @@ async def test_a_key_freed_after_the_claim_read_it_full_is_looked_at_again_befor
     ends and frees the place. Its job is claimable when the claim answers: the answer must be that job."""
     this, other = replicas
     ws = new_workspace_id()
-    first = await this.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0))
-    second = await this.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0 + timedelta(seconds=1)))
+    first, second = await older_and_newer(this, ws)
     taken = await other.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each, worker="b"))
     assert taken is not None and taken.id == first.id
 
@@ -127,8 +120,7 @@ async def test_a_newer_job_of_a_key_never_starts_while_an_older_one_waits_for_a_
     claimer A runs a whole claim. Whoever wins the place, the job that runs must be `older` (FIFO per key)."""
     c, a = replicas
     ws = new_workspace_id()
-    older = await c.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0))
-    newer = await c.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0 + timedelta(seconds=1)))
+    older, newer = await older_and_newer(c, ws)
     ran: list[Job | None] = []
 
     async def a_claims_first() -> None:
@@ -168,9 +160,7 @@ async def test_a_claim_whose_place_was_swept_away_takes_a_new_one_before_it_clai
     claimed = await store.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each))
 
     assert claimed is not None and claimed.id == waiting.id
-    slot = slots.find_one({"_id": waiting.concurrency_key})
-    assert slot is not None
-    assert [(h["job"], h["claim"]) for h in slot["holders"]] == [(waiting.id, claimed.lease_token)]
+    assert holders_of(emulated_client, waiting.concurrency_key) == [(waiting.id, claimed.lease_token)]
 
 
 async def test_a_job_requeued_by_a_replica_that_has_not_freed_its_place_yet_is_claimable_at_once(
@@ -182,8 +172,7 @@ async def test_a_job_requeued_by_a_replica_that_has_not_freed_its_place_yet_is_c
     place. (The wire-server replica test saw the claim answer nothing there.)"""
     this, other = replicas
     ws = new_workspace_id()
-    requeued = await other.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0))
-    behind = await other.insert_job(new_job(ws, kind="copy", datasource_name="t", created_at=T0 + timedelta(seconds=1)))
+    requeued, behind = await older_and_newer(other, ws)
     running = await other.claim_next(claim_request(NOW, workspace_id=ws, limit_for=one_each, worker="dead"))
     assert running is not None and running.id == requeued.id
     later = NOW + timedelta(minutes=5)
@@ -198,10 +187,7 @@ async def test_a_job_requeued_by_a_replica_that_has_not_freed_its_place_yet_is_c
 
     [claimed] = claimed_between
     assert claimed is not None and claimed.id == requeued.id and claimed.status is JobStatus.WORKING
-    slots = emulated_client.raw_database(DATABASE)["slots"]
-    slot = slots.find_one({"_id": requeued.concurrency_key})
-    assert slot is not None
-    assert [(h["job"], h["claim"]) for h in slot["holders"]] == [(requeued.id, claimed.lease_token)]
+    assert holders_of(emulated_client, requeued.concurrency_key) == [(requeued.id, claimed.lease_token)]
     # The key is full again, with a claim that runs: the job behind it waits.
     assert await this.claim_next(claim_request(later, workspace_id=ws, limit_for=one_each, worker="b")) is None
     stored = await this.get_job(behind.id, later)

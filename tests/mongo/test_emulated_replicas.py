@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -20,19 +19,10 @@ from jobsd.errors import InvalidArgument, Unavailable
 from jobsd.store.base import JobChanged, LogQuery
 from jobsd.store.mongo.store import CLAIM_LOCK_TTL, MongoStore, database_from_uri
 from tests.contract.factories import RETENTION, T0, claim_request, claim_until_none, move, new_job, new_workspace_id
+from tests.mongo.slots import holders_of
 from tests.support.mongo_emulation import EmulatedAsyncMongoClient
 
 NOW = T0 + timedelta(minutes=1)
-
-
-@pytest.fixture
-async def replicas(emulated_client: EmulatedAsyncMongoClient) -> AsyncIterator[tuple[MongoStore, MongoStore]]:
-    stores = [MongoStore("mongodb://emulated.invalid/jobsd", client=emulated_client.as_client()) for _ in range(2)]
-    for store in stores:
-        await store.open()
-    yield stores[0], stores[1]
-    for store in stores:
-        await store.close()
 
 
 def two_per_key(kind: str) -> int:
@@ -83,8 +73,7 @@ async def test_a_slot_held_by_a_replica_that_died_does_not_hold_back_the_next_cl
     # Nothing runs for the key: the claim takes its job at once, not after the next sweep.
     claimed = await emulated_store.claim_next(claim_request(NOW, workspace_id=ws, limit_for=lambda kind: 1))
     assert claimed is not None and claimed.id == waiting.id
-    slot = slots.find_one({"_id": waiting.concurrency_key})
-    assert slot is not None and [(h["job"], h["claim"]) for h in slot["holders"]] == [(waiting.id, claimed.lease_token)]
+    assert holders_of(emulated_client, waiting.concurrency_key) == [(waiting.id, claimed.lease_token)]
 
 
 async def test_a_slot_held_by_a_replica_that_died_is_freed_by_the_sweep(
@@ -100,8 +89,7 @@ async def test_a_slot_held_by_a_replica_that_died_is_freed_by_the_sweep(
     slots.insert_one({"_id": f"{ws}:copy:gone", "kind": "copy", "holders": [{"job": "dead-job", "claim": "lease-x"}]})
     await emulated_store.purge(NOW, NOW - timedelta(days=30))
     assert slots.find_one({"_id": f"{ws}:copy:gone"}) is None
-    slot = slots.find_one({"_id": claimed.concurrency_key})
-    assert slot is not None and [(h["job"], h["claim"]) for h in slot["holders"]] == [(running.id, claimed.lease_token)]
+    assert holders_of(emulated_client, claimed.concurrency_key) == [(running.id, claimed.lease_token)]
 
 
 async def test_a_job_locked_by_a_claimer_that_died_is_claimable_once_the_lock_lapses(
