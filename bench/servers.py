@@ -49,7 +49,7 @@ def _ready(**ports: int | None) -> None:
 
 
 async def _serve_jobsd(args: argparse.Namespace) -> None:
-    from jobsd.app import JobsdApp
+    from jobsd.app import JobsdApp, freeze_startup_objects
     from jobsd.settings import Settings, settings_from
 
     settings = Settings(
@@ -70,6 +70,7 @@ async def _serve_jobsd(args: argparse.Namespace) -> None:
     )
     app = JobsdApp(settings)
     await app.start()
+    freeze_startup_objects()  # as `jobsd serve` does once its app has started
     _ready(grpc=app.grpc_port, http=app.http_port)
     try:
         await until_signalled()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import socket
 from collections.abc import Callable, Coroutine
@@ -45,7 +46,14 @@ from jobsd.store import open_store, store_shown
 from jobsd.store.base import JobStore
 from jobsd_client import pb
 
-__all__ = ["MAX_SEND_MESSAGE_BYTES", "JobsdApp", "cannot_listen", "check_listen", "grpc_server_options"]
+__all__ = [
+    "MAX_SEND_MESSAGE_BYTES",
+    "JobsdApp",
+    "cannot_listen",
+    "check_listen",
+    "freeze_startup_objects",
+    "grpc_server_options",
+]
 
 log = logging.getLogger(__name__)
 _SERVICE_NAMES = (
@@ -95,6 +103,16 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.max_ping_strikes", settings.grpc_max_ping_strikes),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
     ]
+
+
+def freeze_startup_objects() -> None:
+    """Take every object alive now (the modules, the started app) out of the cyclic collector's walks: what a
+    serving process calls once, after its app has started. Those objects live as long as the process, yet every
+    full collection walked them all; frozen, a collection walks only what requests made since (callgrind, GetJob
+    one call at a time: 659k -> 647k instructions per call, the collector's own share 18k -> 2k). They are still
+    freed by reference counting. Not part of `JobsdApp.start`: a process that starts and stops many apps (the
+    tests) would keep the cyclic garbage of every app it froze."""
+    gc.freeze()
 
 
 def cannot_listen(what: str, variable: str, addr: str, error: OSError | None = None) -> Unavailable:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-from jobsd.app import JobsdApp, check_listen
+from jobsd.app import JobsdApp, check_listen, freeze_startup_objects
 from jobsd.errors import InvalidArgument, JobsdError
 from jobsd.log_config import configure_logging
 from jobsd.settings import SETTINGS, Settings, add_arguments, settings_from, split_addr
@@ -183,6 +183,7 @@ async def _serve(settings: Settings, banner: bool) -> int:
     except BaseException:
         await app.stop()
         raise
+    freeze_startup_objects()
     try:
         # The handlers first: a SIGTERM sent as soon as the banner is read stops the server gracefully too.
         with stop_on_signals() as stop:
