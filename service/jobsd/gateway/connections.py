@@ -11,11 +11,20 @@ loop, `GuardedListener`, for two reasons:
   the up to `backlog` (128) attempts it makes per readiness event, so at the limit it writes hundreds of records a
   second and the clients waiting in the backlog hang. This listener keeps one spare descriptor: out of
   descriptors, it closes the spare, accepts the waiting connection, answers it `503` and closes it, and takes the
-  spare back — so each waiting client gets a clear refusal and the backlog drains. If even that fails (another
-  thread took the freed descriptor), it stops watching the socket and looks again after a back-off growing from
-  50 ms to 1 s. Either way it logs one WARNING when the condition starts, at most one more a minute while it
-  lasts (how many connections were refused), and one INFO when connections are accepted normally again after five
-seconds without running out.
+  spare back — so each waiting client gets a clear refusal and the backlog drains.
+
+  Between closing the spare and the accept (or between closing a refused connection and taking the spare back)
+  any other thread of the process may get the freed number first: grpc core's listener thread retries its own
+  accept once a second, and a connection it accepts that way stays open up to the gRPC handshake time-out. Left
+  at that, REST would have nothing to refuse with and its clients would wait unanswered. So when an accept fails
+  for want of a descriptor and no spare can be had, the listener gives up the oldest of its connections that is
+  waiting for a request with nothing of one received (a silent new connection or a kept-alive one between
+  requests: HTTP lets a server close those at any time, and no request is lost), stops watching the socket, and
+  looks again as soon as a connection of its own has closed — that descriptor is then free — or else after a
+  back-off growing from 50 ms to 1 s (with no such connection to give up, what frees a descriptor is another part
+  of the process). A request in flight is never given up. Either way it logs one WARNING when the condition
+  starts, at most one more a minute while it lasts (how many connections were refused and given up), and one INFO
+  when connections are accepted normally again after five seconds without running out.
 
 Everything it starts (the accept callbacks, the back-off timer, the tasks that hand a socket to the protocol) is
 owned here and ended by `close()` / `wait_closed()`.
@@ -69,19 +78,25 @@ class GuardedListener:
         self._backlog = backlog
         self._loop = asyncio.get_running_loop()
         self.open_connections = 0
+        # The connections being served, oldest first (the one to give up for a descriptor is the oldest idle one).
+        self._serving: dict[GatewayProtocol, None] = {}
         self._connecting: set[asyncio.Task[None]] = set()
         self._watching: set[int] = set()
-        self._resume: asyncio.TimerHandle | None = None
+        # While the sockets are not watched: the call that watches them again (the back-off timer, or a call soon
+        # after one of our connections has closed and given its descriptor back).
+        self._resume: asyncio.Handle | None = None
         self._backoff = _FIRST_BACKOFF
         self._spare: int | None = None
         self._closed = False
-        # The out-of-descriptors episode: refused connections, when it was last reported.
+        # The out-of-descriptors episode: refused connections, idle ones given up, when it was last reported.
         self._short = False
         self._short_refused = 0
+        self._short_given_up = 0
         self._short_reported_at = 0.0
         self._short_seen_at = 0.0
         self.refused_at_cap = 0
         self.refused_out_of_descriptors = 0
+        self.given_up_out_of_descriptors = 0
 
     def start(self) -> None:
         self._take_spare()
@@ -127,18 +142,25 @@ class GuardedListener:
         conn.setblocking(False)
         self.open_connections += 1
         released = False
+        made: GatewayProtocol | None = None
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
                 self.open_connections -= 1
+                if made is not None:
+                    self._serving.pop(made, None)
+                self._connection_ended()
 
         def protocol() -> GatewayProtocol:
+            nonlocal made
             handler = self._factory()
             # Only GatewayProtocol reports its end, which the count needs (CleanErrorsRunner makes them).
             assert isinstance(handler, GatewayProtocol), type(handler)
             handler.on_connection_lost(release)
+            made = handler
+            self._serving[handler] = None
             return handler
 
         async def connect() -> None:
@@ -168,28 +190,60 @@ class GuardedListener:
     def _out_of_descriptors(self, sock: socket.socket, exc: OSError) -> None:
         self._note_short(exc)
         for _ in range(self._backlog):
-            if self._spare is None:
-                break
-            os.close(self._spare)
-            self._spare = None
+            # Taken back after each refusal. Another thread may have got that descriptor first: then the accept
+            # below, without a spare to free, tells whether a client waits (EMFILE) or none does.
+            self._take_spare()
+            if self._spare is not None:
+                os.close(self._spare)
+                self._spare = None
             try:
                 conn, _address = sock.accept()
             except (BlockingIOError, InterruptedError):
                 self._take_spare()
                 return  # the backlog is drained; the next connection wakes us
-            except OSError:
-                break
+            except ConnectionAbortedError:
+                continue
+            except OSError as failed:
+                if failed.errno in _OUT_OF_DESCRIPTORS:
+                    break  # another thread of the process got the freed descriptor first
+                log.debug("REST gateway: accept failed while out of file descriptors: %s", failed)
+                self._take_spare()
+                self._look_again_later()
+                return
             self._short_refused += 1
             self.refused_out_of_descriptors += 1
             _refuse(conn, "The server is out of file descriptors; try again shortly")
-            self._take_spare()
         else:
+            self._take_spare()
             return  # a whole backlog refused; the next readiness event goes on
-        # No spare to shed with: stop watching and look again after a back-off.
+        # A client waits and there is no descriptor to refuse it with. Give one of our idle connections up for it:
+        # its descriptor is free once it has closed, and then we look again (or after the back-off, when there
+        # is none to give up and only another part of the process can free one).
+        self._give_up_an_idle_connection()
+        self._look_again_later()
+
+    def _give_up_an_idle_connection(self) -> None:
+        for handler in self._serving:  # oldest first
+            if handler.awaiting_request:
+                self._short_given_up += 1
+                self.given_up_out_of_descriptors += 1
+                log.debug("REST gateway: closed an idle connection to free a descriptor for a refusal")
+                handler.give_up()
+                return
+
+    def _look_again_later(self) -> None:
         self._unwatch_all()
         if self._resume is None and not self._closed:
             self._resume = self._loop.call_later(self._backoff, self._look_again)
             self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+
+    def _connection_ended(self) -> None:
+        # Called from the protocol's connection_lost, which asyncio calls just before it closes the socket: the
+        # descriptor is free by the time a callback scheduled now runs. No sooner than that, and no busy loop:
+        # at most one look per connection that ends.
+        if self._resume is not None and not self._closed:
+            self._resume.cancel()
+            self._resume = self._loop.call_soon(self._look_again)
 
     def _look_again(self) -> None:
         self._resume = None
@@ -203,6 +257,7 @@ class GuardedListener:
         if not self._short:
             self._short = True
             self._short_refused = 0
+            self._short_given_up = 0
             self._short_reported_at = now
             log.warning(
                 "REST gateway: out of file descriptors (%s); new connections are refused until some close",
@@ -211,7 +266,10 @@ class GuardedListener:
         elif now - self._short_reported_at >= _REPORT_EVERY:
             self._short_reported_at = now
             log.warning(
-                "REST gateway: still out of file descriptors; %d connections refused so far", self._short_refused
+                "REST gateway: still out of file descriptors; %d connections refused so far, %d idle ones closed "
+                "to refuse them",
+                self._short_refused,
+                self._short_given_up,
             )
 
     def _accepted_again(self) -> None:
@@ -223,8 +281,10 @@ class GuardedListener:
             self._short = False
             self._backoff = _FIRST_BACKOFF
             log.info(
-                "REST gateway: accepting connections again (%d refused while out of file descriptors)",
+                "REST gateway: accepting connections again (%d refused while out of file descriptors, %d idle ones "
+                "closed to refuse them)",
                 self._short_refused,
+                self._short_given_up,
             )
 
     # ------------------------------------------------------------------ closing

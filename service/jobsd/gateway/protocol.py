@@ -125,6 +125,29 @@ class GatewayProtocol(RequestHandler):
         """Call `callback` once when this connection ends (the listener's connection count)."""
         self._on_lost = callback
 
+    @property
+    def awaiting_request(self) -> bool:
+        """Waiting for a request of which nothing has arrived: a new connection that has sent nothing, or a
+        kept-alive one between requests. Closing it loses no request (HTTP lets a server close it at any time)."""
+        waiter = self._waiter  # aiohttp's: set while its loop waits for the next request
+        head_arriving = self._head_timer is not None and self._head_started
+        return (
+            self.transport is not None
+            and not self._force_close
+            and waiter is not None
+            and not waiter.done()
+            and not self._messages
+            and not head_arriving
+        )
+
+    def give_up(self) -> None:
+        """Close this connection at once, without a word (the listener needs its descriptor); only while it is
+        `awaiting_request`. Its descriptor is free once `connection_lost` has run."""
+        transport = self.transport
+        self.force_close()
+        if transport is not None:
+            transport.abort()  # not close(): a response the client never read must not keep the descriptor
+
     # ------------------------------------------------------------------ the connection's life
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
