@@ -245,7 +245,7 @@ class LocalWorkersApi:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("worker stream of %s failed", session.worker_id)
+            log.exception("worker stream of %s failed", session.scope.worker_id)
             session.fail(JobsdError("internal error"))
 
     async def _apply(self, session: WorkerSession, message: pb.WorkerMessage) -> None:

@@ -79,24 +79,25 @@ class StreamFinish:
     item: FinishItem | JobsdError
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerScope:
+    """What a worker stream claims, as its hello said and `claim_scope` checked: the worker's id, the kinds it runs
+    (sorted, once each) and the workspace its claims are limited to (None: every one its token reaches)."""
+
+    worker_id: str
+    kinds: tuple[str, ...]
+    workspace_id: str | None
+
+
 class WorkerSession:
     """One connected worker. Created by `Dispatcher.connect`; ends with `close()` (safe twice)."""
 
     def __init__(
-        self,
-        dispatcher: Dispatcher,
-        principal: Principal,
-        worker_id: str,
-        kinds: tuple[str, ...],
-        workspace_id: str | None,
-        slots: int,
-        max_slots: int,
+        self, dispatcher: Dispatcher, principal: Principal, scope: WorkerScope, slots: int, max_slots: int
     ) -> None:
         self._dispatcher = dispatcher
         self.principal = principal
-        self.worker_id = worker_id
-        self.kinds = kinds
-        self.workspace_id = workspace_id
+        self.scope = scope
         self.free = slots
         self._max_slots = max_slots
         # Jobs assigned to this worker and not yet finished by it, with their lease tokens (and their workspaces).
@@ -110,7 +111,7 @@ class WorkerSession:
         self._detached = False
 
     def __repr__(self) -> str:
-        return f"WorkerSession(worker_id={self.worker_id!r}, free={self.free}, held={len(self.held)})"
+        return f"WorkerSession(worker_id={self.scope.worker_id!r}, free={self.free}, held={len(self.held)})"
 
     @property
     def wants_jobs(self) -> bool:
@@ -270,7 +271,8 @@ class Dispatcher:
             raise ResourceExhausted(f"Too many worker streams on this server (limit {self.max_streams})")
         if self._task is None:
             raise Unavailable("The server is not accepting workers (starting or shutting down)")
-        session = WorkerSession(self, principal, worker_id, tuple(sorted(set(kinds))), workspace, slots, self.max_slots)
+        scope = WorkerScope(worker_id, tuple(sorted(set(kinds))), workspace)
+        session = WorkerSession(self, principal, scope, slots, self.max_slots)
         self._sessions.append(session)
         self.wake()
         return session
@@ -343,19 +345,18 @@ class Dispatcher:
         if not sessions:
             return False
         start = next(self._turn) % len(sessions)
+        # (kinds, workspace) a claim came back short for this round: the sessions of the same ones skip it.
         empty: set[tuple[tuple[str, ...], str | None]] = set()
         busy = False
         for session in sessions[start:] + sessions[:start]:
-            scope = (session.kinds, session.workspace_id)
-            if scope in empty or not session.wants_jobs:
+            scope = session.scope
+            if (scope.kinds, scope.workspace_id) in empty or not session.wants_jobs:
                 continue
             want = min(session.free, CLAIM_STEP)
             share = session.share(self.max_workspace_share)
-            claims = await self.service.claim_batch(
-                session.worker_id, session.kinds, session.workspace_id, want, share=share
-            )
+            claims = await self.service.claim_batch(scope.worker_id, scope.kinds, scope.workspace_id, want, share=share)
             if len(claims) < want:
-                empty.add(scope)
+                empty.add((scope.kinds, scope.workspace_id))
             elif session.free > want:
                 busy = True  # a full step and still free slots: there may be more right away
             if not claims:
