@@ -11,7 +11,7 @@ from jobsd.domain.auth import NO_ACCESS, Principal, ReadScope, hash_token, new_t
 from jobsd.domain.kinds import BUILTIN_KINDS
 from jobsd.domain.model import Job, TokenRecord
 from jobsd.domain.rules import concurrency_key, is_visible
-from jobsd.domain.validation import NewJob, validate_new_job
+from jobsd.domain.validation import NewJob, retry_of, validate_new_job
 from jobsd.errors import InvalidArgument, PermissionDenied
 from tests.support.jobs import waiting_job
 
@@ -278,3 +278,32 @@ def test_bad_input_names_the_field(kind: str, fields: dict[str, Any], field: str
         validate_new_job(NewJob(kind=kind, **fields))
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}: ") and len(info.value.problem) > 5
+
+
+def test_a_retry_asks_for_what_the_creator_asked_with_a_fresh_query_id_and_keys() -> None:
+    job = waiting_job(
+        T0,
+        workspace_id="ws",
+        kind="populateview",
+        datasource={"name": "events", "id": "t_1"},
+        pipe_id="p_1",
+        pipe_name="pipe",
+        query_id="q_old",
+        query_sql="SELECT 1",
+        mode="replace",
+        url="https://example.invalid/data.csv",
+        params={"sql": "SELECT 1"},
+        idempotency_key="once",
+        request_id="r_old",
+    )
+    assert retry_of(job) == NewJob(
+        kind="populateview",
+        workspace_id="ws",
+        datasource={"name": "events", "id": "t_1"},
+        pipe_id="p_1",
+        pipe_name="pipe",
+        query_sql="SELECT 1",
+        mode="replace",
+        url="https://example.invalid/data.csv",
+        params={"sql": "SELECT 1"},
+    )

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlparse
 
 import orjson
 
 from jobsd.domain.kinds import BUILTIN_KINDS, KindRegistry
-from jobsd.domain.model import JobKind
+from jobsd.domain.model import Job, JobKind
 from jobsd.domain.redaction import redact_url
 from jobsd.errors import InvalidArgument
 
@@ -81,6 +81,16 @@ class NewJob:
     params: Mapping[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
     request_id: str | None = None
+
+
+# What a retry does not ask for again: a new run gets its own query id, and a request's keys are used once.
+_FRESH_ON_RETRY = frozenset({"query_id", "idempotency_key", "request_id"})
+
+
+def retry_of(job: Job) -> NewJob:
+    """What a retry of `job` asks for: what its creator asked (each field of NewJob, read off the job, so a field
+    added to NewJob is carried over too) but a fresh query id, idempotency key and request id."""
+    return NewJob(**{f.name: getattr(job, f.name) for f in fields(NewJob) if f.name not in _FRESH_ON_RETRY})
 
 
 def _text(name: str, value: str | None, limit: int = _MAX_TEXT) -> str | None:

@@ -34,7 +34,7 @@ from jobsd.domain.model import (
 )
 from jobsd.domain.rules import is_visible
 from jobsd.domain.states import Action, apply_progress, transition
-from jobsd.domain.validation import DEFAULT_STRUCT_LIMITS, NewJob, StructLimits, validate_new_job
+from jobsd.domain.validation import DEFAULT_STRUCT_LIMITS, NewJob, StructLimits, retry_of, validate_new_job
 from jobsd.errors import FailedPrecondition, InvalidArgument, JobsdError, NotFound, StaleLease, Unauthenticated
 from jobsd.metrics import Metrics
 from jobsd.service.hub import WatchHub
@@ -544,22 +544,8 @@ class JobService:
         principal.check_write(old)
         if old.status not in (JobStatus.ERROR, JobStatus.CANCELLED):
             raise FailedPrecondition(f"Job can only be retried when it is error or cancelled; it is {old.status.value}")
-        spec = NewJob(
-            workspace_id=old.workspace_id,
-            kind=old.kind,
-            datasource=old.datasource,
-            pipe_id=old.pipe_id,
-            pipe_name=old.pipe_name,
-            query_id=None,
-            query_sql=old.query_sql,
-            mode=old.mode,
-            url=old.url,
-            params=old.params,
-            idempotency_key=None,
-            request_id=None,
-        )
         # check_write above demands the same scopes create does.
-        return await self.create_job(principal, spec)
+        return await self.create_job(principal, retry_of(old))
 
     # ------------------------------------------------------------------ workers
 
