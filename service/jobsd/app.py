@@ -42,7 +42,7 @@ from jobsd.service.jobs import JobService
 from jobsd.service.ratelimit import TokenBuckets
 from jobsd.settings import Settings, split_addr
 from jobsd.stopping import stop_within
-from jobsd.store import open_store, store_shown
+from jobsd.store import SqliteCommit, open_store, store_shown
 from jobsd.store.base import JobStore
 from jobsd_client import pb
 
@@ -165,7 +165,10 @@ class JobsdApp:
         # Every job write stores the job's serialised message too; reads and write responses reuse those bytes.
         self.codec = JobWireCodec(settings.kind_registry)
         self.store: JobStore = store or open_store(
-            settings.store, log_retention=settings.log_retention, encoder=self.codec
+            settings.store,
+            log_retention=settings.log_retention,
+            encoder=self.codec,
+            sqlite_commit=SqliteCommit(settings.sqlite_commit_window_ms / 1000, settings.sqlite_commit_max_writes),
         )
         self.metrics = Metrics()
         self.hub = WatchHub(

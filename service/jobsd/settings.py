@@ -157,6 +157,19 @@ class Settings:
     store: str = _setting(
         "sqlite:///.jobsd/jobsd.db", "JOBSD_STORE", "`sqlite:///path` or a `mongodb://` / `mongodb+srv://` URI"
     )
+    sqlite_commit_window_ms: float = _setting(
+        10.0,
+        "JOBSD_SQLITE_COMMIT_WINDOW_MS",
+        "embedded store: while several calls write, how long their writes may gather to share one COMMIT (one "
+        "that no write joined for a fifth of it commits then); a write that comes alone never waits; 0: no waiting",
+        _number(float, 0),
+    )
+    sqlite_commit_max_writes: int = _setting(
+        64,
+        "JOBSD_SQLITE_COMMIT_MAX_WRITES",
+        "embedded store: writes one COMMIT carries at most (1: every write commits alone)",
+        _number(int, 1),
+    )
     public_url: str = _setting(
         "",
         "JOBSD_PUBLIC_URL",

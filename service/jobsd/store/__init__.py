@@ -8,9 +8,9 @@ from typing import cast
 
 from jobsd.errors import InvalidArgument
 from jobsd.store.base import JobEncoder, JobStore
-from jobsd.store.sqlite import SqliteStore
+from jobsd.store.sqlite import SqliteCommit, SqliteStore
 
-__all__ = ["SqliteStore", "open_store", "store_shown"]
+__all__ = ["SqliteCommit", "SqliteStore", "open_store", "store_shown"]
 
 _SQLITE_PREFIX = "sqlite:///"
 _MONGO_PREFIXES = ("mongodb://", "mongodb+srv://")
@@ -28,12 +28,19 @@ def store_shown(url: str) -> str:
     return f"{scheme}://{authority}{slash}{tail}"
 
 
-def open_store(url: str, *, log_retention: timedelta | None = None, encoder: JobEncoder | None = None) -> JobStore:
+def open_store(
+    url: str,
+    *,
+    log_retention: timedelta | None = None,
+    encoder: JobEncoder | None = None,
+    sqlite_commit: SqliteCommit | None = None,
+) -> JobStore:
     """The backend for `url` (JOBSD_STORE), not yet opened: the caller awaits `open()` (and later `close()`).
 
     `sqlite:///relative/path.db` or `sqlite:////absolute/path.db` (three slashes, then the path, as SQLAlchemy
     spells it); `mongodb://...` or `mongodb+srv://...` for MongoDB. `encoder` makes the wire bytes every job write
     stores for the record reads (see jobsd.store.base); the app passes the API's message serialiser.
+    `sqlite_commit` is the embedded store's group commit (JOBSD_SQLITE_COMMIT_*).
     """
     url = url.strip()
     if url.startswith(_SQLITE_PREFIX):
@@ -42,7 +49,7 @@ def open_store(url: str, *, log_retention: timedelta | None = None, encoder: Job
             raise InvalidArgument("store", f"{url!r} names no database file; expected sqlite:///path/to/jobsd.db")
         if path == ":memory:" or path.startswith("file:"):
             raise InvalidArgument("store", f"{url!r} is not a file path; the embedded store needs a durable file")
-        return SqliteStore(path, encoder=encoder)
+        return SqliteStore(path, encoder=encoder, commit=sqlite_commit or SqliteCommit())
     if url.startswith(_MONGO_PREFIXES):
         # Imported only when asked for, so the embedded store never pays for the MongoDB driver.
         mongo = importlib.import_module("jobsd.store.mongo")

@@ -1,5 +1,5 @@
 """The embedded store: one SQLite file (see `jobsd.store.sqlite.store`)."""
 
-from jobsd.store.sqlite.store import SqliteStore
+from jobsd.store.sqlite.store import SqliteCommit, SqliteStore
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteCommit", "SqliteStore"]

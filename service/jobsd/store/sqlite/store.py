@@ -9,6 +9,19 @@ that open the same file (e.g. `jobsd token create` next to a running server).
 Durability: WAL with `synchronous=NORMAL` writes every commit to the WAL file before the call returns, so an
 acknowledged write survives a crash of the process (kill -9); it may be lost only on an OS crash or power loss.
 
+Group commit: a COMMIT costs about as much as the pages it appends to the WAL, and one job write touches ~24
+(the row, a dozen index entries, the jobs_log row and its indexes), most of them the same tail pages as the next
+write's. So a write runs its statements at once in the open transaction and then waits for the COMMIT that makes it
+durable; writes made meanwhile by other coroutines join the same transaction and share its pages. The COMMIT comes
+- at the event loop's next turn when writes come one at a time (the last group held one write): no added wait;
+- when others are writing too (the last group held more): once no write has joined for a fifth of the window
+  (`SqliteCommit.window`), and at the latest a window after the group opened;
+- at once when the group holds `SqliteCommit.max_writes` writes, and before any read, so a read never sees an
+  uncommitted write (and a caller that re-reads after losing a compare-and-set sees the write it lost to).
+A write is acknowledged, and its change published to the feed, only after its COMMIT; a failed COMMIT fails every
+write of its group and changes nothing. Writes refuse before they change anything, so one refused write leaves the
+others of its group as they were.
+
 Layout: table `jobs` keeps the indexed columns next to `doc`, the JSON of `job_to_plain(job)` (datetimes as integer
 microseconds), and `wire`, the job as the store's encoder made it (the serialised API message), written with `doc`
 in every write so GetJob/ListJobs answer from bytes (`get_record`, `list_records`). Every list filter is one
@@ -28,7 +41,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
@@ -55,7 +68,7 @@ from jobsd.store.base import (
 from jobsd.store.fanout import DEFAULT_FEED_CAPACITY, ChangeFanout
 from jobsd.store.plain import job_from_plain, job_to_plain, log_entry_for
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteCommit", "SqliteStore"]
 
 SCHEMA_VERSION: Final = 2
 # Version 1 had no `wire` column: opening such a file adds it; rows written before answer by encoding `doc`.
@@ -101,8 +114,9 @@ _FILTER_INDEXES: Final = (
 # walk is an index-only scan of microseconds per row); a worker that finds nothing simply polls again once running
 # jobs finish.
 CLAIM_SCAN_LIMIT: Final = 5_000
-# Workspaces whose turns one statement reads (under SQLite's limit on bound parameters).
+# Workspaces whose turns one statement reads, ids one statement looks up (under SQLite's limit on bound parameters).
 _TURNS_PER_READ: Final = 500
+_IDS_PER_READ: Final = 500
 # How long a look at the database file (still there, still the same file) vouches for it before a write looks again.
 FILE_CHECK_INTERVAL: Final = 0.05
 # WAL pages between automatic checkpoints (SQLite's default is 1,000). A single-job write appends ~24 pages (the
@@ -111,6 +125,12 @@ FILE_CHECK_INTERVAL: Final = 0.05
 # tenth as often, and a page written many times between two checkpoints (the tail of an index) is copied once.
 # Durability is unchanged: a commit is in the WAL file before it returns, whenever the checkpoint runs.
 WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
+# Group commit (module docstring): how long a group of writes gathers while others write, and how many it holds at
+# most. A window of a few milliseconds lets the writes of concurrent calls share one COMMIT's pages.
+DEFAULT_COMMIT_WINDOW: Final = 0.010
+DEFAULT_COMMIT_GROUP_MAX: Final = 64
+# A gathering group that no write joined for window / this commits without waiting out the window.
+COMMIT_GAP_DIVISOR: Final = 5
 # Rows deleted per transaction by `purge`, which yields to the event loop between batches.
 PURGE_BATCH: Final = 2_000
 
@@ -219,6 +239,36 @@ class _Guard:
             raise Unavailable(f"SQLite store {self._path} cannot {self._action}: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class SqliteCommit:
+    """Group commit (module docstring): how long, in seconds, the writes of concurrent calls may gather for one
+    COMMIT, and how many one COMMIT carries at most (JOBSD_SQLITE_COMMIT_WINDOW_MS, _MAX_WRITES)."""
+
+    window: float = DEFAULT_COMMIT_WINDOW
+    max_writes: int = DEFAULT_COMMIT_GROUP_MAX
+
+    def __post_init__(self) -> None:
+        if not self.window >= 0:
+            raise InvalidArgument("commit.window", f"must be 0 or more seconds, got {self.window}")
+        if self.max_writes < 1:
+            raise InvalidArgument("commit.max_writes", f"must be at least 1, got {self.max_writes}")
+
+
+class _CommitGroup:
+    """The writes of the open transaction: each waits for the one COMMIT that makes them all durable."""
+
+    __slots__ = ("handle", "last_join", "opened", "published", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: list[asyncio.Future[None]] = []
+        # The jobs those writes changed, in write order: published to the change feed once committed.
+        self.published: list[Job] = []
+        self.handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        # loop.time() of the first and of the latest write that joined.
+        self.opened = 0.0
+        self.last_join = 0.0
+
+
 class SqliteStore:
     """`jobsd.store.base.JobStore` on one SQLite file. Create, `await open()`, use, `await close()`."""
 
@@ -229,6 +279,7 @@ class SqliteStore:
         feed_capacity: int = DEFAULT_FEED_CAPACITY,
         busy_timeout_ms: int = 5_000,
         encoder: JobEncoder | None = None,
+        commit: SqliteCommit | None = None,
     ) -> None:
         self._path = Path(path)
         # Job -> wire bytes, stored beside `doc` by every write. Without one, writes store no wire and the record
@@ -243,10 +294,31 @@ class SqliteStore:
         self._file_ok_until = 0.0
         # The in-process change feed: every committed job write, in commit order.
         self._feed = ChangeFanout(feed_capacity)
+        # Group commit (see the module docstring): the open transaction's writes, how long a group may gather
+        # while others write, at most how many writes one COMMIT carries, and how many the last one carried.
+        commit = commit or SqliteCommit()
+        self._group: _CommitGroup | None = None
+        self._commit_window = commit.window
+        # A group still growing waits on; one that no write joined for this long commits early.
+        self._commit_gap = commit.window / COMMIT_GAP_DIVISOR
+        self._commit_group_max = commit.max_writes
+        self._last_group_size = 0
+        self._commits = 0
+        self._committed_writes = 0
 
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def commits(self) -> int:
+        """COMMITs of writes made through this store since it was created (group commit shares one among many)."""
+        return self._commits
+
+    @property
+    def committed_writes(self) -> int:
+        """Writes those COMMITs made durable."""
+        return self._committed_writes
 
     def supports(self, capability: Capability) -> bool:
         # Its change feed is in-process: another process writing the same file is not seen.
@@ -298,6 +370,8 @@ class SqliteStore:
         self._file_identity = (stat.st_dev, stat.st_ino)
 
     async def close(self) -> None:
+        # The writes still gathering were made before close was asked for: commit them, so their callers return.
+        self._commit_group()
         self._feed.close()
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -305,7 +379,7 @@ class SqliteStore:
 
     async def ping(self) -> None:
         self._check_file(always=True)
-        with self._guard("answer a health check"):
+        with self._read("answer a health check"):
             conn = self._open_connection()
             conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
             # Taking the write lock proves the file can be written now (no other process is stuck holding it).
@@ -322,22 +396,35 @@ class SqliteStore:
         log = log_entry_for(job)
         with self._write("insert a job") as conn:
             stored = self._insert(conn, job, row, log)
-        if stored is job:
-            self._publish(job)
+        await self._committed((job,) if stored is job else ())
         return stored
 
     async def insert_jobs(self, jobs: Sequence[Job]) -> list[Job]:
         """One transaction for the whole batch: one commit's WAL pages instead of one per job."""
         rows = [(job, _job_row(job, self._wire(job)), log_entry_for(job)) for job in jobs]
         with self._write("insert jobs") as conn:
+            self._refuse_taken_ids(conn, [job.id for job in jobs])
             stored = [self._insert(conn, job, row, log) for job, row, log in rows]
-        for job, kept in zip(jobs, stored, strict=True):
-            if kept is job:
-                self._publish(job)
+        await self._committed([job for job, kept in zip(jobs, stored, strict=True) if kept is job])
         return stored
 
+    @staticmethod
+    def _refuse_taken_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
+        """AlreadyExists, before a batch changes anything, if one of its ids is taken or appears twice in it."""
+        if len(set(ids)) != len(ids):
+            twice = next(i for i in ids if ids.count(i) > 1)
+            raise AlreadyExists(f"Job with id {twice!r} appears twice in one batch")
+        for start in range(0, len(ids), _IDS_PER_READ):
+            chunk = ids[start : start + _IDS_PER_READ]
+            taken = conn.execute(
+                f"SELECT id FROM jobs WHERE id IN ({', '.join('?' * len(chunk))}) LIMIT 1", chunk
+            ).fetchone()
+            if taken is not None:
+                raise AlreadyExists(f"Job with id {taken[0]!r} already exists")
+
     def _insert(self, conn: sqlite3.Connection, job: Job, row: tuple[Any, ...], log: LogEntry) -> Job:
-        """Insert `job` inside the caller's transaction; the visible job holding its idempotency key instead."""
+        """Insert `job` inside the caller's transaction; the visible job holding its idempotency key instead.
+        A refusal comes before any change (see `_write`)."""
         if job.idempotency_key is not None:
             existing = conn.execute(
                 f"SELECT doc FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND {_VISIBLE}",
@@ -345,6 +432,9 @@ class SqliteStore:
             ).fetchone()
             if existing is not None:
                 return _job_from_doc(existing[0])
+            # The UPDATE below changes a row: refuse a taken id before it, not at the INSERT after it.
+            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone() is not None:
+                raise AlreadyExists(f"Job with id {job.id!r} already exists")
             # A job that is no longer visible keeps no claim on its key.
             conn.execute(
                 "UPDATE jobs SET idempotency_key = NULL WHERE workspace_id = ? AND idempotency_key = ?",
@@ -361,7 +451,7 @@ class SqliteStore:
         return job
 
     async def get_job(self, job_id: str, now: datetime) -> Job | None:
-        with self._guard("read a job"):
+        with self._read("read a job"):
             row = (
                 self._open_connection()
                 .execute(f"SELECT doc FROM jobs WHERE id = ? AND {_VISIBLE}", (job_id, to_micros(now)))
@@ -370,7 +460,7 @@ class SqliteStore:
         return None if row is None else _job_from_doc(row[0])
 
     async def get_record(self, job_id: str, now: datetime) -> JobRecord | None:
-        with self._guard("read a job"):
+        with self._read("read a job"):
             conn = self._open_connection()
             row = conn.execute(
                 f"SELECT {_RECORD_COLUMNS} FROM jobs WHERE id = ? AND {_VISIBLE}", (job_id, to_micros(now))
@@ -391,7 +481,7 @@ class SqliteStore:
         if workspace_id is not None:
             where.append("workspace_id = ?")
             params.append(workspace_id)
-        with self._guard("find jobs by id prefix"):
+        with self._read("find jobs by id prefix"):
             conn = self._open_connection()
             rows = conn.execute(
                 f"SELECT {_RECORD_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*params, limit)
@@ -412,7 +502,7 @@ class SqliteStore:
         if query.limit < 1:
             raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
         statements = self._list_statements(query, _RECORD_COLUMNS)
-        with self._guard("list jobs"):
+        with self._read("list jobs"):
             conn = self._open_connection()
             if len(statements) == 1:
                 sql, params = statements[0]
@@ -439,7 +529,7 @@ class SqliteStore:
         if query.limit < 1:
             raise InvalidArgument("limit", f"must be at least 1, got {query.limit}")
         statements = self._list_statements(query)
-        with self._guard("list jobs"):
+        with self._read("list jobs"):
             conn = self._open_connection()
             if len(statements) == 1:
                 sql, params = statements[0]
@@ -458,7 +548,7 @@ class SqliteStore:
 
     def explain_list_jobs(self, query: JobQuery) -> list[list[str]]:
         """EXPLAIN QUERY PLAN of each statement `list_jobs(query)` runs: one list of plan lines per statement."""
-        with self._guard("explain a query"):
+        with self._read("explain a query"):
             conn = self._open_connection()
             return [
                 [str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
@@ -515,8 +605,7 @@ class SqliteStore:
             written = self._write_if_revision(conn, old, new, doc, wire)
             if written and log is not None:
                 self._append_log(conn, log)
-        if written:
-            self._publish(new)
+        await self._committed((new,) if written else ())
         return written
 
     async def compare_and_set_many(self, pairs: Sequence[tuple[Job, Job]]) -> list[bool]:
@@ -535,9 +624,7 @@ class SqliteStore:
                 if written and status_changed:
                     self._append_log(conn, log_entry_for(new))
                 outcomes.append(written)
-        for (_old, new, *_rest), written in zip(prepared, outcomes, strict=True):
-            if written:
-                self._publish(new)
+        await self._committed([new for (_old, new, *_rest), written in zip(prepared, outcomes, strict=True) if written])
         return outcomes
 
     async def claim_batch(self, request: ClaimRequest, limit: int) -> list[Job]:
@@ -554,8 +641,7 @@ class SqliteStore:
                 claimed.append(job)
                 # The job just claimed counts towards its workspace's share for the next claim.
                 request = replace(request, share=after_claim(request.share, job.workspace_id))
-        for job in claimed:
-            self._publish(job)
+        await self._committed(claimed)
         return claimed
 
     async def claim_next(self, request: ClaimRequest) -> Job | None:
@@ -565,8 +651,7 @@ class SqliteStore:
         now = to_micros(request.now)
         with self._write("claim a job") as conn:
             claimed = self._claim_in(conn, request, now)
-        if claimed is not None:
-            self._publish(claimed)
+        await self._committed(() if claimed is None else (claimed,))
         return claimed
 
     def _claim_in(self, conn: sqlite3.Connection, request: ClaimRequest, now: int) -> Job | None:
@@ -620,7 +705,7 @@ class SqliteStore:
     async def lapsed_leases(self, now: datetime, limit: int) -> list[Job]:
         if limit < 1:
             raise InvalidArgument("limit", f"must be at least 1, got {limit}")
-        with self._guard("list lapsed leases"):
+        with self._read("list lapsed leases"):
             rows = (
                 self._open_connection()
                 .execute(
@@ -645,6 +730,7 @@ class SqliteStore:
             while True:
                 with self._write("purge expired rows") as conn:
                     count = conn.execute(sql, (bound, PURGE_BATCH)).rowcount
+                await self._committed()
                 deleted += count
                 if count < PURGE_BATCH:
                     break
@@ -674,7 +760,7 @@ class SqliteStore:
             f"SELECT {_LOG_COLUMNS} FROM jobs_log {index} WHERE {' AND '.join(where)} "
             "ORDER BY updated_at DESC, job_id DESC, revision DESC LIMIT ?"
         )
-        with self._guard("list the jobs log"):
+        with self._read("list the jobs log"):
             rows = self._open_connection().execute(sql, (*params, query.limit)).fetchall()
         return [
             LogEntry(
@@ -714,6 +800,7 @@ class SqliteStore:
                 (str(uuid.uuid4()), name, to_micros(now)),
             )
             row = conn.execute("SELECT id, name, created_at FROM workspaces WHERE name = ?", (name,)).fetchone()
+        await self._committed()
         return Workspace(id=row[0], name=row[1], created_at=from_micros(row[2]))
 
     async def get_workspace(self, workspace_id: str) -> Workspace | None:
@@ -724,7 +811,7 @@ class SqliteStore:
 
     def _workspace_where(self, column: Literal["id", "name"], value: str) -> Workspace | None:
         """The workspace whose `column` (both are unique) is `value`, if any."""
-        with self._guard("read a workspace"):
+        with self._read("read a workspace"):
             row = (
                 self._open_connection()
                 .execute(f"SELECT id, name, created_at FROM workspaces WHERE {column} = ?", (value,))
@@ -745,9 +832,10 @@ class SqliteStore:
                     to_micros(record.created_at),
                 ),
             )
+        await self._committed()
 
     async def get_token(self, token_hash: str) -> TokenRecord | None:
-        with self._guard("read a token"):
+        with self._read("read a token"):
             row = (
                 self._open_connection()
                 .execute(
@@ -795,20 +883,118 @@ class SqliteStore:
         """Any SQLite failure surfaces as Unavailable naming the file and what we were doing."""
         return _Guard(self._path, action)
 
+    def _read(self, action: str) -> _Guard:
+        """Before a read: commit the writes still gathering (a read sees only what is committed, and a caller that
+        re-reads after losing a compare-and-set sees the write it lost to)."""
+        if self._group is not None:
+            self._commit_group()
+        return _Guard(self._path, action)
+
     @contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction; rolled back if the body raises (so a refused write changes nothing)."""
+        """One write, in the open transaction (begun if none is). The caller then awaits `_committed`, which
+        returns once the write is durable.
+
+        A write refuses (raises) before it changes anything, so a refusal leaves its group as it was. There are no
+        savepoints: SQLite copies every page a savepoint first touches into its statement journal, which cost a
+        single create more than its COMMIT did. A failure after a change (an I/O error, a full disk) rolls the
+        whole group back and fails all its writes, none of which had been acknowledged."""
         self._check_file()
         with self._guard(action):
             conn = self._open_connection()
-            conn.execute("BEGIN IMMEDIATE")
+            if self._group is None:
+                conn.execute("BEGIN IMMEDIATE")
+                self._group = _CommitGroup()
+            changes = conn.total_changes
             try:
                 yield conn
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                self._undo_write(conn, changed=conn.total_changes != changes)
                 raise
+
+    def _undo_write(self, conn: sqlite3.Connection, *, changed: bool) -> None:
+        """A write's body raised: keep the other writes of its group if it changed nothing, else fail them all."""
+        group = self._group
+        if conn.in_transaction and not changed:
+            if group is not None and not group.waiters:
+                # Nobody else is in this transaction: end it now rather than hold the write lock.
+                self._group = None
+                conn.execute("ROLLBACK")
+            return
+        self._group = None
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if group is not None:
+            self._fail_group(group, f"SQLite store {self._path}: a write failed mid-transaction; none of it was kept")
+
+    async def _committed(self, published: Sequence[Job] = ()) -> None:
+        """Wait until the write just made (in the open group) is committed; `published` goes to the change feed
+        then. When the group commits: see the module docstring."""
+        group = self._group
+        if group is None:  # pragma: no cover - _write always leaves a group open
+            raise Unavailable(f"SQLite store {self._path}: no open transaction to commit")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        group.waiters.append(waiter)
+        group.published.extend(published)
+        group.last_join = now = loop.time()
+        if len(group.waiters) >= self._commit_group_max:
+            self._commit_group()
+        elif group.handle is None:
+            group.opened = now
+            if self._last_group_size > 1 and self._commit_window > 0:
+                group.handle = loop.call_at(now + self._commit_gap, self._commit_when_quiet)
+            else:
+                group.handle = loop.call_soon(self._commit_group)
+        await waiter
+
+    def _commit_when_quiet(self) -> None:
+        """The gathering group's timer: commit once no write has joined for a gap, or at the end of the window."""
+        group = self._group
+        if group is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        until = min(group.last_join + self._commit_gap, group.opened + self._commit_window)
+        if now < until:
+            group.handle = loop.call_at(until, self._commit_when_quiet)
+            return
+        self._commit_group()
+
+    def _commit_group(self) -> None:
+        """COMMIT the open transaction; then publish its jobs in write order and release its writers."""
+        group, self._group = self._group, None
+        if group is None:
+            return
+        if group.handle is not None:
+            group.handle.cancel()
+        conn = self._conn
+        try:
+            if conn is None:
+                raise sqlite3.OperationalError("the store was closed")
             conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn is not None and conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            self._fail_group(group, f"SQLite store {self._path} cannot commit: {exc}")
+            return
+        self._last_group_size = len(group.waiters)
+        self._commits += 1
+        self._committed_writes += len(group.waiters)
+        for job in group.published:
+            self._publish(job)
+        for waiter in group.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    @staticmethod
+    def _fail_group(group: _CommitGroup, message: str) -> None:
+        if group.handle is not None:
+            group.handle.cancel()
+        for waiter in group.waiters:
+            if not waiter.done():
+                waiter.set_exception(Unavailable(message))
 
     @staticmethod
     def _write_if_revision(conn: sqlite3.Connection, old: Job, new: Job, doc: str, wire: bytes | None) -> bool:
