@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 from pathlib import Path
@@ -255,3 +256,33 @@ def test_writes_acknowledged_from_concurrent_groups_survive_kill_9(tmp_path: Pat
     assert all(job is not None for job in found), "an acknowledged write was lost"
     # The 5 writes that were still gathering were never acknowledged: all or none of a group is there.
     assert total in (40, 45)
+
+
+async def test_wal_checkpoints_run_in_the_background_and_stop_with_the_store(tmp_path: Path) -> None:
+    """The database file itself (without its WAL) gains committed rows although no write checkpoints."""
+    path = tmp_path / "jobsd.db"
+    store = await open_store(path)
+    ws = new_workspace_id()
+    jobs = [new_job(ws) for _ in range(50)]
+    await asyncio.gather(*(store.insert_job(job) for job in jobs))
+
+    def rows_in_the_main_file() -> int:
+        copy = tmp_path / "main-file-only.db"
+        copy.write_bytes(path.read_bytes())  # the -wal file is not copied: only checkpointed pages are here
+        conn = sqlite3.connect(copy)
+        try:
+            return int(conn.execute("SELECT count(*) FROM jobs WHERE workspace_id = ?", (ws,)).fetchone()[0])
+        except sqlite3.DatabaseError:
+            return 0
+        finally:
+            conn.close()
+
+    try:
+        async with asyncio.timeout(30):
+            while rows_in_the_main_file() < 50:  # noqa: ASYNC110 -- a file being checkpointed: nothing to wait on
+                await asyncio.sleep(0.1)
+        assert any(t.name.startswith("jobsd-wal-checkpoint") for t in threading.enumerate())
+    finally:
+        await store.close()
+        await store.close()
+    assert not any(t.name.startswith("jobsd-wal-checkpoint") for t in threading.enumerate())

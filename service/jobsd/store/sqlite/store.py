@@ -67,6 +67,7 @@ from jobsd.store.base import (
 )
 from jobsd.store.fanout import DEFAULT_FEED_CAPACITY, ChangeFanout
 from jobsd.store.plain import job_from_plain, job_to_plain, log_entry_for
+from jobsd.store.sqlite.checkpoint import WalCheckpointer
 
 __all__ = ["SqliteCommit", "SqliteStore"]
 
@@ -119,12 +120,6 @@ _TURNS_PER_READ: Final = 500
 _IDS_PER_READ: Final = 500
 # How long a look at the database file (still there, still the same file) vouches for it before a write looks again.
 FILE_CHECK_INTERVAL: Final = 0.05
-# WAL pages between automatic checkpoints (SQLite's default is 1,000). A single-job write appends ~24 pages (the
-# row, its 12 index entries, the jobs_log row and its indexes), so the default checkpointed every ~40 writes, each
-# time copying the pages back into the database file and syncing it. 10,000 pages (~40 MB of WAL) checkpoint a
-# tenth as often, and a page written many times between two checkpoints (the tail of an index) is copied once.
-# Durability is unchanged: a commit is in the WAL file before it returns, whenever the checkpoint runs.
-WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
 # Group commit (module docstring): how long a group of writes gathers while others write, and how many it holds at
 # most. A window of a few milliseconds lets the writes of concurrent calls share one COMMIT's pages.
 DEFAULT_COMMIT_WINDOW: Final = 0.010
@@ -294,6 +289,7 @@ class SqliteStore:
         self._file_ok_until = 0.0
         # The in-process change feed: every committed job write, in commit order.
         self._feed = ChangeFanout(feed_capacity)
+        self._checkpointer = WalCheckpointer(self._path, busy_timeout_ms=busy_timeout_ms)
         # Group commit (see the module docstring): the open transaction's writes, how long a group may gather
         # while others write, at most how many writes one COMMIT carries, and how many the last one carried.
         commit = commit or SqliteCommit()
@@ -348,7 +344,8 @@ class SqliteStore:
             # A bounded page cache (32 MiB): index pages of a large store stay hot; memory stays flat in its size.
             conn.execute("PRAGMA cache_size=-32768")
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            # No checkpoint inside a COMMIT on the event loop: WalCheckpointer runs them on a thread of its own.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version not in (0, *_OLDER_VERSIONS, SCHEMA_VERSION):
                 raise sqlite3.OperationalError(
@@ -368,11 +365,13 @@ class SqliteStore:
             raise Unavailable(f"SQLite store {self._path} cannot be opened: {exc}") from None
         self._conn = conn
         self._file_identity = (stat.st_dev, stat.st_ino)
+        self._checkpointer.start()
 
     async def close(self) -> None:
         # The writes still gathering were made before close was asked for: commit them, so their callers return.
         self._commit_group()
         self._feed.close()
+        await self._checkpointer.stop()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
