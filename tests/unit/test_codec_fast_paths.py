@@ -1,5 +1,6 @@
 """The hand-written fast paths of the hot code give what the library calls they replaced give: Struct requests
-as `json_format.MessageToDict` reads them, `model.evolve` as `dataclasses.replace` (hypothesis)."""
+as `json_format.MessageToDict` reads them, `model.evolve` as `dataclasses.replace` (hypothesis), `model.builder`'s
+constructors as the frozen classes' own."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobsd.api.codec import struct_to_dict
-from jobsd.domain.model import Job, JobStatus, evolve
+from jobsd.domain.model import Job, JobStatus, LogEntry, builder, evolve, new_job, new_log_entry
+from jobsd.domain.validation import NewJob, new_spec
 from jobsd.errors import InvalidArgument
 from jobsd_client import pb
 from tests.support.jobs import waiting_job
@@ -94,3 +96,57 @@ def test_a_struct_number_stays_a_float() -> None:
     converted = struct_to_dict(request, "params")
     assert converted == {"n": 4.0} and isinstance(converted["n"], float)
     assert struct_pb2.Value(number_value=4).number_value == converted["n"]
+
+
+def test_a_builder_makes_the_frozen_class_itself() -> None:
+    fields = {f.name: getattr(_JOB, f.name) for f in dataclasses.fields(Job)}
+    built = new_job(**fields)
+    assert type(built) is Job and built == Job(**fields) == _JOB and hash(built.id) == hash(_JOB.id)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.revision = 2  # type: ignore[misc]
+    # Defaults and factories as the class has them: a fresh dict per job, never one shared.
+    short = {name: fields[name] for name in ("id", "workspace_id", "kind", "status", "created_at", "updated_at")}
+    a = new_job(**short, revision=1, status_revision=1, concurrency_key="k", expires_at=None)
+    b = Job(**short, revision=1, status_revision=1, concurrency_key="k", expires_at=None)
+    assert a == b and a.params == {} and a.params is not new_job(**fields).params and a.result is not b.result
+    spec = new_spec(kind="copy", url="u")
+    assert type(spec) is NewJob and spec == NewJob(kind="copy", url="u")
+    made = new_log_entry(
+        job_id="j",
+        job_type="copy",
+        status="waiting",
+        error=None,
+        workspace_id="w",
+        request_id="r",
+        pipe_id=None,
+        datasource_id=None,
+        created_at=_T0,
+        started_at=None,
+        updated_at=_T0,
+        job_metadata={"a": 1},
+        revision=1,
+    )
+    assert type(made) is LogEntry and made == LogEntry(
+        job_id="j",
+        job_type="copy",
+        status="waiting",
+        error=None,
+        workspace_id="w",
+        request_id="r",
+        pipe_id=None,
+        datasource_id=None,
+        created_at=_T0,
+        started_at=None,
+        updated_at=_T0,
+        job_metadata={"a": 1},
+        revision=1,
+    )
+
+
+def test_a_builder_refuses_a_class_without_slots() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Loose:
+        x: int
+
+    with pytest.raises(TypeError, match="Loose"):
+        builder(Loose)

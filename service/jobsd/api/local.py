@@ -30,7 +30,7 @@ from jobsd.api.codec import (
     workspace_to_pb,
 )
 from jobsd.domain.clock import to_micros
-from jobsd.domain.validation import NewJob
+from jobsd.domain.validation import NewJob, new_spec
 from jobsd.errors import InvalidArgument, JobsdError
 from jobsd.service.dispatch import Dispatcher, Outgoing, StreamFinish, StreamHeartbeat, WorkerSession
 from jobsd.service.jobs import Claim, FinishItem, HeartbeatItem, JobService
@@ -82,7 +82,7 @@ class _EventEncoder:
 
 
 def _new_job(request: pb.CreateJobRequest) -> NewJob:
-    return NewJob(
+    return new_spec(
         kind=request.kind,
         workspace_id=request.workspace_id or None,
         datasource=struct_to_dict(request, "datasource"),

@@ -11,11 +11,11 @@ from urllib.parse import urlsplit
 import orjson
 
 from jobsd.domain.kinds import BUILTIN_KINDS, KindRegistry
-from jobsd.domain.model import Job, JobKind
+from jobsd.domain.model import Job, JobKind, builder
 from jobsd.domain.redaction import redact_url
 from jobsd.errors import InvalidArgument
 
-__all__ = ["DEFAULT_STRUCT_LIMITS", "NewJob", "StructLimits", "validate_new_job"]
+__all__ = ["DEFAULT_STRUCT_LIMITS", "NewJob", "StructLimits", "new_spec", "validate_new_job"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _MAX_TEXT = 256
@@ -86,6 +86,9 @@ class NewJob:
     idempotency_key: str | None = None
     request_id: str | None = None
 
+
+# `NewJob(...)` without the frozen `__init__`'s cost (see `builder`): every create builds two.
+new_spec = builder(NewJob)
 
 # What a retry does not ask for again: a new run gets its own query id, and a request's keys are used once.
 _FRESH_ON_RETRY = frozenset({"query_id", "idempotency_key", "request_id"})
@@ -160,7 +163,7 @@ def validate_new_job(
         if not isinstance(condition, str) or not condition.strip():
             raise InvalidArgument("params.delete_condition", "is required for delete_data jobs")
 
-    return NewJob(
+    return new_spec(
         kind=rules.name,
         workspace_id=spec.workspace_id or None,
         datasource=datasource,

@@ -31,6 +31,7 @@ from jobsd.domain.model import (
     Workspace,
     datasource_id_for,
     evolve,
+    new_job,
 )
 from jobsd.domain.rules import is_visible
 from jobsd.domain.states import Action, apply_progress, transition
@@ -412,7 +413,7 @@ class JobService:
         query_id = valid.query_id
         if query_id is None and valid.kind in ("populateview", "copy", "query"):
             query_id = _new_query_id(now)
-        return Job(
+        return new_job(
             id=job_id,
             workspace_id=workspace_id,
             kind=valid.kind,

@@ -6,7 +6,16 @@ from datetime import datetime
 from typing import Any
 
 from jobsd.domain.clock import from_micros, utc
-from jobsd.domain.model import Job, JobStatus, LogEntry, ProcessedData, QueryProgress, Statistics
+from jobsd.domain.model import (
+    Job,
+    JobStatus,
+    LogEntry,
+    ProcessedData,
+    QueryProgress,
+    Statistics,
+    new_job,
+    new_log_entry,
+)
 from jobsd.domain.redaction import scrub
 
 __all__ = ["job_from_plain", "job_to_plain", "log_entry_for", "parse_time"]
@@ -84,7 +93,7 @@ def job_from_plain(d: dict[str, Any]) -> Job:
     created_at = times["created_at"]
     updated_at = times["updated_at"]
     assert created_at is not None and updated_at is not None
-    return Job(
+    return new_job(
         id=d["id"],
         workspace_id=d["workspace_id"],
         kind=d["kind"],
@@ -144,7 +153,7 @@ def log_entry_for(job: Job) -> LogEntry:
         metadata["processed_data"] = job_to_plain(job)["processed_data"]
     if job.errors:
         metadata["errors"] = [scrub(text, job.url) for text in job.errors]
-    return LogEntry(
+    return new_log_entry(
         job_id=job.id,
         job_type=job.kind,
         status=job.status.value,
