@@ -1,13 +1,15 @@
 """The hand-written fast paths of the hot code give what the library calls they replaced give: Struct requests
 as `json_format.MessageToDict` reads them, `model.evolve` as `dataclasses.replace` (hypothesis), `model.builder`'s
-constructors as the frozen classes' own."""
+constructors as the frozen classes' own, ids as `uuid.uuid4` made them."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import uuid
 from datetime import UTC, datetime
 from typing import Any
+from unittest import mock
 
 import pytest
 from google.protobuf import json_format, struct_pb2
@@ -15,9 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobsd.api.codec import struct_to_dict
+from jobsd.domain.clock import from_micros
 from jobsd.domain.model import Job, JobStatus, LogEntry, builder, evolve, new_job, new_log_entry
 from jobsd.domain.validation import NewJob, new_spec
 from jobsd.errors import InvalidArgument
+from jobsd.service import jobs
 from jobsd_client import pb
 from tests.support.jobs import waiting_job
 
@@ -150,3 +154,18 @@ def test_a_builder_refuses_a_class_without_slots() -> None:
 
     with pytest.raises(TypeError, match="Loose"):
         builder(Loose)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=16, max_size=16), st.integers(0, 253_402_300_799_999))
+def test_ids_are_made_as_uuid4_and_the_ulid_loop_made_them(raw: bytes, millis: int) -> None:
+    made = uuid.UUID(bytes=raw, version=4)
+    with mock.patch("os.urandom", lambda n: raw):
+        assert jobs._new_job_id() == str(made)
+        assert jobs._uuid4_bytes().hex() == made.hex
+        query_id = jobs._new_query_id(from_micros(millis * 1000))
+    value, digits = millis << 80 | int.from_bytes(made.bytes[:10], "big"), []
+    for _ in range(26):
+        value, rest = divmod(value, 32)
+        digits.append("0123456789ABCDEFGHJKMNPQRSTVWXYZ"[rest])
+    assert query_id == "".join(reversed(digits))
