@@ -159,8 +159,10 @@ def job_to_pb(job: Job, kinds: KindRegistry = BUILTIN_KINDS) -> pb.Job:
         concurrency_key=job.concurrency_key,
         returns=job.returns,
     )
-    msg.created_at.FromMicroseconds(to_micros(job.created_at))
-    msg.updated_at.FromMicroseconds(to_micros(job.updated_at))
+    created_at = to_micros(job.created_at)
+    msg.created_at.FromMicroseconds(created_at)
+    # A new job's two times are one datetime: converted once.
+    msg.updated_at.FromMicroseconds(created_at if job.updated_at is job.created_at else to_micros(job.updated_at))
     if job.queries:
         add_query = msg.queries.add
         for q in job.queries:
@@ -175,7 +177,7 @@ def job_to_pb(job: Job, kinds: KindRegistry = BUILTIN_KINDS) -> pb.Job:
         ref.id = job.datasource_id or ""
         ref.name = job.datasource_name or ""
         msg.datasource.SetInParent()
-        msg.datasource.update(job.datasource)
+        _update_struct(msg.datasource, job.datasource)
     for name in _OPTIONAL_TEXT:
         if (value := getattr(job, name)) is not None:
             setattr(msg, name, value)
@@ -201,10 +203,22 @@ def job_to_pb(job: Job, kinds: KindRegistry = BUILTIN_KINDS) -> pb.Job:
     if job.lease_expires_at is not None:
         msg.lease_expires_at.FromMicroseconds(to_micros(job.lease_expires_at))
     if job.params:
-        msg.params.update(job.params)
+        _update_struct(msg.params, job.params)
     if job.result:
-        msg.result.update(job.result)
+        _update_struct(msg.result, job.result)
     return msg
+
+
+def _update_struct(struct: struct_pb2.Struct, value: dict[str, Any]) -> None:
+    """`struct.update(value)`: a string sets its entry here (what `update` does for one, without its Python type
+    switch per entry: a data source is its name and id); any other value goes through `update`."""
+    entries = struct.fields
+    for key in value:
+        item = value[key]
+        if type(item) is str:
+            entries[key].string_value = item
+        else:
+            struct.update({key: item})
 
 
 _QUERY_STATUSES = frozenset({"waiting", "working", "done", "error", "cancelled"})

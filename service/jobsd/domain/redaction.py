@@ -33,6 +33,8 @@ def _redact_pairs(text: str) -> str:
 
 def redact_url(url: str) -> str:
     """The URL with its credentials masked; anything else is kept as written."""
+    if "@" not in url and "?" not in url and "#" not in url:
+        return url  # no userinfo, query or fragment: nothing to mask (every job's encode asks)
     masked = _USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", url, count=1)
     head, hash_sign, fragment = masked.partition("#")
     base, question, query = head.partition("?")
