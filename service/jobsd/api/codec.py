@@ -99,7 +99,9 @@ def struct_to_dict(msg: Any, field: str, path: str | None = None) -> dict[str, A
 
 
 def _struct_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return {key: _value_plain(value) for key, value in struct.fields.items()}
+    # The map's own iteration and lookup (C); `.items()` is the collections.abc view, a Python step per entry.
+    entries = struct.fields
+    return {key: _value_plain(entries[key]) for key in entries}
 
 
 def _value_plain(value: struct_pb2.Value) -> Any:

@@ -20,6 +20,8 @@ from jobsd.domain.redaction import scrub
 
 __all__ = ["job_from_plain", "job_to_plain", "log_entry_for", "parse_time"]
 
+# A status's value by its member: a dict read, where `status.value` is a Python-level enum property.
+_STATUS_VALUE: dict[JobStatus, str] = {status: status.value for status in JobStatus}
 _TIME_FIELDS = ("created_at", "updated_at", "started_at", "expires_at", "lease_expires_at", "cancel_requested_at")
 
 
@@ -39,7 +41,7 @@ def job_to_plain(job: Job) -> dict[str, Any]:
         "id": job.id,
         "workspace_id": job.workspace_id,
         "kind": job.kind,
-        "status": job.status.value,
+        "status": _STATUS_VALUE[job.status],
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "revision": job.revision,
@@ -58,7 +60,7 @@ def job_to_plain(job: Job) -> dict[str, Any]:
         "params": job.params,
         "result": job.result,
         "progress_percentage": job.progress_percentage,
-        "queries": [{"query_id": q.query_id, "status": q.status} for q in job.queries],
+        "queries": [{"query_id": q.query_id, "status": q.status} for q in job.queries] if job.queries else [],
         "statistics": None
         if job.statistics is None
         else {"bytes": job.statistics.bytes, "row_count": job.statistics.row_count},
@@ -137,11 +139,18 @@ def job_from_plain(d: dict[str, Any]) -> Job:
 
 def log_entry_for(job: Job) -> LogEntry:
     """The jobs_log row for the job's current status (written with every status change)."""
+    datasource = job.datasource
+    datasource_name = datasource_id = None
+    if datasource is not None:  # Job.datasource_name and .datasource_id, read once each
+        if (name := datasource.get("name")) is not None:
+            datasource_name = str(name)
+        if (ds_id := datasource.get("id")) is not None:
+            datasource_id = str(ds_id)
     metadata: dict[str, Any] = {
         "kind": job.kind,
         "revision": job.revision,
         "attempt": job.attempt,
-        "datasource_name": job.datasource_name,
+        "datasource_name": datasource_name,
         "pipe_name": job.pipe_name,
         "progress_percentage": job.progress_percentage,
         "quarantine_rows": job.quarantine_rows,
@@ -156,13 +165,13 @@ def log_entry_for(job: Job) -> LogEntry:
     return new_log_entry(
         job_id=job.id,
         job_type=job.kind,
-        status=job.status.value,
+        status=_STATUS_VALUE[job.status],
         # What a worker wrote may repeat the import URL's credentials: never into the archive.
         error=scrub(job.error, job.url) if job.error is not None else None,
         workspace_id=job.workspace_id,
         request_id=job.request_id or "",
         pipe_id=job.pipe_id,
-        datasource_id=job.datasource_id,
+        datasource_id=datasource_id,
         created_at=job.created_at,
         started_at=job.started_at,
         updated_at=job.updated_at,
