@@ -12,12 +12,12 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobsd.api.codec import struct_to_dict
-from jobsd.domain.clock import from_micros
+from jobsd.api.codec import _set_micros, created_result_bytes, length_delimited, struct_to_dict
+from jobsd.domain.clock import from_micros, to_micros
 from jobsd.domain.model import Job, JobStatus, LogEntry, builder, evolve, new_job, new_log_entry
 from jobsd.domain.validation import NewJob, new_spec
 from jobsd.errors import InvalidArgument
@@ -169,3 +169,20 @@ def test_ids_are_made_as_uuid4_and_the_ulid_loop_made_them(raw: bytes, millis: i
         value, rest = divmod(value, 32)
         digits.append("0123456789ABCDEFGHJKMNPQRSTVWXYZ"[rest])
     assert query_id == "".join(reversed(digits))
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 0x3FFD, 0x3FFE, 0x3FFF, 0x4000, 0x4001, 70_000])
+def test_a_created_result_is_framed_as_the_nested_length_delimited_fields(size: int) -> None:
+    wire = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert created_result_bytes(wire) == length_delimited(1, length_delimited(1, wire))
+    parsed = pb.CreateJobsResponse.FromString(created_result_bytes(pb.Job(id="x" * size).SerializeToString()))
+    assert parsed.results[0].job.id == "x" * size
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_a_time_is_set_as_from_microseconds_sets_it(when: datetime) -> None:
+    expected, made = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+    expected.FromMicroseconds(to_micros(when))
+    _set_micros(made, to_micros(when))
+    assert made.SerializeToString() == expected.SerializeToString()

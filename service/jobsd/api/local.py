@@ -17,6 +17,7 @@ from jobsd.api.codec import (
     STATUS_FROM_PB,
     JobWireCodec,
     claimed_url_patch,
+    created_result_bytes,
     filter_from_pb,
     item_error_bytes,
     job_to_pb,
@@ -145,15 +146,15 @@ class LocalJobsApi:
         """The serialised CreateJobsResponse: per item the created job's stored bytes, or its ItemError."""
         principal = await self.service.authenticate(token)
         results = await self.service.create_jobs(principal, [_new_job(r) for r in request.jobs])
-        parts = []
-        for r in results:
-            item = (
-                length_delimited(2, item_error_bytes(r))
+        codec = self._codec
+        return b"".join(
+            [
+                length_delimited(1, length_delimited(2, item_error_bytes(r)))
                 if isinstance(r, JobsdError)
-                else length_delimited(1, self._codec(r))
-            )
-            parts.append(length_delimited(1, item))
-        return b"".join(parts)
+                else created_result_bytes(codec(r))
+                for r in results
+            ]
+        )
 
     async def retry_job(self, token: str | None, request: pb.RetryJobRequest) -> pb.Job:
         principal = await self.service.authenticate(token)
