@@ -48,9 +48,9 @@ class Metrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def transition(self, kind: str, status: str) -> None:
-        """One job status change written."""
-        self._child(self.transitions, (kind, status)).inc()
+    def transition(self, kind: str, status: str, count: int = 1) -> None:
+        """`count` job status changes written (to this status, of this kind)."""
+        self._child(self.transitions, (kind, status)).inc(count)
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
         self._child(self.rpc_latency, (method, code)).observe(seconds)

@@ -76,6 +76,8 @@ _FRAME_BYTES = 6
 # Times a lease sweep decides one job again after losing its compare-and-set to a concurrent write.
 _SWEEP_ATTEMPTS = 10
 
+# What a new job's status is, as the metrics label it.
+_WAITING = JobStatus.WAITING.value
 _Decide = Callable[[Job], Job]
 _Check = Callable[[Job], Awaitable[None] | None]
 
@@ -374,8 +376,8 @@ class JobService:
         if len(specs) > self.max_create_batch:
             raise InvalidArgument("jobs", f"at most {self.max_create_batch} jobs per call, got {len(specs)}")
         # Whom the token may create for is about who asks: a workspace it cannot reach refuses the whole call.
-        for spec in specs:
-            principal.workspace(spec.workspace_id)
+        for requested in dict.fromkeys(spec.workspace_id for spec in specs):
+            principal.workspace(requested)
         results: list[Job | JobsdError | None] = []
         pending: list[tuple[int, Job]] = []
         workspaces: dict[str, bool] = {}
@@ -389,15 +391,20 @@ class JobService:
             pending.append((i, job))
         if pending:
             stored = await self.store.insert_jobs([job for _, job in pending])
+            # Counted once per kind: the batch's new jobs are all waiting.
+            created: dict[str, int] = {}
             for (i, job), kept in zip(pending, stored, strict=True):
                 if kept.id == job.id:
-                    self._created(kept)
+                    self._remember(kept)
+                    created[kept.kind] = created.get(kept.kind, 0) + 1
                 results[i] = kept
+            for kind, count in created.items():
+                self.metrics.transition(kind, _WAITING, count)
         return [r for r in results if r is not None]
 
     def _created(self, job: Job) -> None:
         self._remember(job)
-        self.metrics.transition(job.kind, job.status.value)
+        self.metrics.transition(job.kind, _WAITING)
 
     async def _new_job(self, principal: Principal, spec: NewJob, workspaces: dict[str, bool]) -> Job:
         """The waiting job `spec` asks for (validated; nothing written). `workspaces`: existence already looked up."""
