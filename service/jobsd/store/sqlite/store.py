@@ -122,7 +122,7 @@ _IDS_PER_READ: Final = 500
 FILE_CHECK_INTERVAL: Final = 0.05
 # Group commit (module docstring): how long a group of writes gathers while others write, and how many it holds at
 # most. A window of a few milliseconds lets the writes of concurrent calls share one COMMIT's pages.
-DEFAULT_COMMIT_WINDOW: Final = 0.010
+DEFAULT_COMMIT_WINDOW: Final = 0.004
 DEFAULT_COMMIT_GROUP_MAX: Final = 64
 # A gathering group that no write joined for window / this commits without waiting out the window.
 COMMIT_GAP_DIVISOR: Final = 5
