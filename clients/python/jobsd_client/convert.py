@@ -20,6 +20,7 @@ __all__ = [
     "from_timestamp",
     "message_to_dict",
     "plain_struct",
+    "plain_value",
     "status_name",
     "status_value",
     "to_timestamp",
@@ -90,21 +91,26 @@ _INT64_TYPES = frozenset(
 _MAX_EXACT_INT = 2**53
 
 
-def _plain_value(value: Value) -> Any:
+def plain_value(value: Value) -> Any:
+    """One Struct `Value` as plain Python (see `plain_struct`): str, int or float, bool, dict, list or None."""
+    # The kinds by how often a Struct holds them, strings first. `for key in fields` / `fields[key]` and a slice of
+    # the list are the containers' own C methods: `.items()` is collections.abc's ItemsView, and iterating a
+    # repeated field walks __getitem__ until an IndexError, a Python-level step or exception per item.
     kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        number = value.number_value
-        if number.is_integer() and abs(number) <= _MAX_EXACT_INT:
-            return int(number)
-        return number
     if kind == "string_value":
         return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
+    if kind == "number_value":
+        number = value.number_value
+        if number.is_integer() and -_MAX_EXACT_INT <= number <= _MAX_EXACT_INT:
+            return int(number)
+        return number
     if kind == "struct_value":
         return plain_struct(value.struct_value)
+    if kind == "bool_value":
+        return value.bool_value
     if kind == "list_value":
-        return [_plain_value(item) for item in value.list_value.values]
+        values = value.list_value.values
+        return [plain_value(item) for item in values[:]] if values else []
     return None  # null_value, or no value at all
 
 
@@ -116,7 +122,11 @@ def plain_struct(struct: Struct) -> dict[str, Any]:
     the wire, and an int is what a JSON writer meant by `4`. Integers beyond 2**53 lose digits in a double:
     send them as strings.
     """
-    return {key: _plain_value(value) for key, value in struct.fields.items()}
+    plain: dict[str, Any] = {}
+    fields = struct.fields
+    for key in fields:
+        plain[key] = plain_value(fields[key])
+    return plain
 
 
 def _humanise(message: Message, data: dict[str, Any]) -> dict[str, Any]:
