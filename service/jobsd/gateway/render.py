@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from jobsd_client import pb
-from jobsd_client.convert import plain_struct
+from jobsd_client.convert import plain_struct, plain_value
 
 __all__ = [
     "JOBS_LOG_COLUMNS",
@@ -49,22 +49,31 @@ def _optional_ts(message: Any, field: str) -> str | None:
     return timestamp_text(getattr(message, field), message.HasField(field))
 
 
+# Every status value -> its name in the JSON: one dict lookup per render instead of EnumTypeWrapper.Name.
+_STATUS_TEXT: dict[int, str] = {
+    value: name.removeprefix(_STATUS_PREFIX).lower() for name, value in pb.JobStatus.items()
+}
+
+
 def status_name(status: int) -> str:
     """JOB_STATUS_DONE -> "done"."""
-    name: str = pb.JobStatus.Name(pb.JobStatus.ValueType(status))
-    return name.removeprefix(_STATUS_PREFIX).lower()
+    text = _STATUS_TEXT.get(status)
+    if text is None:  # not a JobStatus: the enum's own error
+        name: str = pb.JobStatus.Name(pb.JobStatus.ValueType(status))
+        return name.removeprefix(_STATUS_PREFIX).lower()
+    return text
 
 
 def _optional(message: Any, field: str) -> str | None:
     """An `optional string` field, or None when unset."""
-    return str(getattr(message, field)) if message.HasField(field) else None
+    return getattr(message, field) if message.HasField(field) else None
 
 
 def _reported_datasource(job: pb.Job) -> struct_pb2.Struct | None:
     """`result.datasource`: the target's full object as the worker found it after the work (the executors report it)."""
-    if "datasource" not in job.result.fields:
+    value = job.result.fields.get("datasource")  # get, not [key]: a message map's [key] inserts a missing key
+    if value is None:
         return None
-    value = job.result.fields["datasource"]
     return value.struct_value if value.WhichOneof("kind") == "struct_value" else None
 
 
@@ -90,19 +99,39 @@ def _datasource_ref(job: pb.Job, reported: struct_pb2.Struct | None = None) -> J
     return {"id": ds_id, "name": name}
 
 
+def _text(value: Any) -> str:
+    """What `_text_field` reads, from a plain value: the string, else ""."""
+    return value if isinstance(value, str) else ""
+
+
 def _datasource_full(job: pb.Job) -> JsonObject | None:
     """The detail's `datasource`, with `id` and `name` first as in the reference.
 
     The object the worker reported in `result.datasource` once the job ran (the data plane's full metadata, with
     current statistics and updated_at), else the object the creator supplied; never merged, so the detail shows one
-    data source as one party described it.
+    data source as one party described it. `id` and `name` as `_datasource_ref` chooses them, read off the object
+    once it is plain rather than from the Struct a second time.
     """
     reported = _reported_datasource(job)
-    ref = _datasource_ref(job, reported)
-    if ref is None:
-        return None
     full = plain_struct(reported if reported is not None else job.datasource)
-    return {**ref, **{k: v for k, v in full.items() if k not in ("id", "name")}}
+    ds_id = name = ""
+    if reported is not None:
+        ds_id, name = _text(full.get("id")), _text(full.get("name"))
+    if not (ds_id and name):
+        ref = job.datasource_ref
+        ds_id, name = ds_id or ref.id, name or ref.name
+        if not (ds_id and name):
+            if reported is None:
+                ds_id, name = ds_id or _text(full.get("id")), name or _text(full.get("name"))
+            else:
+                ds_id = ds_id or _text_field(job.datasource, "id")
+                name = name or _text_field(job.datasource, "name")
+    if not ds_id and not name:
+        return None
+    # The object's own id and name keep the first two places and take the chosen values.
+    detail = {"id": ds_id, "name": name, **full}
+    detail["id"], detail["name"] = ds_id, name
+    return detail
 
 
 def job_url(base_url: str, job_id: str) -> str:
@@ -140,7 +169,8 @@ def _statistics(job: pb.Job) -> JsonObject | None:
     # Unset until the worker reports it: the reference shows null until then.
     if not job.HasField("statistics"):
         return None
-    return {"bytes": job.statistics.bytes, "row_count": job.statistics.row_count}
+    statistics = job.statistics
+    return {"bytes": statistics.bytes, "row_count": statistics.row_count}
 
 
 def _processed_data(job: pb.Job) -> JsonObject:
@@ -154,7 +184,8 @@ def _processed_data(job: pb.Job) -> JsonObject:
 
 
 def _queries(job: pb.Job) -> list[JsonObject]:
-    return [{"query_id": q.query_id, "status": q.status} for q in job.queries]
+    queries = job.queries  # a slice, not iteration: that walks __getitem__ to an IndexError
+    return [{"query_id": q.query_id, "status": q.status} for q in queries[:]] if queries else []
 
 
 def _import_fields(job: pb.Job) -> JsonObject:
@@ -204,12 +235,16 @@ def _query_fields(job: pb.Job) -> JsonObject:
     }
 
 
+def _struct_entry(struct: struct_pb2.Struct, key: str) -> Any:
+    """`plain_struct(struct).get(key)`, without converting the other entries."""
+    value = struct.fields.get(key)
+    return None if value is None else plain_value(value)
+
+
 def _delete_fields(job: pb.Job) -> JsonObject:
-    params = plain_struct(job.params)
-    result = plain_struct(job.result)
     return {
-        "delete_condition": params.get("delete_condition"),
-        "rows_affected": result.get("rows_affected"),
+        "delete_condition": _struct_entry(job.params, "delete_condition"),
+        "rows_affected": _struct_entry(job.result, "rows_affected"),
     }
 
 
@@ -263,22 +298,25 @@ def kind_info(kind: pb.Kind) -> JsonObject:
 def job_detail(job: pb.Job) -> JsonObject:
     """`GET /v0/jobs/{id}` (and the body of cancel / retry): the common fields, then the kind's own (for a kind the
     operator declared: pipe, progress, statistics, params and result)."""
+    kind, job_id = job.kind, job.id
+    has = job.HasField
     detail: JsonObject = {
-        "kind": job.kind,
-        "id": job.id,
-        "job_id": job.id,
+        "kind": kind,
+        "id": job_id,
+        "job_id": job_id,
         "status": status_name(job.status),
-        "created_at": _optional_ts(job, "created_at"),
-        "updated_at": _optional_ts(job, "updated_at"),
-        "started_at": _optional_ts(job, "started_at"),
+        "created_at": timestamp_text(job.created_at) if has("created_at") else None,
+        "updated_at": timestamp_text(job.updated_at) if has("updated_at") else None,
+        "started_at": timestamp_text(job.started_at) if has("started_at") else None,
         "is_cancellable": job.is_cancellable,
         "datasource": _datasource_full(job),
     }
-    detail.update(_KIND_FIELDS.get(job.kind, _custom_fields)(job))
-    if job.HasField("error"):
+    detail.update(_KIND_FIELDS.get(kind, _custom_fields)(job))
+    if has("error"):
         detail["error"] = job.error
-    if job.errors:
-        detail["errors"] = list(job.errors)
+    errors = job.errors
+    if errors:
+        detail["errors"] = errors[:]
     return detail
 
 
