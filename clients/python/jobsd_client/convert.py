@@ -121,10 +121,13 @@ def plain_struct(struct: Struct) -> dict[str, Any]:
     ±2**53 (where a double is exact) come back as ints, the others as floats: 4 and 4.0 cannot be told apart on
     the wire, and an int is what a JSON writer meant by `4`. Integers beyond 2**53 lose digits in a double:
     send them as strings.
+
+    Keys come out sorted, at every depth: a Struct's map iterates in an order protobuf seeds per process, so the
+    same Struct would otherwise give differently ordered dicts (and JSON) in two processes.
     """
     plain: dict[str, Any] = {}
     fields = struct.fields
-    for key in fields:
+    for key in sorted(fields):
         plain[key] = plain_value(fields[key])
     return plain
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from time import gmtime
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
@@ -105,53 +105,31 @@ def _text(value: Any) -> str:
 
 
 # A Struct's keys come out of protobuf's map in hash order, which differs from one process to the next (upb seeds it
-# with an address), so every object the JSON shows from a Struct is put in an order of its own: a data source's keys
-# as the reference lists them, then any others by name; every other object's keys by name, at every depth.
-_DATASOURCE_KEYS: dict[str, int] = {
-    key: rank
-    for rank, key in enumerate(
-        (
-            "id",
-            "name",
-            "cluster",
-            "tags",
-            "created_at",
-            "updated_at",
-            "statistics",
-            "replicated",
-            "version",
-            "project",
-            "headers",
-            "shared_with",
-            "engine",
-            "description",
-            "used_by",
-            "last_commit",
-            "errors_discarded_at",
-            "type",
-        )
-    )
-}
-_UNLISTED = len(_DATASOURCE_KEYS)
-
-
-def _in_order(value: Any) -> Any:
-    """`value` with every object's keys sorted, at every depth (lists keep their order)."""
-    if isinstance(value, dict):
-        return {key: _in_order(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [_in_order(item) for item in value]
-    return value
-
-
-def _plain_object(struct: struct_pb2.Struct) -> JsonObject:
-    """A Struct as the JSON shows it: plain values, keys sorted at every depth (the same in every process)."""
-    ordered: JsonObject = _in_order(plain_struct(struct))
-    return ordered
-
-
-def _datasource_rank(key: str) -> tuple[int, str]:
-    return _DATASOURCE_KEYS.get(key, _UNLISTED), key
+# with an address), so plain_struct sorts them at every depth, and a data source's keys are then shown as the
+# reference lists them, followed by any others by name.
+_DATASOURCE_KEYS: Final = (
+    "id",
+    "name",
+    "cluster",
+    "tags",
+    "created_at",
+    "updated_at",
+    "statistics",
+    "replicated",
+    "version",
+    "project",
+    "headers",
+    "shared_with",
+    "engine",
+    "description",
+    "used_by",
+    "last_commit",
+    "errors_discarded_at",
+    "type",
+)
+# After `id` and `name`, which the detail sets first itself.
+_DATASOURCE_ORDER: Final = _DATASOURCE_KEYS[2:]
+_DATASOURCE_LISTED: Final = frozenset(_DATASOURCE_KEYS)
 
 
 def _datasource_full(job: pb.Job) -> JsonObject | None:
@@ -180,9 +158,13 @@ def _datasource_full(job: pb.Job) -> JsonObject | None:
         return None
     # `id` and `name` first, as chosen; the object's other keys in the reference's order, then by name.
     detail: JsonObject = {"id": ds_id, "name": name}
-    for key in sorted(full, key=_datasource_rank):
-        if key != "id" and key != "name":
-            detail[key] = _in_order(full[key])
+    listed: list[str] = [key for key in _DATASOURCE_ORDER if key in full]
+    others = [key for key in full if key not in _DATASOURCE_LISTED]
+    if others:
+        others.sort()
+        listed += others
+    for key in listed:
+        detail[key] = full[key]
     return detail
 
 
@@ -283,7 +265,7 @@ def _query_fields(job: pb.Job) -> JsonObject:
     return {
         **_pipe_query(job),
         "statistics": _statistics(job),
-        "result": _plain_object(job.result),
+        "result": plain_struct(job.result),
     }
 
 
@@ -315,8 +297,8 @@ def _custom_fields(job: pb.Job) -> JsonObject:
         "pipe_name": _optional(job, "pipe_name"),
         "progress_percentage": float(job.progress_percentage),
         "statistics": _statistics(job),
-        "params": _plain_object(job.params),
-        "result": _plain_object(job.result),
+        "params": plain_struct(job.params),
+        "result": plain_struct(job.result),
     }
 
 
