@@ -115,36 +115,23 @@ def test_a_builder_makes_the_frozen_class_itself() -> None:
     assert a == b and a.params == {} and a.params is not new_job(**fields).params and a.result is not b.result
     spec = new_spec(kind="copy", url="u")
     assert type(spec) is NewJob and spec == NewJob(kind="copy", url="u")
-    made = new_log_entry(
-        job_id="j",
-        job_type="copy",
-        status="waiting",
-        error=None,
-        workspace_id="w",
-        request_id="r",
-        pipe_id=None,
-        datasource_id=None,
-        created_at=_T0,
-        started_at=None,
-        updated_at=_T0,
-        job_metadata={"a": 1},
-        revision=1,
-    )
-    assert type(made) is LogEntry and made == LogEntry(
-        job_id="j",
-        job_type="copy",
-        status="waiting",
-        error=None,
-        workspace_id="w",
-        request_id="r",
-        pipe_id=None,
-        datasource_id=None,
-        created_at=_T0,
-        started_at=None,
-        updated_at=_T0,
-        job_metadata={"a": 1},
-        revision=1,
-    )
+    entry: dict[str, Any] = {
+        "job_id": "j",
+        "job_type": "copy",
+        "status": "waiting",
+        "error": None,
+        "workspace_id": "w",
+        "request_id": "r",
+        "pipe_id": None,
+        "datasource_id": None,
+        "created_at": _T0,
+        "started_at": None,
+        "updated_at": _T0,
+        "job_metadata": {"a": 1},
+        "revision": 1,
+    }
+    made = new_log_entry(**entry)
+    assert type(made) is LogEntry and made == LogEntry(**entry)
 
 
 def test_a_builder_refuses_a_class_without_slots() -> None:
