@@ -42,7 +42,7 @@ from jobsd.service.jobs import JobService
 from jobsd.service.ratelimit import TokenBuckets
 from jobsd.settings import Settings, split_addr
 from jobsd.stopping import stop_within
-from jobsd.store import SqliteCommit, open_store, store_shown
+from jobsd.store import SqliteCommit, SqliteStore, open_store, store_shown
 from jobsd.store.base import JobStore
 from jobsd_client import pb
 
@@ -171,6 +171,8 @@ class JobsdApp:
             sqlite_commit=SqliteCommit(settings.sqlite_commit_window_ms / 1000, settings.sqlite_commit_max_writes),
         )
         self.metrics = Metrics()
+        if isinstance(self.store, SqliteStore):
+            self.metrics.watch_sqlite(self.store.stats)
         self.hub = WatchHub(
             self.store,
             capacity=settings.watch_buffer,

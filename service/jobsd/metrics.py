@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+if TYPE_CHECKING:  # the service layer imports this module; only the app wires a store to it
+    from jobsd.store.sqlite import SqliteStats
+
+__all__ = ["Metrics", "SqliteStoreCollector"]
 
 
 class Metrics:
@@ -57,3 +63,43 @@ class Metrics:
 
     def queued(self, kind: str, seconds: float) -> None:
         self._child(self.queue_wait, (kind,)).observe(seconds)
+
+    def watch_sqlite(self, stats: Callable[[], SqliteStats]) -> None:
+        """Export the embedded store's commit and checkpoint counters, read from `stats` at each scrape."""
+        self.registry.register(SqliteStoreCollector(stats))
+
+
+class SqliteStoreCollector(Collector):
+    """The embedded store's group commits and WAL checkpoints, read when scraped (the write path pays nothing).
+
+    `committed_writes / commits` is the average group size; a `wal_frames_behind` that stays up means a long read
+    (another process's, e.g. a backup) pins the WAL, which then grows until that read ends.
+    """
+
+    def __init__(self, stats: Callable[[], SqliteStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        yield CounterMetricFamily("jobsd_sqlite_commits", "COMMITs of the embedded store", value=stats.commits)
+        yield CounterMetricFamily(
+            "jobsd_sqlite_committed_writes",
+            "Job writes made durable by those COMMITs (group commit shares one COMMIT among many writes)",
+            value=stats.committed_writes,
+        )
+        yield CounterMetricFamily(
+            "jobsd_sqlite_checkpoints", "WAL checkpoints run by the checkpoint thread", value=stats.checkpoints
+        )
+        yield CounterMetricFamily(
+            "jobsd_sqlite_checkpoint_failures",
+            "WAL checkpoints that failed (busy past the timeout, the file gone); the next one tries again",
+            value=stats.checkpoint_failures,
+        )
+        yield GaugeMetricFamily(
+            "jobsd_sqlite_wal_frames", "Pages in the WAL file at the last checkpoint", value=stats.wal_frames
+        )
+        yield GaugeMetricFamily(
+            "jobsd_sqlite_wal_frames_behind",
+            "Pages of the WAL the last checkpoint could not copy into the database (a reader still needed them)",
+            value=stats.wal_frames_behind,
+        )

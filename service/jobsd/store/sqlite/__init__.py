@@ -1,5 +1,5 @@
 """The embedded store: one SQLite file (see `jobsd.store.sqlite.store`)."""
 
-from jobsd.store.sqlite.store import SqliteCommit, SqliteStore
+from jobsd.store.sqlite.store import SqliteCommit, SqliteStats, SqliteStore
 
-__all__ = ["SqliteCommit", "SqliteStore"]
+__all__ = ["SqliteCommit", "SqliteStats", "SqliteStore"]

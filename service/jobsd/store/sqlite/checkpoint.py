@@ -42,7 +42,14 @@ class WalCheckpointer:
         self._busy_timeout_ms = busy_timeout_ms
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self.checkpoints = 0  # completed checkpoint runs, for tests and diagnostics
+        # What the checkpoints did, for the store's metrics (ints written by this thread, read by the loop's).
+        self.checkpoints = 0  # completed checkpoint runs
+        self.failures = 0  # runs that raised (busy past the timeout, the file gone)
+        # The WAL's size in frames (pages) at the last run, and how many of them it could not copy back: frames a
+        # reader of another connection still needs, or written during the run. A WAL that stays behind is one a
+        # long read pins, and it grows until the read ends.
+        self.wal_frames = 0
+        self.wal_frames_behind = 0
 
     def start(self) -> None:
         if self._thread is not None:
@@ -68,9 +75,13 @@ class WalCheckpointer:
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
             while not self._stopping.wait(self._interval):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    # (busy, frames in the WAL, frames checkpointed); -1, -1 when the file is not in WAL mode.
+                    frames, copied = (int(row[1]), int(row[2])) if row is not None else (-1, -1)
+                    self.wal_frames, self.wal_frames_behind = max(frames, 0), max(frames - copied, 0)
                     self.checkpoints += 1
                 except sqlite3.Error as exc:
+                    self.failures += 1
                     # The next round tries again; the store's own calls report a file that is really gone.
                     log.debug("WAL checkpoint of %s failed: %s", self._path, exc)
         finally:

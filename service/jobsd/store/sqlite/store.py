@@ -69,7 +69,7 @@ from jobsd.store.fanout import DEFAULT_FEED_CAPACITY, ChangeFanout
 from jobsd.store.plain import job_from_plain, job_to_plain, log_entry_for
 from jobsd.store.sqlite.checkpoint import WalCheckpointer
 
-__all__ = ["SqliteCommit", "SqliteStore"]
+__all__ = ["SqliteCommit", "SqliteStats", "SqliteStore"]
 
 SCHEMA_VERSION: Final = 2
 # Version 1 had no `wire` column: opening such a file adds it; rows written before answer by encoding `doc`.
@@ -264,6 +264,18 @@ class _CommitGroup:
         self.last_join = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class SqliteStats:
+    """What the store's commits and WAL checkpoints did since it was created (the operator's metrics)."""
+
+    commits: int
+    committed_writes: int
+    checkpoints: int
+    checkpoint_failures: int
+    wal_frames: int
+    wal_frames_behind: int
+
+
 class SqliteStore:
     """`jobsd.store.base.JobStore` on one SQLite file. Create, `await open()`, use, `await close()`."""
 
@@ -315,6 +327,18 @@ class SqliteStore:
     def committed_writes(self) -> int:
         """Writes those COMMITs made durable."""
         return self._committed_writes
+
+    def stats(self) -> SqliteStats:
+        """Counters read as they are: cheap enough for every scrape, and nothing is computed on the write path."""
+        checkpointer = self._checkpointer
+        return SqliteStats(
+            commits=self._commits,
+            committed_writes=self._committed_writes,
+            checkpoints=checkpointer.checkpoints,
+            checkpoint_failures=checkpointer.failures,
+            wal_frames=checkpointer.wal_frames,
+            wal_frames_behind=checkpointer.wal_frames_behind,
+        )
 
     def supports(self, capability: Capability) -> bool:
         # Its change feed is in-process: another process writing the same file is not seen.
