@@ -67,6 +67,11 @@ async def _serve_jobsd(args: argparse.Namespace) -> None:
         # The fan-out figure opens 10,000 WatchJob streams on one job of one workspace: the per-workspace cap
         # (JOBSD_MAX_WATCH_STREAMS_PER_WORKSPACE, 1,000 by default) is raised to the process's own.
         max_watch_streams_per_workspace=20_000,
+        # One token carries each whole load, which is not how tenants share a server: the per-token budget
+        # (JOBSD_RATE_LIMIT, 5,000 a second) would answer 429 to part of a REST load that runs faster than that,
+        # and the peers have no such limit. Raised past any load rather than off, so every call still pays the check.
+        rate_limit=1_000_000,
+        rate_limit_burst=1_000_000,
     )
     app = JobsdApp(settings)
     await app.start()
