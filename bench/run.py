@@ -547,10 +547,15 @@ def _say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _copy_store(src: Path, dst: Path) -> None:
-    """A consistent copy of the small store (the large one grows from it, so it holds the same jobs and more)."""
+def _remove_store(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
-        Path(f"{dst}{suffix}").unlink(missing_ok=True)
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _copy_store(src: Path, dst: Path) -> None:
+    """A consistent copy of a store: the small one to grow the large one from (so it holds the same jobs and
+    more), the large one for the loads to write to."""
+    _remove_store(dst)
     source, target = sqlite3.connect(src), sqlite3.connect(dst)
     try:
         source.backup(target)
@@ -608,12 +613,23 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
         run.values["seed_small"] = await asyncio.to_thread(seed_to, small_db, small)
         if count_jobs(big_db) < small:
             await asyncio.to_thread(_copy_store, small_db, big_db)
+    if count_jobs(big_db) > opts.jobs:
+        raise SystemExit(
+            f"{big_db} holds more than {opts.jobs:,} jobs (an earlier version of the bench wrote its loads into it);"
+            " delete it or use another --data-dir"
+        )
     _say(f"seeding the large store: {opts.jobs:,} jobs")
     run.values["seed"] = await asyncio.to_thread(seed_to, big_db, opts.jobs)
     await asyncio.to_thread(verify, big_db, await asyncio.to_thread(sample, big_db, 50))
     ws = _workspace_id(big_db)
+    # The loads write (a full run adds ~75,000 jobs and their log rows), so the server works on a copy: every run
+    # starts from the same seeded store, which otherwise grew by each run's writes and made runs incomparable.
+    run_db = data_dir / "jobs-run.db"
+    _say(f"copying the large store to {run_db.name} (the loads write to the copy)")
+    await asyncio.to_thread(_copy_store, big_db, run_db)
 
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(_remove_store, run_db)
         profile = ["--profile", str(opts.profile_path)] if opts.profile else []
         _say(
             f"servers: jobsd on {count_jobs(big_db):,} jobs{' (cProfile)' if opts.profile else ''}"
@@ -621,7 +637,7 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
             + ", echo, hello"
         )
         big = await stack.enter_async_context(
-            ServerProcess("jobsd", "--store", str(big_db), "--http", "--limits", "query=64", *profile, log_path=log)
+            ServerProcess("jobsd", "--store", str(run_db), "--http", "--limits", "query=64", *profile, log_path=log)
         )
         little = None
         if need_small:
