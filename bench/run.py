@@ -547,6 +547,36 @@ def _say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+async def _store_commits(http_port: int | None) -> tuple[float, float] | None:
+    """(COMMITs, writes they carried) of the embedded store so far, from the server's /metrics; None without it."""
+    if http_port is None:
+        return None
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{http_port}/metrics") as resp:
+        text = await resp.text()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("jobsd_sqlite_commits_total", "jobsd_sqlite_committed_writes_total"):
+            found[name] = float(value)
+    return found.get("jobsd_sqlite_commits_total", 0.0), found.get("jobsd_sqlite_committed_writes_total", 0.0)
+
+
+async def _grouped(
+    run: Run, what: str, http_port: int | None, loads: Awaitable[dict[str, LoadResult]]
+) -> dict[str, LoadResult]:
+    """`loads`, noting how the store grouped the writes they made (the anchors' windows write nothing to jobsd)."""
+    before = await _store_commits(http_port)
+    measured = await loads
+    after = await _store_commits(http_port)
+    if before is not None and after is not None:
+        commits, writes = after[0] - before[0], after[1] - before[1]
+        run.notes.append(
+            f"store during {what}: {writes:,.0f} writes in {commits:,.0f} COMMITs"
+            + (f" ({writes / commits:.1f} writes a COMMIT)" if commits else "")
+        )
+    return measured
+
+
 def _remove_store(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -704,7 +734,9 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
             loads = {"lifecycle": Load(lifecycle_call(big_ch, ws, opts.phase.concurrency, counters), big)}
             if echo_load:
                 loads["echo@lifecycle"] = echo_load
-            run.loads.update(await interleave(loads, opts.phase, rounds, run))
+            run.loads.update(
+                await _grouped(run, "lifecycle v1", big.info.get("http"), interleave(loads, opts.phase, rounds, run))
+            )
             run.values["claim_retries"] = counters.get("claim_retries", 0)
         if opts.wants("lifecycle_v2"):
             _say("  lifecycle on worker protocol v2 (CreateJobs -> stream: assign, heartbeat, finish) | echo")
@@ -713,7 +745,9 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
             }
             if echo_load:
                 v2["echo@lifecycle_v2"] = echo_load
-            run.loads.update(await interleave(v2, opts.phase, rounds, run))
+            run.loads.update(
+                await _grouped(run, "lifecycle v2", big.info.get("http"), interleave(v2, opts.phase, rounds, run))
+            )
         if opts.wants("create"):
             _say(f"  CreateJob | CreateJobs of {CREATE_BATCH} | bare SQLite insert+commit")
             samples: list[dict[str, float]] = []
@@ -729,7 +763,11 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
                 ),
                 "sqlite": sqlite_window(samples),
             }
-            run.loads.update(await interleave(creates, opts.phase, rounds, run))
+            run.loads.update(
+                await _grouped(
+                    run, "CreateJob and CreateJobs", big.info.get("http"), interleave(creates, opts.phase, rounds, run)
+                )
+            )
             run.values["sqlite"] = {
                 "commit_rate": statistics.median(x["commit_rate"] for x in samples),
                 "bulk_rate": statistics.median(x["bulk_rate"] for x in samples),
