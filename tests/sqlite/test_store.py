@@ -22,6 +22,7 @@ from jobsd.domain.filters import JobFilter
 from jobsd.domain.states import Action
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import FeedReset, JobChanged, JobQuery, LogQuery
+from jobsd.store.sqlite.checkpoint import WalCheckpointer
 from jobsd.store.sqlite.store import PURGE_BATCH, SqliteStore
 from tests.contract.factories import RETENTION, T0, claim_request, move, new_job, new_workspace_id
 from tests.contract.wire import assert_record_of, encode_job
@@ -167,6 +168,18 @@ async def test_a_removed_database_file_is_unavailable_not_silently_written(sqlit
         await sqlite_store.ping()
     with pytest.raises(Unavailable, match="gone"):
         await sqlite_store.insert_job(new_job("ws"))
+
+
+async def test_the_checkpoint_thread_never_creates_a_removed_database_file(sqlite_store: SqliteStore) -> None:
+    # The store starts its checkpoint thread when it opens; a file removed before that thread connects must stay
+    # missing (an empty file made in its place would read as "replaced", and hide what the operator did).
+    _remove_database_files(sqlite_store.path)
+    checkpointer = WalCheckpointer(sqlite_store.path, interval=0.01)
+    checkpointer.start()
+    await checkpointer.stop()  # joins the thread, whose first step is connecting
+    assert not sqlite_store.path.exists()
+    with pytest.raises(Unavailable, match="gone"):
+        await sqlite_store.ping()
 
 
 async def test_a_file_that_is_not_a_database_cannot_be_opened(tmp_path: Path) -> None:

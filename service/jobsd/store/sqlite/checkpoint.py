@@ -67,7 +67,10 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         try:
-            conn = sqlite3.connect(self._path, isolation_level=None)
+            # mode=rw: never create the file. The thread starts after the store opened it; if the file was removed
+            # meanwhile, connecting would make an empty one in its place, and the store would then report a
+            # replaced file instead of a missing one.
+            conn = sqlite3.connect(f"{self._path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
         except sqlite3.Error as exc:
             log.warning("WAL checkpoints of %s are off: cannot open it: %s", self._path, exc)
             return
