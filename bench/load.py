@@ -72,10 +72,17 @@ class ServerProcessStats:
         return (int(fields[11]) + int(fields[12])) / self._ticks
 
     def rss_mb(self) -> float:
+        return self.memory_mb().get("VmRSS", float("nan"))
+
+    def memory_mb(self) -> dict[str, float]:
+        """VmRSS and its parts, in MB: RssAnon (the heap, SQLite's page cache), RssFile (the interpreter's and the
+        libraries' file pages, which the kernel may drop while the process idles), RssShmem."""
+        parts = {}
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-        return float("nan")
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                parts[name] = int(value.split()[0]) / 1024.0
+        return parts
 
 
 class _Percentiles:

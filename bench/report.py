@@ -327,6 +327,13 @@ def figures(run: Run, opts: Options) -> list[Figure]:
         )
     if opts.wants("memory"):
         big_rss, small_rss = v.get("rss"), v.get("rss_small")
+        parts = v.get("memory_parts", {})
+        big_parts, small_parts = parts.get("large", {}), parts.get("small", {})
+        split = ", ".join(
+            f"{name} {big_parts[name]:.1f} / {small_parts[name]:.1f} MB"
+            for name in ("RssAnon", "RssFile")
+            if name in big_parts and name in small_parts
+        )
         out.append(
             Figure(
                 "server_memory",
@@ -340,6 +347,7 @@ def figures(run: Run, opts: Options) -> list[Figure]:
                 note=(
                     "both servers side by side, after the same GetJob and ListJobs loads; the large one at the end of"
                     f" the run: {v.get('rss_end', float('nan')):.0f} MB"
+                    + (f"; large / small: {split}" if split else "")
                 ),
             )
         )

@@ -32,7 +32,7 @@ from google.protobuf import timestamp_pb2
 from bench import report
 from bench.load import LoadResult, Phase, ServerProcessStats, channels, close_all, drive, fanout, merge, percentile
 from bench.procs import ServerProcess
-from bench.seed import ADMIN_TOKEN, SERVICE_TOKEN, count_jobs, sample, seed_to, verify
+from bench.seed import ADMIN_TOKEN, SERVICE_TOKEN, count_jobs, expires_soon, sample, seed_to, verify
 from jobsd_client import pb
 
 __all__ = ["main"]
@@ -42,6 +42,9 @@ FIGURES = ("getjob", "listjobs", "lifecycle", "lifecycle_v2", "watch", "gateway"
 DEFAULT_FIGURES = tuple(f for f in FIGURES if f != "peers")
 # Jobs per CreateJobs call in the batched-create and lifecycle v2 loads.
 CREATE_BATCH = 50
+# A seeded store is re-seeded when its first job would expire within this much of the run's start: a run takes
+# ~10 minutes, so this leaves every sampled job alive until its end.
+FRESH_MARGIN = timedelta(minutes=30)
 _ROOT = Path(__file__).resolve().parent.parent
 RESULTS = _ROOT / "bench" / "results"
 
@@ -635,7 +638,12 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
         await _peers(opts, run, log)
         return run
 
-    # Seeding: the small store, then the large one grown from a copy of it.
+    # Seeding: the small store, then the large one grown from a copy of it. Both go once either is about to lose
+    # its first jobs to expiry (the large one holds the small one's jobs, so they age together).
+    if any([await asyncio.to_thread(expires_soon, db, FRESH_MARGIN) for db in (small_db, big_db)]):
+        _say(f"the seeded stores' first jobs expire within {FRESH_MARGIN}; seeding them again")
+        for db in (small_db, big_db):
+            _remove_store(db)
     if need_small:
         if count_jobs(small_db) > small:
             raise SystemExit(f"{small_db} holds more than {small:,} jobs; use another --data-dir")
@@ -727,7 +735,9 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
                         n: (percentile(v, 0.5) * 1000, percentile(v, 0.99) * 1000) for n, v in per.items()
                     }
         if little:
-            run.values["rss"], run.values["rss_small"] = big.stats.rss_mb(), little.stats.rss_mb()
+            big_memory, small_memory = big.stats.memory_mb(), little.stats.memory_mb()
+            run.values["rss"], run.values["rss_small"] = big_memory["VmRSS"], small_memory["VmRSS"]
+            run.values["memory_parts"] = {"large": big_memory, "small": small_memory}
         if opts.wants("lifecycle"):
             _say("  lifecycle (create -> claim -> heartbeat -> finish) | echo")
             counters: dict[str, int] = {}

@@ -75,6 +75,24 @@ def count_jobs(path: Path) -> int:
         conn.close()
 
 
+def expires_soon(path: Path, within: timedelta) -> bool:
+    """Whether the store's first job expires within `within` from now (read-only: never creates the file).
+
+    Seeded jobs are spread over 46 hours and kept 48, so a store is whole for only ~2 hours after seeding; past
+    that the oldest expire, GetJob's sample starts to answer NOT_FOUND and the store holds fewer jobs than it
+    says. The bench re-seeds such a store before it measures."""
+    if not path.exists():
+        return False
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        first = conn.execute("SELECT MIN(expires_at) FROM jobs").fetchone()[0]
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+    return first is not None and int(first) <= to_micros(datetime.now(UTC) + within)
+
+
 async def _prepare(path: Path) -> dict[str, str]:
     """Schema, workspaces and the two bench tokens, through the store itself. Returns workspace name -> id."""
     store = SqliteStore(path)
