@@ -158,7 +158,7 @@ class Settings:
         "sqlite:///.jobsd/jobsd.db", "JOBSD_STORE", "`sqlite:///path` or a `mongodb://` / `mongodb+srv://` URI"
     )
     sqlite_commit_window_ms: float = _setting(
-        4.0,
+        12.0,
         "JOBSD_SQLITE_COMMIT_WINDOW_MS",
         "embedded store: while several calls write, how long their writes may gather to share one COMMIT (one "
         "that no write joined for a fifth of it commits then); a write that comes alone never waits; 0: no waiting",
