@@ -640,11 +640,14 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
 
     # Seeding: the small store, then the large one grown from a copy of it. Both go once either is about to lose
     # its first jobs to expiry (the large one holds the small one's jobs, so they age together).
-    if any([await asyncio.to_thread(expires_soon, db, FRESH_MARGIN) for db in (small_db, big_db)]):
+    stale = any([await asyncio.to_thread(expires_soon, db, FRESH_MARGIN) for db in (small_db, big_db)])
+    if stale:
         _say(f"the seeded stores' first jobs expire within {FRESH_MARGIN}; seeding them again")
         for db in (small_db, big_db):
             _remove_store(db)
-    if need_small:
+    # A run that needs only the large store still seeds the small one first when both are made anew, so the large
+    # one always holds the small one's jobs.
+    if need_small or stale or not big_db.exists():
         if count_jobs(small_db) > small:
             raise SystemExit(f"{small_db} holds more than {small:,} jobs; use another --data-dir")
         _say(f"seeding the small store: {small:,} jobs")
