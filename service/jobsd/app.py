@@ -168,7 +168,11 @@ class JobsdApp:
             settings.store,
             log_retention=settings.log_retention,
             encoder=self.codec,
-            sqlite_commit=SqliteCommit(settings.sqlite_commit_window_ms / 1000, settings.sqlite_commit_max_writes),
+            sqlite_commit=SqliteCommit(
+                settings.sqlite_commit_window_ms / 1000,
+                settings.sqlite_commit_max_writes,
+                settings.sqlite_wal_limit_mb * 1024 * 1024,
+            ),
         )
         self.metrics = Metrics()
         if isinstance(self.store, SqliteStore):

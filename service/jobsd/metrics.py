@@ -103,3 +103,13 @@ class SqliteStoreCollector(Collector):
             "Pages of the WAL the last checkpoint could not copy into the database (a reader still needed them)",
             value=stats.wal_frames_behind,
         )
+        yield CounterMetricFamily(
+            "jobsd_sqlite_wal_restarts",
+            "Times the WAL reached JOBSD_SQLITE_WAL_LIMIT_MB and, new writes held for one checkpoint, started over",
+            value=stats.wal_restarts,
+        )
+        yield CounterMetricFamily(
+            "jobsd_sqlite_write_hold_seconds",
+            "Seconds new writes waited, in total, while the WAL caught up to start over",
+            value=stats.write_hold_seconds,
+        )

@@ -170,6 +170,14 @@ class Settings:
         "embedded store: writes one COMMIT carries at most (1: every write commits alone)",
         _number(int, 1),
     )
+    sqlite_wal_limit_mb: int = _setting(
+        64,
+        "JOBSD_SQLITE_WAL_LIMIT_MB",
+        "embedded store: the WAL's size in MiB past which new writes wait (one checkpoint, at most a second) so it "
+        "can start over and be cut back to this size; writes that never pause would otherwise grow it without end; "
+        "0: no limit",
+        _number(int, 0),
+    )
     public_url: str = _setting(
         "",
         "JOBSD_PUBLIC_URL",
