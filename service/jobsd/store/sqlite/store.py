@@ -295,7 +295,7 @@ class SqliteStats:
     wal_frames: int
     wal_frames_behind: int
     wal_restarts: int = 0  # holds after which the WAL started over (WAL limit in the module docstring)
-    write_hold_seconds: float = 0.0  # how long those holds kept writes waiting, in total
+    write_hold_seconds: float = 0.0  # how long every hold (restart or not) kept writes waiting, in total
 
 
 class SqliteStore:
