@@ -10,7 +10,10 @@ layout makes the bench fail loudly rather than measure garbage.
 
 The jobs spread over a few workspaces, every kind, 40 pipes and data sources per workspace and a realistic mix of
 statuses (mostly done), with `created_at` uniform over the last 46 h, so every ListJobs filter has full pages
-and the 48 h bound holds for the whole run. `jobs_log` is not seeded (no figure reads it).
+and the 48 h bound holds for the whole run. Each job also has the `jobs_log` rows its status changes would have
+written (waiting; then working and its final status), so the log's key is as large as the store's jobs make it and
+a write's log row lands in a table of millions, as on a server that has been running (a month's log is larger
+still: the log outlives its jobs).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from jobsd.domain.clock import to_micros
 from jobsd.domain.model import Job, JobStatus, TokenRecord
 from jobsd.domain.rules import concurrency_key
 from jobsd.store.plain import job_from_plain, job_to_plain
-from jobsd.store.sqlite.store import _JOB_COLUMNS, SqliteStore
+from jobsd.store.sqlite.store import _JOB_COLUMNS, _LOG_COLUMNS, SqliteStore
 from jobsd_client import pb
 
 __all__ = ["ADMIN_TOKEN", "SERVICE_TOKEN", "SeedInfo", "count_jobs", "sample", "seed_to", "verify"]
@@ -174,7 +177,7 @@ def _wire(key: tuple[str, str, int, str], plain: dict[str, Any]) -> bytes:
     return msg.SerializeToString()
 
 
-def _batch(task: tuple[int, list[str], int]) -> list[tuple[Any, ...]]:
+def _batch(task: tuple[int, list[str], int]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """One batch of rows (runs in the seeding helper process)."""
     seed, ws_ids, count = task
     if not _TEMPLATES:
@@ -191,7 +194,8 @@ def _rows(
     templates: dict[tuple[str, str, int], dict[str, Any]],
     count: int,
     wire: Any,
-) -> list[tuple[Any, ...]]:
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The jobs rows and their jobs_log rows."""
     now = to_micros(datetime.now(UTC))
     spread = int(SPREAD.total_seconds() * 1_000_000)
     retention = int(timedelta(hours=48).total_seconds() * 1_000_000)
@@ -199,6 +203,7 @@ def _rows(
     weights = [w for _, w in STATUS_MIX]
     created = sorted(now - rng.randrange(spread) - 60_000_000 for _ in range(count))
     rows = []
+    log_rows: list[tuple[Any, ...]] = []
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     for created_at in created:
         ws = ws_ids[rng.randrange(len(ws_ids))]
@@ -227,6 +232,7 @@ def _rows(
         if kind == "import":
             plain["import_id"] = job_id
         ds = plain["datasource"]
+        log_rows.extend(_log_rows(plain, status, kind, ws, created_at, dumps))
         rows.append(
             (
                 job_id,
@@ -246,6 +252,48 @@ def _rows(
                 wire((ws, kind, pipe, status.value), plain),
             )
         )
+    return rows, log_rows
+
+
+def _log_rows(
+    plain: dict[str, Any], status: JobStatus, kind: str, ws: str, created_at: int, dumps: Any
+) -> list[tuple[Any, ...]]:
+    """The job's status changes as `log_entry_for` writes them (in `_LOG_COLUMNS` order)."""
+    ds = plain["datasource"]
+    changes: list[tuple[int, str, int | None, int, str | None]] = [(1, "waiting", None, created_at, None)]
+    if status is not JobStatus.WAITING:
+        started = created_at + 1_000_000
+        changes.append((2, "working", started, started, None))
+        changes.append((plain["revision"], status.value, started, plain["updated_at"], plain.get("error")))
+    rows = []
+    for revision, status_text, started_at, updated_at, error in changes:
+        metadata = {
+            "kind": kind,
+            "revision": revision,
+            "attempt": 0 if revision == 1 else 1,
+            "datasource_name": ds["name"],
+            "pipe_name": plain["pipe_name"],
+            "progress_percentage": 100.0 if status_text == "done" else 0.0,
+            "quarantine_rows": 0,
+            "invalid_lines": 0,
+        }
+        rows.append(
+            (
+                plain["id"],
+                revision,
+                kind,
+                status_text,
+                error,
+                ws,
+                plain["request_id"],
+                plain["pipe_id"],
+                ds["id"],
+                created_at,
+                started_at,
+                updated_at,
+                dumps(metadata),
+            )
+        )
     return rows
 
 
@@ -262,12 +310,14 @@ def seed_to(path: Path, target: int, *, seed: int = 7, progress: bool = True) ->
     conn.execute("PRAGMA cache_size=-1048576")  # 1 GiB: the random-id primary key stays in memory
     columns = ", ".join(c.strip() for c in _JOB_COLUMNS.split(","))
     sql = f"INSERT INTO jobs (id, idempotency_key, {columns}) VALUES ({', '.join('?' * 15)})"
+    log_sql = f"INSERT INTO jobs_log ({_LOG_COLUMNS}) VALUES ({', '.join('?' * 13)})"
     started = time.perf_counter()
     added = 0
     # Bulk load without the secondary indexes, then let the store rebuild them (a sort per index is much faster
     # than a million random B-tree inserts into each); the store's own schema statements recreate them.
     indexes = conn.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' AND sql IS NOT NULL"
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('jobs', 'jobs_log') "
+        "AND sql IS NOT NULL"
     ).fetchall()
     for name, _ in indexes:
         conn.execute(f'DROP INDEX "{name}"')
@@ -276,9 +326,10 @@ def seed_to(path: Path, target: int, *, seed: int = 7, progress: bool = True) ->
         sizes = [min(BATCH, target - have - done) for done in range(0, target - have, BATCH)]
         tasks = [(seed * 1_000_003 + have + i, ws_ids, n) for i, n in enumerate(sizes)]
         with multiprocessing.get_context("spawn").Pool(1) as pool:
-            for rows in pool.imap(_batch, tasks):
+            for rows, log_rows in pool.imap(_batch, tasks):
                 conn.execute("BEGIN")
                 conn.executemany(sql, rows)
+                conn.executemany(log_sql, log_rows)
                 conn.execute("COMMIT")
                 added += len(rows)
                 if progress and (added // BATCH) % 40 == 0:
