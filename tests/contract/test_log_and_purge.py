@@ -142,3 +142,25 @@ async def test_purge_deletes_expired_jobs_and_old_log_rows_only(store: JobStore)
         (running.id, "working"),
     }
     assert await store.purge(end, log_before=T0 + timedelta(minutes=30)) == 0
+
+
+async def test_a_purged_jobs_log_rows_are_still_found_by_its_id_until_the_log_lets_them_go(store: JobStore) -> None:
+    # The log outlives the jobs: the status changes of a job purged after its retention stay readable by its id
+    # for as long as the log keeps them, and then they go too.
+    ws = new_workspace_id()
+    purged = await _lifecycle(store, new_job(ws, kind="copy", created_at=T0), Action.FINISH_DONE, timedelta(seconds=2))
+    kept = await _lifecycle(store, new_job(ws, created_at=T0 + RETENTION * 3), Action.FINISH_DONE, timedelta(seconds=2))
+    end = T0 + RETENTION * 2
+    assert await store.purge(end, log_before=T0 - timedelta(days=1)) == 1
+    assert await store.get_job(purged[0].id, T0) is None
+    by_id = LogQuery(workspace_id=ws, limit=100, filter=JobFilter(job_id=purged[0].id))
+    rows = await store.list_log(by_id)
+    assert rows == expected_log(purged, by_id)
+    assert [r.status for r in rows] == ["done", "working", "waiting"]
+    # The same rows from another workspace stay out of reach, as for a job that still exists.
+    assert await store.list_log(replace(by_id, workspace_id=new_workspace_id())) == []
+    # Past the log's retention they go; the job that is still kept keeps its own.
+    assert await store.purge(end, log_before=end) == 3
+    assert await store.list_log(by_id) == []
+    kept_query = LogQuery(workspace_id=ws, limit=100, filter=JobFilter(job_id=kept[0].id))
+    assert await store.list_log(kept_query) == expected_log(kept, kept_query)

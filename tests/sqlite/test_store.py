@@ -22,8 +22,9 @@ from jobsd.domain.filters import JobFilter
 from jobsd.domain.states import Action
 from jobsd.errors import AlreadyExists, InvalidArgument, Unavailable
 from jobsd.store.base import FeedReset, JobChanged, JobQuery, LogQuery
+from jobsd.store.sqlite import store as store_module
 from jobsd.store.sqlite.checkpoint import WalCheckpointer
-from jobsd.store.sqlite.store import PURGE_BATCH, SqliteStore
+from jobsd.store.sqlite.store import PURGE_BATCH, SCHEMA_VERSION, SqliteStore
 from tests.contract.factories import RETENTION, T0, claim_request, move, new_job, new_workspace_id
 from tests.contract.wire import assert_record_of, encode_job
 
@@ -318,11 +319,140 @@ async def test_a_file_of_schema_version_1_gains_the_wire_column_and_answers_its_
         moved = move(jobs[1], Action.CLAIM, T0)
         assert await store.compare_and_set(jobs[1], moved)
         with sqlite3.connect(path) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
             assert conn.execute("SELECT wire IS NOT NULL FROM jobs WHERE id = ?", (moved.id,)).fetchone()[0] == 1
         conn.close()
     finally:
         await store.close()
+
+
+def _as_schema_version_2(path: Path, purged_id: str) -> None:
+    """Lay the file out as version 2 left it: the log keyed by (job_id, revision), no jobs_gone; and one job
+    deleted as a version-2 purge deleted it, its log rows kept."""
+    with sqlite3.connect(path) as conn:
+        columns = ", ".join(r[1] for r in conn.execute("PRAGMA table_info(jobs_log)"))
+        conn.execute("DROP TABLE jobs_gone")
+        conn.execute("DROP INDEX jobs_log_by_workspace")
+        conn.execute("DROP INDEX jobs_log_by_age")
+        conn.execute("ALTER TABLE jobs_log RENAME TO new_log")
+        conn.execute(
+            "CREATE TABLE jobs_log (job_id TEXT NOT NULL, revision INTEGER NOT NULL, job_type TEXT NOT NULL, "
+            "status TEXT NOT NULL, error TEXT, workspace_id TEXT NOT NULL, request_id TEXT NOT NULL, pipe_id TEXT, "
+            "datasource_id TEXT, created_at INTEGER NOT NULL, started_at INTEGER, updated_at INTEGER NOT NULL, "
+            "job_metadata TEXT NOT NULL, PRIMARY KEY (job_id, revision))"
+        )
+        conn.execute(f"INSERT INTO jobs_log ({columns}) SELECT {columns} FROM new_log")
+        conn.execute("DROP TABLE new_log")
+        conn.execute("CREATE INDEX jobs_log_by_workspace ON jobs_log (workspace_id, updated_at, job_id, revision)")
+        conn.execute("CREATE INDEX jobs_log_by_age ON jobs_log (updated_at)")
+        conn.execute("DELETE FROM jobs WHERE id = ?", (purged_id,))
+        conn.execute("PRAGMA user_version=2")
+    conn.close()
+
+
+async def test_a_file_of_schema_version_2_gets_its_log_rekeyed_and_keeps_every_row_readable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "v2.db"
+    old = SqliteStore(path, encoder=encode_job)
+    await old.open()
+    ws = new_workspace_id()
+    jobs = [await old.insert_job(new_job(ws, created_at=T0 + timedelta(seconds=i))) for i in range(4)]
+    claimed = await old.claim_next(claim_request(T0 + timedelta(seconds=10), workspace_id=ws))
+    assert claimed is not None
+    before = await old.list_log(LogQuery(workspace_id=ws, limit=100))
+    await old.close()
+    gone = jobs[1]
+    _as_schema_version_2(path, gone.id)
+
+    store = SqliteStore(path, encoder=encode_job)
+    with caplog.at_level("WARNING", logger="jobsd.store.sqlite.store"):
+        await store.open()
+    assert any("rebuilding jobs_log" in r.getMessage() for r in caplog.records)
+    try:
+        assert await store.list_log(LogQuery(workspace_id=ws, limit=100)) == before
+        for job in jobs:
+            by_id = LogQuery(workspace_id=ws, limit=100, filter=JobFilter(job_id=job.id))
+            assert await store.list_log(by_id) == [r for r in before if r.job_id == job.id]
+        assert [r.status for r in await store.list_log(replace(by_id, filter=JobFilter(job_id=claimed.id)))] == [
+            "working",
+            "waiting",
+        ]
+        later = await store.insert_job(new_job(ws, created_at=T0 + timedelta(minutes=1)))
+        assert [r.job_id for r in await store.list_log(LogQuery(workspace_id=ws, limit=1))] == [later.id]
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            key = [r[2] for r in conn.execute("PRAGMA index_info(sqlite_autoindex_jobs_log_1)")]
+            assert key == ["created_at", "job_id", "revision"]
+            assert conn.execute("SELECT id FROM jobs_gone").fetchall() == [(gone.id,)]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert "jobs_log_keyed_by_job" not in tables
+        conn.close()
+    finally:
+        await store.close()
+    # Opened again, nothing is rebuilt twice.
+    caplog.clear()
+    again = SqliteStore(path, encoder=encode_job)
+    await again.open()
+    assert not any("rebuilding" in r.getMessage() for r in caplog.records)
+    try:
+        assert len(await again.list_log(LogQuery(workspace_id=ws, limit=100))) == len(before) + 1
+    finally:
+        await again.close()
+
+
+async def test_an_upgrade_that_fails_midway_leaves_the_version_2_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "v2.db"
+    old = SqliteStore(path)
+    await old.open()
+    ws = new_workspace_id()
+    jobs = [await old.insert_job(new_job(ws, created_at=T0 + timedelta(seconds=i))) for i in range(3)]
+    before = await old.list_log(LogQuery(workspace_id=ws, limit=100))
+    await old.close()
+    _as_schema_version_2(path, jobs[0].id)
+    real_rekey = store_module._rekey_log
+
+    def rekey_then_fail(conn: sqlite3.Connection) -> None:
+        real_rekey(conn)  # every row copied, the old table dropped: then the disk is full
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store_module, "_rekey_log", rekey_then_fail)
+    with pytest.raises(Unavailable, match="disk is full"):
+        await SqliteStore(path).open()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert [r[2] for r in conn.execute("PRAGMA index_info(sqlite_autoindex_jobs_log_1)")] == ["job_id", "revision"]
+        assert conn.execute("SELECT COUNT(*) FROM jobs_log").fetchone()[0] == len(before)
+        assert "jobs_gone" not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    monkeypatch.setattr(store_module, "_rekey_log", real_rekey)
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert await store.list_log(LogQuery(workspace_id=ws, limit=100)) == before
+    finally:
+        await store.close()
+
+
+async def test_a_log_read_by_job_id_is_a_search_of_the_log_key_and_not_a_scan(sqlite_store: SqliteStore) -> None:
+    ws = new_workspace_id()
+    jobs = [await sqlite_store.insert_job(new_job(ws, created_at=T0 + timedelta(seconds=i))) for i in range(20)]
+    await sqlite_store.purge(T0 + RETENTION + timedelta(seconds=5), log_before=T0 - timedelta(days=1))
+    statements: list[str] = []
+    conn = sqlite_store._open_connection()
+    conn.set_trace_callback(statements.append)
+    try:
+        for job in (jobs[0], jobs[-1]):  # one purged, one kept
+            rows = await sqlite_store.list_log(LogQuery(workspace_id=ws, limit=10, filter=JobFilter(job_id=job.id)))
+            assert [r.job_id for r in rows] == [job.id]
+    finally:
+        conn.set_trace_callback(None)
+    assert len(statements) == 4
+    for sql in statements:
+        plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "SCAN" not in plan.replace("SCAN CONSTANT ROW", ""), (sql, plan)
 
 
 async def test_a_file_with_the_global_fifo_claim_indexes_gets_the_workspace_led_ones_and_claims_in_turns(

@@ -60,10 +60,23 @@ CREATE TABLE IF NOT EXISTS jobs_log (
     started_at INTEGER,
     updated_at INTEGER NOT NULL,
     job_metadata TEXT NOT NULL,
-    PRIMARY KEY (job_id, revision)
+    -- Keyed by the job's creation time first: a new row lands on the key's last pages (those the group's other
+    -- rows dirty too), not on a random leaf of a table that keeps a month of rows. A read by job id takes the
+    -- job's created_at from `jobs`, or from `jobs_gone` once the job is purged.
+    PRIMARY KEY (created_at, job_id, revision)
 );
 CREATE INDEX IF NOT EXISTS jobs_log_by_workspace ON jobs_log (workspace_id, updated_at, job_id, revision);
 CREATE INDEX IF NOT EXISTS jobs_log_by_age ON jobs_log (updated_at);
+-- The purged jobs whose rows the log still keeps (it outlives them): the created_at that finds those rows by job
+-- id. Written by the purge that deletes the job, dropped by the purge once `log_until` (when the job was purged,
+-- later than any of its rows) is older than the log keeps.
+CREATE TABLE IF NOT EXISTS jobs_gone (
+    id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    log_until INTEGER NOT NULL,
+    PRIMARY KEY (id, created_at)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_gone_by_age ON jobs_gone (log_until);
 
 CREATE TABLE IF NOT EXISTS workspaces (
     id TEXT PRIMARY KEY,
