@@ -32,7 +32,16 @@ from google.protobuf import timestamp_pb2
 from bench import report
 from bench.load import LoadResult, Phase, ServerProcessStats, channels, close_all, drive, fanout, merge, percentile
 from bench.procs import ServerProcess
-from bench.seed import ADMIN_TOKEN, SERVICE_TOKEN, count_jobs, expires_soon, sample, seed_to, verify
+from bench.seed import (
+    ADMIN_TOKEN,
+    SERVICE_TOKEN,
+    count_jobs,
+    expires_soon,
+    sample,
+    seed_to,
+    seeded_without_log,
+    verify,
+)
 from jobsd_client import pb
 
 __all__ = ["main"]
@@ -643,6 +652,10 @@ async def _measure(opts: Options, data_dir: Path) -> Run:
     stale = any([await asyncio.to_thread(expires_soon, db, FRESH_MARGIN) for db in (small_db, big_db)])
     if stale:
         _say(f"the seeded stores' first jobs expire within {FRESH_MARGIN}; seeding them again")
+    elif any([await asyncio.to_thread(seeded_without_log, db) for db in (small_db, big_db)]):
+        stale = True
+        _say("the kept stores were seeded without jobs_log rows (an earlier bench); seeding them again")
+    if stale:
         for db in (small_db, big_db):
             _remove_store(db)
     # A run that needs only the large store still seeds the small one first when both are made anew, so the large

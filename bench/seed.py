@@ -39,7 +39,17 @@ from jobsd.store.plain import job_from_plain, job_to_plain
 from jobsd.store.sqlite.store import _JOB_COLUMNS, _LOG_COLUMNS, SqliteStore
 from jobsd_client import pb
 
-__all__ = ["ADMIN_TOKEN", "SERVICE_TOKEN", "SeedInfo", "count_jobs", "sample", "seed_to", "verify"]
+__all__ = [
+    "ADMIN_TOKEN",
+    "SERVICE_TOKEN",
+    "SeedInfo",
+    "count_jobs",
+    "expires_soon",
+    "sample",
+    "seed_to",
+    "seeded_without_log",
+    "verify",
+]
 
 # Fixed secrets: the store is a throw-away file and the server listens on 127.0.0.1 only.
 ADMIN_TOKEN = "bench-admin-token"
@@ -76,6 +86,22 @@ def count_jobs(path: Path) -> int:
         return 0
     finally:
         conn.close()
+
+
+def seeded_without_log(path: Path) -> bool:
+    """Whether the store holds jobs but no jobs_log rows: seeded by a bench from before the seeder wrote them, so its
+    figures would not compare with a store seeded now (read-only: never creates the file)."""
+    if not path.exists():
+        return False
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        jobs = conn.execute("SELECT EXISTS (SELECT 1 FROM jobs)").fetchone()[0]
+        logged = conn.execute("SELECT EXISTS (SELECT 1 FROM jobs_log)").fetchone()[0]
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+    return bool(jobs) and not logged
 
 
 def expires_soon(path: Path, within: timedelta) -> bool:
