@@ -280,9 +280,10 @@ def _named(exc: JobsdError) -> str:
     return str(exc)
 
 
-def _log_settings(environ: Mapping[str, str]) -> tuple[str, str]:
-    """JOBSD_LOG_LEVEL and JOBSD_LOG_FORMAT as parsed settings (for the commands that read no other setting)."""
-    level, log_format = "WARNING", ""
+def _log_settings(environ: Mapping[str, str], level: str) -> tuple[str, str]:
+    """JOBSD_LOG_LEVEL (else `level`) and JOBSD_LOG_FORMAT as parsed settings, for the commands that read no other
+    setting first."""
+    log_format = ""
     for setting in SETTINGS:
         raw = environ.get(setting.env)
         if raw is not None and setting.parse is not None and setting.name in ("log_level", "log_format"):
@@ -304,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings_from(os.environ, flags)
             configure_logging(settings.log_level, settings.log_format)
             return asyncio.run(_serve(settings, args.banner))
-        configure_logging(*_log_settings(os.environ))
+        # The long-running commands say at start that they run (as `serve` does); a one-shot command only warns.
+        configure_logging(*_log_settings(os.environ, "WARNING" if args.command == "token" else "INFO"))
         if args.command == "token":
             return asyncio.run(_token_create(args))
         if args.command == "gateway":

@@ -122,7 +122,8 @@ async def test_jobsd_worker_beside_jobsd_serve_needs_no_flag_but_the_target(tmp_
             "--grpc-target",
             serve.target,
             cwd=tmp_path,
-            env={"JOBSD_WORKER_TOKEN": WORKER, "JOBSD_LOG_LEVEL": "info", "JOBSD_LOG_FORMAT": "text"},
+            # No log level: run as the banner says, the worker tells that it runs (it used to start silent).
+            env={"JOBSD_WORKER_TOKEN": WORKER, "JOBSD_LOG_FORMAT": "text"},
             stderr=asyncio.subprocess.PIPE,
         ) as worker:
             assert worker.stderr is not None
