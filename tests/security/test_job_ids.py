@@ -10,6 +10,7 @@ cannot be probed by guessing; an id has to be leaked first, and then this answer
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -110,3 +111,38 @@ async def test_a_short_id_finds_only_the_caller_s_own_jobs_and_never_tells_of_an
     assert mine.id == victim.id and mine.status != pb.JOB_STATUS_CANCELLED
     listed = await stack.jobs.ListJobs(pb.ListJobsRequest(kind="copy"), metadata=stack.md(owner))
     assert [job.id for job in listed.jobs] == [victim.id]  # no retry was created
+
+
+async def test_a_purged_jobs_log_rows_stay_out_of_another_workspaces_reach(stack: Stack) -> None:
+    # Once a job is purged its log rows are found by its id through the store's record of purged jobs, not through
+    # the job: that record must not open them to another workspace.
+    owner = stack.alpha.tokens["admin"]
+    victim = await stack.create(owner, "copy", "target", query_sql="SELECT 1 AS secret_column")
+    await stack.jobs.CancelJob(pb.CancelJobRequest(job_id=victim.id), metadata=stack.md(owner))
+    await stack.finished(owner, victim.id)  # the executors may have claimed it: it ends, so it may be purged
+    by_id = pb.ListJobsLogRequest(job_id=victim.id)
+    before = list((await stack.jobs.ListJobsLog(by_id, metadata=stack.md(owner))).entries)
+    assert before and before[-1].status == "waiting"
+    now = datetime.now(UTC)
+    # The retention sweep's purge, at a time past the job's 48 hours; the log keeps its rows (30 days).
+    assert await stack.app.store.purge(now + timedelta(days=3), log_before=now - timedelta(days=1)) == 1
+    stack.said.clear()
+
+    for attacker in (stack.beta.tokens["admin"], stack.beta.tokens["reader"]):
+        try:  # a workspace admin reads its own log (no rows of this id), a narrow reader is told not found
+            rows = await stack.jobs.ListJobsLog(by_id, metadata=stack.md(attacker))
+            assert not rows.entries
+        except grpc.aio.AioRpcError as refused:
+            assert refused.code() == grpc.StatusCode.NOT_FOUND, refused.details()
+        status, body = await stack.get("/v0/jobs_log", attacker, params={"job_id": victim.id})
+        assert status in (200, 404), body
+        if status == 200:
+            assert body["data"] == []
+    said = stack.everything_said()
+    for private in ("secret_column", "target", stack.alpha.workspace_id, '"copy"'):
+        assert private not in said, private
+    # The owner still reads them, unchanged, though the job itself is gone.
+    assert list((await stack.jobs.ListJobsLog(by_id, metadata=stack.md(owner))).entries) == before
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await stack.jobs.GetJob(pb.GetJobRequest(job_id=victim.id), metadata=stack.md(owner))
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
